@@ -1,0 +1,134 @@
+"""Every error omnibed raises on purpose, each carrying what a user can act on.
+
+    OmnibedError
+    ├── UsageError              bad input from the user (CLI exit status 2)
+    ├── CredentialsError        .source: the file or variable to fix
+    ├── NotSupported            .provider, .verb: the testbed cannot do this
+    ├── PluginLoadError         .plugin: a third-party provider failed to load
+    ├── ProviderError           .provider, .testbed_message: the testbed said no
+    │   ├── ReservationError    .retry_at: when the testbed proposes to try again (UTC)
+    │   ├── ReservationNotFound
+    │   └── ProviderTimeout     a wait ran out of time
+    ├── SSHError                .host: could not log in or run a command
+    │   └── HostKeyMismatch     a node's host key changed since first contact
+    └── EmulatorError           the virtual platform could not be built
+        ├── PlatformError       the platform description is wrong (before any change)
+        ├── PreflightError      .missing: {pnode: [what is missing]} (nothing changed)
+        └── ApplyError          .failures: {pnode: message} (rolled back)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime
+
+
+class OmnibedError(Exception):
+    """Base of every omnibed error; its message says what to do."""
+
+
+class UsageError(OmnibedError):
+    """The user asked for something malformed or impossible; nothing was changed."""
+
+
+class CredentialsError(OmnibedError):
+    """Credentials are missing, unreadable or refused; `source` names the file or variable."""
+
+    def __init__(self, message: str, *, source: str | None = None) -> None:
+        super().__init__(message)
+        self.source = source
+
+
+class NotSupported(OmnibedError):
+    """The provider does not implement `verb` (its capabilities say so)."""
+
+    def __init__(self, provider: str, verb: str, detail: str = "") -> None:
+        text = f"the {provider} testbed does not support {verb}"
+        super().__init__(f"{text}: {detail}" if detail else text)
+        self.provider = provider
+        self.verb = verb
+
+
+class PluginLoadError(OmnibedError):
+    """A provider plugin could not be imported or registered."""
+
+    def __init__(self, plugin: str, cause: BaseException) -> None:
+        super().__init__(f"provider plugin {plugin!r} failed to load: {cause}")
+        self.plugin = plugin
+        self.cause = cause
+
+
+class ProviderError(OmnibedError):
+    """The testbed refused or failed; `testbed_message` is its own words."""
+
+    def __init__(
+        self, message: str, *, provider: str = "", testbed_message: str | None = None
+    ) -> None:
+        super().__init__(message)
+        self.provider = provider
+        self.testbed_message = testbed_message
+
+
+class ReservationError(ProviderError):
+    """The reservation could not be made; `retry_at` (UTC) is when the testbed suggests."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        provider: str = "",
+        testbed_message: str | None = None,
+        retry_at: datetime | None = None,
+    ) -> None:
+        super().__init__(message, provider=provider, testbed_message=testbed_message)
+        self.retry_at = retry_at
+
+
+class ReservationNotFound(ProviderError):
+    """No reservation of that name or id exists (on the testbed or in the ledger)."""
+
+
+class ProviderTimeout(ProviderError):
+    """A wait on the testbed ran out of time."""
+
+
+class SSHError(OmnibedError):
+    """Logging in to `host` or running a command there failed."""
+
+    def __init__(self, message: str, *, host: str = "") -> None:
+        super().__init__(message)
+        self.host = host
+
+
+class HostKeyMismatch(SSHError):
+    """The host key of `host` differs from the one recorded at first contact."""
+
+
+class EmulatorError(OmnibedError):
+    """The virtual platform could not be built or torn down."""
+
+
+class PlatformError(EmulatorError):
+    """The platform description is invalid; raised before anything is changed."""
+
+
+class PreflightError(EmulatorError):
+    """Pnodes lack what the plan needs; `missing` maps pnode to what is missing."""
+
+    def __init__(self, missing: Mapping[str, list[str]]) -> None:
+        lines = [f"{pnode}: {', '.join(items)}" for pnode, items in missing.items()]
+        super().__init__(
+            "preflight failed, nothing was changed:\n  " + "\n  ".join(lines)
+        )
+        self.missing = dict(missing)
+
+
+class ApplyError(EmulatorError):
+    """Applying failed on some pnodes; everything applied was rolled back."""
+
+    def __init__(self, failures: Mapping[str, str], *, rolled_back: bool = True) -> None:
+        lines = [f"{pnode}: {why}" for pnode, why in failures.items()]
+        tail = "everything applied was rolled back" if rolled_back else "rollback incomplete"
+        super().__init__(f"apply failed ({tail}):\n  " + "\n  ".join(lines))
+        self.failures = dict(failures)
+        self.rolled_back = rolled_back

@@ -1,0 +1,66 @@
+"""Time inside omnibed is tz-aware UTC; providers convert at their edge with these helpers."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
+
+_WALLTIME = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
+_CLOCK = re.compile(r"^(\d+):([0-5]\d)(?::([0-5]\d))?$")
+
+
+def utcnow() -> datetime:
+    """The current time, tz-aware UTC."""
+    return datetime.now(UTC)
+
+
+def require_utc(moment: datetime) -> datetime:
+    """Return `moment` unchanged if it is tz-aware UTC; raise ValueError otherwise."""
+    if moment.tzinfo is None or moment.utcoffset() != timedelta(0):
+        raise ValueError(f"{moment!r} is not a tz-aware UTC datetime")
+    return moment
+
+
+def to_utc(moment: datetime, assume_zone: str | None = None) -> datetime:
+    """Convert an aware datetime to UTC; a naive one is read in `assume_zone` or refused."""
+    if moment.tzinfo is None:
+        if assume_zone is None:
+            raise ValueError(f"{moment!r} has no time zone and none was given")
+        moment = moment.replace(tzinfo=ZoneInfo(assume_zone))
+    return moment.astimezone(UTC)
+
+
+def in_zone(moment: datetime, zone: str) -> datetime:
+    """The same instant as a wall-clock time in `zone` (e.g. Europe/Paris for OAR)."""
+    return require_utc(moment).astimezone(ZoneInfo(zone))
+
+
+def from_epoch(seconds: float) -> datetime:
+    return datetime.fromtimestamp(seconds, UTC)
+
+
+def parse_walltime(text: str) -> timedelta:
+    """Parse `1h`, `30m`, `1h30m`, `2d`, `90s` or `HH:MM[:SS]` into a positive timedelta."""
+    value = text.strip().lower()
+    clock = _CLOCK.match(value)
+    if clock:
+        hours, minutes, seconds = (int(part or 0) for part in clock.groups())
+        result = timedelta(hours=hours, minutes=minutes, seconds=seconds)
+    else:
+        match = _WALLTIME.match(value)
+        if not value or not match or not any(match.groups()):
+            raise ValueError(
+                f"walltime {text!r} is not understood: write e.g. 1h, 30m, 1h30m, 2d or 01:30:00"
+            )
+        days, hours, minutes, seconds = (int(part or 0) for part in match.groups())
+        result = timedelta(days=days, hours=hours, minutes=minutes, seconds=seconds)
+    if result <= timedelta(0):
+        raise ValueError(f"walltime {text!r} must be longer than zero")
+    return result
+
+
+def format_walltime(duration: timedelta) -> str:
+    """`HH:MM:SS` as OAR and most schedulers want it."""
+    total = int(duration.total_seconds())
+    return f"{total // 3600}:{total % 3600 // 60:02d}:{total % 60:02d}"

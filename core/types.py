@@ -1,0 +1,173 @@
+"""The plain, frozen values that cross the provider interface.
+
+All datetimes are tz-aware UTC (see :mod:`omnibed.core.timeutil`); constructors refuse
+naive ones so a provider cannot leak local time into omnibed.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from types import MappingProxyType
+from typing import Any
+
+from omnibed.core.timeutil import require_utc
+
+
+class Tri(str, enum.Enum):
+    """A fact that may be unknown until probed."""
+
+    YES = "yes"
+    NO = "no"
+    UNKNOWN = "unknown"
+
+
+class NicRole(str, enum.Enum):
+    CONTROL = "control"  # carries the SSH session; never re-parented by the emulator
+    EXPERIMENT = "experiment"  # a data-plane NIC the testbed gives every node
+    EXTRA = "extra"  # an additional link reserved with --extra-nics
+
+
+class Source(str, enum.Enum):
+    """Where a NIC fact came from."""
+
+    API = "testbed-api"
+    TABLE = "static-table"
+    PROBE = "runtime-probe"
+
+
+class ReservationState(str, enum.Enum):
+    PENDING = "pending"  # recorded in the ledger, testbed not answered yet
+    WAITING = "waiting"  # accepted by the testbed, resources not ready
+    READY = "ready"
+    ERROR = "error"
+    RELEASED = "released"
+    UNKNOWN = "unknown"
+
+
+class Capability(str, enum.Enum):
+    """Verbs and features a provider may or may not offer."""
+
+    SNAPSHOT = "snapshot"
+    EXTEND = "extend"
+    ADVANCE_RESERVATION = "advance_reservation"
+    EXTRA_NICS = "extra_nics"
+    ROOT = "root"
+
+
+def _frozen(mapping: Mapping[str, Any] | None) -> Mapping[str, Any]:
+    return MappingProxyType(dict(mapping or {}))
+
+
+@dataclass(frozen=True, slots=True)
+class SSHEndpoint:
+    """How to log in to a machine: jump hosts are tried in order before `host`."""
+
+    host: str
+    port: int = 22
+    user: str = "root"
+    key_file: str | None = None
+    jumps: tuple[SSHEndpoint, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not 0 < self.port < 65536:
+            raise ValueError(f"SSH port {self.port} is not in 1..65535")
+
+    def label(self) -> str:
+        """`user@host:port` for messages (never a secret)."""
+        return f"{self.user}@{self.host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class Nic:
+    """One network interface of a node and what it lets through."""
+
+    name: str
+    mac: str
+    role: NicRole
+    mtu: int = 1500
+    addresses: tuple[str, ...] = ()
+    rate_mbps: int | None = None
+    foreign_mac: Tri = Tri.UNKNOWN
+    multicast: Tri = Tri.UNKNOWN
+    sources: Mapping[str, Source] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "sources", _frozen(self.sources))
+
+
+@dataclass(frozen=True, slots=True)
+class Node:
+    """A reserved machine; `id` is stable and never just a host name."""
+
+    id: str
+    hostname: str
+    ssh: SSHEndpoint
+    addresses: tuple[str, ...] = ()
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "extra", _frozen(self.extra))
+
+
+@dataclass(frozen=True, slots=True)
+class Capabilities:
+    """What a provider declares it can do, so callers and the conformance suite can skip."""
+
+    supported: frozenset[Capability] = frozenset()
+    max_extra_nics: int = 0
+    options: Mapping[str, str] = field(default_factory=dict)  # -o key -> what it does
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "supported", frozenset(self.supported))
+        object.__setattr__(self, "options", _frozen(self.options))
+
+    def __contains__(self, capability: object) -> bool:
+        return capability in self.supported
+
+
+@dataclass(frozen=True, slots=True)
+class ReservationRequest:
+    """What the user asks for; `extra` holds the provider-specific `-o key=value` options."""
+
+    name: str
+    nodes: int
+    duration: timedelta
+    start: datetime | None = None
+    image: str | None = None
+    site: str | None = None
+    extra_nics: int = 0
+    public_key: str | None = None  # the reservation's own key, installed for root
+    extra: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.nodes < 1:
+            raise ValueError(f"a reservation needs at least one node, not {self.nodes}")
+        if self.duration <= timedelta(0):
+            raise ValueError("the walltime must be positive")
+        if self.extra_nics < 0:
+            raise ValueError("--extra-nics cannot be negative")
+        if self.start is not None:
+            require_utc(self.start)
+        object.__setattr__(self, "extra", _frozen(self.extra))
+
+
+@dataclass(frozen=True, slots=True)
+class Reservation:
+    """A reservation as the testbed knows it: enough to find it again after a crash."""
+
+    provider: str
+    id: str
+    name: str
+    start: datetime
+    end: datetime
+    state: ReservationState
+    site: str | None = None
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        require_utc(self.start)
+        require_utc(self.end)
+        object.__setattr__(self, "extra", _frozen(self.extra))

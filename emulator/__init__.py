@@ -1,0 +1,1 @@
+"""The emulator: virtual nodes and networks built on reserved pnodes (Distem, rebuilt)."""

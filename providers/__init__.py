@@ -1,0 +1,1 @@
+"""The built-in testbed providers; each registers through the same hook as third parties."""
