@@ -65,8 +65,8 @@ class Viface:
     address: str  # CIDR notation, e.g. 192.168.0.5/22
     bridge: str
     mtu: int
-    output: Shaping = field(default_factory=Shaping)  # vnode -> network
-    input: Shaping = field(default_factory=Shaping)  # network -> vnode
+    output: Shaping = field(default_factory=Shaping)  # vnode -> network: egress of `ifname`
+    input: Shaping = field(default_factory=Shaping)  # network -> vnode: egress of `host_ifname`
 
 
 @dataclass(frozen=True)
@@ -111,11 +111,9 @@ class PnodeState:
         if self.vxlans:
             needs.add("vxlan")
         for v in self.vifaces:
-            for shaping, direction in ((v.output, "output"), (v.input, "input")):
+            for shaping in (v.output, v.input):
                 if shaping.rate_bps is not None:
                     needs.add("sch_tbf")
                 if shaping.needs_netem():
                     needs.add("sch_netem")
-                if direction == "output" and not shaping.is_empty():
-                    needs.add("ifb")
         return needs
