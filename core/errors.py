@@ -1,20 +1,20 @@
 """Every error omnibed raises on purpose, each carrying what a user can act on.
 
-    OmnibedError
-    ├── UsageError              bad input from the user (CLI exit status 2)
-    ├── CredentialsError        .source: the file or variable to fix
-    ├── NotSupported            .provider, .verb: the testbed cannot do this
-    ├── PluginLoadError         .plugin: a third-party provider failed to load
-    ├── ProviderError           .provider, .testbed_message: the testbed said no
-    │   ├── ReservationError    .retry_at: when the testbed proposes to try again (UTC)
-    │   ├── ReservationNotFound
-    │   └── ProviderTimeout     a wait ran out of time
-    ├── SSHError                .host: could not log in or run a command
-    │   └── HostKeyMismatch     a node's host key changed since first contact
-    └── EmulatorError           the virtual platform could not be built
-        ├── PlatformError       the platform description is wrong (before any change)
-        ├── PreflightError      .missing: {pnode: [what is missing]} (nothing changed)
-        └── ApplyError          .failures: {pnode: message} (rolled back)
+OmnibedError
+├── UsageError              bad input from the user (CLI exit status 2)
+├── CredentialsError        .source: the file or variable to fix
+├── NotSupported            .provider, .verb: the testbed cannot do this
+├── PluginLoadError         .plugin: a third-party provider failed to load
+├── ProviderError           .provider, .testbed_message: the testbed said no
+│   ├── ReservationError    .retry_at: when the testbed proposes to try again (UTC)
+│   ├── ReservationNotFound
+│   └── ProviderTimeout     a wait ran out of time
+├── SSHError                .host: could not log in or run a command
+│   └── HostKeyMismatch     a node's host key changed since first contact
+└── EmulatorError           the virtual platform could not be built
+    ├── PlatformError       the platform description is wrong (before any change)
+    ├── PreflightError      .missing: {pnode: [what is missing]} (nothing changed)
+    └── ApplyError          .failures: {pnode: message} (rolled back)
 """
 
 from __future__ import annotations
@@ -117,9 +117,7 @@ class PreflightError(EmulatorError):
 
     def __init__(self, missing: Mapping[str, list[str]]) -> None:
         lines = [f"{pnode}: {', '.join(items)}" for pnode, items in missing.items()]
-        super().__init__(
-            "preflight failed, nothing was changed:\n  " + "\n  ".join(lines)
-        )
+        super().__init__("preflight failed, nothing was changed:\n  " + "\n  ".join(lines))
         self.missing = dict(missing)
 
 

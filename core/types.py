@@ -16,7 +16,7 @@ from typing import Any
 from omnibed.core.timeutil import require_utc
 
 
-class Tri(str, enum.Enum):
+class Tri(enum.StrEnum):
     """A fact that may be unknown until probed."""
 
     YES = "yes"
@@ -24,13 +24,13 @@ class Tri(str, enum.Enum):
     UNKNOWN = "unknown"
 
 
-class NicRole(str, enum.Enum):
+class NicRole(enum.StrEnum):
     CONTROL = "control"  # carries the SSH session; never re-parented by the emulator
     EXPERIMENT = "experiment"  # a data-plane NIC the testbed gives every node
     EXTRA = "extra"  # an additional link reserved with --extra-nics
 
 
-class Source(str, enum.Enum):
+class Source(enum.StrEnum):
     """Where a NIC fact came from."""
 
     API = "testbed-api"
@@ -38,7 +38,7 @@ class Source(str, enum.Enum):
     PROBE = "runtime-probe"
 
 
-class ReservationState(str, enum.Enum):
+class ReservationState(enum.StrEnum):
     PENDING = "pending"  # recorded in the ledger, testbed not answered yet
     WAITING = "waiting"  # accepted by the testbed, resources not ready
     READY = "ready"
@@ -47,7 +47,7 @@ class ReservationState(str, enum.Enum):
     UNKNOWN = "unknown"
 
 
-class Capability(str, enum.Enum):
+class Capability(enum.StrEnum):
     """Verbs and features a provider may or may not offer."""
 
     SNAPSHOT = "snapshot"

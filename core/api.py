@@ -1,0 +1,255 @@
+"""The Python API of omnibed; the CLI is a thin layer over it.
+
+`Omnibed` ties a provider to the ledger and to SSH: every reservation is in the ledger
+before the testbed is called, has its own key pair and known_hosts, and is released
+(or found again) by name.
+"""
+
+from __future__ import annotations
+
+import secrets
+import shutil
+from collections.abc import Callable, Mapping
+from dataclasses import replace
+from datetime import datetime, timedelta
+from pathlib import Path
+
+from omnibed.core import ssh
+from omnibed.core.errors import ReservationNotFound, UsageError
+from omnibed.core.ledger import Entry, Ledger, omnibed_home
+from omnibed.core.plugins import ProviderRegistry, load_providers
+from omnibed.core.provider import Progress, Provider
+from omnibed.core.timeutil import utcnow
+from omnibed.core.types import (
+    Capability,
+    Nic,
+    Node,
+    Reservation,
+    ReservationRequest,
+    SSHEndpoint,
+)
+
+
+def _quiet(_: str) -> None:
+    return None
+
+
+class Omnibed:
+    """Reservations by name over every installed provider, recorded in the ledger."""
+
+    def __init__(self, home: Path | None = None, registry: ProviderRegistry | None = None) -> None:
+        self.home = home or omnibed_home()
+        self.registry = registry or load_providers()
+        self.ledger = Ledger(self.home / "ledger.sqlite")
+        self._providers: dict[str, Provider] = {}
+
+    # -- providers and paths ------------------------------------------------------------
+
+    def provider(self, testbed: str) -> Provider:
+        """The provider instance for `testbed` (UsageError listing the known ones)."""
+        if testbed not in self._providers:
+            provider_class = self.registry.get(testbed)
+            state_dir = self.home / "providers" / testbed
+            state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            self._providers[testbed] = provider_class(state_dir)
+        return self._providers[testbed]
+
+    def reservation_dir(self, name: str) -> Path:
+        return self.home / "reservations" / name
+
+    def known_hosts(self, name: str) -> Path:
+        return self.reservation_dir(name) / "known_hosts"
+
+    def keypair(self, name: str) -> ssh.KeyPair:
+        return ssh.ensure_keypair(self.reservation_dir(name))
+
+    # -- reservations -------------------------------------------------------------------
+
+    def make_request(
+        self,
+        testbed: str,
+        *,
+        nodes: int,
+        walltime: timedelta,
+        name: str | None = None,
+        extra_nics: int = 0,
+        options: Mapping[str, str] | None = None,
+        start: datetime | None = None,
+    ) -> ReservationRequest:
+        """Validate the user's request against the provider's declared capabilities."""
+        provider = self.provider(testbed)
+        caps = provider.capabilities
+        options = dict(options or {})
+        unknown = sorted(set(options) - set(caps.options))
+        if unknown:
+            known = ", ".join(f"{k} ({v})" for k, v in caps.options.items()) or "none"
+            raise UsageError(
+                f"unknown option(s) {', '.join(unknown)} for {testbed}; known: {known}"
+            )
+        if nodes < 1:
+            raise UsageError(f"--nodes must be at least 1, not {nodes}")
+        if extra_nics > caps.max_extra_nics:
+            raise UsageError(
+                f"{testbed} offers at most {caps.max_extra_nics} extra NIC(s) per node,"
+                f" not {extra_nics}"
+            )
+        if start is not None and Capability.ADVANCE_RESERVATION not in caps:
+            raise UsageError(f"{testbed} does not take advance reservations (--start)")
+        name = name or f"{testbed}-{secrets.token_hex(3)}"
+        if self.ledger.get(name):
+            raise UsageError(
+                f"a reservation called {name!r} already exists: "
+                f"use another --name or `omnibed release {name}`"
+            )
+        return ReservationRequest(
+            name=name,
+            nodes=nodes,
+            duration=walltime,
+            start=start,
+            image=options.get("image"),
+            site=options.get("site"),
+            extra_nics=extra_nics,
+            extra=options,
+        )
+
+    def reserve(
+        self, testbed: str, request: ReservationRequest, *, owner: str | None = None
+    ) -> Reservation:
+        """Record, then reserve; on any failure nothing is left on the testbed or the ledger.
+
+        `owner` (see :func:`omnibed.core.ledger.process_owner`) marks a reservation that
+        `gc` releases once that process is gone.
+        """
+        provider = self.provider(testbed)
+        self.ledger.record_pending(request.name, testbed, owner)
+        try:
+            keys = self.keypair(request.name)
+            request = _with_key(request, keys.public_openssh)
+            reservation = provider.reserve(request)
+        except BaseException:
+            self._undo(provider, request.name)
+            raise
+        self.ledger.update(reservation)
+        return reservation
+
+    def _undo(self, provider: Provider, name: str) -> None:
+        try:
+            leftover = provider.find(name)
+            if leftover is not None:
+                provider.release(leftover)
+        finally:
+            self._forget(name)
+
+    def _forget(self, name: str) -> None:
+        self.ledger.remove(name)
+        shutil.rmtree(self.reservation_dir(name), ignore_errors=True)
+
+    def entry(self, name: str) -> Entry:
+        entry = self.ledger.get(name)
+        if entry is None:
+            raise UsageError(f"no reservation called {name!r}: see `omnibed ls`")
+        return entry
+
+    def reservation(self, name: str) -> tuple[Provider, Reservation]:
+        entry = self.entry(name)
+        provider = self.provider(entry.testbed)
+        reservation = entry.reservation or provider.find(name)
+        if reservation is None:
+            raise ReservationNotFound(
+                f"{name!r} is in the ledger but unknown to {entry.testbed}:"
+                f" `omnibed release {name}` forgets it",
+                provider=entry.testbed,
+            )
+        return provider, reservation
+
+    def wait(self, name: str, *, timeout: float = 3600, progress: Progress = _quiet) -> Reservation:
+        provider, reservation = self.reservation(name)
+        reservation = provider.wait(reservation, timeout=timeout, progress=progress)
+        self.ledger.update(reservation)
+        return reservation
+
+    def nodes(self, name: str) -> list[Node]:
+        provider, reservation = self.reservation(name)
+        return provider.list_nodes(reservation)
+
+    def nics(self, name: str) -> dict[str, list[Nic]]:
+        provider, reservation = self.reservation(name)
+        return {
+            node.id: provider.nic_capabilities(reservation, node)
+            for node in provider.list_nodes(reservation)
+        }
+
+    def root_endpoints(self, name: str) -> dict[str, SSHEndpoint]:
+        """node id -> an endpoint that logs in as root with the reservation's key."""
+        provider, reservation = self.reservation(name)
+        key_file = str(self.keypair(name).private_path)
+        return {
+            node.id: provider.root_access(reservation, node, key_file)
+            for node in provider.list_nodes(reservation)
+        }
+
+    def run(
+        self,
+        name: str,
+        command: str,
+        *,
+        on_line: Callable[[str, str, str], None] | None = None,
+        timeout: float | None = None,
+    ) -> dict[str, ssh.CommandResult]:
+        """Run `command` as root on every node in parallel; results by node id."""
+        return ssh.run_many(
+            self.root_endpoints(name),
+            command,
+            self.known_hosts(name),
+            on_line=on_line,
+            timeout=timeout,
+        )
+
+    def snapshot(self, name: str, node_id: str, image: str) -> str:
+        provider, reservation = self.reservation(name)
+        return provider.snapshot(reservation, self._node(provider, reservation, node_id), image)
+
+    def extend(self, name: str, end: datetime) -> Reservation:
+        provider, reservation = self.reservation(name)
+        reservation = provider.extend(reservation, end)
+        self.ledger.update(reservation)
+        return reservation
+
+    def release(self, name: str) -> None:
+        """Release on the testbed, then forget; releasing twice is not an error."""
+        entry = self.ledger.get(name)
+        if entry is None:
+            return
+        provider = self.provider(entry.testbed)
+        reservation = provider.find(name) or entry.reservation
+        if reservation is not None:
+            provider.release(reservation)
+        self._forget(name)
+
+    def gc(self) -> list[tuple[str, str]]:
+        """Release what is expired or whose owning process is gone; (name, why) of each."""
+        now = utcnow()
+        released = []
+        for entry in self.ledger.entries():
+            if entry.expired(now):
+                why = "expired"
+            elif entry.orphaned():
+                why = "its reserve-and-run process is gone"
+            else:
+                continue
+            self.release(entry.name)
+            released.append((entry.name, why))
+        return released
+
+    @staticmethod
+    def _node(provider: Provider, reservation: Reservation, node_id: str) -> Node:
+        nodes = provider.list_nodes(reservation)
+        for node in nodes:
+            if node.id == node_id:
+                return node
+        known = ", ".join(node.id for node in nodes)
+        raise UsageError(f"no node {node_id!r} in {reservation.name}; its nodes: {known}")
+
+
+def _with_key(request: ReservationRequest, public_key: str) -> ReservationRequest:
+    return replace(request, public_key=public_key)

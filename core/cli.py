@@ -1,0 +1,476 @@
+"""The `omnibed` command line: parse, call :class:`omnibed.core.api.Omnibed`, render.
+
+Errors the user can fix are one line on stderr and exit status 2; testbed failures exit 1.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import typer
+from omnibed.core import ssh
+from omnibed.core.api import Omnibed
+from omnibed.core.errors import OmnibedError, UsageError
+from omnibed.core.ledger import process_owner
+from omnibed.core.provider import implemented_verbs
+from omnibed.core.timeutil import parse_walltime, to_utc, utcnow
+from omnibed.core.types import ReservationRequest
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(
+    help="Reserve machines on research testbeds, run commands on them as root, and emulate "
+    "virtual platforms on them. Start with `omnibed reserve-and-run --testbed local "
+    "--nodes 3 -- id -u` (as root).",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+out = Console()
+err = Console(stderr=True)
+
+Testbed = Annotated[
+    str, typer.Option("--testbed", "-t", help="Testbed name: see `omnibed providers`.")
+]
+Nodes = Annotated[int, typer.Option("--nodes", "-n", help="How many nodes to reserve.")]
+Walltime = Annotated[
+    str, typer.Option(help="How long to keep the nodes: 30m, 1h, 1h30m, 2d, 01:30:00.")
+]
+Name = Annotated[str, typer.Argument(help="Reservation name, as `omnibed ls` shows it.")]
+ExtraNics = Annotated[
+    int, typer.Option("--extra-nics", help="Extra links per node, if the testbed offers them.")
+]
+Options = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--option",
+        "-o",
+        help="Testbed option KEY=VALUE (repeatable); `omnibed providers` lists them.",
+    ),
+]
+AsJson = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+Command = Annotated[list[str], typer.Argument(help="The command, after `--`.")]
+
+
+def main() -> None:
+    """Console-script entry point."""
+    try:
+        app()
+    except UsageError as error:
+        _fail(str(error), 2)
+    except OmnibedError as error:
+        _fail(str(error), 1)
+
+
+def _fail(message: str, code: int) -> NoReturn:
+    err.print(f"[bold red]error:[/] {message}", highlight=False, markup=True, soft_wrap=True)
+    raise SystemExit(code)
+
+
+def _api() -> Omnibed:
+    return Omnibed()
+
+
+def _options(pairs: list[str] | None) -> dict[str, str]:
+    options = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise UsageError(f"option {pair!r} is not KEY=VALUE (e.g. -o profile=xen)")
+        options[key] = value
+    return options
+
+
+def _walltime(text: str):
+    try:
+        return parse_walltime(text)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+
+
+def _start(text: str | None) -> datetime | None:
+    if text is None:
+        return None
+    try:
+        return to_utc(datetime.fromisoformat(text), assume_zone="UTC")
+    except ValueError:
+        raise UsageError(f"--start {text!r} is not an ISO date such as 2026-12-01T08:00Z") from None
+
+
+def _print_json(data: Any) -> None:
+    print(json.dumps(data, indent=2, default=str))
+
+
+@contextmanager
+def _progress(what: str) -> Iterator[Callable[[str], None]]:
+    with err.status(what) as status:
+        yield lambda line: status.update(f"{what}: {line}")
+
+
+@contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM interrupts like Ctrl-C, so `finally` blocks release what was reserved."""
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@contextmanager
+def _uninterruptible() -> Iterator[None]:
+    """Hold Ctrl-C and SIGTERM while releasing, so a second signal cannot leak nodes."""
+    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+# -- providers and doctor ---------------------------------------------------------------
+
+
+@app.command()
+def providers(as_json: AsJson = False) -> None:
+    """List the testbeds omnibed can use, where each comes from, and what it can do."""
+    registry = _api().registry
+    rows = []
+    for name, provider_class in sorted(registry.providers.items()):
+        caps = provider_class.capabilities
+        rows.append(
+            {
+                "name": name,
+                "source": registry.sources[name],
+                "verbs": implemented_verbs(provider_class),
+                "capabilities": sorted(c.value for c in caps.supported),
+                "max_extra_nics": caps.max_extra_nics,
+                "options": dict(caps.options),
+            }
+        )
+    if as_json:
+        _print_json({"providers": rows, "errors": [str(e) for e in registry.errors]})
+        return
+    table = Table("testbed", "from", "verbs", "capabilities", "options")
+    for row in rows:
+        table.add_row(
+            row["name"],
+            row["source"],
+            ", ".join(row["verbs"]),
+            ", ".join(row["capabilities"]) or "-",
+            ", ".join(row["options"]) or "-",
+        )
+    out.print(table)
+    for error in registry.errors:
+        err.print(f"[yellow]warning:[/] {error}")
+
+
+@app.command()
+def doctor(testbed: Annotated[str | None, typer.Option("--testbed", "-t")] = None) -> None:
+    """Check what is installed, which credentials are found, and how to fix what is missing."""
+    api = _api()
+    names = [testbed] if testbed else sorted(api.registry.providers)
+    bad = 0
+    for name in names:
+        provider_class = api.registry.get(name)
+        out.print(f"[bold]{name}[/]")
+        for check in provider_class.doctor(api.home / "providers" / name):
+            mark = "[green]ok[/]  " if check.ok else "[red]missing[/]"
+            out.print(f"  {mark} {check.what}" + (f": {check.detail}" if check.detail else ""))
+            if not check.ok:
+                bad += 1
+                if check.fix:
+                    out.print(f"          fix: {check.fix}")
+    for error in api.registry.errors:
+        out.print(f"[red]plugin error[/] {error}")
+    raise typer.Exit(1 if bad and testbed else 0)
+
+
+# -- reservations -----------------------------------------------------------------------
+
+
+def _request(api, testbed, nodes, walltime, name, extra_nics, options, start=None):
+    return api.make_request(
+        testbed,
+        nodes=nodes,
+        walltime=_walltime(walltime),
+        name=name,
+        extra_nics=extra_nics,
+        options=_options(options),
+        start=_start(start),
+    )
+
+
+def _reserve_and_wait(api: Omnibed, testbed: str, request: ReservationRequest) -> None:
+    """Reserve with the calling process as owner and wait, showing progress."""
+    with _progress(f"reserving {request.nodes} node(s) on {testbed} as {request.name}") as progress:
+        api.reserve(testbed, request, owner=process_owner())
+        progress("waiting for the nodes")
+        api.wait(request.name, progress=progress)
+
+
+def _release_if_reserved(api: Omnibed, name: str) -> None:
+    if api.ledger.get(name) is None:
+        return
+    with _uninterruptible(), _progress(f"releasing {name}"):
+        api.release(name)
+    err.print(f"released {name}")
+
+
+@app.command()
+def reserve(
+    testbed: Testbed,
+    nodes: Nodes = 1,
+    walltime: Walltime = "1h",
+    name: Annotated[str | None, typer.Option(help="Name it (default: TESTBED-xxxxxx).")] = None,
+    extra_nics: ExtraNics = 0,
+    option: Options = None,
+    start: Annotated[
+        str | None, typer.Option(help="Advance reservation start (ISO, UTC if no zone).")
+    ] = None,
+) -> None:
+    """Reserve nodes and wait until they are ready; prints the reservation name.
+
+    If the wait fails or is interrupted, the reservation is released: nothing is left half-made.
+    """
+    api = _api()
+    request = _request(api, testbed, nodes, walltime, name, extra_nics, option, start)
+    with _sigterm_as_interrupt():
+        try:
+            _reserve_and_wait(api, testbed, request)
+        except BaseException:
+            _release_if_reserved(api, request.name)
+            raise
+    api.ledger.set_owner(request.name, None)  # kept until `omnibed release`
+    out.print(request.name)
+
+
+@app.command("ls")
+def list_reservations(as_json: AsJson = False) -> None:
+    """List the reservations in the ledger."""
+    entries = _api().ledger.entries()
+    rows = [
+        {
+            "name": e.name,
+            "testbed": e.testbed,
+            "state": e.state.value,
+            "start": e.reservation.start.isoformat() if e.reservation else None,
+            "end": e.reservation.end.isoformat() if e.reservation else None,
+            "id": e.reservation.id if e.reservation else None,
+        }
+        for e in entries
+    ]
+    if as_json:
+        _print_json(rows)
+        return
+    table = Table("name", "testbed", "state", "end (UTC)", "id")
+    for row in rows:
+        table.add_row(
+            row["name"], row["testbed"], row["state"], row["end"] or "-", row["id"] or "-"
+        )
+    out.print(table)
+
+
+@app.command()
+def nodes(name: Name, as_json: AsJson = False) -> None:
+    """List the nodes of a reservation and how to reach them."""
+    found = _api().nodes(name)
+    if as_json:
+        _print_json(
+            [
+                {
+                    "id": n.id,
+                    "hostname": n.hostname,
+                    "addresses": list(n.addresses),
+                    "ssh": n.ssh.label(),
+                    "jumps": [j.label() for j in n.ssh.jumps],
+                }
+                for n in found
+            ]
+        )
+        return
+    table = Table("id", "hostname", "addresses", "ssh")
+    for n in found:
+        via = " via " + ", ".join(j.label() for j in n.ssh.jumps) if n.ssh.jumps else ""
+        table.add_row(n.id, n.hostname, " ".join(n.addresses), n.ssh.label() + via)
+    out.print(table)
+
+
+@app.command()
+def nics(name: Name, as_json: AsJson = False) -> None:
+    """Show each node's NICs: role, MAC, MTU and whether foreign MACs and multicast pass."""
+    by_node = _api().nics(name)
+    if as_json:
+        _print_json(
+            {
+                node: [
+                    {
+                        "name": nic.name,
+                        "role": nic.role.value,
+                        "mac": nic.mac,
+                        "mtu": nic.mtu,
+                        "addresses": list(nic.addresses),
+                        "rate_mbps": nic.rate_mbps,
+                        "foreign_mac": nic.foreign_mac.value,
+                        "multicast": nic.multicast.value,
+                        "sources": {k: v.value for k, v in nic.sources.items()},
+                    }
+                    for nic in node_nics
+                ]
+                for node, node_nics in by_node.items()
+            }
+        )
+        return
+    table = Table("node", "nic", "role", "mac", "mtu", "foreign MACs", "multicast")
+    for node, node_nics in by_node.items():
+        for nic in node_nics:
+            table.add_row(
+                node,
+                nic.name,
+                nic.role.value,
+                nic.mac,
+                str(nic.mtu),
+                nic.foreign_mac.value,
+                nic.multicast.value,
+            )
+    out.print(table)
+
+
+def _run_and_report(api: Omnibed, name: str, command: list[str]) -> int:
+    """Run on every node with output prefixed by node; return how many nodes failed."""
+    if not command:
+        raise UsageError("no command given: put it after `--`, e.g. `-- id -u`")
+    text = " ".join(command) if len(command) > 1 else command[0]
+
+    def on_line(node: str, stream: str, line: str) -> None:
+        console = err if stream == "stderr" else out
+        console.print(f"[cyan]\\[{node}][/] {line}", highlight=False, markup=True)
+
+    results = api.run(name, text, on_line=on_line)
+    failed = [node for node, result in results.items() if result.exit_status != 0]
+    table = Table(
+        "node", "exit status", title=f"{len(results) - len(failed)}/{len(results)} succeeded"
+    )
+    for node, result in results.items():
+        style = "green" if result.exit_status == 0 else "red"
+        table.add_row(node, f"[{style}]{result.exit_status}[/]")
+    err.print(table)
+    return len(failed)
+
+
+@app.command(context_settings={"allow_interspersed_args": False})
+def run(name: Name, command: Command) -> None:
+    """Run a command as root on every node of a reservation: `omnibed run NAME -- CMD`."""
+    raise typer.Exit(1 if _run_and_report(_api(), name, command) else 0)
+
+
+@app.command("ssh")
+def ssh_login(
+    name: Name, node: Annotated[str, typer.Argument(help="Node id (`omnibed nodes`).")]
+) -> None:
+    """Open an interactive root shell on one node."""
+    api = _api()
+    endpoints = api.root_endpoints(name)
+    if node not in endpoints:
+        raise UsageError(f"no node {node!r} in {name}; its nodes: {', '.join(endpoints)}")
+    argv = ssh.ssh_command_line(endpoints[node], api.known_hosts(name))
+    os.execvp(argv[0], argv)
+
+
+@app.command()
+def snapshot(
+    name: Name,
+    node: Annotated[str, typer.Argument(help="Node id (`omnibed nodes`).")],
+    image: Annotated[str, typer.Argument(help="Name of the image to create.")],
+) -> None:
+    """Save a node's disk as an image; reserve from it later with `-o image=IMAGE`."""
+    with _progress(f"snapshotting {node}"):
+        created = _api().snapshot(name, node, image)
+    out.print(created)
+
+
+@app.command()
+def extend(
+    name: Name, by: Annotated[str, typer.Option(help="How much longer: 30m, 1h...")] = "1h"
+) -> None:
+    """Move a reservation's end later; prints the end the testbed granted."""
+    api = _api()
+    _, reservation = api.reservation(name)
+    new_end = max(reservation.end, utcnow()) + _walltime(by)
+    granted = api.extend(name, new_end)
+    out.print(granted.end.isoformat())
+
+
+@app.command()
+def release(name: Name) -> None:
+    """Release a reservation and everything it made; releasing twice is not an error."""
+    api = _api()
+    if api.ledger.get(name) is None:
+        raise UsageError(f"no reservation called {name!r}: see `omnibed ls`")
+    with _uninterruptible(), _progress(f"releasing {name}"):
+        api.release(name)
+    out.print(f"released {name}")
+
+
+@app.command()
+def gc() -> None:
+    """Release reservations that are expired or whose reserve-and-run process died."""
+    with _uninterruptible():
+        released = _api().gc()
+    for name, why in released:
+        out.print(f"released {name} ({why})")
+    if not released:
+        out.print("nothing to release")
+
+
+@app.command("reserve-and-run", context_settings={"allow_interspersed_args": False})
+def reserve_and_run(
+    testbed: Testbed,
+    command: Command,
+    nodes: Nodes = 1,
+    walltime: Walltime = "1h",
+    name: Annotated[str | None, typer.Option(help="Name it (default: TESTBED-xxxxxx).")] = None,
+    extra_nics: ExtraNics = 0,
+    option: Options = None,
+    keep: Annotated[bool, typer.Option(help="Keep the nodes afterwards (release later).")] = False,
+    platform: Annotated[
+        Path | None,
+        typer.Option(help="Build this virtual platform (YAML) and run CMD on every vnode."),
+    ] = None,
+) -> None:
+    """Reserve, wait, run CMD as root on every node, print per-node results, release.
+
+    The nodes are released also on Ctrl-C, SIGTERM or an error, unless --keep; if omnibed
+    itself is killed, `omnibed gc` releases them. Exits non-zero when any node failed.
+    """
+    api = _api()
+    request = _request(api, testbed, nodes, walltime, name, extra_nics, option)
+    with _sigterm_as_interrupt():
+        try:
+            _reserve_and_wait(api, testbed, request)
+            if platform is not None:
+                failed = _emulate_and_run(api, request.name, platform, command)
+            else:
+                failed = _run_and_report(api, request.name, command)
+        finally:
+            if keep and api.ledger.get(request.name):
+                api.ledger.set_owner(request.name, None)
+                err.print(f"kept {request.name}: `omnibed release {request.name}` when done")
+            elif not keep:
+                _release_if_reserved(api, request.name)
+    raise typer.Exit(1 if failed else 0)
+
+
+def _emulate_and_run(api: Omnibed, name: str, platform: Path, command: list[str]) -> int:
+    raise UsageError("--platform needs the emulator, which is not installed in this build")
