@@ -1,0 +1,424 @@
+"""SSH to reserved nodes with paramiko: per-reservation key and known_hosts, jump hosts, fan-out.
+
+Host keys are trusted on first contact and checked afterwards: the first key seen for
+`host` (or `[host]:port` when the port is not 22) is appended to the reservation's
+known_hosts file; a different key later raises `HostKeyMismatch`. The file uses the
+OpenSSH format, so `ssh -o UserKnownHostsFile=<file>` (see `ssh_command_line`) shares it.
+"""
+
+from __future__ import annotations
+
+import codecs
+import contextlib
+import fcntl
+import os
+import select
+import shlex
+import time
+from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from threading import Lock
+
+import paramiko
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from omnibed.core.errors import HostKeyMismatch, SSHError
+from omnibed.core.types import SSHEndpoint
+
+KEY_NAME = "id_ed25519"
+UNREACHABLE = 255  # exit status of a node that could not be reached, as with OpenSSH's `ssh`
+
+LineCallback = Callable[[str, str, str], None]  # (node, "stdout" | "stderr", line)
+
+
+@dataclass(frozen=True)
+class KeyPair:
+    private_path: Path
+    public_openssh: str  # "ssh-ed25519 AAAA... comment", ready for authorized_keys
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    node: str
+    exit_status: int
+    stdout: str
+    stderr: str
+
+
+def ensure_keypair(directory: Path) -> KeyPair:
+    """Create `directory` (0700) holding an ed25519 `id_ed25519` (0600) + `.pub`; reuse one."""
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    directory.chmod(0o700)
+    private_path = directory / KEY_NAME
+    if private_path.exists():
+        key = serialization.load_ssh_private_key(private_path.read_bytes(), password=None)
+    else:
+        key = Ed25519PrivateKey.generate()
+        pem = key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.OpenSSH,
+            serialization.NoEncryption(),
+        )
+        fd = os.open(private_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as out:
+            out.write(pem)
+    private_path.chmod(0o600)
+    public = key.public_key().public_bytes(
+        serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
+    ).decode()
+    public_openssh = f"{public} omnibed-{directory.name}"
+    public_path = directory / f"{KEY_NAME}.pub"
+    if not public_path.exists():
+        public_path.write_text(public_openssh + "\n")
+    return KeyPair(private_path=private_path, public_openssh=public_openssh)
+
+
+def _mismatch(hostname: str, known_hosts: Path) -> HostKeyMismatch:
+    return HostKeyMismatch(
+        f"the host key of {hostname} differs from the one recorded at first contact in "
+        f"{known_hosts}: if the node was reinstalled, delete its line from that file; "
+        "otherwise someone may be intercepting the connection",
+        host=hostname,
+    )
+
+
+def _record_host_key(known_hosts: Path, hostname: str, key: paramiko.PKey) -> None:
+    """Append `key` for `hostname` unless already known; a different known key is a mismatch.
+
+    The file is locked (flock) while read and appended, so parallel first contacts from
+    threads or processes neither lose nor duplicate lines.
+    """
+    known_hosts.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(known_hosts, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        os.fchmod(fd, 0o600)
+        known = paramiko.HostKeys(str(known_hosts)).lookup(hostname)
+        if known is None:
+            os.write(fd, f"{hostname} {key.get_name()} {key.get_base64()}\n".encode())
+        elif known.get(key.get_name()) != key:
+            raise _mismatch(hostname, known_hosts)
+    finally:
+        os.close(fd)
+
+
+class _RecordFirstContact(paramiko.MissingHostKeyPolicy):
+    """Accept an unknown host by recording its key in the reservation's known_hosts."""
+
+    def __init__(self, known_hosts: Path) -> None:
+        self.known_hosts = known_hosts
+
+    def missing_host_key(self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey):
+        _record_host_key(self.known_hosts, hostname, key)
+
+
+class _ChainedClient(paramiko.SSHClient):
+    """An SSHClient that closes the jump-host clients its transport runs through."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.jump_clients: list[paramiko.SSHClient] = []
+
+    def close(self) -> None:
+        super().close()
+        for jump in reversed(self.jump_clients):
+            jump.close()
+        self.jump_clients = []
+
+
+def _key_words(endpoint: SSHEndpoint) -> str:
+    if endpoint.key_file:
+        return f"the key {endpoint.key_file}"
+    return "the SSH agent and default keys (~/.ssh/id_*)"
+
+
+def _login(
+    client: paramiko.SSHClient,
+    endpoint: SSHEndpoint,
+    known_hosts: Path,
+    sock: paramiko.Channel | None,
+    timeout: float,
+) -> None:
+    client.set_missing_host_key_policy(_RecordFirstContact(known_hosts))
+    if known_hosts.exists():
+        client.load_host_keys(str(known_hosts))
+    where = f"{endpoint.host}:{endpoint.port}"
+    try:
+        client.connect(
+            endpoint.host,
+            port=endpoint.port,
+            username=endpoint.user,
+            key_filename=endpoint.key_file,
+            allow_agent=endpoint.key_file is None,
+            look_for_keys=endpoint.key_file is None,
+            sock=sock,
+            timeout=timeout,
+            banner_timeout=timeout,
+            auth_timeout=timeout,
+            channel_timeout=timeout,
+        )
+    except paramiko.BadHostKeyException as exc:
+        raise _mismatch(exc.hostname, known_hosts) from exc
+    except paramiko.AuthenticationException as exc:
+        raise SSHError(
+            f"{endpoint.label()} refused the login with {_key_words(endpoint)} ({exc}): check "
+            f"that the public key is in ~{endpoint.user}/.ssh/authorized_keys on {endpoint.host}",
+            host=endpoint.host,
+        ) from exc
+    except TimeoutError as exc:
+        raise SSHError(
+            f"no SSH answer from {where} within {timeout:g}s: check that the node is up and "
+            "that sshd listens on that port",
+            host=endpoint.host,
+        ) from exc
+    except OSError as exc:
+        raise SSHError(
+            f"cannot reach {where} ({exc}): check the address, the port and that the node is up",
+            host=endpoint.host,
+        ) from exc
+    except paramiko.SSHException as exc:
+        raise SSHError(
+            f"SSH to {where} failed ({exc}): check that an SSH server answers there",
+            host=endpoint.host,
+        ) from exc
+
+
+def _tunnel(jump: paramiko.SSHClient, via: SSHEndpoint, target: SSHEndpoint, timeout: float):
+    """A direct-tcpip channel from the jump host `via` to `target`, as `ssh -J` opens."""
+    transport = jump.get_transport()
+    assert transport is not None  # a connected client always has one
+    try:
+        return transport.open_channel(
+            "direct-tcpip", (target.host, target.port), ("127.0.0.1", 0), timeout=timeout
+        )
+    except paramiko.SSHException as exc:
+        raise SSHError(
+            f"jump host {via.label()} could not open a connection to "
+            f"{target.host}:{target.port} ({exc}): check that the address is reachable from the "
+            "jump host and that its sshd allows TCP forwarding",
+            host=target.host,
+        ) from exc
+
+
+def connect(
+    endpoint: SSHEndpoint, known_hosts: Path, timeout: float = 30
+) -> paramiko.SSHClient:
+    """Log in to `endpoint` through its `jumps` in order (each hop with its own user/port/key).
+
+    Every hop's host key is recorded at first contact and checked after. The returned
+    client keeps the jump connections alive and closes them on `close()`. Raises
+    `SSHError` (or `HostKeyMismatch`) saying what to check. A jump's own `jumps` are ignored.
+    """
+    hops = [*endpoint.jumps, endpoint]
+    clients: list[paramiko.SSHClient] = []
+    try:
+        for index, hop in enumerate(hops):
+            sock = _tunnel(clients[-1], hops[index - 1], hop, timeout) if clients else None
+            client = _ChainedClient() if hop is endpoint else paramiko.SSHClient()
+            clients.append(client)
+            _login(client, hop, known_hosts, sock, timeout)
+    except BaseException:
+        for client in reversed(clients):
+            client.close()
+        raise
+    final = clients.pop()
+    final.jump_clients = clients
+    return final
+
+
+@contextlib.contextmanager
+def open_sftp(
+    endpoint: SSHEndpoint, known_hosts: Path, timeout: float = 30
+) -> Iterator[paramiko.SFTPClient]:
+    """An SFTP session on `endpoint` (jumps honoured), closed with its SSH connection."""
+    client = connect(endpoint, known_hosts, timeout)
+    try:
+        sftp = client.open_sftp()
+        try:
+            yield sftp
+        finally:
+            sftp.close()
+    finally:
+        client.close()
+
+
+class _Lines:
+    """Decode one output stream, keep it whole and hand each complete line to a callback."""
+
+    def __init__(self, emit: Callable[[str], None] | None) -> None:
+        self.emit = emit
+        self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self.parts: list[str] = []
+        self.pending = ""
+
+    def feed(self, data: bytes, final: bool = False) -> None:
+        text = self.decoder.decode(data, final)
+        self.parts.append(text)
+        if self.emit is None:
+            return
+        *lines, self.pending = (self.pending + text).split("\n")
+        if final and self.pending:
+            lines.append(self.pending)
+            self.pending = ""
+        for line in lines:
+            self.emit(line)
+
+    def text(self) -> str:
+        return "".join(self.parts)
+
+
+def _execute(
+    client: paramiko.SSHClient,
+    endpoint: SSHEndpoint,
+    command: str,
+    node: str,
+    timeout: float | None,
+    on_line: LineCallback | None,
+) -> CommandResult:
+    transport = client.get_transport()
+    assert transport is not None
+    out = _Lines(None if on_line is None else lambda line: on_line(node, "stdout", line))
+    err = _Lines(None if on_line is None else lambda line: on_line(node, "stderr", line))
+    deadline = None if timeout is None else time.monotonic() + timeout
+    channel = transport.open_session()
+    try:
+        channel.exec_command(command)
+        channel.shutdown_write()  # empty stdin, as with `ssh host cmd </dev/null`
+        while True:
+            while channel.recv_ready():
+                out.feed(channel.recv(65536))
+            while channel.recv_stderr_ready():
+                err.feed(channel.recv_stderr(65536))
+            if channel.eof_received or channel.closed:
+                if not (channel.recv_ready() or channel.recv_stderr_ready()):
+                    break
+                continue
+            wait = 1.0 if deadline is None else min(1.0, deadline - time.monotonic())
+            if wait <= 0:
+                raise SSHError(
+                    f"the command did not finish within {timeout:g}s on {endpoint.label()}",
+                    host=endpoint.host,
+                )
+            select.select([channel], [], [], wait)
+        status = channel.recv_exit_status()
+    finally:
+        channel.close()
+    out.feed(b"", final=True)
+    err.feed(b"", final=True)
+    stderr = err.text()
+    if status == -1:  # the session ended without an exit status (e.g. killed by a signal)
+        status = UNREACHABLE
+        stderr += f"{endpoint.label()} returned no exit status (killed by a signal?)\n"
+    return CommandResult(node=node, exit_status=status, stdout=out.text(), stderr=stderr)
+
+
+def run(
+    endpoint: SSHEndpoint,
+    command: str,
+    known_hosts: Path,
+    *,
+    node: str = "",
+    timeout: float | None = None,
+    on_line: LineCallback | None = None,
+) -> CommandResult:
+    """Run `command` on `endpoint`; stream lines to `on_line(node, stream, line)` as they come.
+
+    `timeout` bounds the command (the login has its own 30 s). Raises `SSHError` when the
+    node cannot be reached, the login is refused or the command outlives `timeout`.
+    """
+    client = connect(endpoint, known_hosts)
+    try:
+        return _execute(client, endpoint, command, node or endpoint.host, timeout, on_line)
+    except (paramiko.SSHException, OSError) as exc:
+        raise SSHError(
+            f"the SSH session to {endpoint.label()} broke while running the command ({exc})",
+            host=endpoint.host,
+        ) from exc
+    finally:
+        client.close()
+
+
+def run_many(
+    endpoints: Mapping[str, SSHEndpoint],
+    command: str,
+    known_hosts: Path,
+    *,
+    on_line: LineCallback | None = None,
+    timeout: float | None = None,
+    max_parallel: int = 32,
+) -> dict[str, CommandResult]:
+    """Run `command` on every node in parallel; a node that fails to connect gets exit 255.
+
+    `on_line(node, stream, line)` is called for one line at a time (never concurrently);
+    the error of an unreachable node is also streamed to it as a stderr line.
+    """
+    emit_lock = Lock()
+
+    def emit(node: str, stream: str, line: str) -> None:
+        assert on_line is not None
+        with emit_lock:
+            on_line(node, stream, line)
+
+    def one(node: str, endpoint: SSHEndpoint) -> CommandResult:
+        callback = None if on_line is None else emit
+        try:
+            return run(endpoint, command, known_hosts, node=node, timeout=timeout,
+                       on_line=callback)
+        except SSHError as exc:
+            if callback is not None:
+                callback(node, "stderr", str(exc))
+            return CommandResult(node=node, exit_status=UNREACHABLE, stdout="",
+                                 stderr=f"{exc}\n")
+
+    workers = max(1, min(max_parallel, len(endpoints)))
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="omnibed-ssh") as pool:
+        futures = {node: pool.submit(one, node, ep) for node, ep in endpoints.items()}
+        return {node: future.result() for node, future in futures.items()}
+
+
+def _hop_options(endpoint: SSHEndpoint, known_hosts: Path) -> list[str]:
+    options = [
+        "-p", str(endpoint.port),
+        "-l", endpoint.user,
+        "-o", f"UserKnownHostsFile={known_hosts}",
+        "-o", "GlobalKnownHostsFile=/dev/null",
+        "-o", "StrictHostKeyChecking=accept-new",
+        "-o", "HashKnownHosts=no",
+    ]
+    if endpoint.key_file:
+        options += ["-i", endpoint.key_file, "-o", "IdentitiesOnly=yes"]
+    return options
+
+
+def _proxy_option(jumps: tuple[SSHEndpoint, ...], target: SSHEndpoint, known_hosts: Path):
+    """`-o ProxyCommand=ssh ... -W target jump` reaching `target` through the last of `jumps`."""
+    if not jumps:
+        return []
+    *before, last = jumps
+    host = f"[{target.host}]" if ":" in target.host else target.host
+    argv = [
+        "ssh",
+        *_hop_options(last, known_hosts),
+        *_proxy_option(tuple(before), last, known_hosts),
+        "-W", f"{host}:{target.port}",
+        last.host,
+    ]
+    # ssh expands %-tokens in ProxyCommand: escape them once per level of nesting
+    return ["-o", "ProxyCommand=" + shlex.join(argv).replace("%", "%%")]
+
+
+def ssh_command_line(endpoint: SSHEndpoint, known_hosts: Path) -> list[str]:
+    """The OpenSSH `ssh` argv logging in to `endpoint` (append a command, or none).
+
+    It shares the reservation's known_hosts (first contact accepted, changed keys refused)
+    and reaches the node through its jumps with nested ProxyCommands, so each hop keeps
+    its own port, user and key, unlike `-J`.
+    """
+    return [
+        "ssh",
+        *_hop_options(endpoint, known_hosts),
+        *_proxy_option(endpoint.jumps, endpoint, known_hosts),
+        endpoint.host,
+    ]
