@@ -1,0 +1,65 @@
+"""Local testbed images: a pnode's own directory saved as `state_dir/images/<name>.tar.gz`."""
+
+from __future__ import annotations
+
+import os
+import re
+import tarfile
+from pathlib import Path
+
+from omnibed.core.errors import UsageError
+
+SUFFIX = ".tar.gz"
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+def images_dir(state_dir: Path) -> Path:
+    return state_dir / "images"
+
+
+def list_images(state_dir: Path) -> list[str]:
+    directory = images_dir(state_dir)
+    if not directory.is_dir():
+        return []
+    return sorted(path.name[: -len(SUFFIX)] for path in directory.glob(f"*{SUFFIX}"))
+
+
+def check_name(name: str) -> None:
+    if not NAME.match(name):
+        raise UsageError(
+            f"image name {name!r} is not valid: use letters, digits, '.', '_' and '-' "
+            "(at most 64, starting with a letter or digit)"
+        )
+
+
+def require(state_dir: Path, name: str) -> Path:
+    """The archive of image `name`; a UsageError lists the images there are."""
+    check_name(name)
+    path = images_dir(state_dir) / f"{name}{SUFFIX}"
+    if not path.is_file():
+        known = ", ".join(list_images(state_dir)) or "none yet (make one with omnibed snapshot)"
+        raise UsageError(f"unknown local image {name!r}; images: {known}")
+    return path
+
+
+def unpack(archive: Path, destination: Path) -> None:
+    """Fill `destination` with the files of `archive` (no path may escape it)."""
+    destination.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(archive, "r:gz") as tar:
+        tar.extractall(destination, filter="data")
+
+
+def pack(source: Path, state_dir: Path, name: str) -> str:
+    """Save the contents of `source` as image `name` (replacing it atomically); return `name`."""
+    check_name(name)
+    directory = images_dir(state_dir)
+    directory.mkdir(parents=True, exist_ok=True)
+    target = directory / f"{name}{SUFFIX}"
+    temporary = directory / f".{name}.{os.getpid()}.tmp"
+    try:
+        with tarfile.open(temporary, "w:gz") as tar:
+            tar.add(source, arcname=".")
+        os.replace(temporary, target)
+    finally:
+        temporary.unlink(missing_ok=True)
+    return name

@@ -1,0 +1,309 @@
+"""The `local` testbed: pnodes are network namespaces of this machine, each with a real sshd."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import time
+from datetime import datetime
+from pathlib import Path
+
+from omnibed.core.errors import (
+    OmnibedError,
+    ProviderTimeout,
+    ReservationError,
+    ReservationNotFound,
+    UsageError,
+)
+from omnibed.core.provider import Check, Progress, Provider, _no_progress
+from omnibed.core.timeutil import require_utc, utcnow
+from omnibed.core.types import (
+    Capabilities,
+    Capability,
+    Nic,
+    NicRole,
+    Node,
+    Reservation,
+    ReservationRequest,
+    ReservationState,
+    Source,
+    SSHEndpoint,
+    Tri,
+)
+from omnibed.providers.local import images, sshd, underlay
+from omnibed.providers.local.profiles import (
+    DEFAULT_PROFILE,
+    PROFILES,
+    Profile,
+    check_extra_nics,
+    get_profile,
+)
+from omnibed.providers.local.shell import run
+from omnibed.providers.local.state import (
+    NodeRecord,
+    Record,
+    load_record,
+    load_records,
+    machine_lock,
+)
+
+OPTIONS = {
+    "profile": "underlay behaviour: " + ", ".join(PROFILES) + f" (default {DEFAULT_PROFILE})",
+    "image": "start every pnode's directory from an image made by `omnibed snapshot`",
+}
+NOT_ROOT = "the local testbed needs root: run omnibed with sudo"
+_FACTS = {"mac": Source.API, "mtu": Source.API, "addresses": Source.API,
+          "foreign_mac": Source.TABLE, "multicast": Source.TABLE}
+
+
+def _tri(value: bool) -> Tri:
+    return Tri.YES if value else Tri.NO
+
+
+class LocalProvider(Provider):
+    """Pnodes are namespaces on one underlay switch; see :mod:`.underlay` for the layout."""
+
+    name = "local"
+    description = "network namespaces with a real sshd on this machine (needs root)"
+    capabilities = Capabilities(
+        supported=frozenset(
+            {Capability.SNAPSHOT, Capability.EXTEND, Capability.EXTRA_NICS, Capability.ROOT}
+        ),
+        max_extra_nics=1,
+        options=OPTIONS,
+    )
+
+    @classmethod
+    def doctor(cls, state_dir: Path) -> list[Check]:
+        release = platform.release()
+        major, minor = (int(part) for part in release.split(".")[:2])
+        tools = [
+            ("ip", "iproute2"), ("bridge", "iproute2"), ("ssh-keygen", "openssh-client"),
+        ]
+        return [
+            Check("running as root", os.geteuid() == 0, fix="run omnibed with sudo"),
+            Check(f"{sshd.SSHD}", sshd.SSHD.is_file(), fix="apt-get install openssh-server"),
+            *(
+                Check(f"`{tool}` command", shutil.which(tool) is not None,
+                      fix=f"apt-get install {package}")
+                for tool, package in tools
+            ),
+            Check("network namespaces", Path("/proc/self/ns/net").exists(),
+                  fix="use a kernel built with CONFIG_NET_NS"),
+            Check(f"kernel {release} can lock bridge ports (5.18+, for xen/kvm/nomcast)",
+                  (major, minor) >= (5, 18), fix="use a Linux kernel 5.18 or newer"),
+        ]
+
+    # reserve -----------------------------------------------------------------------------
+
+    def reserve(self, request: ReservationRequest) -> Reservation:
+        profile, image = self._check_request(request)
+        if os.geteuid() != 0:
+            raise UsageError(NOT_ROOT)
+        with machine_lock():
+            existing = self._record_named(request.name)
+            if existing is not None and existing.state == ReservationState.READY.value:
+                return existing.to_reservation()
+            if existing is not None:  # left half-made by a process that died
+                self._undo(existing)
+            record = self._new_record(request, profile, image)
+            record.save(self.state_dir)
+            try:
+                self._build(record, profile, request.public_key, image)
+            except BaseException as error:
+                self._undo(record)
+                if isinstance(error, OmnibedError) or not isinstance(error, Exception):
+                    raise
+                raise ReservationError(
+                    f"the local reservation {request.name!r} failed and was undone: {error}",
+                    provider=self.name,
+                ) from error
+            record.state = ReservationState.READY.value
+            record.save(self.state_dir)
+        return record.to_reservation()
+
+    def _check_request(self, request: ReservationRequest) -> tuple[Profile, Path | None]:
+        unknown = sorted(set(request.extra) - set(OPTIONS))
+        if unknown:
+            raise UsageError(
+                f"unknown option(s) for the local testbed: {', '.join(unknown)}; "
+                f"known: {', '.join(OPTIONS)}"
+            )
+        if request.start is not None:
+            raise UsageError("the local testbed starts reservations at once; drop the start time")
+        profile = get_profile(request.extra.get("profile", DEFAULT_PROFILE))
+        check_extra_nics(profile, request.extra_nics)
+        image_name = request.extra.get("image") or request.image
+        image = images.require(self.state_dir, image_name) if image_name else None
+        return profile, image
+
+    def _new_record(
+        self, request: ReservationRequest, profile: Profile, image: Path | None
+    ) -> Record:
+        reservation_id = underlay.new_reservation_id()
+        subnet = underlay.free_subnet({record.subnet for record in load_records(self.state_dir)})
+        switch, nodes = underlay.plan(
+            reservation_id, subnet, request.nodes, request.extra_nics,
+            self.state_dir / reservation_id,
+        )
+        start = utcnow()
+        return Record(
+            id=reservation_id,
+            name=request.name,
+            profile=profile.name,
+            subnet=str(subnet),
+            start=start.isoformat(),
+            end=(start + request.duration).isoformat(),
+            state=ReservationState.PENDING.value,
+            extra_nics=request.extra_nics,
+            image=image.name if image else None,
+            nodes=nodes,
+            **switch,
+        )
+
+    def _build(
+        self, record: Record, profile: Profile, public_key: str | None, image: Path | None
+    ) -> None:
+        underlay.build_switch(record, profile)
+        for node in record.nodes:
+            underlay.build_pnode(record, node, profile)
+            node_dir = Path(node.dir)
+            sshd.prepare(node_dir, node.address, public_key)
+            if image is not None:
+                images.unpack(image, node_dir / "root")
+            sshd.start(node.netns, node_dir)
+        for node in record.nodes:
+            sshd.wait_accepting(node.address, Path(node.dir))
+
+    # queries -----------------------------------------------------------------------------
+
+    def wait(
+        self, reservation: Reservation, *, timeout: float = 3600, progress: Progress = _no_progress
+    ) -> Reservation:
+        deadline = time.monotonic() + timeout
+        while True:
+            record = self._record(reservation)
+            if record.state == ReservationState.READY.value:
+                progress(f"{len(record.nodes)} pnode(s) ready on {record.subnet}")
+                return record.to_reservation()
+            if time.monotonic() >= deadline:
+                raise ProviderTimeout(
+                    f"the local reservation {reservation.name!r} was not ready after "
+                    f"{timeout:.0f} s; release it with omnibed release {reservation.name}",
+                    provider=self.name,
+                )
+            progress(f"{reservation.name}: being built by another process")
+            time.sleep(0.2)
+
+    def find(self, name: str) -> Reservation | None:
+        record = self._record_named(name)
+        return record.to_reservation() if record else None
+
+    def list_nodes(self, reservation: Reservation) -> list[Node]:
+        record = self._record(reservation)
+        return [
+            Node(
+                id=node.id,
+                hostname=node.netns,
+                ssh=SSHEndpoint(host=node.address, port=sshd.PORT, user="root"),
+                addresses=(node.address,),
+                extra={
+                    "netns": node.netns,
+                    "node_dir": str(Path(node.dir) / "root"),
+                    "host_key": sshd.host_public_key(Path(node.dir)),
+                },
+            )
+            for node in record.nodes
+        ]
+
+    def root_access(self, reservation: Reservation, node: Node, key_file: str) -> SSHEndpoint:
+        pnode = self._pnode(reservation, node)
+        sshd.authorize(Path(pnode.dir), sshd.public_key_of(key_file))
+        return SSHEndpoint(host=pnode.address, port=sshd.PORT, user="root", key_file=key_file)
+
+    def nic_capabilities(self, reservation: Reservation, node: Node) -> list[Nic]:
+        record = self._record(reservation)
+        pnode = self._pnode(reservation, node)
+        profile = get_profile(record.profile)
+        links = {
+            link["ifname"]: link
+            for link in json.loads(run("ip", "-n", pnode.netns, "-j", "addr", "show") or "[]")
+        }
+        nics = [self._nic(links["eth0"], NicRole.CONTROL, profile.foreign_mac, profile.multicast)]
+        if "eth1" in links:
+            nics.append(self._nic(links["eth1"], NicRole.EXTRA, True, True))
+        return nics
+
+    @staticmethod
+    def _nic(link: dict, role: NicRole, foreign_mac: bool, multicast: bool) -> Nic:
+        addresses = tuple(
+            f"{info['local']}/{info['prefixlen']}"
+            for info in link.get("addr_info", [])
+            if info.get("family") == "inet"
+        )
+        return Nic(
+            name=link["ifname"], mac=link["address"], role=role, mtu=int(link["mtu"]),
+            addresses=addresses, foreign_mac=_tri(foreign_mac), multicast=_tri(multicast),
+            sources=_FACTS,
+        )
+
+    # changes -----------------------------------------------------------------------------
+
+    def snapshot(self, reservation: Reservation, node: Node, image: str) -> str:
+        pnode = self._pnode(reservation, node)
+        return images.pack(Path(pnode.dir) / "root", self.state_dir, image)
+
+    def extend(self, reservation: Reservation, end: datetime) -> Reservation:
+        require_utc(end)
+        record = self._record(reservation)
+        record.end = end.isoformat()
+        record.save(self.state_dir)
+        return record.to_reservation()
+
+    def release(self, reservation: Reservation) -> None:
+        if not underlay.OUR_NAME.match(f"{reservation.id}h"):
+            raise UsageError(f"{reservation.id!r} is not a local reservation id")
+        record = load_record(self.state_dir, reservation.id)
+        if record is not None:
+            self._undo(record)
+        else:
+            namespaces = list(reservation.extra.get("netns", []))
+            namespaces.append(reservation.extra.get("switch_netns", f"{reservation.id}-s"))
+            underlay.teardown(namespaces, reservation.extra.get("host_link", f"{reservation.id}h"))
+            shutil.rmtree(self.state_dir / reservation.id, ignore_errors=True)
+
+    # helpers -----------------------------------------------------------------------------
+
+    def _undo(self, record: Record) -> None:
+        """Remove everything `record` made: processes, namespaces, host link, directory."""
+        underlay.teardown(record.namespaces, record.host_link)
+        shutil.rmtree(self.state_dir / record.id, ignore_errors=True)
+
+    def _record_named(self, name: str) -> Record | None:
+        for record in load_records(self.state_dir):
+            if record.name == name:
+                if record.state == ReservationState.READY.value and not all(
+                    underlay.netns_exists(ns) for ns in record.namespaces
+                ):
+                    record.state = ReservationState.ERROR.value  # e.g. lost at a reboot
+                return record
+        return None
+
+    def _record(self, reservation: Reservation) -> Record:
+        record = load_record(self.state_dir, reservation.id)
+        if record is None:
+            raise ReservationNotFound(
+                f"the local reservation {reservation.name!r} ({reservation.id}) does not exist "
+                "any more; make a new one with omnibed reserve --testbed local",
+                provider=self.name,
+            )
+        return record
+
+    def _pnode(self, reservation: Reservation, node: Node) -> NodeRecord:
+        for pnode in self._record(reservation).nodes:
+            if pnode.id == node.id:
+                return pnode
+        raise UsageError(f"{reservation.name} has no node {node.id!r}")
+

@@ -1,0 +1,113 @@
+"""The real OpenSSH server of each pnode, run inside the pnode's namespace.
+
+Everything it needs lives in the pnode's directory: host key, authorized keys, config, pid
+file and log. Root logs in with a key only; the session gets `OMNIBED_NODE_DIR` set to the
+pnode's own writable directory (`<node dir>/root`).
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from pathlib import Path
+
+from omnibed.core.errors import ProviderError
+from omnibed.providers.local.shell import run
+
+SSHD = Path("/usr/sbin/sshd")
+PRIVSEP_DIR = Path("/run/sshd")
+HOST_KEY = "ssh_host_ed25519_key"
+AUTHORIZED_KEYS = "authorized_keys"
+CONFIG = "sshd_config"
+PID_FILE = "sshd.pid"
+LOG = "sshd.log"
+PORT = 22
+
+
+def prepare(node_dir: Path, address: str, public_key: str | None) -> Path:
+    """Write host key, authorized keys and sshd_config into `node_dir`; return the config."""
+    node_dir.mkdir(parents=True, exist_ok=True)
+    (node_dir / "root").mkdir(exist_ok=True)
+    run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"omnibed-local {address}",
+        "-f", str(node_dir / HOST_KEY))
+    keys = node_dir / AUTHORIZED_KEYS
+    keys.touch(mode=0o600)
+    if public_key:
+        authorize(node_dir, public_key)
+    config = node_dir / CONFIG
+    config.write_text(
+        "\n".join(
+            [
+                f"ListenAddress {address}:{PORT}",
+                f'HostKey "{node_dir / HOST_KEY}"',
+                f'PidFile "{node_dir / PID_FILE}"',
+                f'AuthorizedKeysFile "{keys}"',
+                "PermitRootLogin prohibit-password",
+                "PasswordAuthentication no",
+                "KbdInteractiveAuthentication no",
+                "UsePAM no",
+                "StrictModes no",
+                "UseDNS no",
+                "PrintMotd no",
+                "MaxStartups 100:30:200",
+                "MaxSessions 100",
+                f'SetEnv "OMNIBED_NODE_DIR={node_dir / "root"}"',
+                "Subsystem sftp internal-sftp",
+                "",
+            ]
+        )
+    )
+    return config
+
+
+def authorize(node_dir: Path, public_key: str) -> None:
+    """Add `public_key` (one OpenSSH line) to the pnode's authorized keys unless already there."""
+    keys = node_dir / AUTHORIZED_KEYS
+    line = public_key.strip()
+    present = keys.read_text().splitlines() if keys.exists() else []
+    if line not in present:
+        with open(keys, "a") as handle:
+            handle.write(line + "\n")
+        keys.chmod(0o600)
+
+
+def public_key_of(key_file: str) -> str:
+    """The OpenSSH public line of private key `key_file` (its `.pub` file, else derived)."""
+    pub = Path(key_file + ".pub")
+    if pub.is_file():
+        return pub.read_text().strip()
+    return run("ssh-keygen", "-y", "-f", key_file).strip()
+
+
+def host_public_key(node_dir: Path) -> str:
+    """The pnode's host key as `type base64` (for a known_hosts line)."""
+    return " ".join((node_dir / f"{HOST_KEY}.pub").read_text().split()[:2])
+
+
+def start(netns: str, node_dir: Path) -> None:
+    """Start sshd in `netns` as a daemon (it outlives this process; killed by `release`)."""
+    PRIVSEP_DIR.mkdir(mode=0o755, exist_ok=True)
+    run("ip", "netns", "exec", netns, str(SSHD), "-f", str(node_dir / CONFIG),
+        "-E", str(node_dir / LOG))
+
+
+def wait_accepting(address: str, node_dir: Path, timeout: float = 20.0) -> None:
+    """Return once the sshd on `address` answers with its SSH banner; raise after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    last_error: OSError | None = None
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection((address, PORT), timeout=2) as connection:
+                if connection.recv(64).startswith(b"SSH-"):
+                    return
+        except OSError as error:
+            last_error = error
+        time.sleep(0.05)
+    log_file = node_dir / LOG
+    log = log_file.read_text()[-500:] if log_file.exists() else ""
+    raise ProviderError(
+        f"the sshd of {address} did not answer within {timeout:.0f} s ({last_error}); "
+        f"its log says: {log or 'nothing'}",
+        provider="local",
+        testbed_message=log or None,
+    )
