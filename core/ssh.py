@@ -75,16 +75,16 @@ def ensure_keypair(directory: Path) -> KeyPair:
     return KeyPair(private_path=private_path, public_openssh=public_openssh)
 
 
-def _mismatch(hostname: str, known_hosts: Path) -> HostKeyMismatch:
+def _mismatch(name: str, host: str, known_hosts: Path) -> HostKeyMismatch:
     return HostKeyMismatch(
-        f"the host key of {hostname} differs from the one recorded at first contact in "
+        f"the host key of {name} differs from the one recorded at first contact in "
         f"{known_hosts}: if the node was reinstalled, delete its line from that file; "
         "otherwise someone may be intercepting the connection",
-        host=hostname,
+        host=host,
     )
 
 
-def _record_host_key(known_hosts: Path, hostname: str, key: paramiko.PKey) -> None:
+def _record_host_key(known_hosts: Path, hostname: str, key: paramiko.PKey, host: str) -> None:
     """Append `key` for `hostname` unless already known; a different known key is a mismatch.
 
     The file is locked (flock) while read and appended, so parallel first contacts from
@@ -99,7 +99,7 @@ def _record_host_key(known_hosts: Path, hostname: str, key: paramiko.PKey) -> No
         if known is None:
             os.write(fd, f"{hostname} {key.get_name()} {key.get_base64()}\n".encode())
         elif known.get(key.get_name()) != key:
-            raise _mismatch(hostname, known_hosts)
+            raise _mismatch(hostname, host, known_hosts)
     finally:
         os.close(fd)
 
@@ -107,11 +107,12 @@ def _record_host_key(known_hosts: Path, hostname: str, key: paramiko.PKey) -> No
 class _RecordFirstContact(paramiko.MissingHostKeyPolicy):
     """Accept an unknown host by recording its key in the reservation's known_hosts."""
 
-    def __init__(self, known_hosts: Path) -> None:
+    def __init__(self, known_hosts: Path, host: str) -> None:
         self.known_hosts = known_hosts
+        self.host = host
 
     def missing_host_key(self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey):
-        _record_host_key(self.known_hosts, hostname, key)
+        _record_host_key(self.known_hosts, hostname, key, self.host)
 
 
 class _ChainedClient(paramiko.SSHClient):
@@ -141,7 +142,7 @@ def _login(
     sock: paramiko.Channel | None,
     timeout: float,
 ) -> None:
-    client.set_missing_host_key_policy(_RecordFirstContact(known_hosts))
+    client.set_missing_host_key_policy(_RecordFirstContact(known_hosts, endpoint.host))
     if known_hosts.exists():
         client.load_host_keys(str(known_hosts))
     where = f"{endpoint.host}:{endpoint.port}"
@@ -160,7 +161,8 @@ def _login(
             channel_timeout=timeout,
         )
     except paramiko.BadHostKeyException as exc:
-        raise _mismatch(exc.hostname, known_hosts) from exc
+        name = endpoint.host if endpoint.port == 22 else f"[{endpoint.host}]:{endpoint.port}"
+        raise _mismatch(name, endpoint.host, known_hosts) from exc
     except paramiko.AuthenticationException as exc:
         raise SSHError(
             f"{endpoint.label()} refused the login with {_key_words(endpoint)} ({exc}): check "

@@ -1,0 +1,282 @@
+"""omnibed.core.ssh against real OpenSSH servers (tests.fakes.sshd) and the real `ssh` client."""
+
+from __future__ import annotations
+
+import stat
+import subprocess
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import paramiko
+import pytest
+from omnibed.core.errors import HostKeyMismatch, SSHError
+from omnibed.core.ssh import (
+    KeyPair,
+    ensure_keypair,
+    open_sftp,
+    run,
+    run_many,
+    ssh_command_line,
+)
+from omnibed.core.types import SSHEndpoint
+
+from tests.fakes.sshd import FakeSSHD, free_port
+
+StartSSHD = Callable[..., FakeSSHD]
+
+
+@pytest.fixture
+def keypair(tmp_path: Path) -> KeyPair:
+    return ensure_keypair(tmp_path / "reservation")
+
+
+@pytest.fixture
+def known_hosts(tmp_path: Path) -> Path:
+    return tmp_path / "reservation" / "known_hosts"
+
+
+@pytest.fixture
+def start_sshd(keypair: KeyPair) -> Iterator[StartSSHD]:
+    """Start FakeSSHDs trusting the reservation key; all are stopped at the end."""
+    started: list[FakeSSHD] = []
+
+    def start(**options: object) -> FakeSSHD:
+        keys = options.pop("authorized_keys", [keypair.public_openssh])
+        sshd = FakeSSHD(keys, **options)  # type: ignore[arg-type]
+        started.append(sshd)
+        return sshd.start()
+
+    try:
+        yield start
+    finally:
+        for sshd in started:
+            sshd.stop()
+
+
+def endpoint(sshd: FakeSSHD, keypair: KeyPair, *jumps: SSHEndpoint) -> SSHEndpoint:
+    return SSHEndpoint(sshd.host, sshd.port, key_file=str(keypair.private_path), jumps=jumps)
+
+
+def recorded(known_hosts: Path) -> dict[str, str]:
+    """host name -> "type base64" as written in the known_hosts file."""
+    lines = [line.split(" ", 1) for line in known_hosts.read_text().splitlines()]
+    return {name: key for name, key in lines}
+
+
+def test_keypair_is_private_and_reused(tmp_path: Path) -> None:
+    directory = tmp_path / "reservations" / "r1"
+    first = ensure_keypair(directory)
+    assert stat.S_IMODE(directory.stat().st_mode) == 0o700
+    assert stat.S_IMODE(first.private_path.stat().st_mode) == 0o600
+    assert first.private_path == directory / "id_ed25519"
+    assert first.public_openssh.startswith("ssh-ed25519 ")
+    assert (directory / "id_ed25519.pub").read_text().strip() == first.public_openssh
+    loaded = paramiko.Ed25519Key.from_private_key_file(str(first.private_path))
+    assert first.public_openssh.split()[1] == loaded.get_base64()
+
+    private_bytes = first.private_path.read_bytes()
+    (directory / "id_ed25519.pub").unlink()
+    again = ensure_keypair(directory)
+    assert again == first
+    assert first.private_path.read_bytes() == private_bytes
+    assert (directory / "id_ed25519.pub").read_text().strip() == first.public_openssh
+    assert ensure_keypair(tmp_path / "r2").public_openssh != first.public_openssh
+
+
+@pytest.mark.root
+def test_run_as_root_on_a_non_22_port_records_the_host_key(
+    start_sshd: StartSSHD, keypair: KeyPair, known_hosts: Path
+) -> None:
+    sshd = start_sshd()
+    assert sshd.port != 22
+    result = run(endpoint(sshd, keypair), "id -u", known_hosts, node="n1")
+    assert (result.node, result.exit_status, result.stdout, result.stderr) == ("n1", 0, "0\n", "")
+    assert recorded(known_hosts) == {f"[{sshd.host}]:{sshd.port}": sshd.host_key}
+    assert stat.S_IMODE(known_hosts.stat().st_mode) == 0o600
+    # second contact: the key is checked, nothing is appended
+    assert run(endpoint(sshd, keypair), "id -un", known_hosts).stdout == "root\n"
+    assert len(known_hosts.read_text().splitlines()) == 1
+
+
+@pytest.mark.root
+def test_run_through_a_chain_of_two_jump_hosts(
+    start_sshd: StartSSHD, keypair: KeyPair, known_hosts: Path
+) -> None:
+    first = start_sshd(address="127.0.0.1", log_level="DEBUG1")
+    second = start_sshd(address="127.0.0.2", log_level="DEBUG1")
+    target = start_sshd(address="127.0.0.3")
+    node = endpoint(target, keypair, endpoint(first, keypair), endpoint(second, keypair))
+    result = run(node, 'echo "$SSH_CONNECTION"; id -u', known_hosts)
+    assert result.exit_status == 0
+    assert result.stdout.endswith(f" 127.0.0.3 {target.port}\n0\n")
+    # each jump forwarded to the next hop, as `ssh -J first,second target` does
+    assert f"target 127.0.0.2 port {second.port}" in first.log()
+    assert f"target 127.0.0.3 port {target.port}" in second.log()
+    assert f"target 127.0.0.3 port {target.port}" not in first.log()
+    assert set(recorded(known_hosts)) == {
+        f"[127.0.0.1]:{first.port}",
+        f"[127.0.0.2]:{second.port}",
+        f"[127.0.0.3]:{target.port}",
+    }
+
+
+@pytest.mark.root
+def test_changed_host_key_is_refused_and_the_file_kept(
+    start_sshd: StartSSHD, keypair: KeyPair, known_hosts: Path
+) -> None:
+    sshd = start_sshd()
+    assert run(endpoint(sshd, keypair), "true", known_hosts).exit_status == 0
+    before = known_hosts.read_bytes()
+    sshd.stop()
+    impostor = start_sshd(port=sshd.port)
+    assert impostor.host_key != sshd.host_key
+
+    with pytest.raises(HostKeyMismatch) as caught:
+        run(endpoint(impostor, keypair), "true", known_hosts)
+    assert str(known_hosts) in str(caught.value)
+    assert f"[127.0.0.1]:{impostor.port}" in str(caught.value)
+    assert known_hosts.read_bytes() == before
+
+    # the OpenSSH client reading the same file refuses too
+    argv = ssh_command_line(endpoint(impostor, keypair), known_hosts) + ["true"]
+    refused = subprocess.run(argv, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    assert refused.returncode == 255
+    assert "HOST IDENTIFICATION HAS CHANGED" in refused.stderr
+    assert known_hosts.read_bytes() == before
+
+
+@pytest.mark.root
+def test_run_many_streams_lines_per_node_and_keeps_exit_codes(
+    start_sshd: StartSSHD, keypair: KeyPair, known_hosts: Path
+) -> None:
+    servers = {name: start_sshd() for name in ("n1", "n2", "n3")}
+    failing = servers["n3"].port
+    command = (
+        'echo "hello from ${SSH_CONNECTION##* }"; echo second; echo warn >&2; '
+        f'[ "${{SSH_CONNECTION##* }}" = {failing} ] && exit 3; exit 0'
+    )
+    lines: list[tuple[str, str, str]] = []
+    results = run_many(
+        {name: endpoint(sshd, keypair) for name, sshd in servers.items()},
+        command,
+        known_hosts,
+        on_line=lambda node, stream, line: lines.append((node, stream, line)),
+    )
+    assert {name: r.exit_status for name, r in results.items()} == {"n1": 0, "n2": 0, "n3": 3}
+    for name, sshd in servers.items():
+        assert results[name].node == name
+        assert results[name].stdout == f"hello from {sshd.port}\nsecond\n"
+        assert results[name].stderr == "warn\n"
+        assert [(s, t) for n, s, t in lines if n == name] in (
+            [("stdout", f"hello from {sshd.port}"), ("stdout", "second"), ("stderr", "warn")],
+            [("stdout", f"hello from {sshd.port}"), ("stderr", "warn"), ("stdout", "second")],
+            [("stderr", "warn"), ("stdout", f"hello from {sshd.port}"), ("stdout", "second")],
+        )
+    assert len(recorded(known_hosts)) == 3
+
+
+@pytest.mark.root
+def test_parallel_first_contacts_with_one_host_record_it_once(
+    start_sshd: StartSSHD, keypair: KeyPair, known_hosts: Path
+) -> None:
+    sshd = start_sshd()
+    same = {f"alias{i}": endpoint(sshd, keypair) for i in range(6)}
+    results = run_many(same, "id -u", known_hosts)
+    assert all(r.exit_status == 0 and r.stdout == "0\n" for r in results.values())
+    assert known_hosts.read_text().splitlines() == [
+        f"[127.0.0.1]:{sshd.port} {sshd.host_key}"
+    ]
+
+
+@pytest.mark.root
+def test_unreachable_node_gets_255_and_the_others_still_run(
+    start_sshd: StartSSHD, keypair: KeyPair, known_hosts: Path
+) -> None:
+    sshd = start_sshd()
+    closed = free_port()
+    lines: list[tuple[str, str, str]] = []
+    results = run_many(
+        {"up": endpoint(sshd, keypair), "down": SSHEndpoint("127.0.0.1", closed)},
+        "echo alive",
+        known_hosts,
+        on_line=lambda node, stream, line: lines.append((node, stream, line)),
+    )
+    assert (results["up"].exit_status, results["up"].stdout) == (0, "alive\n")
+    assert results["down"].exit_status == 255
+    assert f"cannot reach 127.0.0.1:{closed}" in results["down"].stderr
+    assert ("up", "stdout", "alive") in lines
+    assert any(n == "down" and s == "stderr" and "cannot reach" in t for n, s, t in lines)
+
+
+@pytest.mark.root
+def test_refused_login_names_the_key(
+    start_sshd: StartSSHD, keypair: KeyPair, known_hosts: Path, tmp_path: Path
+) -> None:
+    stranger = ensure_keypair(tmp_path / "other")
+    sshd = start_sshd(authorized_keys=[stranger.public_openssh])
+    with pytest.raises(SSHError) as caught:
+        run(endpoint(sshd, keypair), "true", known_hosts)
+    assert str(keypair.private_path) in str(caught.value)
+    assert "authorized_keys" in str(caught.value)
+    assert not isinstance(caught.value, HostKeyMismatch)
+
+
+@pytest.mark.root
+def test_jump_host_that_cannot_reach_the_target_says_so(
+    start_sshd: StartSSHD, keypair: KeyPair, known_hosts: Path
+) -> None:
+    jump = start_sshd()
+    closed = free_port()
+    node = SSHEndpoint("127.0.0.1", closed, jumps=(endpoint(jump, keypair),))
+    with pytest.raises(SSHError) as caught:
+        run(node, "true", known_hosts)
+    assert f"jump host root@127.0.0.1:{jump.port}" in str(caught.value)
+    assert f"127.0.0.1:{closed}" in str(caught.value)
+
+
+@pytest.mark.root
+def test_command_timeout_raises(
+    start_sshd: StartSSHD, keypair: KeyPair, known_hosts: Path
+) -> None:
+    sshd = start_sshd()
+    with pytest.raises(SSHError, match="did not finish within 1s"):
+        run(endpoint(sshd, keypair), "sleep 600", known_hosts, timeout=1)
+
+
+@pytest.mark.root
+def test_sftp_upload_is_seen_by_the_node(
+    start_sshd: StartSSHD, keypair: KeyPair, known_hosts: Path, tmp_path: Path
+) -> None:
+    sshd = start_sshd()
+    remote = tmp_path / "uploaded.txt"
+    with open_sftp(endpoint(sshd, keypair), known_hosts) as sftp:
+        with sftp.open(str(remote), "w") as out:
+            out.write("agent bytes\n")
+    assert run(endpoint(sshd, keypair), f"cat {remote}", known_hosts).stdout == "agent bytes\n"
+
+
+@pytest.mark.root
+@pytest.mark.parametrize("jumps", [0, 2])
+def test_ssh_command_line_runs_a_command(
+    start_sshd: StartSSHD, keypair: KeyPair, known_hosts: Path, jumps: int
+) -> None:
+    hops = [endpoint(start_sshd(address=f"127.0.0.{i + 2}"), keypair) for i in range(jumps)]
+    target = start_sshd(address="127.0.0.9")
+    node = endpoint(target, keypair, *hops)
+    argv = ssh_command_line(node, known_hosts)
+    assert argv[0] == "ssh" and argv[-1] == "127.0.0.9"
+
+    first = subprocess.run(
+        [*argv, 'echo "${SSH_CONNECTION##* }"; id -u'],
+        capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=120,
+    )
+    assert first.returncode == 0, first.stderr
+    assert first.stdout == f"{target.port}\n0\n"
+    assert len(recorded(known_hosts)) == jumps + 1
+    # the file written by OpenSSH is read by paramiko: no new line, no mismatch
+    before = known_hosts.read_bytes()
+    assert run(node, "id -u", known_hosts).stdout == "0\n"
+    assert known_hosts.read_bytes() == before
+
+    exit_code = subprocess.run([*argv, "exit 7"], stdin=subprocess.DEVNULL, timeout=120)
+    assert exit_code.returncode == 7
