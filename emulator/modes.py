@@ -228,7 +228,10 @@ class _Decider:
             ]
             role = next(iter(uplinks.values())).role.value
             names = _group({p: n.name for p, n in uplinks.items()})
-            reason = f"bridge onto the {role} NIC ({names}): it passes foreign MACs on every pnode"
+            verdicts = _group({p: _verdict(n, self.probe.get(p))[1] for p, n in uplinks.items()})
+            reason = (
+                f"bridge onto the {role} NIC, it passes foreign MACs on every pnode ({verdicts})"
+            )
             if unknown:
                 reason = (
                     f"bridge onto the {role} NIC ({names}) as the platform file asks; "

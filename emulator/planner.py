@@ -1,0 +1,394 @@
+"""The planner: platform + pnode facts -> the desired state of every pnode (pure, no root).
+
+`plan(platform, pnodes, instance)` expands the vnodes, places them, gives them addresses,
+MACs and interface names, decides each vnetwork's mode (:mod:`omnibed.emulator.modes`)
+and returns a :class:`Plan`: one :class:`~omnibed.emulator.state.PnodeState` per pnode for
+the agent, plus the vnode table and the per-vnetwork decisions for the user.
+
+Naming, for an instance whose tag is the first 6 hex digits of sha256(instance):
+netns `ob-<tag>-p<pnode index>-<vnode>` (unique on a machine shared by pnodes), host veth
+`ob<tag>v<vnode index>i<iface index>`, bridge `ob<tag>b<net index>`, VXLAN
+`ob<tag>x<net index>` (indexes in base 36; every link name fits IFNAMSIZ). MACs are
+locally administered unicast, from sha256(instance, vnode, iface), unique in the plan.
+VNI = per-instance base (a multiple of 256 from the instance hash) + vnetwork index.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from omnibed.core.errors import PlatformError
+from omnibed.emulator.model import IFNAMSIZ, Platform, VNodeSpec, reserved
+from omnibed.emulator.modes import (
+    Choice,
+    PnodeFacts,
+    ProbeResult,
+    Request,
+    choose_modes,
+)
+from omnibed.emulator.state import Bridge, PnodeState, Shaping, Viface, Vxlan
+
+MAX_NETWORKS = 256  # VNIs per instance
+_B36 = "0123456789abcdefghijklmnopqrstuvwxyz"
+
+
+def _digest(*parts: str) -> bytes:
+    return hashlib.sha256("\0".join(parts).encode()).digest()
+
+
+def instance_tag(instance: str) -> str:
+    """6 hex digits naming the instance's links and namespaces."""
+    return _digest("omnibed-instance", instance).hex()[:6]
+
+
+def link_group(instance: str) -> int:
+    """The link group (IFLA_GROUP, nonzero, < 2^31) of every host-side link of the instance."""
+    return 1 + int.from_bytes(_digest("omnibed-group", instance)[:4], "big") % (2**31 - 2)
+
+
+def vni_base(instance: str) -> int:
+    """First VNI of the instance: a multiple of 256 in [256, 2^24 - 256]."""
+    return 256 * (1 + int.from_bytes(_digest("omnibed-vni", instance)[:4], "big") % (2**16 - 1))
+
+
+def _b36(n: int) -> str:
+    out = ""
+    while True:
+        n, r = divmod(n, 36)
+        out = _B36[r] + out
+        if not n:
+            return out
+
+
+def _ifname(name: str) -> str:
+    if len(name) > IFNAMSIZ:
+        raise PlatformError(f"interface name {name} is longer than {IFNAMSIZ}: too many vnodes")
+    return name
+
+
+@dataclass(frozen=True)
+class VifacePlan:
+    name: str
+    network: str
+    address: str  # CIDR notation
+    mac: str
+    host_ifname: str
+
+
+@dataclass(frozen=True)
+class VnodePlan:
+    name: str
+    pnode: str
+    netns: str
+    ifaces: tuple[VifacePlan, ...] = ()
+
+
+@dataclass(frozen=True)
+class NetworkPlan:
+    """The decision for one vnetwork, as reported to the user."""
+
+    name: str
+    cidr: str
+    requested: str
+    mode: str
+    reason: str
+    mtu: int
+    vni: int | None
+    port: int | None
+    nics: dict[str, str | None] = field(default_factory=dict)  # pnode -> uplink/underlay NIC
+    unreachable_expected: bool = False
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Everything one emulation instance builds, per pnode, plus what to tell the user."""
+
+    instance: str
+    group: int
+    vxlan_port: int
+    pnodes: tuple[str, ...]
+    networks: tuple[NetworkPlan, ...]
+    vnodes: tuple[VnodePlan, ...]
+    states: tuple[PnodeState, ...]
+
+    def state(self, pnode: str) -> PnodeState:
+        return next(s for s in self.states if s.pnode == pnode)
+
+    def vnode(self, name: str) -> VnodePlan:
+        for v in self.vnodes:
+            if v.name == name:
+                return v
+        raise PlatformError(f"no vnode {name!r} in emulation {self.instance!r}")
+
+    def reasons(self) -> dict[str, str]:
+        return {n.name: f"{n.mode}: {n.reason}" for n in self.networks}
+
+    @property
+    def unreachable_expected(self) -> tuple[str, ...]:
+        """Vnetworks forced with --force onto an underlay that drops foreign MACs."""
+        return tuple(n.name for n in self.networks if n.unreachable_expected)
+
+    def summary(self) -> str:
+        """Plain text for the CLI: the chosen mode of every vnetwork, why, and placement."""
+        lines = [
+            f"emulation {self.instance}: {len(self.vnodes)} vnodes on {len(self.pnodes)} pnodes"
+        ]
+        for n in self.networks:
+            extra = f", VNI {n.vni}, UDP port {n.port}" if n.mode == "vxlan" else ""
+            lines.append(f"vnetwork {n.name} ({n.cidr}): {n.mode}{extra}, MTU {n.mtu}")
+            lines.append(f"  why: {n.reason}")
+            if n.unreachable_expected:
+                lines.append("  warning: vnodes on different pnodes are expected not to reach")
+        for p in self.pnodes:
+            count = sum(1 for v in self.vnodes if v.pnode == p)
+            lines.append(f"pnode {p}: {count} vnodes")
+        return "\n".join(lines)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "instance": self.instance,
+            "group": self.group,
+            "vxlan_port": self.vxlan_port,
+            "pnodes": list(self.pnodes),
+            "networks": [asdict(n) for n in self.networks],
+            "vnodes": [asdict(v) for v in self.vnodes],
+            "states": [s.to_json() for s in self.states],
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Plan:
+        return cls(
+            instance=data["instance"],
+            group=data["group"],
+            vxlan_port=data["vxlan_port"],
+            pnodes=tuple(data["pnodes"]),
+            networks=tuple(NetworkPlan(**n) for n in data["networks"]),
+            vnodes=tuple(
+                VnodePlan(
+                    **{**v, "ifaces": tuple(VifacePlan(**i) for i in v["ifaces"])},
+                )
+                for v in data["vnodes"]
+            ),
+            states=tuple(PnodeState.from_json(s) for s in data["states"]),
+        )
+
+
+def _pnode_index(spec: VNodeSpec, ids: Sequence[str]) -> int:
+    ref = spec.pnode
+    if isinstance(ref, str) and ref in ids:
+        return ids.index(ref)
+    if isinstance(ref, str) and not ref.isdigit():
+        raise PlatformError(
+            f"vnode {spec.name!r}: pnode {ref!r} is not one of the reserved pnodes "
+            f"({', '.join(ids)})"
+        )
+    index = int(ref)  # type: ignore[arg-type]
+    if index >= len(ids):
+        raise PlatformError(
+            f"vnode {spec.name!r}: pnode {index} does not exist; the reservation has "
+            f"{len(ids)} pnodes (0..{len(ids) - 1})"
+        )
+    return index
+
+
+def expand(platform: Platform, ids: Sequence[str]) -> list[tuple[str, int, VNodeSpec]]:
+    """(vnode name, pnode index, spec) in order: by spec, then pnode, then i. With
+    `per_pnode: N`, `{i}` runs 0..N*P-1 across the P pnodes."""
+    out: list[tuple[str, int, VNodeSpec]] = []
+    load = [0] * len(ids)
+    for spec in platform.nodes:
+        if spec.per_pnode is not None:
+            for p in range(len(ids)):
+                for k in range(spec.per_pnode):
+                    out.append((spec.expand(p * spec.per_pnode + k), p, spec))
+                    load[p] += 1
+            continue
+        p = _pnode_index(spec, ids) if spec.pnode is not None else load.index(min(load))
+        out.append((spec.name, p, spec))
+        load[p] += 1
+    seen: set[str] = set()
+    for name, _, spec in out:
+        if name in seen:
+            raise PlatformError(
+                f"two vnodes are called {name!r} (from {spec.name!r}); rename one of them"
+            )
+        seen.add(name)
+    return out
+
+
+def _addresses(platform: Platform, vnodes: list[tuple[str, int, VNodeSpec]]) -> dict:
+    """(vnode, iface) -> 'address/prefix', automatic ones in order, skipping reserved ones."""
+    out: dict[tuple[str, str], str] = {}
+    for net in platform.networks:
+        network = net.network
+        wanted = [
+            (name, i) for name, _, spec in vnodes for i in spec.ifaces if i.network == net.name
+        ]
+        given: dict[Any, str] = {}
+        for name, iface in wanted:
+            if iface.address == "auto":
+                continue
+            ip = ipaddress.ip_address(iface.address)
+            if ip in given:
+                raise PlatformError(
+                    f"address {ip} is given to both {given[ip]} and {name}; "
+                    "an address with per_pnode must stay on one pnode"
+                )
+            given[ip] = name
+            out[(name, iface.name)] = f"{ip}/{network.prefixlen}"
+        auto = [(name, iface) for name, iface in wanted if iface.address == "auto"]
+        skip = reserved(network) | set(given)
+        usable = network.num_addresses - len(skip)
+        if len(auto) > usable:
+            raise PlatformError(
+                f"vnetwork {net.name!r} ({net.cidr}) needs {len(auto) + len(given)} addresses "
+                f"({len(auto)} automatic, {len(given)} given) but has only "
+                f"{usable + len(given)} usable; use a larger cidr"
+            )
+        offset = 0
+        for name, iface in auto:
+            while network.network_address + offset in skip:
+                offset += 1
+            out[(name, iface.name)] = f"{network.network_address + offset}/{network.prefixlen}"
+            offset += 1
+    return out
+
+
+def _mac(instance: str, vnode: str, iface: str, used: set[str]) -> str:
+    salt = 0
+    while True:
+        h = _digest("omnibed-mac", instance, vnode, iface, str(salt))
+        first = (h[0] & 0xFC) | 0x02  # locally administered, unicast
+        mac = ":".join(f"{b:02x}" for b in (first, *h[1:6]))
+        if mac not in used:
+            used.add(mac)
+            return mac
+        salt += 1
+
+
+def plan(
+    platform: Platform,
+    pnodes: Sequence[PnodeFacts],
+    instance: str,
+    *,
+    probe: Mapping[str, ProbeResult] | None = None,
+    force: bool = False,
+) -> Plan:
+    """The desired state of every pnode; PlatformError (nothing changed) when impossible."""
+    if not instance or not isinstance(instance, str):
+        raise PlatformError("an emulation needs a name")
+    ids = [p.id for p in pnodes]
+    if not ids:
+        raise PlatformError("no pnode to build the platform on; reserve at least one")
+    if len(set(ids)) != len(ids):
+        raise PlatformError(f"pnode ids are not unique: {', '.join(ids)}")
+    if len(platform.networks) > MAX_NETWORKS:
+        raise PlatformError(f"at most {MAX_NETWORKS} vnetworks per emulation")
+    tag, group, port = instance_tag(instance), link_group(instance), platform.vxlan_port
+    vnodes = expand(platform, ids)
+    addresses = _addresses(platform, vnodes)
+
+    requests = []
+    for net in platform.networks:
+        holders = {p for _, p, spec in vnodes if any(i.network == net.name for i in spec.ifaces)}
+        requests.append(Request(net.name, net.mode, tuple(ids[p] for p in sorted(holders))))
+    choices: dict[str, Choice] = choose_modes(requests, pnodes, probe, force=force)
+
+    used_macs = {n.mac.lower() for p in pnodes for n in p.nics}
+    bridge_of: dict[tuple[str, str], str] = {}  # (pnode, network) -> bridge name
+    bridges: dict[str, list[Bridge]] = {p: [] for p in ids}
+    vxlans: dict[str, list[Vxlan]] = {p: [] for p in ids}
+    network_plans = []
+    for n, (net, req) in enumerate(zip(platform.networks, requests, strict=True)):
+        choice = choices[net.name]
+        vni = vni_base(instance) + n if choice.mode == "vxlan" else None
+        for p in req.pnodes:
+            br = _ifname(f"ob{tag}b{_b36(n)}")
+            bridge_of[(p, net.name)] = br
+            uplink = choice.nics.get(p) if choice.mode == "bridge" else None
+            bridges[p].append(Bridge(br, net.name, choice.mtu, uplink))
+            if vni is not None:
+                remotes = tuple(choice.addresses[q] for q in req.pnodes if q != p)
+                vxlans[p].append(
+                    Vxlan(
+                        name=_ifname(f"ob{tag}x{_b36(n)}"),
+                        network=net.name,
+                        vni=vni,
+                        port=port,
+                        dev=str(choice.nics[p]),
+                        local=choice.addresses[p],
+                        remotes=remotes,
+                        bridge=br,
+                        mtu=choice.mtu,
+                    )
+                )
+        network_plans.append(
+            NetworkPlan(
+                name=net.name,
+                cidr=net.cidr,
+                requested=net.mode,
+                mode=choice.mode,
+                reason=choice.reason,
+                mtu=choice.mtu,
+                vni=vni,
+                port=port if vni is not None else None,
+                nics=dict(choice.nics),
+                unreachable_expected=choice.unreachable_expected,
+            )
+        )
+
+    mtu_of = {net.name: choices[net.name].mtu for net in platform.networks}
+    vnode_plans = []
+    namespaces: dict[str, list[str]] = {p: [] for p in ids}
+    vifaces: dict[str, list[Viface]] = {p: [] for p in ids}
+    for k, (name, p_index, spec) in enumerate(vnodes):
+        p = ids[p_index]
+        netns = f"ob-{tag}-p{p_index}-{name}"
+        namespaces[p].append(netns)
+        iface_plans = []
+        for j, iface in enumerate(spec.ifaces):
+            host = _ifname(f"ob{tag}v{_b36(k)}i{_b36(j)}")
+            mac = _mac(instance, name, iface.name, used_macs)
+            address = addresses[(name, iface.name)]
+            iface_plans.append(VifacePlan(iface.name, iface.network, address, mac, host))
+            vifaces[p].append(
+                Viface(
+                    vnode=name,
+                    netns=netns,
+                    ifname=iface.name,
+                    host_ifname=host,
+                    mac=mac,
+                    address=address,
+                    bridge=bridge_of[(p, iface.network)],
+                    mtu=mtu_of[iface.network],
+                    output=iface.output.shaping() if iface.output else Shaping(),
+                    input=iface.input.shaping() if iface.input else Shaping(),
+                )
+            )
+        vnode_plans.append(VnodePlan(name, p, netns, tuple(iface_plans)))
+
+    states = tuple(
+        PnodeState(
+            instance=instance,
+            pnode=p,
+            group=group,
+            namespaces=tuple(namespaces[p]),
+            bridges=tuple(bridges[p]),
+            vxlans=tuple(vxlans[p]),
+            vifaces=tuple(vifaces[p]),
+        )
+        for p in ids
+    )
+    return Plan(
+        instance=instance,
+        group=group,
+        vxlan_port=port,
+        pnodes=tuple(ids),
+        networks=tuple(network_plans),
+        vnodes=tuple(vnode_plans),
+        states=states,
+    )
