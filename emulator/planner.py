@@ -145,7 +145,7 @@ class Plan:
                 lines.append("  warning: vnodes on different pnodes are expected not to reach")
         for p in self.pnodes:
             count = sum(1 for v in self.vnodes if v.pnode == p)
-            lines.append(f"pnode {p}: {count} vnodes")
+            lines.append(f"pnode {p}: {count} vnode{'' if count == 1 else 's'}")
         return "\n".join(lines)
 
     def to_json(self) -> dict[str, Any]:
