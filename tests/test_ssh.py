@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import fcntl
 import stat
 import subprocess
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -11,6 +13,7 @@ import paramiko
 import pytest
 from omnibed.core.errors import HostKeyMismatch, SSHError
 from omnibed.core.ssh import (
+    CommandResult,
     KeyPair,
     ensure_keypair,
     open_sftp,
@@ -186,6 +189,47 @@ def test_parallel_first_contacts_with_one_host_record_it_once(
     assert known_hosts.read_text().splitlines() == [
         f"[127.0.0.1]:{sshd.port} {sshd.host_key}"
     ]
+
+
+def blocked_on_flock(path: Path) -> bool:
+    """Whether some process waits for a flock on `path` (a `->` entry in /proc/locks)."""
+    inode = f":{path.stat().st_ino} "
+    return any(
+        "->" in line and "FLOCK" in line and inode in line
+        for line in Path("/proc/locks").read_text().splitlines()
+    )
+
+
+@pytest.mark.root
+def test_first_contact_waits_for_the_known_hosts_lock_and_rereads_the_file(
+    start_sshd: StartSSHD, keypair: KeyPair, known_hosts: Path
+) -> None:
+    """Another process recording a key for the same host meanwhile wins; ours is checked."""
+    sshd = start_sshd()
+    other_key = ensure_keypair(known_hosts.parent / "other").public_openssh.rsplit(" ", 1)[0]
+    line = f"[127.0.0.1]:{sshd.port} {other_key}\n"
+    outcome: list[BaseException | CommandResult] = []
+
+    def contact() -> None:
+        try:
+            outcome.append(run(endpoint(sshd, keypair), "true", known_hosts))
+        except BaseException as exc:  # handed to the test thread
+            outcome.append(exc)
+
+    known_hosts.touch(mode=0o600)
+    with known_hosts.open("a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        worker = threading.Thread(target=contact)
+        worker.start()
+        while worker.is_alive() and not blocked_on_flock(known_hosts):
+            worker.join(0.05)
+        assert worker.is_alive(), f"recorded without taking the lock: {outcome}"
+        held.write(line)
+        held.flush()
+        fcntl.flock(held, fcntl.LOCK_UN)
+    worker.join()
+    assert isinstance(outcome[0], HostKeyMismatch), outcome
+    assert known_hosts.read_text() == line
 
 
 @pytest.mark.root
