@@ -1,0 +1,464 @@
+"""Grid'5000 through its REST API: an OAR job per reservation, kadeploy or sudo-g5k for root.
+
+python-grid5000 is imported lazily (in `_client`), so listing providers needs no SDK.
+What omnibed must remember about a job beyond what OAR keeps (its options, the image asked,
+deployment results, which NICs went into the KaVLAN) is in ``<state_dir>/jobs/<name>.json``,
+written before the job is submitted.
+
+SSH: nodes are reached through ``access.grid5000.fr`` unless this machine is inside
+Grid'5000 (``-o gateway=auto|none|<host>``). ``$OMNIBED_GRID5000_SSH_MAP`` may name a JSON
+file ``{"<host name>": {"host": ..., "port": ..., "user": ..., "key_file": ...}}`` that says
+how to log in to a Grid'5000 host name (node FQDN, ``<site>`` frontend, gateway); tests use it
+to point node names at local sshd servers. Without it, host names are used as they are.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import time
+from collections.abc import Mapping
+from dataclasses import replace
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import yaml
+from omnibed.core.errors import (
+    NotSupported,
+    ProviderError,
+    ProviderTimeout,
+    ReservationError,
+    ReservationNotFound,
+    UsageError,
+)
+from omnibed.core.provider import Check, Progress, Provider
+from omnibed.core.timeutil import format_walltime
+from omnibed.core.types import (
+    Capabilities,
+    Capability,
+    Nic,
+    Node,
+    Reservation,
+    ReservationRequest,
+    ReservationState,
+    SSHEndpoint,
+)
+from omnibed.providers.grid5000 import _convert
+
+if TYPE_CHECKING:
+    from omnibed.providers.grid5000._client import Client
+
+DEFAULT_SITE = "rennes"
+ACCESS_HOST = "access.grid5000.fr"
+SSH_MAP_ENV = "OMNIBED_GRID5000_SSH_MAP"
+_IMAGE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+def _quiet(_: str) -> None:
+    return None
+
+
+OPTIONS = {
+    "site": f"Grid'5000 site of the OAR job (default {DEFAULT_SITE})",
+    "cluster": "cluster to take the nodes from, e.g. gros",
+    "queue": "OAR queue: default, production, testing, besteffort",
+    "project": "OAR project to account the job to",
+    "properties": "OAR SQL property filter, as oarsub -p",
+    "image": "kadeploy environment (deploy job), e.g. debian12-min or a snapshot's name",
+    "vlan": "KaVLAN type for --extra-nics: kavlan (default), kavlan-local, kavlan-global",
+    "gateway": f"SSH jump host: auto ({ACCESS_HOST} unless inside Grid'5000), none, or a host",
+    "poll": "seconds between two API polls while waiting (default 10)",
+    "deploy_timeout": "seconds a kadeploy may take (default 1800)",
+}
+
+
+class Grid5000Provider(Provider):
+    """Grid'5000: OAR jobs, kadeploy deployments, KaVLAN and the Reference API over REST."""
+
+    name = "grid5000"
+    description = "Grid'5000 through its REST API (python-grid5000)"
+    capabilities = Capabilities(
+        supported=frozenset(
+            {
+                Capability.SNAPSHOT,
+                Capability.EXTEND,
+                Capability.ADVANCE_RESERVATION,
+                Capability.EXTRA_NICS,
+                Capability.ROOT,
+            }
+        ),
+        max_extra_nics=3,
+        options=OPTIONS,
+    )
+
+    def __init__(self, state_dir: Path, client: Client | None = None) -> None:
+        super().__init__(state_dir)
+        self._client = client
+
+    @classmethod
+    def doctor(cls, state_dir: Path) -> list[Check]:
+        try:
+            from omnibed.providers.grid5000._client import config_path, load_config
+        except ImportError:
+            return [Check("python-grid5000", False, "not installed",
+                          "pip install 'omnibed[grid5000]'")]
+        path = config_path()
+        try:
+            load_config(path)
+        except Exception as error:  # every problem with the file is reported, not raised
+            return [Check("python-grid5000", True), Check(f"credentials in {path}", False,
+                                                          str(error), f"chmod 600 {path}")]
+        return [Check("python-grid5000", True), Check(f"credentials in {path}", True)]
+
+    @property
+    def client(self) -> Client:
+        """The API client, built from the credentials file at first use."""
+        if self._client is None:
+            from omnibed.providers.grid5000._client import Client
+
+            self._client = Client.from_config()
+        return self._client
+
+    # -- the record omnibed keeps per job --------------------------------------------------
+
+    def _record_path(self, name: str) -> Path:
+        return self.state_dir / "jobs" / f"{name}.json"
+
+    def _record(self, name: str) -> dict[str, Any]:
+        path = self._record_path(name)
+        return json.loads(path.read_text()) if path.exists() else {}
+
+    def _save(self, name: str, record: Mapping[str, Any]) -> None:
+        path = self._record_path(name)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(record, indent=1, sort_keys=True))
+
+    def _view(self, job: Mapping[str, Any], record: Mapping[str, Any]) -> Reservation:
+        base = _convert.reservation(job, record["site"])
+        extra = {**base.extra, "image": record.get("image"),
+                 "extra_nics": record.get("extra_nics", 0)}
+        return replace(base, name=base.name or record["name"], extra=extra)
+
+    def _job(self, reservation: Reservation) -> dict[str, Any]:
+        job = self.client.job(reservation.site or DEFAULT_SITE, reservation.id)
+        if job is None:
+            raise ReservationNotFound(
+                f"Grid'5000 no longer knows job {reservation.id} at {reservation.site}:"
+                f" `omnibed release {reservation.name}` forgets it",
+                provider=self.name,
+            )
+        return job
+
+    # -- verbs -------------------------------------------------------------------------------
+
+    def reserve(self, request: ReservationRequest) -> Reservation:
+        options = dict(request.extra)
+        unknown = sorted(set(options) - set(OPTIONS))
+        if unknown:
+            raise UsageError(f"unknown grid5000 option(s) {', '.join(unknown)}; known:"
+                             f" {', '.join(OPTIONS)}")
+        image = request.image or options.get("image")
+        request = replace(request, image=image)
+        try:
+            body = _convert.job_body(request, options)
+        except ValueError as error:
+            raise UsageError(str(error)) from error
+        existing = self.find(request.name)
+        if existing is not None:
+            return existing
+        site = request.site or options.get("site") or DEFAULT_SITE
+        record = {"name": request.name, "site": site, "options": options, "image": image,
+                  "extra_nics": request.extra_nics}
+        self._save(request.name, record)
+        try:
+            job = self.client.submit_job(site, body)
+        except ReservationError:
+            raise
+        except ProviderError:
+            self._remove_leftovers(site, request.name)  # an unanswered POST may have made one
+            raise
+        self._save(request.name, {**record, "uid": str(job["uid"])})
+        return self._view(job, record)
+
+    def _remove_leftovers(self, site: str, name: str) -> None:
+        for job in self.client.find_jobs(site, name, _convert.LIVE_STATES):
+            self.client.delete_job(site, str(job["uid"]))
+
+    def find(self, name: str) -> Reservation | None:
+        record = self._record(name)
+        if not record:
+            return None
+        jobs = self.client.find_jobs(record["site"], name, _convert.LIVE_STATES)
+        if not jobs:
+            return None
+        uid = str(min(int(job["uid"]) for job in jobs))
+        job = self.client.job(record["site"], uid)  # listed jobs lack assigned_nodes
+        if job is None:
+            return None
+        if record.get("uid") != uid:
+            self._save(name, {**record, "uid": uid})
+        return self._view(job, record)
+
+    def wait(
+        self, reservation: Reservation, *, timeout: float = 3600, progress: Progress = _quiet
+    ) -> Reservation:
+        record = self._record(reservation.name) or {"name": reservation.name,
+                                                    "site": reservation.site}
+        poll = float(record.get("options", {}).get("poll", 10))
+        deadline = time.monotonic() + timeout
+        said = ""
+        while True:
+            current = self._view(self._job(reservation), record)
+            line = f"job {current.id} at {current.site}: {current.extra['oar_state']}"
+            if line != said:
+                progress(line)
+                said = line
+            if current.state is ReservationState.READY:
+                self._attach_extra_nics(current, record, progress)
+                return current
+            if current.state in (ReservationState.ERROR, ReservationState.RELEASED):
+                message = current.extra["message"]
+                raise ProviderError(
+                    f"OAR job {current.id} at {current.site} ended ({current.extra['oar_state']})"
+                    f": {message or 'no message'}; reserve again",
+                    provider=self.name,
+                    testbed_message=message,
+                )
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise ProviderTimeout(
+                    f"OAR job {current.id} at {current.site} is still"
+                    f" {current.extra['oar_state']} after {timeout:g}s: wait again or release it",
+                    provider=self.name,
+                )
+            time.sleep(min(poll, left))
+
+    def _attach_extra_nics(
+        self, reservation: Reservation, record: dict[str, Any], progress: Progress
+    ) -> None:
+        wanted = int(record.get("extra_nics", 0))
+        if not wanted or "vlan_nics" in record:
+            return
+        if not reservation.extra["vlans"]:
+            raise ProviderError(f"job {reservation.id} has no KaVLAN for the extra NICs",
+                                provider=self.name)
+        vlan = reservation.extra["vlans"][0]
+        site = reservation.site or DEFAULT_SITE
+        moved: dict[str, list[str]] = {}
+        for fqdn in reservation.extra["assigned_nodes"]:
+            host, cluster, _ = _convert.split_fqdn(fqdn)
+            adapters = _convert.extra_adapters(self.client.node_record(site, cluster, host))
+            if len(adapters) < wanted:
+                raise ProviderError(
+                    f"{fqdn} has {len(adapters)} secondary NIC(s), {wanted} asked: pick a"
+                    " cluster with more (-o cluster=) or ask fewer --extra-nics",
+                    provider=self.name,
+                )
+            moved[fqdn] = [str(a["device"]) for a in adapters[:wanted]]
+        addresses = [_convert.vlan_address(f, d) for f, ds in moved.items() for d in ds]
+        progress(f"putting {len(addresses)} extra NIC(s) in KaVLAN {vlan}")
+        failures = _convert.vlan_failures(self.client.vlan_submit(site, vlan, addresses))
+        if failures:
+            raise ProviderError(
+                "KaVLAN refused " + "; ".join(f"{a}: {why}" for a, why in failures.items()),
+                provider=self.name,
+                testbed_message=json.dumps(failures),
+            )
+        record["vlan_nics"] = moved
+        self._save(reservation.name, record)
+
+    def list_nodes(self, reservation: Reservation) -> list[Node]:
+        job = self._job(reservation)
+        assigned = sorted(job.get("assigned_nodes") or ())
+        if not assigned:
+            raise ProviderError(f"job {reservation.id} has no nodes yet (state"
+                                f" {job.get('state')}): `omnibed wait` first", provider=self.name)
+        record = self._record(reservation.name)
+        deploy = "deploy" in (job.get("types") or ())
+        nodes = []
+        for fqdn in assigned:
+            host, cluster, site = _convert.split_fqdn(fqdn)
+            endpoint = self._endpoint(fqdn, record)
+            if deploy:  # a deploy job's nodes only take root logins (after kadeploy)
+                endpoint = replace(endpoint, user="root", key_file=record.get("key_file"))
+            nodes.append(Node(id=fqdn, hostname=host, ssh=endpoint,
+                              extra={"cluster": cluster, "site": site}))
+        return nodes
+
+    def _endpoint(self, name: str, record: Mapping[str, Any]) -> SSHEndpoint:
+        """How the Grid'5000 user logs in to host `name` (through the gateway if needed)."""
+        gateway = record.get("options", {}).get("gateway", "auto")
+        if gateway == "auto":
+            from omnibed.providers.grid5000._client import inside_grid5000
+
+            gateway = "none" if inside_grid5000() else ACCESS_HOST
+        jumps = () if gateway == "none" else (self._resolve(gateway),)
+        return replace(self._resolve(name), jumps=jumps)
+
+    def _resolve(self, name: str) -> SSHEndpoint:
+        path = os.environ.get(SSH_MAP_ENV)
+        entry = json.loads(Path(path).read_text()).get(name, {}) if path else {}
+        return SSHEndpoint(
+            host=entry.get("host", name),
+            port=int(entry.get("port", 22)),
+            user=entry.get("user", self.client.username),
+            key_file=entry.get("key_file"),
+        )
+
+    def root_access(self, reservation: Reservation, node: Node, key_file: str) -> SSHEndpoint:
+        from omnibed.core import ssh
+
+        record = self._record(reservation.name)
+        root = replace(node.ssh, user="root", key_file=key_file)
+        if node.id in record.get("root", []):
+            return root
+        public_key = _public_key(key_file)
+        if "deploy" in reservation.extra.get("types", ()):
+            deployment = record.get("deployment") or self._deploy(reservation, record, public_key)
+            failed = deployment["ko"]
+            if node.id in failed:
+                raise ProviderError(
+                    "kadeploy failed on " + ", ".join(f"{n} ({why})" for n, why in failed.items())
+                    + f" (deployment {deployment['uid']}): release and reserve again, or use"
+                    " the other nodes",
+                    provider=self.name,
+                    testbed_message=json.dumps(failed),
+                )
+        else:
+            command = (f"printf '%s\\n' {shlex.quote(public_key)}"
+                       " | sudo-g5k tee -a /root/.ssh/authorized_keys >/dev/null")
+            result = ssh.run(node.ssh, command, Path(key_file).parent / "known_hosts",
+                             node=node.id, timeout=120)
+            if result.exit_status != 0:
+                raise ProviderError(
+                    f"sudo-g5k could not give root on {node.id} (exit {result.exit_status}):"
+                    f" {result.stderr.strip()}",
+                    provider=self.name,
+                    testbed_message=result.stderr,
+                )
+        record = self._record(reservation.name)
+        record["root"] = sorted({*record.get("root", []), node.id})
+        record["key_file"] = key_file
+        self._save(reservation.name, record)
+        return root
+
+    def _deploy(
+        self, reservation: Reservation, record: dict[str, Any], public_key: str
+    ) -> dict[str, Any]:
+        site = reservation.site or DEFAULT_SITE
+        options = record.get("options", {})
+        started = self.client.deploy(site, {
+            "nodes": list(reservation.extra["assigned_nodes"]),
+            "environment": record.get("image"),
+            "key": public_key,
+        })
+        uid = str(started["uid"])
+        deadline = time.monotonic() + float(options.get("deploy_timeout", 1800))
+        deployment = started
+        while deployment.get("status") not in ("terminated", "error", "canceled"):
+            if time.monotonic() > deadline:
+                raise ProviderTimeout(f"deployment {uid} at {site} is still"
+                                      f" {deployment.get('status')}: check it, then retry",
+                                      provider=self.name)
+            time.sleep(float(options.get("poll", 10)))
+            deployment = self.client.deployment(site, uid)
+        if deployment["status"] == "terminated":
+            ok, ko = _convert.deployment_outcome(deployment.get("result") or {})
+        else:
+            why = f"deployment {deployment['status']}"
+            ok, ko = [], {n: why for n in reservation.extra["assigned_nodes"]}
+        record["deployment"] = {"uid": uid, "ok": ok, "ko": ko}
+        self._save(reservation.name, record)
+        return record["deployment"]
+
+    def nic_capabilities(self, reservation: Reservation, node: Node) -> list[Nic]:
+        host, cluster, site = _convert.split_fqdn(node.id)
+        record = self._record(reservation.name)
+        vlans = reservation.extra.get("vlans") or ()
+        return _convert.nics(
+            self.client.node_record(site, cluster, host),
+            in_vlan=record.get("vlan_nics", {}).get(node.id, ()),
+            vlan=vlans[0] if vlans else None,
+        )
+
+    def snapshot(self, reservation: Reservation, node: Node, image: str) -> str:
+        """tgz-g5k of the node and a kaenv3 registration on the site's frontend."""
+        from omnibed.core import ssh
+
+        if not _IMAGE_NAME.match(image):
+            raise UsageError(f"image name {image!r}: use letters, digits, '.', '_' and '-'")
+        record = self._record(reservation.name)
+        if not record.get("image") or not record.get("key_file"):
+            raise NotSupported(self.name, "snapshot", "only a deployed node can be saved:"
+                               " reserve with -o image=debian12-min and get root first")
+        site = reservation.site or DEFAULT_SITE
+        frontend = self._endpoint(site, record)
+        known_hosts = Path(record["key_file"]).parent / "known_hosts"
+
+        def on_frontend(command: str, what: str) -> str:
+            result = ssh.run(frontend, command, known_hosts, node=site, timeout=3600)
+            if result.exit_status != 0:
+                raise ProviderError(f"{what} failed on the {site} frontend (exit"
+                                    f" {result.exit_status}): {result.stderr.strip()}",
+                                    provider=self.name, testbed_message=result.stderr)
+            return result.stdout
+
+        # tgz-g5k logs in from the frontend as root on the node with the user's frontend key
+        frontend_keys = on_frontend("cat ~/.ssh/id_*.pub", "reading your frontend SSH key")
+        root = replace(node.ssh, user="root", key_file=record["key_file"])
+        added = ssh.run(root, f"printf '%s' {shlex.quote(frontend_keys)}"
+                        " >> /root/.ssh/authorized_keys", known_hosts, node=node.id, timeout=60)
+        if added.exit_status != 0:
+            raise ProviderError(f"could not let the frontend in as root on {node.id}:"
+                                f" {added.stderr.strip()}", provider=self.name)
+        archive = f"$HOME/public/{image}.tar.zst"
+        home = on_frontend(f'mkdir -p "$HOME/public" && tgz-g5k -m {shlex.quote(node.id)}'
+                           f' -f "{archive}" && echo "$HOME"', "tgz-g5k").strip().splitlines()[-1]
+        base = yaml.safe_load(on_frontend(f"kaenv3 -p {shlex.quote(record['image'])} -u deploy",
+                                          "kaenv3 -p"))
+        if not isinstance(base, dict):
+            raise ProviderError(f"kaenv3 -p {record['image']} printed no environment",
+                                provider=self.name)
+        description = {
+            **base,
+            "name": image,
+            "version": 1,
+            "description": f"snapshot of {node.id} ({reservation.name}) by omnibed",
+            "author": self.client.username,
+            "visibility": "private",
+            "image": {**(base.get("image") or {}), "file": f"{home}/public/{image}.tar.zst",
+                      "kind": "tar", "compression": "zstd"},
+        }
+        text = yaml.safe_dump(description, sort_keys=False)
+        path = f'"$HOME/public/{image}.yaml"'
+        on_frontend(f"printf '%s' {shlex.quote(text)} > {path} && kaenv3 -a {path}", "kaenv3 -a")
+        return image
+
+    def extend(self, reservation: Reservation, end: datetime) -> Reservation:
+        current = self._view(self._job(reservation), self._record(reservation.name))
+        delta = end - current.end
+        if delta.total_seconds() < 1:
+            raise UsageError(f"the new end {end:%Y-%m-%d %H:%M} UTC is not after the current"
+                             f" end {current.end:%Y-%m-%d %H:%M} UTC")
+        site = reservation.site or DEFAULT_SITE
+        self.client.change_walltime(site, reservation.id, f"+{format_walltime(delta)}")
+        return self._view(self._job(reservation), self._record(reservation.name))
+
+    def release(self, reservation: Reservation) -> None:
+        site = reservation.site or DEFAULT_SITE
+        job = self.client.job(site, reservation.id)
+        if job is not None and _convert.STATE_MAP.get(str(job.get("state")).lower()) in (
+            ReservationState.WAITING, ReservationState.READY
+        ):
+            self.client.delete_job(site, reservation.id)
+        self._record_path(reservation.name).unlink(missing_ok=True)
+
+
+def _public_key(key_file: str) -> str:
+    """The OpenSSH public line of the reservation's private key."""
+    import paramiko
+
+    key = paramiko.PKey.from_path(key_file)
+    return f"{key.get_name()} {key.get_base64()}"
