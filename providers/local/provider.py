@@ -117,7 +117,8 @@ class LocalProvider(Provider):
                 if isinstance(error, OmnibedError) or not isinstance(error, Exception):
                     raise
                 raise ReservationError(
-                    f"the local reservation {request.name!r} failed and was undone: {error}",
+                    f"the local reservation {request.name!r} ({record.id}) failed and was "
+                    f"undone: {error}",
                     provider=self.name,
                 ) from error
             record.state = ReservationState.READY.value
@@ -130,6 +131,11 @@ class LocalProvider(Provider):
             raise UsageError(
                 f"unknown option(s) for the local testbed: {', '.join(unknown)}; "
                 f"known: {', '.join(OPTIONS)}"
+            )
+        if request.nodes > underlay.MAX_NODES:
+            raise UsageError(
+                f"the local testbed makes at most {underlay.MAX_NODES} pnodes per reservation, "
+                f"not {request.nodes}"
             )
         if request.start is not None:
             raise UsageError("the local testbed starts reservations at once; drop the start time")

@@ -34,6 +34,7 @@ from omnibed.providers.local.state import NodeRecord, Record
 
 UNDERLAY = ipaddress.ip_network("10.231.0.0/16")
 HOST_OCTET = 254
+MAX_NODES = HOST_OCTET - 1
 PREFIX = "obl"
 OUR_NAME = re.compile(rf"^{PREFIX}[0-9a-f]{{6}}(-[0-9a-z]+|h)$")
 NETNS_DIR = Path("/run/netns")

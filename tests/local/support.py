@@ -1,0 +1,90 @@
+"""Helpers of the local testbed's root tests: SSH as root, raw frames, leftover checks."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from omnibed.core import ssh
+from omnibed.core.types import Reservation
+from omnibed.providers.local import LocalProvider
+
+FRAMECHECK = Path(__file__).with_name("framecheck.py")
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="the local testbed needs root")
+
+
+def run_as_root(
+    provider: LocalProvider, reservation: Reservation, key: ssh.KeyPair, command: str,
+    known_hosts: Path,
+) -> dict[str, ssh.CommandResult]:
+    """Run `command` on every pnode over real SSH with the endpoint `root_access` gives."""
+    endpoints = {
+        node.id: provider.root_access(reservation, node, str(key.private_path))
+        for node in provider.list_nodes(reservation)
+    }
+    return ssh.run_many(endpoints, command, known_hosts)
+
+
+def frames_seen(
+    sender_netns: str, receiver_netns: str, interface: str, frames: list[tuple[str, str, str]]
+) -> list[str]:
+    """Send `frames` (src MAC, dst MAC, token) from one namespace; the tokens the other saw.
+
+    The last frame is the end marker and must be one the switch delivers.
+    """
+    end = frames[-1][2]
+    receiver = subprocess.Popen(
+        ["ip", "netns", "exec", receiver_netns, sys.executable, str(FRAMECHECK),
+         "recv", interface, end],
+        stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert receiver.stdout is not None
+        assert receiver.stdout.readline().strip() == "ready"
+        specs = [",".join(frame) for frame in frames]
+        subprocess.run(
+            ["ip", "netns", "exec", sender_netns, sys.executable, str(FRAMECHECK),
+             "send", interface, *specs],
+            check=True,
+        )
+        out, _ = receiver.communicate(timeout=60)
+    finally:
+        if receiver.poll() is None:
+            receiver.kill()
+            receiver.wait()
+    assert receiver.returncode == 0, f"the end marker frame {end!r} never arrived"
+    return out.split()
+
+
+def netns_pids(reservation: Reservation) -> set[int]:
+    """Every process living in one of the reservation's namespaces right now."""
+    pids: set[int] = set()
+    for name in [*reservation.extra["netns"], reservation.extra["switch_netns"]]:
+        out = subprocess.run(["ip", "netns", "pids", name], capture_output=True, text=True)
+        pids.update(int(pid) for pid in out.stdout.split())
+    return pids
+
+
+def leftovers(reservation: Reservation, state_dir: Path, pids: set[int]) -> list[str]:
+    """What of `reservation` still exists: namespaces, root-ns links, `pids`, its directory."""
+    prefix = reservation.id
+    netns = os.listdir("/run/netns") if os.path.isdir("/run/netns") else []
+    found = [f"netns {name}" for name in netns if name.startswith(prefix)]
+    found += [f"link {name}" for name in os.listdir("/sys/class/net") if name.startswith(prefix)]
+    found += [f"process {pid}" for pid in sorted(pids) if _alive(pid)]
+    if (state_dir / reservation.id).exists():
+        found.append(f"directory {state_dir / reservation.id}")
+    return found
+
+
+def _alive(pid: int) -> bool:
+    """True if `pid` exists and is not a zombie."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    return "\nState:\tZ" not in status
