@@ -422,7 +422,7 @@ def platform_from_dict(data: object) -> Platform:
 
 def load_platform(source: str | Path | Mapping[str, Any]) -> Platform:
     """A Platform from a YAML file path, YAML text, or an already parsed mapping."""
-    if isinstance(source, Mapping):
+    if not isinstance(source, str | Path):
         return platform_from_dict(source)
     text: str
     origin = "platform"
