@@ -6,6 +6,8 @@ import fcntl
 import stat
 import subprocess
 import threading
+import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -283,8 +285,17 @@ def test_command_timeout_raises(
     start_sshd: StartSSHD, keypair: KeyPair, known_hosts: Path
 ) -> None:
     sshd = start_sshd()
+    lines: list[str] = []
     with pytest.raises(SSHError, match="did not finish within 1s"):
-        run(endpoint(sshd, keypair), "sleep 600", known_hosts, timeout=1)
+        run(endpoint(sshd, keypair), "echo $$; exec sleep 600", known_hosts, timeout=1,
+            on_line=lambda node, stream, line: lines.append(line))
+    sleeper = Path(f"/proc/{lines[0]}")
+    assert "sleep" in (sleeper / "cmdline").read_text()
+    sshd.stop()  # also ends the sessions that sshd forked
+    deadline = time.monotonic() + 60  # generous: only a kill that never comes fails
+    while sleeper.exists() and (sleeper / "stat").read_text().split()[2] != "Z":
+        assert time.monotonic() < deadline, "stop() left the session's command running"
+        time.sleep(0.05)
 
 
 @pytest.mark.root
@@ -324,3 +335,24 @@ def test_ssh_command_line_runs_a_command(
 
     exit_code = subprocess.run([*argv, "exit 7"], stdin=subprocess.DEVNULL, timeout=120)
     assert exit_code.returncode == 7
+
+
+@pytest.mark.root
+def test_fake_sshd_in_a_network_namespace_on_port_22(keypair: KeyPair, known_hosts: Path,
+                                                      tmp_path: Path) -> None:
+    netns = f"obssh-{uuid.uuid4().hex[:8]}"
+    subprocess.run(["ip", "netns", "add", netns], check=True)
+    try:
+        subprocess.run(["ip", "-n", netns, "link", "set", "lo", "up"], check=True)
+        with FakeSSHD([keypair.public_openssh], netns=netns, user_home=str(tmp_path)) as sshd:
+            node = SSHEndpoint(sshd.host, sshd.port, key_file=str(keypair.private_path))
+            argv = ssh_command_line(node, known_hosts)
+            inside = subprocess.run(
+                ["ip", "netns", "exec", netns, *argv, 'echo "$HOME"; ls /sys/class/net'],
+                capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=120,
+            )
+            assert inside.returncode == 0, inside.stderr
+            assert inside.stdout == f"{tmp_path}\nlo\n"  # only the namespace's loopback
+            assert recorded(known_hosts) == {"127.0.0.1": sshd.host_key}  # port 22: bare name
+    finally:
+        subprocess.run(["ip", "netns", "del", netns], check=True)
