@@ -218,7 +218,7 @@ def connect(
     try:
         for index, hop in enumerate(hops):
             sock = _tunnel(clients[-1], hops[index - 1], hop, timeout) if clients else None
-            client = _ChainedClient() if hop is endpoint else paramiko.SSHClient()
+            client = _ChainedClient() if index == len(hops) - 1 else paramiko.SSHClient()
             clients.append(client)
             _login(client, hop, known_hosts, sock, timeout)
     except BaseException:
