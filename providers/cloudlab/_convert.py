@@ -1,0 +1,173 @@
+"""Pure functions from geni-lib manifest objects and status dicts to omnibed values.
+
+They read attributes only (duck-typed on geni-lib's `Manifest`/`ManifestNode`), so they are
+tested as data. A node's id is its `client_id` from the request, never a host name: on
+CloudLab the manifest's host name, the login host and the node's own `hostname` disagree.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from typing import Any
+
+from omnibed.core.timeutil import to_utc
+from omnibed.core.types import Nic, NicRole, Node, ReservationState, Source, SSHEndpoint, Tri
+
+XEN_SLIVER_TYPE = "emulab-xen"
+EXTRA_LAN_PREFIX = "omnibed-lan"
+
+_STATE_MAP = {
+    "ready": ReservationState.READY,
+    "configuring": ReservationState.WAITING,
+    "notready": ReservationState.WAITING,
+    "changing": ReservationState.WAITING,
+    "failed": ReservationState.ERROR,
+    "unknown": ReservationState.UNKNOWN,
+}
+
+
+def state_of(status: dict[str, Any]) -> ReservationState:
+    """The reservation state from an AM API v2 SliverStatus answer."""
+    return _STATE_MAP.get(str(status.get("geni_status", "unknown")), ReservationState.UNKNOWN)
+
+
+def status_errors(status: dict[str, Any]) -> str:
+    """The aggregate's own error text for every failed resource of a SliverStatus answer."""
+    errors = [
+        f"{res.get('geni_urn', '?')}: {res.get('geni_error') or 'failed'}"
+        for res in status.get("geni_resources", [])
+        if res.get("geni_status") == "failed"
+    ]
+    return "; ".join(errors) or str(status.get("geni_error") or "the sliver failed")
+
+
+def progress_line(status: dict[str, Any]) -> str:
+    """`3/4 resources ready (configuring)` for the progress display."""
+    resources = status.get("geni_resources", [])
+    ready = sum(1 for res in resources if res.get("geni_status") == "ready")
+    return f"{ready}/{len(resources)} resources ready ({status.get('geni_status', 'unknown')})"
+
+
+def parse_geni_time(value: Any) -> datetime | None:
+    """An RFC 3339 string (or naive UTC datetime from xmlrpc) as tz-aware UTC; None if absent."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, datetime):
+        return to_utc(value, "UTC")
+    text = str(value).strip().replace("Z", "+00:00")
+    return to_utc(datetime.fromisoformat(text), "UTC")
+
+
+def expiration(status: dict[str, Any]) -> datetime | None:
+    """The sliver's expiration from SliverStatus (`geni_expires`, else ProtoGENI's `pg_expires`)."""
+    return parse_geni_time(status.get("geni_expires") or status.get("pg_expires"))
+
+
+def normalize_mac(mac: str | None) -> str:
+    """`0c42a18b3178` or `0C:42:...` -> `0c:42:a1:8b:31:78`; empty when unknown."""
+    digits = re.sub(r"[^0-9a-fA-F]", "", mac or "").lower()
+    if len(digits) != 12:
+        return ""
+    return ":".join(digits[i : i + 2] for i in range(0, 12, 2))
+
+
+def sliver_type(node: Any) -> str:
+    """The sliver type (`raw`, `raw-pc`, `emulab-xen`) from the manifest node element."""
+    for element in node._elem:
+        if element.tag.endswith("}sliver_type"):
+            return element.get("name", "")
+    return ""
+
+
+def _login(node: Any, username: str | None) -> Any:
+    logins = [login for login in node.logins if login.auth in (None, "ssh-keys")]
+    if not logins:
+        raise ValueError(f"the manifest gives no SSH login for node {node.client_id}")
+    for login in logins:
+        if username and login.username == username:
+            return login
+    return logins[0]
+
+
+def to_node(node: Any, username: str | None) -> Node:
+    """One manifest node as an omnibed Node logging in as the CloudLab user (not yet root)."""
+    login = _login(node, username)
+    addresses = tuple(
+        iface.address_info[0] for iface in node.interfaces if iface.address_info
+    )
+    if node.hostipv4:
+        addresses = (node.hostipv4, *addresses)
+    return Node(
+        id=node.client_id,
+        hostname=node.hostfqdn or login.hostname,
+        ssh=SSHEndpoint(host=login.hostname, port=login.port, user=login.username),
+        addresses=addresses,
+        extra={
+            "component_id": node.component_id,
+            "sliver_id": node.sliver_id,
+            "sliver_type": sliver_type(node),
+        },
+    )
+
+
+def to_nodes(manifest: Any, username: str | None) -> list[Node]:
+    """Every node of the manifest, sorted by client_id (a stable order)."""
+    return sorted((to_node(node, username) for node in manifest.nodes), key=lambda n: n.id)
+
+
+def _extra_interfaces(manifest: Any) -> set[str]:
+    """Sliver ids of the interfaces on the LANs omnibed made for --extra-nics."""
+    found: set[str] = set()
+    for link in manifest.links:
+        if (link.client_id or "").startswith(EXTRA_LAN_PREFIX):
+            found.update(ref for ref in link.interface_refs if ref)
+    return found
+
+
+def to_nics(manifest: Any, client_id: str) -> list[Nic]:
+    """The NICs of node `client_id`: its control NIC plus the experiment/extra interfaces.
+
+    A Xen VM's virtual NICs sit behind dom0 bridges that drop frames to and from MACs that
+    are not the VM's own (the Distem-on-CloudLab report's finding); a raw PC's NICs on its
+    experiment VLANs pass them. Both facts come from that static knowledge, not the API.
+    """
+    node = next((n for n in manifest.nodes if n.client_id == client_id), None)
+    if node is None:
+        raise KeyError(client_id)
+    xen = sliver_type(node) == XEN_SLIVER_TYPE
+    data_plane = Tri.NO if xen else Tri.YES
+    sources = {"role": Source.API, "foreign_mac": Source.TABLE}
+    nics = [
+        Nic(
+            name="control",
+            mac="",
+            role=NicRole.CONTROL,
+            addresses=(node.hostipv4,) if node.hostipv4 else (),
+            foreign_mac=Tri.NO if xen else Tri.UNKNOWN,
+            sources=sources,
+        )
+    ]
+    extra = _extra_interfaces(manifest)
+    for iface in sorted(node.interfaces, key=lambda i: i.client_id or ""):
+        address = ()
+        if iface.address_info and iface.address_info[0]:
+            address = (_with_prefix(*iface.address_info),)
+        nics.append(
+            Nic(
+                name=iface.client_id,
+                mac=normalize_mac(iface.mac_address),
+                role=NicRole.EXTRA if iface.sliver_id in extra else NicRole.EXPERIMENT,
+                addresses=address,
+                foreign_mac=data_plane,
+                sources={**sources, "mac": Source.API},
+            )
+        )
+    return nics
+
+
+def _with_prefix(address: str, netmask: str | None) -> str:
+    if not netmask:
+        return address
+    bits = sum(bin(int(part)).count("1") for part in netmask.split("."))
+    return f"{address}/{bits}"

@@ -1,0 +1,268 @@
+"""CloudLab through geni-lib: one slice and one sliver per reservation (AM API v2).
+
+A reservation is a slice at the CloudLab slice authority (renewed so that it outlives the
+sliver) plus a sliver on one aggregate (`-o site=`). Its id is the slice URN; the site is
+kept in `<state_dir>/reservations/<name>.json` so that `find` knows where to look.
+geni-lib is imported only inside methods (see `_client`).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import time
+from dataclasses import replace
+from datetime import datetime, timedelta
+from pathlib import Path
+
+from omnibed.core.errors import (
+    CredentialsError,
+    ProviderError,
+    ProviderTimeout,
+    ReservationNotFound,
+    SSHError,
+    UsageError,
+)
+from omnibed.core.provider import Check, Progress, Provider, _no_progress
+from omnibed.core.timeutil import utcnow
+from omnibed.core.types import (
+    Capabilities,
+    Capability,
+    Nic,
+    Node,
+    Reservation,
+    ReservationRequest,
+    ReservationState,
+    SSHEndpoint,
+)
+from omnibed.providers.cloudlab import _convert
+from omnibed.providers.cloudlab._client import SITES, CloudLabClient
+from omnibed.providers.cloudlab._errors import PROVIDER
+from omnibed.providers.cloudlab._settings import load_settings
+
+DEFAULT_SITE = "utah"
+SLICE_MARGIN = timedelta(hours=1)  # the slice outlives its sliver by this much
+_SLICE_NAME = re.compile(r"^[a-z][a-z0-9-]{0,18}$")
+_IMAGE_NAME = re.compile(r"^[A-Za-z0-9]{1,64}$")
+
+
+class CloudLabProvider(Provider):
+    """CloudLab raw PCs or Xen VMs, reached as the user then root via passwordless sudo."""
+
+    name = "cloudlab"
+    description = "CloudLab (ProtoGENI AM API v2 through geni-lib)"
+    capabilities = Capabilities(
+        supported=frozenset(
+            {Capability.SNAPSHOT, Capability.EXTEND, Capability.EXTRA_NICS, Capability.ROOT}
+        ),
+        max_extra_nics=2,
+        options={
+            "site": f"aggregate: {', '.join(SITES)} (default {DEFAULT_SITE})",
+            "hardware_type": "raw PC type, e.g. d430, m510, c220g5 (default: any)",
+            "vm": "xen: shared Xen VMs instead of raw PCs",
+            "image": "disk image URN, e.g. urn:publicid:IDN+emulab.net+image+emulab-ops//"
+            "UBUNTU22-64-STD, or one that `omnibed snapshot` returned",
+        },
+    )
+
+    def __init__(self, state_dir: Path) -> None:
+        super().__init__(state_dir)
+        self._client: CloudLabClient | None = None
+
+    @property
+    def client(self) -> CloudLabClient:
+        if self._client is None:
+            self._client = CloudLabClient(load_settings(self.state_dir), self.state_dir)
+        return self._client
+
+    # -- the local record of where each reservation lives ----------------------------
+
+    def _record_path(self, name: str) -> Path:
+        return self.state_dir / "reservations" / f"{name}.json"
+
+    def _record(self, name: str) -> dict | None:
+        path = self._record_path(name)
+        return json.loads(path.read_text()) if path.exists() else None
+
+    def _write_record(self, name: str, site: str, start: datetime) -> None:
+        path = self._record_path(name)
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        path.write_text(json.dumps({"site": site, "start": start.isoformat()}))
+
+    def _reservation(
+        self, name: str, site: str, start: datetime, status: dict, end: datetime
+    ) -> Reservation:
+        return Reservation(
+            provider=PROVIDER,
+            id=self.client.slice_urn(name),
+            name=name,
+            start=start,
+            end=_convert.expiration(status) or end,
+            state=_convert.state_of(status),
+            site=site,
+        )
+
+    # -- verbs --------------------------------------------------------------------------
+
+    def reserve(self, request: ReservationRequest) -> Reservation:
+        if not _SLICE_NAME.match(request.name):
+            raise UsageError(
+                f"{request.name!r} cannot name a CloudLab slice: use 1-19 lowercase letters,"
+                " digits or hyphens, starting with a letter"
+            )
+        existing = self.find(request.name)
+        if existing is not None:
+            return existing
+        site = request.site or request.extra.get("site") or DEFAULT_SITE
+        client = self.client
+        rspec = client.build_request(request, site)
+        start = utcnow()
+        end = start + request.duration
+        self._write_record(request.name, site, start)
+        try:
+            slice_end = client.ensure_slice(request.name, end + SLICE_MARGIN)
+            keys = [request.public_key] if request.public_key else []
+            client.create_sliver(site, request.name, rspec, keys)
+        except BaseException:
+            self._record_path(request.name).unlink(missing_ok=True)
+            raise
+        try:
+            status = client.status(site, request.name) or {}
+            granted = _convert.expiration(status)
+            if granted is None or granted < end:
+                client.renew_sliver(site, request.name, min(end, slice_end))
+                status = client.status(site, request.name) or {}
+        except BaseException:
+            self.release(Reservation(PROVIDER, "", request.name, start, end,
+                                     ReservationState.UNKNOWN, site))
+            raise
+        return self._reservation(request.name, site, start, status, end)
+
+    def wait(
+        self, reservation: Reservation, *, timeout: float = 3600, progress: Progress = _no_progress
+    ) -> Reservation:
+        site = reservation.site or DEFAULT_SITE
+        poll = self.client.settings.poll_interval
+        deadline = time.monotonic() + timeout
+        while True:
+            status = self.client.status(site, reservation.name)
+            if status is None:
+                raise ReservationNotFound(
+                    f"{reservation.name} has no sliver at {site} any more (expired or deleted)",
+                    provider=PROVIDER,
+                )
+            progress(_convert.progress_line(status))
+            state = _convert.state_of(status)
+            if state is ReservationState.READY:
+                return replace(
+                    reservation, state=state, end=_convert.expiration(status) or reservation.end
+                )
+            if state is ReservationState.ERROR:
+                message = _convert.status_errors(status)
+                self.client.delete_sliver(site, reservation.name)
+                raise ProviderError(
+                    f"the sliver of {reservation.name} failed at {site} and was deleted: {message}",
+                    provider=PROVIDER,
+                    testbed_message=message,
+                )
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise ProviderTimeout(
+                    f"{reservation.name} was not ready at {site} after {timeout:g}s"
+                    f" ({_convert.progress_line(status)}); `omnibed release` it or wait again",
+                    provider=PROVIDER,
+                )
+            time.sleep(min(poll, remaining))
+
+    def find(self, name: str) -> Reservation | None:
+        record = self._record(name)
+        if record is None:
+            return None
+        status = self.client.status(record["site"], name)
+        if status is None:
+            return None
+        start = datetime.fromisoformat(record["start"])
+        return self._reservation(name, record["site"], start, status, start)
+
+    def list_nodes(self, reservation: Reservation) -> list[Node]:
+        manifest = self.client.manifest(reservation.site or DEFAULT_SITE, reservation.name)
+        return _convert.to_nodes(manifest, self.client.username)
+
+    def root_access(self, reservation: Reservation, node: Node, key_file: str) -> SSHEndpoint:
+        """Log in as the CloudLab user with `key_file`; passwordless sudo adds it for root."""
+        import paramiko
+        from omnibed.core import ssh
+
+        key = paramiko.PKey.from_path(key_file)
+        public = f"{key.get_name()} {key.get_base64()}"
+        quoted = shlex.quote(public)
+        script = (
+            "umask 077 && mkdir -p ~root/.ssh && touch ~root/.ssh/authorized_keys && "
+            f"(grep -qxF {quoted} ~root/.ssh/authorized_keys"
+            f" || echo {quoted} >> ~root/.ssh/authorized_keys)"
+        )
+        known_hosts = Path(key_file).parent / "known_hosts"
+        as_user = replace(node.ssh, key_file=key_file)
+        result = ssh.run(as_user, f"sudo -n sh -c {shlex.quote(script)}", known_hosts,
+                         node=node.id, timeout=120)
+        if result.exit_status != 0:
+            raise SSHError(
+                f"installing the reservation key for root on {node.id} ({as_user.label()})"
+                f" failed: {result.stderr.strip() or result.exit_status}; the CloudLab user"
+                " needs passwordless sudo (the standard CloudLab images give it)",
+                host=node.ssh.host,
+            )
+        return replace(node.ssh, user="root", key_file=key_file)
+
+    def nic_capabilities(self, reservation: Reservation, node: Node) -> list[Nic]:
+        manifest = self.client.manifest(reservation.site or DEFAULT_SITE, reservation.name)
+        return _convert.to_nics(manifest, node.id)
+
+    def snapshot(self, reservation: Reservation, node: Node, image: str) -> str:
+        """ProtoGENI CreateImage of the node's disk; returns the URN `-o image=` takes."""
+        if not _IMAGE_NAME.match(image):
+            raise UsageError(f"CloudLab image names are alphanumeric (1-64 characters): {image!r}")
+        sliver_urn = node.extra.get("sliver_id")
+        if not sliver_urn:
+            raise UsageError(f"node {node.id} has no sliver id: list the nodes again")
+        return self.client.create_image(
+            reservation.site or DEFAULT_SITE, reservation.name, sliver_urn, image
+        )
+
+    def extend(self, reservation: Reservation, end: datetime) -> Reservation:
+        """Renew the slice, then the sliver; the returned end is what CloudLab granted."""
+        site = reservation.site or DEFAULT_SITE
+        slice_end = self.client.ensure_slice(reservation.name, end + SLICE_MARGIN)
+        self.client.renew_sliver(site, reservation.name, min(end, slice_end))
+        status = self.client.status(site, reservation.name)
+        if status is None:
+            raise ReservationNotFound(
+                f"{reservation.name} has no sliver at {site} any more", provider=PROVIDER
+            )
+        granted = _convert.expiration(status) or reservation.end
+        return replace(
+            reservation,
+            end=granted,
+            state=_convert.state_of(status),
+            extra={**reservation.extra, "requested_end": end.isoformat()},
+        )
+
+    def release(self, reservation: Reservation) -> None:
+        """Delete the sliver (the slice expires by itself); releasing twice is fine."""
+        record = self._record(reservation.name)
+        site = (record or {}).get("site") or reservation.site or DEFAULT_SITE
+        self.client.delete_sliver(site, reservation.name)
+        self._record_path(reservation.name).unlink(missing_ok=True)
+
+    # -- doctor -------------------------------------------------------------------------
+
+    @classmethod
+    def doctor(cls, state_dir: Path) -> list[Check]:
+        from omnibed.providers.cloudlab._doctor import checks
+
+        try:
+            settings = load_settings(state_dir)
+        except CredentialsError as error:
+            return [Check("CloudLab configuration", False, str(error), f"fix {error.source}")]
+        return checks(settings)
