@@ -16,7 +16,7 @@ import ipaddress
 import os
 import socket
 import struct
-from typing import Iterable
+from collections.abc import Iterable
 
 NETLINK_ROUTE = 0
 SOL_NETLINK = 270

@@ -1,0 +1,148 @@
+"""The omnibed agent: runs as root on a pnode and applies PnodeStates, speaking JSON lines.
+
+Each stdin line is a request {"op": ..., ...}; each gets exactly one stdout line, either
+{"ok": true, ...} or {"ok": false, "error": text, "errno": n|null, ...}. Ops:
+
+  hello                                   -> python, pyroute2 versions, pid
+  preflight {state}                       -> problems: [sentence, ...] (nothing changed)
+  apply {state}                           -> created_namespaces, created_links; on failure
+                                             also object and rolled_back
+  teardown {state}                        -> removed_namespaces (idempotent)
+  status {state}                          -> namespaces, links, group_links, complete, absent
+  probe-listen {nic, nonce}               -> mac (the listener keeps listening)
+  probe-send {nic, peer_mac, nonce}       -> foreign_src, foreign_dst
+  probe-collect {nonce, timeout}          -> arrived: subset of ["src", "dst"]
+  exec {netns, argv, timeout?}            -> exit_status, stdout, stderr
+
+Run as `python3 -I bundle.pyz [--netns NAME]` or `python -m omnibed.emulator.agent`.
+Python 3.9 compatible; imports only the standard library, pyroute2 and its siblings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from . import nsutil, probe
+from .netlink_apply import Applier, ApplyFailure, status, teardown
+from .preflight import preflight
+from .state import PnodeState
+
+
+class Agent:
+    """The request handlers; one instance per agent process."""
+
+    def __init__(self) -> None:
+        self.listeners: dict[str, probe.Listener] = {}
+        self.ops: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
+            "hello": self.hello,
+            "preflight": lambda r: {"problems": preflight(_state(r))},
+            "apply": lambda r: Applier(_state(r)).run(),
+            "teardown": lambda r: teardown(_state(r)),
+            "status": lambda r: status(_state(r)),
+            "probe-listen": self.probe_listen,
+            "probe-send": lambda r: probe.send(r["nic"], r["peer_mac"], r["nonce"]),
+            "probe-collect": self.probe_collect,
+            "exec": self.exec,
+        }
+
+    def handle(self, request: dict[str, Any]) -> dict[str, Any]:
+        op = request.get("op")
+        handler = self.ops.get(op) if isinstance(op, str) else None
+        if handler is None:
+            return {"ok": False, "error": f"unknown op {op!r}", "errno": None}
+        try:
+            return {"ok": True, **handler(request)}
+        except ApplyFailure as exc:
+            return {
+                "ok": False,
+                "error": str(exc),
+                "errno": exc.errno,
+                "object": exc.what,
+                "rolled_back": exc.rolled_back,
+            }
+        except (OSError, KeyError, ValueError, TypeError, subprocess.SubprocessError) as exc:
+            return {"ok": False, "error": f"{op}: {exc!r}", "errno": getattr(exc, "errno", None)}
+
+    def hello(self, request: dict[str, Any]) -> dict[str, Any]:
+        import pyroute2
+
+        return {
+            "python": sys.version.split()[0],
+            "pyroute2": getattr(pyroute2, "__version__", "unknown"),
+            "pid": os.getpid(),
+            "euid": os.geteuid(),
+        }
+
+    def probe_listen(self, request: dict[str, Any]) -> dict[str, Any]:
+        listener = probe.Listener(request["nic"], request["nonce"])
+        self.listeners[request["nonce"]] = listener
+        return {"mac": listener.mac}
+
+    def probe_collect(self, request: dict[str, Any]) -> dict[str, Any]:
+        listener = self.listeners.pop(request["nonce"])
+        return {"arrived": listener.collect(float(request.get("timeout", 2.0)))}
+
+    def exec(self, request: dict[str, Any]) -> dict[str, Any]:
+        target = nsutil.path(request["netns"])
+        fd = os.open(target, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            done = subprocess.run(
+                [str(a) for a in request["argv"]],
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                timeout=request.get("timeout"),
+                preexec_fn=lambda: nsutil.setns(fd),  # the agent is single-threaded here
+            )
+        finally:
+            os.close(fd)
+        return {
+            "exit_status": done.returncode,
+            "stdout": done.stdout.decode(errors="replace"),
+            "stderr": done.stderr.decode(errors="replace"),
+        }
+
+
+def _state(request: dict[str, Any]) -> PnodeState:
+    return PnodeState.from_json(request["state"])
+
+
+def serve(lines: Any, out: Any) -> None:
+    """Answer each JSON line of `lines` with one JSON line on `out` until EOF."""
+    agent = Agent()
+    for line in lines:
+        if not line.strip():
+            continue
+        try:
+            request = json.loads(line)
+            if not isinstance(request, dict):
+                raise ValueError("a request is a JSON object")
+        except ValueError as exc:
+            reply: dict[str, Any] = {"ok": False, "error": f"bad request: {exc}", "errno": None}
+        else:
+            reply = agent.handle(request)
+        out.write(json.dumps(reply) + "\n")
+        out.flush()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="omnibed-agent", description=__doc__.split("\n")[0])
+    parser.add_argument("--netns", help="serve from inside this named network namespace")
+    args = parser.parse_args(argv)
+    if args.netns:
+        fd = os.open(nsutil.path(args.netns), os.O_RDONLY | os.O_CLOEXEC)
+        nsutil.setns(fd)
+        os.close(fd)
+    # stdout is the protocol channel: anything else printing goes to stderr
+    out = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)
+    serve(sys.stdin, out)
+
+
+if __name__ == "__main__":
+    main()
