@@ -1,0 +1,492 @@
+"""A fake Grid'5000 REST API on 127.0.0.1 for the real python-grid5000 client.
+
+It keeps state: OAR jobs move waiting -> launching -> running as time passes (`step`
+seconds each; an advance reservation waits for its Paris-time start), get nodes from the
+Reference API records in tests/fixtures/grid5000 (each fixture node is cloned into
+`nodes_per_cluster` nodes), a KaVLAN when asked, and end at their walltime or when deleted.
+Deployments (kadeploy) finish after one `step`, append their `key` to the node's
+authorized_keys file (`node_keys[fqdn]`, a real sshd's) and answer OK, or KO for the nodes
+in `deploy_ko`. Every request needs HTTP Basic auth. Faults: `fail()` answers a status
+with an OAR-style message, `delay()` answers late, `error_next_job()` makes a job fail.
+
+`G5kSSHD` is a FakeSSHD whose sessions see the testbed's fake `sudo-g5k`, `tgz-g5k` and
+`kaenv3` (shell scripts that log their calls to `FAKE_G5K_LOG` and stay inside the fake).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+from zoneinfo import ZoneInfo
+
+import yaml
+
+from tests.fakes.sshd import FakeSSHD
+
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "grid5000"
+REFERENCE_ENVIRONMENTS = ("debian11-min", "debian12-min", "debian12-base", "debian12-nfs")
+_VLAN_IDS = {"kavlan-local": ["1", "2", "3"], "kavlan": ["4", "5", "6", "7", "8", "9"],
+             "kavlan-global": ["16"]}
+_LIVE = ("waiting", "launching", "running")
+
+
+@dataclass
+class _Fault:
+    method: str
+    path: re.Pattern[str]
+    status: int = 0
+    message: str = ""
+    delay: float = 0.0
+    times: int = 1
+
+
+@dataclass
+class _Job:
+    uid: int
+    site: str
+    body: dict[str, Any]
+    user: str
+    submitted: float
+    start: float  # earliest start (now, or the advance reservation's)
+    walltime: int
+    types: list[str]
+    nodes: list[str]
+    vlan_type: str | None
+    vlan: str | None = None
+    started: float | None = None
+    ended: str | None = None  # "terminated" or "error"
+    message: str = ""
+    fail_with: str | None = None
+
+
+@dataclass
+class FakeGrid5000:
+    username: str = "alice"
+    password: str = "g5k-secret"
+    step: float = 0.3
+    nodes_per_cluster: int = 3
+    node_keys: dict[str, Path] = field(default_factory=dict)
+    deploy_ko: set[str] = field(default_factory=set)
+    environments_dir: Path | None = None  # where the fake kaenv3 -a registers environments
+    requests: list[tuple[str, str, Any]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.reference = _load_reference(self.nodes_per_cluster)
+        self.jobs: dict[int, _Job] = {}
+        self.deployments: dict[str, dict[str, Any]] = {}
+        self.vlan_members: dict[tuple[str, str], set[str]] = {}
+        self._faults: list[_Fault] = []
+        self._next_error: str | None = None
+        self._lock = threading.RLock()
+        self._server: ThreadingHTTPServer | None = None
+
+    # -- control -----------------------------------------------------------------------------
+
+    def start(self) -> FakeGrid5000:
+        fake = self
+
+        class Handler(_Handler):
+            owner = fake
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+    def __enter__(self) -> FakeGrid5000:
+        return self.start()
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
+
+    @property
+    def url(self) -> str:
+        assert self._server is not None
+        return f"http://127.0.0.1:{self._server.server_address[1]}/stable"
+
+    def write_config(self, path: Path, *, password: str | None = None, timeout: float = 10) -> Path:
+        """A python-grid5000 YAML file pointing at this fake, mode 0600."""
+        path.write_text(yaml.safe_dump({"uri": self.url, "username": self.username,
+                                        "password": password or self.password,
+                                        "timeout": timeout}))
+        path.chmod(0o600)
+        return path
+
+    def fail(self, method: str, path: str, status: int, message: str, times: int = 1) -> None:
+        """The next `times` requests `method path` (a regex searched in the path) get `status`."""
+        with self._lock:
+            self._faults.append(_Fault(method, re.compile(path), status, message, times=times))
+
+    def delay(self, method: str, path: str, seconds: float, times: int = 1) -> None:
+        """The next `times` matching requests are handled, then answered `seconds` late."""
+        with self._lock:
+            self._faults.append(_Fault(method, re.compile(path), delay=seconds, times=times))
+
+    def error_next_job(self, message: str) -> None:
+        """The next submitted job goes to OAR's error state with `message` when it launches."""
+        self._next_error = message
+
+    def live_jobs(self) -> list[int]:
+        with self._lock:
+            return [uid for uid, job in self.jobs.items() if self._state(job) in _LIVE]
+
+    # -- state -------------------------------------------------------------------------------
+
+    def _state(self, job: _Job) -> str:
+        now = time.time()
+        if job.ended:
+            return job.ended
+        if now < max(job.start, job.submitted + self.step):
+            return "waiting"
+        if now < max(job.start, job.submitted + self.step) + self.step:
+            return "launching"
+        if job.fail_with:
+            job.ended, job.message = "error", job.fail_with
+            return "error"
+        if job.started is None:
+            job.started = now
+        if now > job.started + job.walltime:
+            job.ended = "terminated"
+            return "terminated"
+        return "running"
+
+    def _job_json(self, job: _Job, *, listed: bool = False) -> dict[str, Any]:
+        state = self._state(job)
+        data: dict[str, Any] = {
+            "uid": job.uid, "name": job.body.get("name"), "state": state, "user": job.user,
+            "user_uid": job.user, "queue": job.body.get("queue", "default"),
+            "types": job.types, "walltime": job.walltime, "command": job.body.get("command"),
+            "project": job.body.get("project", "default"), "message": job.message,
+            "submitted_at": int(job.submitted), "scheduled_at": int(job.start),
+            "started_at": int(job.started) if job.started else 0,
+            "properties": job.body.get("properties", ""), "mode": "PASSIVE",
+        }
+        if not listed:
+            running = state == "running"
+            data["assigned_nodes"] = job.nodes if running else []
+            data["resources_by_type"] = {
+                "cores": [], "vlans": [job.vlan] if running and job.vlan else []}
+        return data
+
+    def _submit(self, site: str, body: dict[str, Any]) -> tuple[int, Any]:
+        resources = str(body.get("resources", ""))
+        nodes_match = re.search(r"(?:\{cluster='([^']+)'\}/)?nodes=(\d+)", resources)
+        wall = re.search(r"walltime=(\d+):(\d\d):(\d\d)", resources)
+        if nodes_match is None or wall is None:
+            return 400, {"message": f"Bad resource request: {resources}"}
+        cluster, count = nodes_match.group(1), int(nodes_match.group(2))
+        clusters = self.reference.get(site, {})
+        if cluster is not None and cluster not in clusters:
+            return 400, {"message": f"There are not enough resources: no cluster {cluster}"}
+        busy = {n for j in self.jobs.values() if self._state(j) in _LIVE for n in j.nodes}
+        pool = [f"{host}.{site}.grid5000.fr" for c, hosts in sorted(clusters.items())
+                if cluster in (None, c) for host in sorted(hosts)]
+        free = [n for n in pool if n not in busy]
+        if len(free) < count:
+            return 400, {"message": "There are not enough resources for your request"}
+        vlan_type = None
+        vlan_match = re.search(r"\{type='(kavlan[^']*)'\}/vlan=1", resources)
+        vlan = None
+        if vlan_match:
+            vlan_type = vlan_match.group(1)
+            taken = {j.vlan for j in self.jobs.values() if self._state(j) in _LIVE}
+            vlan = next((v for v in _VLAN_IDS.get(vlan_type, []) if v not in taken), None)
+            if vlan is None:
+                return 400, {"message": f"There are not enough resources: no free {vlan_type}"}
+        now = time.time()
+        start = now
+        if body.get("reservation"):
+            paris = datetime.strptime(body["reservation"], "%Y-%m-%d %H:%M:%S")
+            start = paris.replace(tzinfo=ZoneInfo("Europe/Paris")).timestamp()
+            if start < now - 60:
+                return 400, {"message": "Reservation not valid --> KO (Reservation too old)"}
+        hours, minutes, seconds = (int(x) for x in wall.groups())
+        uid = max(self.jobs, default=4000) + 1
+        job = _Job(uid, site, body, self.username, now, start,
+                   hours * 3600 + minutes * 60 + seconds, list(body.get("types") or []),
+                   free[:count], vlan_type, vlan, fail_with=self._next_error)
+        self._next_error = None
+        self.jobs[uid] = job
+        return 201, self._job_json(job)
+
+    def _environments(self) -> set[str]:
+        names = set(REFERENCE_ENVIRONMENTS)
+        if self.environments_dir is not None:
+            for path in self.environments_dir.glob("*.yaml"):
+                names.add(str((yaml.safe_load(path.read_text()) or {}).get("name")))
+        return names
+
+    def _deploy(self, site: str, body: dict[str, Any]) -> tuple[int, Any]:
+        nodes = list(body.get("nodes") or [])
+        if body.get("environment") not in self._environments():
+            return 400, {"message": f"Environment {body.get('environment')!r} does not exist"}
+        deployable = {n for j in self.jobs.values() if j.site == site and "deploy" in j.types
+                      and self._state(j) == "running" for n in j.nodes}
+        if not nodes or not set(nodes) <= deployable:
+            return 400, {"message": "Nodes must be part of a running deploy job of yours"}
+        uid = f"D-{len(self.deployments) + 1:04d}"
+        self.deployments[uid] = {"uid": uid, "site": site, "status": "processing",
+                                 "nodes": nodes, "environment": body["environment"],
+                                 "key": body.get("key", ""), "created_at": int(time.time()),
+                                 "user_uid": self.username}
+        return 201, self._deployment_json(uid)
+
+    def _deployment_json(self, uid: str) -> dict[str, Any]:
+        deployment = self.deployments[uid]
+        if deployment["status"] == "processing" and time.time() > deployment["created_at"] + (
+            self.step
+        ):
+            result = {}
+            for node in deployment["nodes"]:
+                ok = node not in self.deploy_ko
+                result[node] = {"state": "OK" if ok else "KO", "macro": "", "micro": ""}
+                if ok and node in self.node_keys:
+                    with self.node_keys[node].open("a") as keys:
+                        keys.write(deployment["key"].strip() + "\n")
+            deployment.update(status="terminated", result=result)
+        return {k: v for k, v in deployment.items() if k != "key"}
+
+    def _vlan_submit(self, site: str, vlan: str, addresses: list[str]) -> dict[str, Any]:
+        owned = {n for j in self.jobs.values() if j.site == site and j.vlan == vlan
+                 and self._state(j) == "running" for n in j.nodes}
+        answer = {}
+        for address in addresses:
+            host, rest = address.split(".", 1)
+            node = f"{host.rsplit('-', 1)[0]}.{rest}"
+            if node in owned:
+                self.vlan_members.setdefault((site, vlan), set()).add(address)
+                answer[address] = {"status": "success", "message": f"moved to vlan {vlan}"}
+            else:
+                answer[address] = {"status": "failure", "message": "not in a job of yours"}
+        return answer
+
+    # -- routing -----------------------------------------------------------------------------
+
+    def handle(self, method: str, path: str, query: dict[str, str], body: Any) -> tuple[int, Any]:
+        with self._lock:
+            return self._route(method, path, query, body)
+
+    def _route(self, method: str, path: str, query: dict[str, str], body: Any) -> tuple[int, Any]:
+        parts = [p for p in path.split("/") if p]
+        ref = self.reference
+        if method == "GET" and parts == []:
+            return 200, {"uid": "grid5000", "type": "grid"}
+        if parts[:1] != ["sites"]:
+            return 404, {"message": f"no route {path}"}
+        if len(parts) == 1:
+            return 200, {"items": [{"uid": s} for s in sorted(ref)], "total": len(ref)}
+        site = parts[1]
+        if site not in ref:
+            return 404, {"message": f"Site {site} not found"}
+        rest = parts[2:]
+        if method == "GET" and rest == []:
+            return 200, {"uid": site, "type": "site"}
+        if rest[:1] == ["clusters"]:
+            return self._reference(site, rest[1:])
+        if rest == ["status"]:
+            busy = {n for j in self.jobs.values() if self._state(j) == "running" for n in j.nodes}
+            return 200, {"nodes": {f"{h}.{site}.grid5000.fr": {
+                "hard": "alive", "soft": "busy" if f"{h}.{site}.grid5000.fr" in busy else "free",
+                "reservations": []} for c in ref[site].values() for h in c}}
+        if rest == ["jobs"] and method == "POST":
+            return self._submit(site, body or {})
+        if rest == ["jobs"] and method == "GET":
+            states = set(filter(None, query.get("state", "").split(",")))
+            items = [self._job_json(j, listed=True) for j in self.jobs.values() if j.site == site
+                     and query.get("name") in (None, j.body.get("name"))
+                     and query.get("user") in (None, j.user)]
+            items = [i for i in items if not states or i["state"] in states]
+            return 200, {"items": items, "total": len(items)}
+        if rest[:1] == ["jobs"] and len(rest) >= 2:
+            job = self.jobs.get(int(rest[1])) if rest[1].isdigit() else None
+            if job is None or job.site != site:
+                return 404, {"message": f"Job {rest[1]} not found"}
+            if len(rest) == 2 and method == "GET":
+                return 200, self._job_json(job)
+            if len(rest) == 2 and method == "DELETE":
+                if self._state(job) not in _LIVE:
+                    return 400, {"message": f"Job {job.uid} is already finished"}
+                job.ended, job.message = "error", "job deleted by the user"
+                return 202, {"uid": job.uid, "status": "deleted"}
+            if rest[2:] == ["walltime"] and method == "POST":
+                change = re.fullmatch(r"\+(\d+):(\d\d):(\d\d)", str((body or {}).get("walltime")))
+                if change is None or self._state(job) != "running":
+                    return 400, {"message": "walltime change needs a running job and +H:MM:SS"}
+                h, m, s = (int(x) for x in change.groups())
+                job.walltime += h * 3600 + m * 60 + s
+                return 202, {"status": "accepted", "walltime": job.walltime}
+        if rest == ["deployments"] and method == "POST":
+            return self._deploy(site, body or {})
+        if rest[:1] == ["deployments"] and len(rest) == 2 and rest[1] in self.deployments:
+            return 200, self._deployment_json(rest[1])
+        if rest[:1] == ["vlans"]:
+            ids = sorted({v for vs in _VLAN_IDS.values() for v in vs}, key=int)
+            if len(rest) == 1:
+                return 200, {"items": [{"uid": v} for v in ids], "total": len(ids)}
+            if rest[1] in ids and len(rest) == 2:
+                kind = next(k for k, vs in _VLAN_IDS.items() if rest[1] in vs)
+                return 200, {"uid": rest[1], "type": kind}
+            if rest[1] in ids and rest[2:] == ["nodes"] and method == "POST":
+                return 200, self._vlan_submit(site, rest[1], list(body or []))
+            if rest[1] in ids and rest[2:] == ["nodes"]:
+                members = sorted(self.vlan_members.get((site, rest[1]), ()))
+                return 200, {"items": [{"uid": m, "vlan": rest[1]} for m in members]}
+        return 404, {"message": f"no route {method} {path}"}
+
+    def _reference(self, site: str, rest: list[str]) -> tuple[int, Any]:
+        clusters = self.reference[site]
+        if rest == []:
+            return 200, {"items": [{"uid": c} for c in sorted(clusters)]}
+        if rest[0] not in clusters:
+            return 404, {"message": f"Cluster {rest[0]} not found"}
+        nodes = clusters[rest[0]]
+        if len(rest) == 1:
+            return 200, {"uid": rest[0], "type": "cluster"}
+        if rest[1:] == ["nodes"]:
+            return 200, {"items": [nodes[h] for h in sorted(nodes)], "total": len(nodes)}
+        if len(rest) == 3 and rest[2] in nodes:
+            return 200, nodes[rest[2]]
+        return 404, {"message": f"Node {'/'.join(rest)} not found"}
+
+    def _fault(self, method: str, path: str) -> _Fault | None:
+        with self._lock:
+            for fault in self._faults:
+                if fault.method == method and fault.path.search(path) and fault.times > 0:
+                    fault.times -= 1
+                    return fault
+        return None
+
+
+class _Handler(BaseHTTPRequestHandler):
+    owner: FakeGrid5000
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *_: Any) -> None:
+        return None
+
+    def _serve(self) -> None:
+        fake = self.owner
+        url = urlsplit(self.path)
+        path = url.path.removeprefix("/stable")
+        length = int(self.headers.get("Content-Length") or 0)
+        raw = self.rfile.read(length) if length else b""
+        body = json.loads(raw) if raw else None
+        fake.requests.append((self.command, path, body))
+        expected = base64.b64encode(f"{fake.username}:{fake.password}".encode()).decode()
+        fault = fake._fault(self.command, path)
+        if self.headers.get("Authorization") != f"Basic {expected}":
+            status, answer = 401, {"code": 401, "message": "Unauthorized"}
+        elif fault is not None and fault.status:
+            status, answer = fault.status, {"code": fault.status, "message": fault.message}
+        else:
+            query = {k: v[-1] for k, v in parse_qs(url.query).items()}
+            status, answer = fake.handle(self.command, path, query, body)
+        if fault is not None and fault.delay:
+            time.sleep(fault.delay)
+        data = json.dumps(answer).encode()
+        try:
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json; charset=utf-8")
+            self.send_header("Content-Length", str(len(data)))
+            if status == 401:
+                self.send_header("WWW-Authenticate", 'Basic realm="Grid\'5000 API"')
+            self.end_headers()
+            self.wfile.write(data)
+        except (BrokenPipeError, ConnectionResetError):  # the client gave up (timeout test)
+            pass
+
+    do_GET = do_POST = do_DELETE = do_PUT = _serve
+
+
+def _load_reference(copies: int) -> dict[str, dict[str, dict[str, dict[str, Any]]]]:
+    """{site: {cluster: {host: record}}} from the fixture records, each cloned `copies` times."""
+    reference: dict[str, dict[str, dict[str, dict[str, Any]]]] = {}
+    for path in sorted(FIXTURES.glob("*-1.json")):
+        record = json.loads(path.read_text())
+        host = record["uid"]
+        cluster = host.rsplit("-", 1)[0]
+        site = next(a["network_address"] for a in record["network_adapters"]
+                    if a.get("mounted")).split(".")[1]
+        for index in range(1, copies + 1):
+            clone = json.loads(json.dumps(record).replace(f'{host}"', f'{cluster}-{index}"')
+                               .replace(f"{host}.", f"{cluster}-{index}.")
+                               .replace(f"{host}-", f"{cluster}-{index}-"))
+            for adapter in clone["network_adapters"]:  # each clone its own MACs
+                mac = adapter["mac"].split(":")
+                adapter["mac"] = ":".join([*mac[:4], f"{index:02x}", mac[5]])
+            reference.setdefault(site, {}).setdefault(cluster, {})[f"{cluster}-{index}"] = clone
+    return reference
+
+
+_SUDO_G5K = """#!/bin/sh
+echo "sudo-g5k $*" >> "$FAKE_G5K_LOG"
+if [ "$1 $2 $3" = "tee -a /root/.ssh/authorized_keys" ]; then
+  exec tee -a "$FAKE_AUTHORIZED_KEYS"
+fi
+exec "$@"
+"""
+_TGZ_G5K = """#!/bin/sh
+echo "tgz-g5k $*" >> "$FAKE_G5K_LOG"
+while [ $# -gt 0 ]; do [ "$1" = -f ] && out="$2"; shift; done
+mkdir -p "$(dirname "$out")" && echo "fake image" > "$out"
+"""
+_KAENV3 = """#!/bin/sh
+echo "kaenv3 $*" >> "$FAKE_G5K_LOG"
+case "$1" in
+  -p) printf '%s\\n' "---" "name: $2" "version: 2024010100" "arch: x86_64" \
+        "description: $2 reference environment" "author: support-staff@lists.grid5000.fr" \
+        "visibility: public" "destructive: false" "os: linux" "image:" \
+        "  file: server:///grid5000/images/$2.tar.zst" "  kind: tar" "  compression: zstd" \
+        "filesystem: ext4" "partition_type: 131" "multipart: false" ;;
+  -a) cp "$2" "$FAKE_G5K_ENVS/" ;;
+  *) echo "kaenv3: unknown call" >&2; exit 1 ;;
+esac
+"""
+
+
+def write_tools(directory: Path) -> Path:
+    """The testbed's fake command-line tools in `directory`/bin; returns that bin directory."""
+    bin_dir = directory / "bin"
+    bin_dir.mkdir(parents=True, exist_ok=True)
+    for name, text in (("sudo-g5k", _SUDO_G5K), ("tgz-g5k", _TGZ_G5K), ("kaenv3", _KAENV3)):
+        (bin_dir / name).write_text(text)
+        (bin_dir / name).chmod(0o755)
+    return bin_dir
+
+
+class G5kSSHD(FakeSSHD):
+    """A node or frontend: its sessions find the fake Grid'5000 tools first on PATH."""
+
+    def __init__(self, authorized_keys: list[str], tools: Path, log: Path, envs: Path,
+                 home: Path | None = None) -> None:
+        super().__init__(authorized_keys)
+        self.tools, self.log_file, self.envs, self.home = tools, log, envs, home
+
+    @property
+    def authorized_keys_file(self) -> Path:
+        assert self.directory is not None
+        return self.directory / "authorized_keys"
+
+    def _config(self, directory: Path) -> str:
+        lines = [line for line in super()._config(directory).splitlines()
+                 if not line.startswith("SetEnv")]
+        env = [f"PATH={self.tools}:/usr/sbin:/usr/bin:/sbin:/bin", f"FAKE_G5K_LOG={self.log_file}",
+               f"FAKE_G5K_ENVS={self.envs}", f"FAKE_AUTHORIZED_KEYS={directory}/authorized_keys"]
+        if self.home is not None:
+            env.append(f"HOME={self.home}")
+        return "\n".join([*lines, "SetEnv " + " ".join(env)]) + "\n"
