@@ -420,21 +420,31 @@ def platform_from_dict(data: object) -> Platform:
     return Platform(networks=networks, nodes=nodes, vxlan_port=top.get("vxlan_port", 4789))
 
 
+def _is_path(text: str) -> bool:
+    """A one-line string naming a .yaml file or an existing file (else it is YAML text)."""
+    if "\n" in text:
+        return False
+    if text.endswith((".yaml", ".yml")):
+        return True
+    try:
+        return Path(text).is_file()
+    except OSError:  # e.g. a long one-line YAML text is not a file name
+        return False
+
+
 def load_platform(source: str | Path | Mapping[str, Any]) -> Platform:
     """A Platform from a YAML file path, YAML text, or an already parsed mapping."""
     if not isinstance(source, str | Path):
         return platform_from_dict(source)
-    text: str
-    origin = "platform"
-    if isinstance(source, Path) or ("\n" not in source and source.endswith((".yaml", ".yml"))):
+    if isinstance(source, str) and not _is_path(source):
+        text, origin = source, "platform"
+    else:
         path = Path(source)
         try:
             text = path.read_text()
         except OSError as exc:
             raise PlatformError(f"cannot read platform file {path}: {exc.strerror}") from None
         origin = str(path)
-    else:
-        text = source
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:

@@ -315,3 +315,11 @@ def test_bad_vnode_specs(kwargs: dict, message: str) -> None:
 def test_bad_iface_names(name: str) -> None:
     with pytest.raises(PlatformError, match="not a valid Linux interface name"):
         IfaceSpec(name, "net")
+
+
+def test_any_existing_file_and_one_line_yaml(tmp_path: Path) -> None:
+    path = tmp_path / "platform.txt"
+    path.write_text(ISSUE_YAML)
+    assert load_platform(str(path)) == load_platform(ISSUE_YAML)
+    one_line = "{nodes: [" + ", ".join(f"{{name: v{i}}}" for i in range(40)) + "]}"
+    assert len(load_platform(one_line).nodes) == 40
