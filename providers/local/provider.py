@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 import shutil
 import time
 from datetime import datetime
@@ -32,7 +33,7 @@ from omnibed.core.types import (
     SSHEndpoint,
     Tri,
 )
-from omnibed.providers.local import images, sshd, underlay
+from omnibed.providers.local import cgroups, images, sshd, underlay
 from omnibed.providers.local.profiles import (
     DEFAULT_PROFILE,
     PROFILES,
@@ -78,7 +79,8 @@ class LocalProvider(Provider):
     @classmethod
     def doctor(cls, state_dir: Path) -> list[Check]:
         release = platform.release()
-        major, minor = (int(part) for part in release.split(".")[:2])
+        version = re.match(r"(\d+)\.(\d+)", release)
+        major, minor = (int(part) for part in version.groups()) if version else (0, 0)
         tools = [
             ("ip", "iproute2"), ("bridge", "iproute2"), ("ssh-keygen", "openssh-client"),
         ]
@@ -94,6 +96,9 @@ class LocalProvider(Provider):
                   fix="use a kernel built with CONFIG_NET_NS"),
             Check(f"kernel {release} can lock bridge ports (5.18+, for xen/kvm/nomcast)",
                   (major, minor) >= (5, 18), fix="use a Linux kernel 5.18 or newer"),
+            Check("writable cgroup2 hierarchy (release also kills processes that left a pnode)",
+                  cgroups.hierarchy() is not None,
+                  fix="mount cgroup2; without it release kills the pnodes' processes only"),
         ]
 
     # reserve -----------------------------------------------------------------------------
@@ -173,13 +178,14 @@ class LocalProvider(Provider):
         self, record: Record, profile: Profile, public_key: str | None, image: Path | None
     ) -> None:
         underlay.build_switch(record, profile)
+        prefix = cgroups.launcher(cgroups.create(record.id))
         for node in record.nodes:
             underlay.build_pnode(record, node, profile)
             node_dir = Path(node.dir)
             sshd.prepare(node_dir, node.address, public_key)
             if image is not None:
                 images.unpack(image, node_dir / "root")
-            sshd.start(node.netns, node_dir)
+            sshd.start(node.netns, node_dir, prefix)
         for node in record.nodes:
             sshd.wait_accepting(node.address, Path(node.dir))
 
@@ -274,18 +280,22 @@ class LocalProvider(Provider):
         record = load_record(self.state_dir, reservation.id)
         if record is not None:
             self._undo(record)
-        else:
-            namespaces = list(reservation.extra.get("netns", []))
-            namespaces.append(reservation.extra.get("switch_netns", f"{reservation.id}-s"))
-            underlay.teardown(namespaces, reservation.extra.get("host_link", f"{reservation.id}h"))
-            shutil.rmtree(self.state_dir / reservation.id, ignore_errors=True)
+            return
+        namespaces = list(reservation.extra.get("netns", []))
+        namespaces.append(reservation.extra.get("switch_netns", f"{reservation.id}-s"))
+        host_link = reservation.extra.get("host_link", f"{reservation.id}h")
+        self._undo_objects(reservation.id, namespaces, host_link)
 
     # helpers -----------------------------------------------------------------------------
 
     def _undo(self, record: Record) -> None:
         """Remove everything `record` made: processes, namespaces, host link, directory."""
-        underlay.teardown(record.namespaces, record.host_link)
-        shutil.rmtree(self.state_dir / record.id, ignore_errors=True)
+        self._undo_objects(record.id, record.namespaces, record.host_link)
+
+    def _undo_objects(self, reservation_id: str, namespaces: list[str], host_link: str) -> None:
+        cgroups.kill_all(reservation_id)
+        underlay.teardown(namespaces, host_link)
+        shutil.rmtree(self.state_dir / reservation_id, ignore_errors=True)
 
     def _record_named(self, name: str) -> Record | None:
         for record in load_records(self.state_dir):

@@ -84,10 +84,13 @@ def host_public_key(node_dir: Path) -> str:
     return " ".join((node_dir / f"{HOST_KEY}.pub").read_text().split()[:2])
 
 
-def start(netns: str, node_dir: Path) -> None:
-    """Start sshd in `netns` as a daemon (it outlives this process; killed by `release`)."""
+def start(netns: str, node_dir: Path, prefix: list[str]) -> None:
+    """Start sshd in `netns` as a daemon (it outlives this process; killed by `release`).
+
+    `prefix` is put before the command (e.g. to enter the reservation's cgroup).
+    """
     PRIVSEP_DIR.mkdir(mode=0o755, exist_ok=True)
-    run("ip", "netns", "exec", netns, str(SSHD), "-f", str(node_dir / CONFIG),
+    run(*prefix, "ip", "netns", "exec", netns, str(SSHD), "-f", str(node_dir / CONFIG),
         "-E", str(node_dir / LOG))
 
 

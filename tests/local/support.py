@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from omnibed.core import ssh
 from omnibed.core.types import Reservation
-from omnibed.providers.local import LocalProvider
+from omnibed.providers.local import LocalProvider, cgroups
 
 FRAMECHECK = Path(__file__).with_name("framecheck.py")
 
@@ -70,12 +70,15 @@ def netns_pids(reservation: Reservation) -> set[int]:
 
 
 def leftovers(reservation: Reservation, state_dir: Path, pids: set[int]) -> list[str]:
-    """What of `reservation` still exists: namespaces, root-ns links, `pids`, its directory."""
+    """What of `reservation` still exists: namespaces, root-ns links, `pids`, cgroup, dir."""
     prefix = reservation.id
     netns = os.listdir("/run/netns") if os.path.isdir("/run/netns") else []
     found = [f"netns {name}" for name in netns if name.startswith(prefix)]
     found += [f"link {name}" for name in os.listdir("/sys/class/net") if name.startswith(prefix)]
     found += [f"process {pid}" for pid in sorted(pids) if _alive(pid)]
+    cgroup = cgroups.path_for(reservation.id)
+    if cgroup is not None and cgroup.exists():
+        found.append(f"cgroup {cgroup}")
     if (state_dir / reservation.id).exists():
         found.append(f"directory {state_dir / reservation.id}")
     return found
