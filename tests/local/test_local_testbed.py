@@ -225,30 +225,6 @@ def test_same_name_reuses_and_extend_moves_the_end(
     assert found is not None and found.end == later
 
 
-@pytest.mark.parametrize(
-    ("options", "extra_nics", "words"),
-    [
-        ({"profile": "kvm"}, 1, ["kvm profile", "cannot add a NIC", "xen or baremetal"]),
-        ({"profile": "xen"}, 2, ["at most 1"]),
-        ({"profile": "vmware"}, 0, ["baremetal", "xen", "kvm", "nomcast"]),
-        ({"colour": "blue"}, 0, ["colour", "profile", "image"]),
-    ],
-)
-def test_bad_requests_are_refused_with_nothing_made(
-    provider: LocalProvider, options: dict[str, str], extra_nics: int, words: list[str]
-) -> None:
-    name = f"t-bad-{uuid.uuid4().hex[:6]}"
-    with pytest.raises(UsageError) as refused:
-        provider.reserve(
-            ReservationRequest(name=name, nodes=3, duration=timedelta(hours=1),
-                               extra_nics=extra_nics, extra=options)
-        )
-    for word in words:
-        assert word in str(refused.value)
-    assert provider.find(name) is None
-    assert not provider.state_dir.exists() or not any(provider.state_dir.iterdir())
-
-
 def test_a_failing_step_undoes_everything(provider: LocalProvider, keypair: ssh.KeyPair) -> None:
     images = provider.state_dir / "images"
     images.mkdir(parents=True)
