@@ -17,6 +17,7 @@ from typing import ClassVar
 from omnibed.core.errors import NotSupported
 from omnibed.core.types import (
     Capabilities,
+    Capability,
     Nic,
     Node,
     Reservation,
@@ -38,6 +39,8 @@ VERBS = (
     "extend",
     "release",
 )
+
+_OPTIONAL_VERBS = {"snapshot": Capability.SNAPSHOT, "extend": Capability.EXTEND}
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,13 +123,17 @@ class Provider(ABC):
 
 
 def implemented_verbs(provider_class: type[Provider]) -> list[str]:
-    """The verbs `provider_class` really implements (overridden, not the NotSupported default)."""
+    """The verbs `provider_class` really offers: implemented (not abstract, not the NotSupported
+    default) and, for snapshot and extend, also declared in its capabilities."""
     verbs = []
     for verb in VERBS:
         method = getattr(provider_class, verb)
         if getattr(method, "__isabstractmethod__", False):
             continue
-        if verb in ("snapshot", "extend") and method is getattr(Provider, verb):
+        capability = _OPTIONAL_VERBS.get(verb)
+        if capability is not None and (
+            method is getattr(Provider, verb) or capability not in provider_class.capabilities
+        ):
             continue
         verbs.append(verb)
     return verbs
