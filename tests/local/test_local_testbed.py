@@ -80,6 +80,21 @@ def test_root_over_real_ssh_on_every_pnode(testbed: Testbed) -> None:
         assert (result.exit_status, result.stdout.strip()) == (0, "0"), (node, result.stderr)
 
 
+def test_pnodes_reach_each_other_over_the_underlay(testbed: Testbed) -> None:
+    """ARP and unicast IP between pnodes work under every profile (read a peer's SSH banner)."""
+    nodes = testbed.provider.list_nodes(testbed.reservation)
+    peers = " ".join(node.ssh.host for node in nodes)
+    command = (
+        f"for peer in {peers}; do timeout 10 bash -c "
+        "'exec 3<>/dev/tcp/'$peer'/22 && head -c 4 <&3' || echo unreachable; echo; done"
+    )
+    results = run_as_root(
+        testbed.provider, testbed.reservation, testbed.key, command, testbed.known_hosts
+    )
+    for node, result in results.items():
+        assert result.stdout.split() == ["SSH-"] * len(nodes), (node, result.stdout)
+
+
 def test_wait_find_and_nodes(testbed: Testbed) -> None:
     provider, reservation = testbed.provider, testbed.reservation
     said: list[str] = []
