@@ -37,11 +37,18 @@ def _quiet(_: str) -> None:
 class Omnibed:
     """Reservations by name over every installed provider, recorded in the ledger."""
 
-    def __init__(self, home: Path | None = None, registry: ProviderRegistry | None = None) -> None:
+    def __init__(
+        self,
+        home: Path | None = None,
+        registry: ProviderRegistry | None = None,
+        providers: Mapping[str, Provider] | None = None,
+    ) -> None:
+        """`providers`: ready instances by testbed name, used instead of constructing one
+        from the registry (the conformance suite passes the provider under test)."""
         self.home = home or omnibed_home()
         self.registry = registry or load_providers()
         self.ledger = Ledger(self.home / "ledger.sqlite")
-        self._providers: dict[str, Provider] = {}
+        self._providers: dict[str, Provider] = dict(providers or {})
 
     # -- providers and paths ------------------------------------------------------------
 
