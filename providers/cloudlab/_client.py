@@ -44,6 +44,25 @@ def _check(res: dict[str, Any], error_class: type[Exception]) -> Any:
     raise error_class(res["output"], res)
 
 
+def _framework_class() -> type:
+    """EmulabCH2, fixed for Python 3: geni-lib writes the downloaded credentials to files
+    opened "wb" but gets them from xmlrpc as str, so every download raises TypeError."""
+    from geni.aggregate.frameworks import EmulabCH2
+
+    class Framework(EmulabCH2):
+        def getUserCredentials(self, owner_urn):  # noqa: N802 -- geni-lib's name
+            return _as_bytes(super().getUserCredentials(owner_urn))
+
+        def getSliceCredentials(self, context, slicename):  # noqa: N802
+            return _as_bytes(super().getSliceCredentials(context, slicename))
+
+    return Framework
+
+
+def _as_bytes(credential: str | bytes) -> bytes:
+    return credential.encode("utf-8") if isinstance(credential, str) else credential
+
+
 class CloudLabClient:
     """geni-lib calls for one CloudLab user and project."""
 
@@ -89,8 +108,6 @@ class CloudLabClient:
         """geni-lib's EmulabCH2 framework with certificate, decrypted key and project."""
         if self._framework is not None:
             return self._framework
-        from geni.aggregate.frameworks import EmulabCH2
-
         cert, key, project = self._credential_paths()
         if not project:
             raise CredentialsError(
@@ -98,7 +115,7 @@ class CloudLabClient:
                 " or OMNIBED_CLOUDLAB_PROJECT",
                 source=str(self.settings.config),
             )
-        framework = EmulabCH2()
+        framework = _framework_class()()
         framework.cert = str(cert)
         with map_geni_errors("loading the CloudLab key", str(key)):
             secret = passphrase(self.settings, prompt=False)
