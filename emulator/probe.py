@@ -34,9 +34,9 @@ def _mac(text: str) -> bytes:
     return bytes(int(x, 16) for x in text.split(":"))
 
 
-def nic_mac(nic: str) -> str:
-    with open(f"/sys/class/net/{nic}/address") as f:
-        return f.read().strip()
+def _bound_mac(sock: socket.socket) -> str:
+    """The MAC of the NIC an AF_PACKET socket is bound to (sysfs may show another netns)."""
+    return ":".join(f"{b:02x}" for b in sock.getsockname()[4])
 
 
 def _payload(nonce: str, tag: str) -> bytes:
@@ -49,10 +49,10 @@ class Listener:
     def __init__(self, nic: str, nonce: str) -> None:
         self.nic = nic
         self.nonce = nonce
-        self.mac = nic_mac(nic)
         self.sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_PROBE))
         index = socket.if_nametoindex(nic)
         self.sock.bind((nic, ETH_P_PROBE))
+        self.mac = _bound_mac(self.sock)
         mreq = struct.pack("=iHH8s", index, PACKET_MR_PROMISC, 0, b"")
         self.sock.setsockopt(SOL_PACKET, PACKET_ADD_MEMBERSHIP, mreq)
 
@@ -76,15 +76,14 @@ class Listener:
 
 def send(nic: str, peer_mac: str, nonce: str, repeat: int = 3) -> dict[str, str]:
     """Emit the two probe frames on `nic` (`repeat` times each); the MACs used."""
-    own = nic_mac(nic)
     spoofed_src, spoofed_dst = foreign_mac(), foreign_mac()
-    frames = {
-        "src": _mac(peer_mac) + _mac(spoofed_src),
-        "dst": _mac(spoofed_dst) + _mac(own),
-    }
     sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
     try:
         sock.bind((nic, 0))
+        frames = {
+            "src": _mac(peer_mac) + _mac(spoofed_src),
+            "dst": _mac(spoofed_dst) + _mac(_bound_mac(sock)),
+        }
         for _ in range(repeat):
             for tag, header in frames.items():
                 frame = header + struct.pack("!H", ETH_P_PROBE) + _payload(nonce, tag)

@@ -1,0 +1,309 @@
+"""The agent for real: each test's "pnode" is a throwaway network namespace, the agent is the
+bundle run by the system python3 in isolated mode (no venv, no pyroute2 installed there)."""
+
+from __future__ import annotations
+
+import ast
+import os
+import subprocess
+import uuid
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from omnibed.emulator import bundle as bundle_mod
+from omnibed.emulator.bundle import Bundle, build
+from omnibed.emulator.state import Bridge, PnodeState, Shaping, Viface, Vxlan
+from omnibed.emulator.transport import LocalAgentSession
+from pyroute2 import IPRoute
+
+SYSTEM_PYTHON = "/usr/bin/python3"
+EMULATOR = Path(bundle_mod.__file__).resolve().parent
+
+
+def test_bundle_modules_parse_as_python_39() -> None:
+    for name in bundle_mod.AGENT_MODULES:
+        source = (EMULATOR / name).read_text()
+        ast.parse(source, filename=name, feature_version=(3, 9))
+        assert "from __future__ import annotations" in source, name
+
+
+def test_bundle_is_deterministic_and_cached(tmp_path: Path) -> None:
+    first = build(tmp_path)
+    second = build(tmp_path)
+    assert first == second
+    assert first.path.name == f"omnibed-agent-{first.digest[:16]}.pyz"
+    assert first.remote_name == first.path.name
+    assert len(list((tmp_path / "agent").iterdir())) == 1
+
+
+@pytest.fixture(scope="module")
+def agent_bundle(tmp_path_factory: pytest.TempPathFactory) -> Bundle:
+    return build(tmp_path_factory.mktemp("bundle"))
+
+
+def _sh(*argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(argv, check=check, capture_output=True, text=True)
+
+
+class Pnodes:
+    """Throwaway namespaces acting as pnodes, agents in them, all removed at the end."""
+
+    def __init__(self, bundle: Bundle) -> None:
+        self.bundle = bundle
+        self.tag = uuid.uuid4().hex[:6]
+        self.names: list[str] = []
+        self.agents: list[LocalAgentSession] = []
+        self.states: list[tuple[LocalAgentSession, PnodeState]] = []
+        self.made = 0
+
+    def pnode(self) -> str:
+        name = f"oa{self.tag}p{len(self.names)}"
+        _sh("ip", "netns", "add", name)
+        self.names.append(name)
+        _sh("ip", "-n", name, "link", "set", "lo", "up")
+        return name
+
+    def agent(self, pnode: str) -> LocalAgentSession:
+        session = LocalAgentSession(netns=pnode, python=SYSTEM_PYTHON, bundle=self.bundle)
+        self.agents.append(session)
+        return session
+
+    def state(
+        self, pnode: str, networks: int = 1, per_network: int = 2, **kw: object
+    ) -> PnodeState:
+        """`networks` bridges with `per_network` vnodes each, addresses 10.<net>.0.<n>/24."""
+        self.made += 1
+        k = self.made
+        group = 0x0A000000 + int(self.tag, 16) % 0xFFFF * 16 + k
+        bridges, vifaces = [], []
+        for net in range(networks):
+            bridges.append(Bridge(name=f"br{net}", network=f"net{net}", mtu=1500))
+            for i in range(per_network):
+                vnode = f"{pnode}n{net}v{i}"
+                vifaces.append(
+                    Viface(vnode=vnode, netns=vnode, ifname="if0", host_ifname=f"h{net}v{i}",
+                           mac=f"02:00:00:{k:02x}:{net:02x}:{i + 1:02x}",
+                           address=f"10.{50 + net}.0.{i + 1 + 10 * k}/24",
+                           bridge=f"br{net}", mtu=1500)
+                )
+        state = PnodeState(
+            instance=f"t{self.tag}", pnode=pnode, group=group,
+            namespaces=tuple(v.netns for v in vifaces), bridges=tuple(bridges),
+            vifaces=tuple(vifaces),
+        )
+        return replace(state, **kw)  # type: ignore[arg-type]
+
+    def track(self, session: LocalAgentSession, state: PnodeState) -> PnodeState:
+        self.states.append((session, state))
+        return state
+
+    def cleanup(self) -> None:
+        for session, state in self.states:
+            try:
+                session.request("teardown", state=state.to_json())
+            except Exception:  # the agent may be gone: remove by hand below
+                pass
+            for name in state.namespaces:
+                _sh("ip", "netns", "del", name, check=False)
+        for session in self.agents:
+            session.close()
+        for name in self.names:
+            _sh("ip", "netns", "del", name, check=False)
+
+
+@pytest.fixture
+def pnodes(agent_bundle: Bundle) -> Iterator[Pnodes]:
+    made = Pnodes(agent_bundle)
+    try:
+        yield made
+    finally:
+        made.cleanup()
+
+
+# ICMP echo over a raw socket (this machine has no ping binary): exit 0 on a reply
+PING = """
+import os, select, socket, struct, sys, time
+def csum(b):
+    s = sum(struct.unpack("!%dH" % (len(b) // 2), b))
+    s = (s >> 16) + (s & 0xFFFF)
+    return ~(s + (s >> 16)) & 0xFFFF
+sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+ident = os.getpid() & 0xFFFF
+for seq in range(3):
+    body = struct.pack("!BBHHH", 8, 0, 0, ident, seq) + b"omnibed!"
+    sock.sendto(body[:2] + struct.pack("!H", csum(body)) + body[4:], (sys.argv[1], 0))
+    end = time.time() + 1
+    while select.select([sock], [], [], max(0, end - time.time()))[0]:
+        data = sock.recv(2048)
+        icmp = data[(data[0] & 15) * 4:]
+        if icmp[0] == 0 and struct.unpack("!H", icmp[4:6])[0] == ident:
+            sys.exit(0)
+sys.exit(1)
+"""
+
+
+def _ping(agent: LocalAgentSession, netns: str, address: str) -> dict:
+    ip = address.split("/")[0]
+    return agent.call("exec", netns=netns, argv=[SYSTEM_PYTHON, "-c", PING, ip], timeout=20)
+
+
+def _netns_links(pnode: str) -> list[str]:
+    out = _sh("ip", "-n", pnode, "-o", "link", "show").stdout
+    return sorted(line.split(":")[1].strip().split("@")[0] for line in out.splitlines())
+
+
+@pytest.mark.root
+def test_bundle_runs_isolated_without_pyroute2_on_the_system(pnodes: Pnodes) -> None:
+    assert _sh(SYSTEM_PYTHON, "-I", "-c", "import pyroute2", check=False).returncode != 0
+    reply = pnodes.agent(pnodes.pnode()).call("hello")
+    assert reply["pyroute2"] == "0.9.7" and reply["euid"] == 0
+
+
+@pytest.mark.root
+def test_apply_ping_idempotent_teardown(pnodes: Pnodes) -> None:
+    pnode = pnodes.pnode()
+    agent = pnodes.agent(pnode)
+    state = pnodes.track(agent, pnodes.state(pnode, networks=2, per_network=2))
+    assert agent.call("preflight", state=state.to_json())["problems"] == []
+
+    first = agent.call("apply", state=state.to_json())
+    assert first["created_namespaces"] == 4
+    a, b, c, d = state.vifaces
+    assert _ping(agent, a.netns, b.address)["exit_status"] == 0  # same bridge
+    assert _ping(agent, c.netns, d.address)["exit_status"] == 0
+    assert _ping(agent, a.netns, "10.51.0.1/24")["exit_status"] != 0  # other network
+    links = _netns_links(pnode)
+
+    again = agent.call("apply", state=state.to_json())
+    assert again == {"ok": True, "created_namespaces": 0, "created_links": 0}
+    assert _netns_links(pnode) == links
+    assert agent.call("status", state=state.to_json())["complete"] is True
+    assert _ping(agent, b.netns, a.address)["exit_status"] == 0
+
+    assert agent.call("teardown", state=state.to_json())["removed_namespaces"] == 4
+    status = agent.call("status", state=state.to_json())
+    assert status["absent"] is True and status["group_links"] == []
+    assert _netns_links(pnode) == ["lo"]
+    assert not set(state.namespaces) & set(os.listdir("/run/netns"))
+    assert agent.call("teardown", state=state.to_json())["removed_namespaces"] == 0
+
+
+@pytest.mark.root
+def test_rate_shaping_is_in_the_kernel(pnodes: Pnodes) -> None:
+    pnode = pnodes.pnode()
+    agent = pnodes.agent(pnode)
+    base = pnodes.state(pnode, per_network=1)
+    shaped = replace(base.vifaces[0], output=Shaping(rate_bps=10_000_000),
+                     input=Shaping(rate_bps=100_000_000))
+    state = pnodes.track(agent, replace(base, vifaces=(shaped,)))
+    agent.call("apply", state=state.to_json())
+
+    def tbf_rate(netns: str, ifname: str) -> int:
+        with IPRoute(netns=netns) as ipr:
+            index = ipr.link("get", ifname=ifname)[0]["index"]
+            qdiscs = [q for q in ipr.get_qdiscs(index=index) if q.get("TCA_KIND") == "tbf"]
+        assert len(qdiscs) == 1
+        return qdiscs[0].get_nested("TCA_OPTIONS", "TCA_TBF_PARMS")["rate"]
+
+    assert tbf_rate(pnode, shaped.host_ifname) == 100_000_000 // 8  # input
+    assert tbf_rate(shaped.netns, shaped.ifname) == 10_000_000 // 8  # output
+    features = agent.call("exec", netns=shaped.netns, argv=["ethtool", "-k", "if0"])["stdout"]
+    assert "generic-segmentation-offload: off" in features
+
+
+@pytest.mark.root
+def test_preflight_refuses_delay_without_netem_and_changes_nothing(pnodes: Pnodes) -> None:
+    pnode = pnodes.pnode()
+    agent = pnodes.agent(pnode)
+    base = pnodes.state(pnode, per_network=1)
+    delayed = replace(base.vifaces[0], input=Shaping(rate_bps=10**7, delay_ms=10))
+    state = pnodes.track(agent, replace(base, vifaces=(delayed,)))
+    problems = agent.call("preflight", state=state.to_json())["problems"]
+    assert any(
+        p.startswith("sch_netem (needed for delay/jitter/loss) is not available") for p in problems
+    ), problems
+    assert _netns_links(pnode) == ["lo"]
+    assert not set(state.namespaces) & set(os.listdir("/run/netns"))
+    assert agent.call("preflight", state=base.to_json())["problems"] == []
+
+
+@pytest.mark.root
+@pytest.mark.parametrize("collide", ["bridge", "second-veth"])
+def test_failure_rolls_back_everything_created(pnodes: Pnodes, collide: str) -> None:
+    pnode = pnodes.pnode()
+    agent = pnodes.agent(pnode)
+    state = pnodes.track(agent, pnodes.state(pnode, per_network=3))
+    squatter = state.bridges[0].name if collide == "bridge" else state.vifaces[1].host_ifname
+    _sh("ip", "-n", pnode, "link", "add", squatter, "type", "veth", "peer", "name", "sq1")
+
+    reply = agent.request("apply", state=state.to_json())
+    assert reply["ok"] is False and reply["rolled_back"] is True
+    assert reply["errno"] == 17  # EEXIST
+    assert _netns_links(pnode) == sorted(["lo", squatter, "sq1"])  # the squatter untouched
+    assert not set(state.namespaces) & set(os.listdir("/run/netns"))
+
+
+@pytest.mark.root
+def test_vxlan_unicast_carries_ping_between_pnodes(pnodes: Pnodes) -> None:
+    pa, pb = pnodes.pnode(), pnodes.pnode()
+    _sh("ip", "link", "add", f"oa{pnodes.tag}u", "netns", pa, "type", "veth",
+        "peer", "name", "u0", "netns", pb)
+    _sh("ip", "-n", pa, "link", "set", f"oa{pnodes.tag}u", "name", "u0")
+    underlay = {pa: "10.77.0.1", pb: "10.77.0.2"}
+    states = {}
+    for pnode, local in underlay.items():
+        _sh("ip", "-n", pnode, "addr", "add", f"{local}/24", "dev", "u0")
+        _sh("ip", "-n", pnode, "link", "set", "u0", "up")
+        remote = next(a for p, a in underlay.items() if p != pnode)
+        base = pnodes.state(pnode, per_network=1)
+        vx = Vxlan(name="vx0", network="net0", vni=4242, port=4789, dev="u0", local=local,
+                   remotes=(remote,), bridge="br0", mtu=1450)
+        viface = replace(base.vifaces[0], mtu=1450)
+        states[pnode] = replace(base, vxlans=(vx,), vifaces=(viface,),
+                                bridges=(replace(base.bridges[0], mtu=1450),))
+    agents = {p: pnodes.agent(p) for p in underlay}
+    for pnode, state in states.items():
+        pnodes.track(agents[pnode], state)
+        agents[pnode].call("apply", state=state.to_json())
+    a, b = states[pa].vifaces[0], states[pb].vifaces[0]
+    assert _ping(agents[pa], a.netns, b.address)["exit_status"] == 0
+    fdb = _sh("bridge", "-n", pa, "fdb", "show", "dev", "vx0").stdout
+    assert "00:00:00:00:00:00 dst 10.77.0.2" in fdb
+    assert agents[pa].call("apply", state=states[pa].to_json())["created_links"] == 0
+
+
+@pytest.mark.root
+def test_probe_sees_a_plain_link_pass_foreign_macs(pnodes: Pnodes) -> None:
+    pa, pb = pnodes.pnode(), pnodes.pnode()
+    _sh("ip", "link", "add", f"oa{pnodes.tag}q", "netns", pa, "type", "veth",
+        "peer", "name", "q0", "netns", pb)
+    _sh("ip", "-n", pa, "link", "set", f"oa{pnodes.tag}q", "name", "q0", "up")
+    _sh("ip", "-n", pb, "link", "set", "q0", "up")
+    listener, sender = pnodes.agent(pa), pnodes.agent(pb)
+    nonce = uuid.uuid4().hex
+    mac = listener.call("probe-listen", nic="q0", nonce=nonce)["mac"]
+    sent = sender.call("probe-send", nic="q0", peer_mac=mac, nonce=nonce)
+    assert sent["foreign_src"] != mac
+    assert listener.call("probe-collect", nonce=nonce, timeout=5)["arrived"] == ["src", "dst"]
+
+    # a nonce nobody sent: nothing arrives, the probe does not report what it did not see
+    other = uuid.uuid4().hex
+    listener.call("probe-listen", nic="q0", nonce=other)
+    sender.call("probe-send", nic="q0", peer_mac=mac, nonce=nonce)
+    assert listener.call("probe-collect", nonce=other, timeout=1)["arrived"] == []
+
+
+@pytest.mark.root
+def test_exec_and_errors_are_replies(pnodes: Pnodes) -> None:
+    pnode = pnodes.pnode()
+    agent = pnodes.agent(pnode)
+    state = pnodes.track(agent, pnodes.state(pnode, per_network=1))
+    agent.call("apply", state=state.to_json())
+    out = agent.call("exec", netns=state.namespaces[0], argv=["ip", "-o", "-4", "addr"])
+    assert out["exit_status"] == 0 and state.vifaces[0].address in out["stdout"]
+    assert agent.request("exec", netns="oa-no-such-ns", argv=["true"])["errno"] == 2
+    assert agent.request("frobnicate")["ok"] is False
+    bad_group = replace(state, group=0)
+    assert "group 0" in agent.request("teardown", state=bad_group.to_json())["error"]
