@@ -1,0 +1,83 @@
+"""Turn openstacksdk and keystoneauth exceptions into omnibed's typed errors.
+
+    401, auth plugin or clouds.yaml problems      -> CredentialsError
+    timeouts (connect or read)                    -> ProviderTimeout
+    quota exceeded, "not enough hosts available"  -> ReservationError
+    404                                           -> ReservationNotFound
+    any other HTTP error, connection failure      -> ProviderError (with the service's words)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from collections.abc import Iterator
+
+from keystoneauth1 import exceptions as ksa
+from omnibed.core.errors import (
+    CredentialsError,
+    ProviderError,
+    ProviderTimeout,
+    ReservationError,
+    ReservationNotFound,
+)
+from openstack import exceptions as sdk
+
+PROVIDER = "chameleon"
+_NO_CAPACITY = re.compile(r"quota exceeded|overquota|not enough \w+ available", re.I)
+
+
+def _words(error: BaseException) -> str:
+    details = getattr(error, "details", None)
+    return str(details or error).strip()
+
+
+def _innermost(error: BaseException) -> BaseException:
+    """openstacksdk wraps keystoneauth errors (e.g. a 401 at login) in SDKException."""
+    inner = error.__cause__ or error.__context__
+    while isinstance(inner, sdk.SDKException | ksa.ClientException):
+        error, inner = inner, inner.__cause__ or inner.__context__
+    return error
+
+
+def translate(error: BaseException, action: str) -> Exception:
+    """The omnibed error for an SDK error raised while doing `action`."""
+    words = _words(error)
+    error = _innermost(error)
+    status = getattr(error, "status_code", None) or getattr(error, "http_status", None)
+    if isinstance(error, ksa.Unauthorized) or status == 401:
+        return CredentialsError(
+            f"Chameleon refused the credentials while trying to {action} ({words}): check "
+            "that the application credential is not expired or revoked", source="credentials")
+    if isinstance(error, ksa.MissingRequiredOptions | ksa.AuthPluginException
+                  | sdk.ConfigException):
+        return CredentialsError(
+            f"the OpenStack credentials are incomplete ({words}): fix clouds.yaml, the "
+            "OpenRC file or the OS_* variables", source="clouds.yaml")
+    if isinstance(error, ksa.ConnectTimeout | ksa.RequestTimeout | sdk.ResourceTimeout):
+        return ProviderTimeout(
+            f"Chameleon did not answer in time while trying to {action}: retry later or "
+            "raise -o api_timeout=", provider=PROVIDER, testbed_message=words)
+    if _NO_CAPACITY.search(words):
+        return ReservationError(
+            f"Chameleon has no room to {action}: {words}; ask for fewer nodes, another "
+            "node_type or site, or free some of your resources", provider=PROVIDER,
+            testbed_message=words)
+    if isinstance(error, sdk.NotFoundException | ksa.NotFound) or status == 404:
+        return ReservationNotFound(f"Chameleon has no such object ({action}): {words}",
+                                   provider=PROVIDER, testbed_message=words)
+    if isinstance(error, ksa.EndpointNotFound | sdk.EndpointNotFound):
+        return ProviderError(
+            f"this cloud has no endpoint to {action} ({words}): check -o site= (the region)",
+            provider=PROVIDER, testbed_message=words)
+    return ProviderError(f"Chameleon failed to {action}: {words}", provider=PROVIDER,
+                         testbed_message=words)
+
+
+@contextlib.contextmanager
+def map_sdk_errors(action: str) -> Iterator[None]:
+    """Re-raise SDK and keystoneauth errors as omnibed errors; `action` goes in the message."""
+    try:
+        yield
+    except (sdk.SDKException, ksa.ClientException) as error:
+        raise translate(error, action) from error

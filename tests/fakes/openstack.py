@@ -1,0 +1,587 @@
+"""A fake OpenStack cloud on 127.0.0.1: Keystone v3, Blazar, Nova, Neutron and Glance.
+
+One HTTP server speaks the real wire protocol to the real openstacksdk/keystoneauth:
+version discovery, ``POST /v3/auth/tokens`` with a service catalog that points back at
+this server (one region per Chameleon site), and the resources a Chameleon reservation
+touches (leases, servers, key pairs, ports, floating IPs, images), with state.
+
+Faults are injected per call (``fail``, ``slow``) or as behaviour knobs (``hosts``,
+``quota``, ``server_fault``, ``lease_fault``). A ``backer`` may give servers a real
+machine (an sshd in a network namespace): it is called when a server becomes ACTIVE,
+when a floating IP is bound to it and when it is deleted.
+
+Payload shapes follow the api-ref samples in tests/fixtures/chameleon/.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Protocol
+
+SITES = ("CHI@UC", "CHI@TACC", "KVM@TACC")
+USER_ID = "5434f637520d4c17bbf254af034b0320"
+PROJECT_ID = "aa45f56901ef45ee95e3d211097c0ea3"
+NETWORKS = {"sharednet1": "a87cc70a-3e15-4acf-8205-9b711a3531b7",
+            "public": "0b901727-cca2-43ed-bcc8-c21b0982dcb1"}
+BASE_IMAGES = {"CC-Ubuntu22.04": "70a599e0-31e7-49b7-b260-868f441e862b"}
+FLAVORS = {"baremetal": "1", "m1.small": "2"}
+
+
+class Backer(Protocol):
+    """Gives fake servers a real machine; returns addresses the fake reports."""
+
+    def boot(self, server_id: str, name: str, public_key: str) -> tuple[str, str]:
+        """Start a node; return (fixed IPv4, MAC)."""
+
+    def bind_floating_ip(self, server_id: str) -> str:
+        """Make the node reachable from the host; return the floating address."""
+
+    def delete(self, server_id: str) -> None: ...
+
+
+@dataclass
+class Fault:
+    method: str
+    path: re.Pattern[str]
+    status: int = 500
+    body: Any = None
+    delay: float = 0.0
+    times: int = 1
+
+
+@dataclass
+class Cloud:
+    """The fake's state; tests read it to prove what is left."""
+
+    leases: dict[str, dict] = field(default_factory=dict)
+    servers: dict[str, dict] = field(default_factory=dict)
+    keypairs: dict[str, dict] = field(default_factory=dict)
+    ports: dict[str, dict] = field(default_factory=dict)
+    floatingips: dict[str, dict] = field(default_factory=dict)
+    images: dict[str, dict] = field(default_factory=dict)
+    requests: list[tuple[str, str, Any]] = field(default_factory=list)
+
+    def counts(self) -> dict[str, int]:
+        """How many of each resource a user would pay for or see leaked."""
+        live_leases = [x for x in self.leases.values() if x["status"] not in ("TERMINATED",)]
+        return {"leases": len(live_leases), "servers": len(self.servers),
+                "keypairs": len(self.keypairs), "ports": len(self.ports),
+                "floatingips": len(self.floatingips)}
+
+
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")
+
+
+class FakeOpenStack:
+    """Start with ``with FakeOpenStack() as cloud:``; ``cloud.auth_url`` is Keystone v3."""
+
+    def __init__(self, *, username: str = "demo", password: str = "secret",
+                 app_cred_id: str = "appcred", app_cred_secret: str = "appsecret",
+                 backer: Backer | None = None, hosts: int = 8, ticks: int = 1) -> None:
+        self.users = {username: password}
+        self.app_creds = {app_cred_id: app_cred_secret}
+        self.backer = backer
+        self.hosts = hosts  # physical hosts free for leases
+        self.ticks = ticks  # GETs a resource stays in each transient state
+        self.quota: dict[str, int] = {"instances": 100, "floatingip": 100}
+        self.server_fault: str | None = None  # servers go ERROR with this fault message
+        self.lease_fault = False  # leases go ERROR after STARTING
+        self.state = Cloud()
+        self.tokens: set[str] = set()
+        self.snapshot_hook: Callable[[dict], None] | None = None
+        self._faults: list[Fault] = []
+        self._lock = threading.RLock()
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self._server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        self.auth_url = f"{self.url}/identity/v3"
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    def __enter__(self) -> FakeOpenStack:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    # fault injection -----------------------------------------------------------------------
+    def fail(self, method: str, path: str, status: int = 500, body: Any = None,
+             times: int = 1) -> None:
+        """Answer the next `times` requests matching `path` (a regex) with `status`."""
+        self._faults.append(Fault(method, re.compile(path), status, body, 0.0, times))
+
+    def slow(self, method: str, path: str, delay: float, times: int = 1) -> None:
+        """Process the next matching requests, then wait `delay` seconds before answering."""
+        self._faults.append(Fault(method, re.compile(path), 0, None, delay, times))
+
+    def _fault_for(self, method: str, path: str) -> Fault | None:
+        with self._lock:
+            for fault in self._faults:
+                if fault.method == method and fault.path.search(path) and fault.times > 0:
+                    fault.times -= 1
+                    return fault
+        return None
+
+    # catalog -------------------------------------------------------------------------------
+    def _catalog(self) -> list[dict]:
+        services = {"identity": "/identity", "compute": "/compute/v2.1",
+                    "network": "/network", "image": "/image",
+                    "reservation": "/reservation/v1"}
+        catalog = []
+        for kind, path in services.items():
+            endpoints = [{"id": uuid.uuid4().hex, "interface": "public", "region": site,
+                          "region_id": site, "url": self.url + path} for site in SITES]
+            catalog.append({"type": kind, "id": uuid.uuid4().hex, "name": kind,
+                            "endpoints": endpoints})
+        return catalog
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: object) -> None:
+                return None
+
+            def _serve(self, method: str) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                raw = self.rfile.read(length) if length else b""
+                body = json.loads(raw) if raw else None
+                path = self.path.split("?")[0].rstrip("/") or "/"
+                query = self.path.partition("?")[2]
+                fault = fake._fault_for(method, path)
+                if fault and fault.status:
+                    status, payload, headers = fault.status, fault.body or {
+                        "error": {"message": f"fake {fault.status}", "code": fault.status}
+                    }, {}
+                else:
+                    status, payload, headers = fake._route(
+                        method, path, query, body, self.headers.get("X-Auth-Token"))
+                if fault and fault.delay:
+                    time.sleep(fault.delay)
+                data = b"" if payload is None else json.dumps(payload).encode()
+                try:
+                    self.send_response(status)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(data)))
+                    for key, value in headers.items():
+                        self.send_header(key, value)
+                    self.end_headers()
+                    self.wfile.write(data)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the client gave up waiting (a slow-answer fault)
+
+            def do_GET(self) -> None:
+                self._serve("GET")
+
+            def do_POST(self) -> None:
+                self._serve("POST")
+
+            def do_PUT(self) -> None:
+                self._serve("PUT")
+
+            def do_DELETE(self) -> None:
+                self._serve("DELETE")
+
+        return Handler
+
+    # routing -------------------------------------------------------------------------------
+    def _route(self, method: str, path: str, query: str, body: Any,
+               token: str | None) -> tuple[int, Any, dict[str, str]]:
+        with self._lock:
+            self.state.requests.append((method, path, body))
+            if path.startswith("/identity"):
+                return self._identity(method, path, body)
+            if token not in self.tokens:
+                return 401, {"error": {"code": 401, "message": "The request you have made "
+                                       "requires authentication.", "title": "Unauthorized"}}, {}
+            for prefix, handler in (("/reservation", self._blazar), ("/compute", self._nova),
+                                    ("/network", self._neutron), ("/image", self._glance)):
+                if path.startswith(prefix):
+                    return handler(method, path[len(prefix):] or "/", query, body)
+        return 404, {"error": {"message": f"no route {path}"}}, {}
+
+    def _identity(self, method: str, path: str, body: Any) -> tuple[int, Any, dict]:
+        version = {"id": "v3.14", "status": "stable", "updated": "2020-04-07T00:00:00Z",
+                   "links": [{"rel": "self", "href": self.auth_url + "/"}],
+                   "media-types": [{"base": "application/json",
+                                    "type": "application/vnd.openstack.identity-v3+json"}]}
+        if method == "GET" and path in ("/identity", "/identity/v3"):
+            return 200, {"version": version} if path.endswith("v3") else {
+                "versions": {"values": [version]}}, {}
+        if method == "POST" and path == "/identity/v3/auth/tokens":
+            identity = body["auth"]["identity"]
+            methods = identity["methods"]
+            if "application_credential" in methods:
+                cred = identity["application_credential"]
+                ok = self.app_creds.get(cred.get("id")) == cred.get("secret")
+            elif "password" in methods:
+                user = identity["password"]["user"]
+                ok = self.users.get(user.get("name")) == user.get("password")
+            else:
+                ok = False
+            if not ok:
+                return 401, {"error": {"code": 401, "title": "Unauthorized",
+                                       "message": "The request you have made requires "
+                                       "authentication."}}, {}
+            token = uuid.uuid4().hex
+            self.tokens.add(token)
+            return 201, {"token": {
+                "methods": methods, "expires_at": "2099-01-01T00:00:00.000000Z",
+                "issued_at": _now() + "Z", "audit_ids": [uuid.uuid4().hex[:22]],
+                "is_domain": False, "catalog": self._catalog(),
+                "project": {"domain": {"id": "default", "name": "Default"},
+                            "id": PROJECT_ID, "name": "CH-000000"},
+                "roles": [{"id": uuid.uuid4().hex, "name": "member"}],
+                "user": {"domain": {"id": "default", "name": "Default"}, "id": USER_ID,
+                         "name": "demo"}}}, {"X-Subject-Token": token}
+        return 404, {"error": {"message": "no such identity route"}}, {}
+
+    # Blazar --------------------------------------------------------------------------------
+    def _blazar(self, method: str, path: str, query: str, body: Any) -> tuple[int, Any, dict]:
+        def error(code: int, message: str) -> tuple[int, Any, dict]:
+            return code, {"error_code": code, "error_message": message,
+                          "error_name": code}, {}
+
+        if path == "/":
+            return 200, {"versions": [{"id": "v1.0", "status": "CURRENT", "links": [
+                {"href": self.url + "/reservation/v1/", "rel": "self"}]}]}, {}
+        if path == "/v1/leases" and method == "GET":
+            for lease in self.state.leases.values():
+                self._advance_lease(lease)
+            return 200, {"leases": list(self.state.leases.values())}, {}
+        if path == "/v1/leases" and method == "POST":
+            return self._create_lease(body, error)
+        match = re.fullmatch(r"/v1/leases/([\w-]+)", path)
+        lease = self.state.leases.get(match.group(1)) if match else None
+        if lease is None:
+            return error(404, f"Object with {{'lease_id': '{path}'}} not found")
+        if method == "GET":
+            self._advance_lease(lease)
+            return 200, {"lease": lease}, {}
+        if method == "PUT":
+            if "end_date" in body:
+                lease["end_date"] = _blazar_iso(body["end_date"])
+            lease["updated_at"] = _now()
+            return 200, {"lease": lease}, {}
+        if method == "DELETE":
+            self.hosts += sum(r.get("min", 0) for r in lease["reservations"]
+                              if r["resource_type"] == "physical:host")
+            for server in list(self.state.servers.values()):
+                if server["_reservation"] in {r["id"] for r in lease["reservations"]}:
+                    self._delete_server(server["id"])
+            del self.state.leases[lease["id"]]
+            return 204, None, {}
+        return error(405, "method not allowed")
+
+    def _create_lease(self, body: dict, error: Callable) -> tuple[int, Any, dict]:
+        for key in ("start_date", "end_date"):
+            value = body[key]
+            if value != "now" and not re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d", value):
+                return error(400, f"Malformed parameter {key}: {value!r}")
+        lease_id = str(uuid.uuid4())
+        reservations = []
+        for wanted in body["reservations"]:
+            if wanted["resource_type"] == "physical:host":
+                if wanted["min"] > self.hosts:
+                    return error(500, "Not enough hosts available")
+                self.hosts -= wanted["min"]
+            reservations.append({**wanted, "id": str(uuid.uuid4()), "lease_id": lease_id,
+                                 "status": "pending", "missing_resources": False,
+                                 "resources_changed": False, "created_at": _now()})
+        start = _now() if body["start_date"] == "now" else _blazar_iso(body["start_date"])
+        lease = {"id": lease_id, "name": body["name"], "start_date": start,
+                 "end_date": _blazar_iso(body["end_date"]), "status": "PENDING",
+                 "degraded": False, "user_id": USER_ID, "project_id": PROJECT_ID,
+                 "trust_id": uuid.uuid4().hex, "created_at": _now(), "updated_at": None,
+                 "reservations": reservations, "events": [], "_seen": 0,
+                 "_sent": {"start_date": body["start_date"], "end_date": body["end_date"]}}
+        self.state.leases[lease_id] = lease
+        return 201, {"lease": lease}, {}
+
+    def _advance_lease(self, lease: dict) -> None:
+        if lease["status"] in ("ACTIVE", "ERROR"):
+            return
+        if datetime.fromisoformat(lease["start_date"]).replace(tzinfo=UTC) > datetime.now(UTC):
+            return  # an advance reservation stays PENDING until its start
+        lease["_seen"] += 1
+        if lease["_seen"] > self.ticks:
+            lease["status"] = {"PENDING": "STARTING", "STARTING":
+                               "ERROR" if self.lease_fault else "ACTIVE"}[lease["status"]]
+            lease["_seen"] = 0
+            for reservation in lease["reservations"]:
+                reservation["status"] = lease["status"].lower()
+
+    # Nova ----------------------------------------------------------------------------------
+    def _nova(self, method: str, path: str, query: str, body: Any) -> tuple[int, Any, dict]:
+        base = self.url + "/compute/v2.1"
+        if path in ("/", "/v2.1"):
+            version = {"id": "v2.1", "status": "CURRENT", "version": "2.79",
+                       "min_version": "2.1", "updated": "2013-07-23T11:33:21Z",
+                       "links": [{"rel": "self", "href": base + "/"}]}
+            return 200, {"version": version} if path == "/v2.1" else {"versions": [version]}, {}
+        path = path.removeprefix("/v2.1")
+        if path == "/flavors/detail" or path == "/flavors":
+            return 200, {"flavors": [{"id": fid, "name": name, "vcpus": 1, "ram": 512,
+                                      "disk": 10, "links": []}
+                                     for name, fid in FLAVORS.items()]}, {}
+        match = re.fullmatch(r"/flavors/([\w.@-]+)", path)
+        if match:
+            for name, fid in FLAVORS.items():
+                if match.group(1) in (name, fid):
+                    return 200, {"flavor": {"id": fid, "name": name, "vcpus": 1, "ram": 512,
+                                            "disk": 10, "links": []}}, {}
+            return 404, {"itemNotFound": {"code": 404, "message": "Flavor not found."}}, {}
+        if path == "/os-keypairs" and method == "POST":
+            pair = body["keypair"]
+            if pair["name"] in self.state.keypairs:
+                return 409, {"conflictingRequest": {"code": 409, "message":
+                             f"Key pair '{pair['name']}' already exists."}}, {}
+            self.state.keypairs[pair["name"]] = {
+                "name": pair["name"], "public_key": pair["public_key"], "type": "ssh",
+                "fingerprint": "fake", "user_id": USER_ID}
+            return 200, {"keypair": self.state.keypairs[pair["name"]]}, {}
+        match = re.fullmatch(r"/os-keypairs/([^/]+)", path)
+        if match:
+            pair = self.state.keypairs.get(match.group(1))
+            if pair is None:
+                return 404, {"itemNotFound": {"code": 404, "message":
+                             f"Keypair {match.group(1)} not found for user {USER_ID}"}}, {}
+            if method == "DELETE":
+                del self.state.keypairs[pair["name"]]
+                return 202, None, {}
+            return 200, {"keypair": pair}, {}
+        if path == "/servers" and method == "POST":
+            return self._create_server(body)
+        if path in ("/servers", "/servers/detail") and method == "GET":
+            for server in self.state.servers.values():
+                self._advance_server(server)
+            return 200, {"servers": [_public(s) for s in self.state.servers.values()]}, {}
+        match = re.fullmatch(r"/servers/([\w-]+)(/action)?", path)
+        server = self.state.servers.get(match.group(1)) if match else None
+        if server is None:
+            return 404, {"itemNotFound": {"code": 404, "message":
+                         "Instance could not be found."}}, {}
+        if match.group(2) and method == "POST" and "createImage" in body:
+            image = self._add_image(body["createImage"]["name"], server_id=server["id"])
+            return 202, {"image_id": image["id"]}, {"Location": f"{self.url}/image/v2/images/"
+                                                                f"{image['id']}"}
+        if method == "GET":
+            self._advance_server(server)
+            return 200, {"server": _public(server)}, {}
+        if method == "DELETE":
+            self._delete_server(server["id"])
+            return 204, None, {}
+        return 405, {"error": {"message": "method not allowed"}}, {}
+
+    def _create_server(self, body: dict) -> tuple[int, Any, dict]:
+        wanted = body["server"]
+        hints = body.get("OS-SCH-HNT:scheduler_hints") or {}
+        if len(self.state.servers) >= self.quota["instances"]:
+            return 403, {"forbidden": {"code": 403, "message": "Quota exceeded for instances: "
+                                       f"Requested 1, but already used "
+                                       f"{len(self.state.servers)} of "
+                                       f"{self.quota['instances']} instances"}}, {}
+        if wanted.get("key_name") and wanted["key_name"] not in self.state.keypairs:
+            return 400, {"badRequest": {"code": 400, "message":
+                         "Invalid key_name provided."}}, {}
+        reservation = hints.get("reservation")
+        if wanted["flavorRef"] == FLAVORS["baremetal"]:
+            leases = [lease for lease in self.state.leases.values() if lease["status"] ==
+                      "ACTIVE" and reservation in {r["id"] for r in lease["reservations"]}]
+            if not leases:
+                return 400, {"badRequest": {"code": 400, "message": "No valid host was found. "
+                             "There are not enough hosts available."}}, {}
+        server_id = str(uuid.uuid4())
+        network = wanted["networks"][0]["uuid"]
+        self.state.servers[server_id] = {
+            "id": server_id, "name": wanted["name"], "status": "BUILD", "progress": 0,
+            "key_name": wanted.get("key_name"), "metadata": wanted.get("metadata", {}),
+            "image": {"id": wanted["imageRef"], "links": []},
+            "flavor": {"id": wanted["flavorRef"], "links": []}, "addresses": {},
+            "tenant_id": PROJECT_ID, "user_id": USER_ID, "created": _now(),
+            "updated": _now(), "hostId": uuid.uuid4().hex, "links": [],
+            "OS-EXT-STS:vm_state": "building", "_reservation": reservation,
+            "_network": network, "_seen": 0}
+        return 202, {"server": {"id": server_id, "links": [], "OS-DCF:diskConfig": "MANUAL",
+                                "security_groups": [{"name": "default"}],
+                                "adminPass": "fake"}}, {}
+
+    def _advance_server(self, server: dict) -> None:
+        if server["status"] != "BUILD":
+            return
+        server["_seen"] += 1
+        server["progress"] = min(90, server["progress"] + 30)
+        if server["_seen"] <= self.ticks:
+            return
+        if self.server_fault:
+            server.update(status="ERROR", fault={
+                "code": 500, "message": self.server_fault, "created": _now()})
+            server["OS-EXT-STS:vm_state"] = "error"
+            return
+        if self.backer is not None:
+            pair = self.state.keypairs.get(server["key_name"] or "", {})
+            address, mac = self.backer.boot(server["id"], server["name"],
+                                            pair.get("public_key", ""))
+        else:
+            number = len(self.state.ports) + 10
+            address, mac = f"10.140.81.{number}", f"fa:16:3e:00:00:{number:02x}"
+        port_id = str(uuid.uuid4())
+        self.state.ports[port_id] = {
+            "id": port_id, "name": "", "network_id": server["_network"],
+            "device_id": server["id"], "device_owner": "compute:nova",
+            "mac_address": mac, "fixed_ips": [{"subnet_id": uuid.uuid4().hex,
+                                               "ip_address": address}],
+            "port_security_enabled": not server["flavor"]["id"] == FLAVORS["baremetal"],
+            "allowed_address_pairs": [], "security_groups": [], "status": "ACTIVE",
+            "admin_state_up": True, "project_id": PROJECT_ID, "tenant_id": PROJECT_ID,
+            "tags": [], "description": "", "revision_number": 1}
+        server["addresses"] = {"sharednet1": [{"addr": address, "version": 4,
+                                               "OS-EXT-IPS:type": "fixed",
+                                               "OS-EXT-IPS-MAC:mac_addr": mac}]}
+        server.update(status="ACTIVE", progress=100)
+        server["OS-EXT-STS:vm_state"] = "active"
+
+    def _delete_server(self, server_id: str) -> None:
+        del self.state.servers[server_id]
+        for port in [p for p in self.state.ports.values() if p["device_id"] == server_id]:
+            for fip in self.state.floatingips.values():
+                if fip["port_id"] == port["id"]:
+                    fip.update(port_id=None, fixed_ip_address=None, status="DOWN")
+            del self.state.ports[port["id"]]
+        if self.backer is not None:
+            self.backer.delete(server_id)
+
+    # Neutron -------------------------------------------------------------------------------
+    def _neutron(self, method: str, path: str, query: str, body: Any) -> tuple[int, Any, dict]:
+        if path == "/":
+            return 200, {"versions": [{"id": "v2.0", "status": "CURRENT", "links": [
+                {"href": self.url + "/network/v2.0/", "rel": "self"}]}]}, {}
+        path = path.removeprefix("/v2.0")
+        filters = dict(p.split("=", 1) for p in query.split("&") if "=" in p)
+        if path == "/networks":
+            nets = [{"id": nid, "name": name, "status": "ACTIVE", "shared": True,
+                     "router:external": name == "public", "subnets": [],
+                     "port_security_enabled": True, "project_id": PROJECT_ID}
+                    for name, nid in NETWORKS.items()]
+            nets = [n for n in nets if all(str(n.get(k)) == v for k, v in filters.items()
+                                           if k in ("name", "id"))]
+            return 200, {"networks": nets}, {}
+        match = re.fullmatch(r"/networks/([\w-]+)", path)
+        if match:
+            for name, nid in NETWORKS.items():
+                if match.group(1) == nid:
+                    return 200, {"network": {"id": nid, "name": name, "status": "ACTIVE",
+                                             "router:external": name == "public"}}, {}
+            return 404, {"NeutronError": {"type": "NetworkNotFound", "detail": "",
+                                          "message": f"Network {match.group(1)} could not "
+                                          "be found."}}, {}
+        if path == "/ports" and method == "GET":
+            ports = [p for p in self.state.ports.values()
+                     if all(str(p.get(k)) == v for k, v in filters.items())]
+            return 200, {"ports": ports}, {}
+        match = re.fullmatch(r"/ports/([\w-]+)", path)
+        if match:
+            port = self.state.ports.get(match.group(1))
+            if port is None:
+                return 404, {"NeutronError": {"type": "PortNotFound", "detail": "",
+                             "message": f"Port {match.group(1)} could not be found."}}, {}
+            if method == "DELETE":
+                del self.state.ports[port["id"]]
+                return 204, None, {}
+            return 200, {"port": port}, {}
+        if path == "/floatingips" and method == "GET":
+            fips = [f for f in self.state.floatingips.values()
+                    if all(str(f.get(k)) == v for k, v in filters.items())]
+            return 200, {"floatingips": fips}, {}
+        if path == "/floatingips" and method == "POST":
+            if len(self.state.floatingips) >= self.quota["floatingip"]:
+                return 409, {"NeutronError": {"type": "OverQuota", "detail": "",
+                             "message": "Quota exceeded for resources: ['floatingip']."}}, {}
+            fip_id = str(uuid.uuid4())
+            wanted = body["floatingip"]
+            number = len(self.state.floatingips) + 2
+            self.state.floatingips[fip_id] = {
+                "id": fip_id, "floating_network_id": wanted["floating_network_id"],
+                "floating_ip_address": f"192.5.87.{number}", "fixed_ip_address": None,
+                "port_id": None, "router_id": None, "status": "DOWN",
+                "description": wanted.get("description", ""), "project_id": PROJECT_ID,
+                "tenant_id": PROJECT_ID, "tags": [], "revision_number": 0}
+            return 201, {"floatingip": self.state.floatingips[fip_id]}, {}
+        match = re.fullmatch(r"/floatingips/([\w-]+)", path)
+        fip = self.state.floatingips.get(match.group(1)) if match else None
+        if fip is None:
+            return 404, {"NeutronError": {"type": "FloatingIPNotFound", "detail": "",
+                         "message": f"Floating IP {path} could not be found"}}, {}
+        if method == "DELETE":
+            del self.state.floatingips[fip["id"]]
+            return 204, None, {}
+        if method == "PUT":
+            port = self.state.ports.get(body["floatingip"].get("port_id") or "")
+            if port is None:
+                return 404, {"NeutronError": {"type": "PortNotFound", "detail": "",
+                             "message": "Port could not be found."}}, {}
+            address = fip["floating_ip_address"]
+            if self.backer is not None:
+                address = self.backer.bind_floating_ip(port["device_id"])
+            fip.update(port_id=port["id"], status="ACTIVE", floating_ip_address=address,
+                       fixed_ip_address=port["fixed_ips"][0]["ip_address"])
+        return 200, {"floatingip": fip}, {}
+
+    # Glance --------------------------------------------------------------------------------
+    def _add_image(self, name: str, server_id: str | None = None) -> dict:
+        image_id = str(uuid.uuid4())
+        self.state.images[image_id] = {
+            "id": image_id, "name": name, "status": "active", "visibility": "private",
+            "container_format": "bare", "disk_format": "qcow2", "min_disk": 0, "min_ram": 0,
+            "protected": False, "tags": [], "owner": PROJECT_ID, "created_at": _now(),
+            "updated_at": _now(), "self": f"/v2/images/{image_id}",
+            "file": f"/v2/images/{image_id}/file", "schema": "/v2/schemas/image",
+            "size": 13167616, "os_hidden": False, "instance_uuid": server_id}
+        return self.state.images[image_id]
+
+    def _glance(self, method: str, path: str, query: str, body: Any) -> tuple[int, Any, dict]:
+        if path == "/":
+            return 200, {"versions": [{"id": "v2.16", "status": "CURRENT", "links": [
+                {"href": self.url + "/image/v2/", "rel": "self"}]}]}, {}
+        path = path.removeprefix("/v2")
+        filters = dict(p.split("=", 1) for p in query.split("&") if "=" in p)
+        images = [*({"id": iid, "name": name, "status": "active", "visibility": "public",
+                     "tags": [], "container_format": "bare", "disk_format": "qcow2"}
+                    for name, iid in BASE_IMAGES.items()), *self.state.images.values()]
+        if path == "/images" and method == "GET":
+            found = [i for i in images if all(str(i.get(k)) == v for k, v in filters.items()
+                                              if k in ("name", "id"))]
+            return 200, {"images": found, "schema": "/v2/schemas/images",
+                         "first": "/v2/images"}, {}
+        if path == "/images" and method == "POST":  # what `openstack image create` sends
+            return 201, self._add_image(body["name"]), {}
+        match = re.fullmatch(r"/images/([\w-]+)", path)
+        for image in images:
+            if match and image["id"] == match.group(1):
+                if method == "DELETE":
+                    self.state.images.pop(image["id"], None)
+                    return 204, None, {}
+                return 200, image, {}
+        return 404, {"message": "No image found", "code": "404 Not Found",
+                     "title": "Not Found"}, {}
+
+
+def _public(server: dict) -> dict:
+    return {k: v for k, v in server.items() if not k.startswith("_")}
+
+
+def _blazar_iso(value: str) -> str:
+    """Blazar answers `YYYY-MM-DDTHH:MM:SS.ffffff` for the `YYYY-MM-DD HH:MM` it was sent."""
+    return datetime.strptime(value, "%Y-%m-%d %H:%M").strftime("%Y-%m-%dT%H:%M:%S.%f")
