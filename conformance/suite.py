@@ -370,6 +370,37 @@ class ProviderConformance:
         assert left is None, f"find({ready.name!r}) still returns {left}"
 
     @contract_rule
+    def test_release_through_omnibed_leaves_nothing_in_ls(
+        self, omnibed_provider: Provider, reservations: Reservations, tmp_path: Path
+    ) -> None:
+        """release through omnibed leaves nothing in `omnibed ls` nor on the testbed.
+
+        Reserve, wait and release (twice) through :class:`omnibed.core.api.Omnibed` with
+        its own ledger; the ledger is what `omnibed ls` lists.
+        """
+        from omnibed.core.api import Omnibed
+        from omnibed.core.plugins import ProviderRegistry
+
+        home = tmp_path / "omnibed-home"
+        home.mkdir(mode=0o700)
+        bed = Omnibed(
+            home=home,
+            registry=ProviderRegistry(),
+            providers={omnibed_provider.name: omnibed_provider},
+        )
+        request = reservations.request()
+        bed.reserve(omnibed_provider.name, request)
+        bed.wait(request.name, timeout=reservations.timeout)
+        listed = [entry.name for entry in bed.ledger.entries()]
+        assert listed == [request.name], f"omnibed ls lists {listed} after reserve"
+        bed.release(request.name)
+        bed.release(request.name)
+        listed = [entry.name for entry in bed.ledger.entries()]
+        assert listed == [], f"omnibed ls still lists {listed} after release"
+        left = omnibed_provider.find(request.name)
+        assert left is None, f"the testbed still has {left} after omnibed release"
+
+    @contract_rule
     def test_released_reservation_raises_not_found(
         self, omnibed_provider: Provider, reservations: Reservations
     ) -> None:

@@ -34,7 +34,7 @@ def test_sample_provider_passes_the_suite(
     copy_sample_tests(pytester)
     use_hosts(monkeypatch, static_hosts)
     result = pytester.runpytest("-rs")
-    result.assert_outcomes(passed=16, skipped=1)
+    result.assert_outcomes(passed=17, skipped=1)
     result.stdout.fnmatch_lines(["*SKIPPED*statichosts declares no snapshot capability*"])
 
 
