@@ -316,7 +316,8 @@ class Grid5000Provider(Provider):
             return root
         public_key = _public_key(key_file)
         if "deploy" in reservation.extra.get("types", ()):
-            deployment = record.get("deployment") or self._deploy(reservation, record, public_key)
+            deployment = record.get("deployment") or self._deploy(
+                reservation, record, public_key, Path(key_file).parent / "known_hosts")
             failed = deployment["ko"]
             if node.id in failed:
                 raise ProviderError(
@@ -345,14 +346,19 @@ class Grid5000Provider(Provider):
         return root
 
     def _deploy(
-        self, reservation: Reservation, record: dict[str, Any], public_key: str
+        self, reservation: Reservation, record: dict[str, Any], public_key: str,
+        known_hosts: Path,
     ) -> dict[str, Any]:
+        """One kadeploy of every node of the job; root then takes the reservation's key and
+        the user's frontend keys (as `kadeploy3 -k` does), so tgz-g5k can snapshot later."""
         site = reservation.site or DEFAULT_SITE
         options = record.get("options", {})
+        frontend_keys = self._on_frontend(site, record, known_hosts, "cat ~/.ssh/id_*.pub",
+                                          "reading your frontend SSH public keys")
         started = self.client.deploy(site, {
             "nodes": list(reservation.extra["assigned_nodes"]),
             "environment": record.get("image"),
-            "key": public_key,
+            "key": f"{public_key}\n{frontend_keys.strip()}\n",
         })
         uid = str(started["uid"])
         deadline = time.monotonic() + float(options.get("deploy_timeout", 1800))
@@ -373,6 +379,19 @@ class Grid5000Provider(Provider):
         self._save(reservation.name, record)
         return record["deployment"]
 
+    def _on_frontend(self, site: str, record: Mapping[str, Any], known_hosts: Path,
+                     command: str, what: str) -> str:
+        """Run `command` as the user on the site's frontend; its stdout, or ProviderError."""
+        from omnibed.core import ssh
+
+        frontend = self._endpoint(site, record)
+        result = ssh.run(frontend, command, known_hosts, node=site, timeout=3600)
+        if result.exit_status != 0:
+            raise ProviderError(f"{what} failed on the {site} frontend (exit"
+                                f" {result.exit_status}): {result.stderr.strip()}",
+                                provider=self.name, testbed_message=result.stderr)
+        return result.stdout
+
     def nic_capabilities(self, reservation: Reservation, node: Node) -> list[Nic]:
         host, cluster, site = _convert.split_fqdn(node.id)
         record = self._record(reservation.name)
@@ -385,7 +404,6 @@ class Grid5000Provider(Provider):
 
     def snapshot(self, reservation: Reservation, node: Node, image: str) -> str:
         """tgz-g5k of the node and a kaenv3 registration on the site's frontend."""
-        from omnibed.core import ssh
 
         if not _IMAGE_NAME.match(image):
             raise UsageError(f"image name {image!r}: use letters, digits, '.', '_' and '-'")
@@ -394,26 +412,12 @@ class Grid5000Provider(Provider):
             raise NotSupported(self.name, "snapshot", "only a deployed node can be saved:"
                                " reserve with -o image=debian12-min and get root first")
         site = reservation.site or DEFAULT_SITE
-        frontend = self._endpoint(site, record)
         known_hosts = Path(record["key_file"]).parent / "known_hosts"
 
         def on_frontend(command: str, what: str) -> str:
-            result = ssh.run(frontend, command, known_hosts, node=site, timeout=3600)
-            if result.exit_status != 0:
-                raise ProviderError(f"{what} failed on the {site} frontend (exit"
-                                    f" {result.exit_status}): {result.stderr.strip()}",
-                                    provider=self.name, testbed_message=result.stderr)
-            return result.stdout
+            return self._on_frontend(site, record, known_hosts, command, what)
 
-        # tgz-g5k logs in from the frontend as root on the node with the user's frontend key
-        frontend_keys = on_frontend("cat ~/.ssh/id_*.pub", "reading your frontend SSH key")
-        root = replace(node.ssh, user="root", key_file=record["key_file"])
-        added = ssh.run(root, f"printf '%s' {shlex.quote(frontend_keys)}"
-                        " >> /root/.ssh/authorized_keys", known_hosts, node=node.id, timeout=60)
-        if added.exit_status != 0:
-            raise ProviderError(f"could not let the frontend in as root on {node.id}:"
-                                f" {added.stderr.strip()}", provider=self.name)
-        archive = f"$HOME/public/{image}.tar.zst"
+        archive = f"$HOME/public/{image}.tar.zst"  # tgz-g5k logs in to the node as root
         home = on_frontend(f'mkdir -p "$HOME/public" && tgz-g5k -m {shlex.quote(node.id)}'
                            f' -f "{archive}" && echo "$HOME"', "tgz-g5k").strip().splitlines()[-1]
         base = yaml.safe_load(on_frontend(f"kaenv3 -p {shlex.quote(record['image'])} -u deploy",

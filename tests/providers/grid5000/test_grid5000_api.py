@@ -9,7 +9,6 @@ from datetime import UTC, datetime, timedelta
 
 import grid5000.exceptions as g5k
 import pytest
-from omnibed.core import ssh
 from omnibed.core.errors import (
     CredentialsError,
     OmnibedError,
@@ -79,25 +78,6 @@ def test_reserving_twice_under_one_name_reuses_the_job(provider, fake):
     assert second.id == first.id
     assert len(posts(fake, "/jobs")) == 1
     assert Grid5000Provider(provider.state_dir).find("g5k-twice").id == first.id
-
-
-def test_image_makes_a_deploy_job_and_kadeploy_ko_nodes_are_named(provider, fake, tmp_path):
-    reservation = provider.reserve(ask("g5k-deploy", extra={"image": "debian12-min"}))
-    assert posts(fake, "/jobs")[0]["types"] == ["deploy"]
-    ready = provider.wait(reservation, timeout=60)
-    fake.deploy_ko.add("gros-2.nancy.grid5000.fr")
-    keys = ssh.ensure_keypair(tmp_path / "reservation")
-    nodes = provider.list_nodes(ready)
-    assert {n.ssh.user for n in nodes} == {"root"}
-    endpoint = provider.root_access(ready, nodes[0], str(keys.private_path))
-    assert (endpoint.user, endpoint.key_file) == ("root", str(keys.private_path))
-    [deployment] = posts(fake, "/deployments")
-    assert deployment["environment"] == "debian12-min"
-    assert deployment["key"] == " ".join(keys.public_openssh.split()[:2])
-    with pytest.raises(ProviderError, match="kadeploy failed on gros-2.nancy.grid5000.fr"):
-        provider.root_access(ready, nodes[1], str(keys.private_path))
-    assert len(posts(fake, "/deployments")) == 1  # one deployment for the whole job
-    provider.release(ready)
 
 
 @pytest.mark.parametrize("zone", ["UTC", "Europe/Paris", "America/Chicago"])
