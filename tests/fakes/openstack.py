@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import re
+import socketserver
 import threading
 import time
 import uuid
@@ -86,7 +87,8 @@ class FakeOpenStack:
 
     def __init__(self, *, username: str = "demo", password: str = "secret",
                  app_cred_id: str = "appcred", app_cred_secret: str = "appsecret",
-                 backer: Backer | None = None, hosts: int = 8, ticks: int = 1) -> None:
+                 backer: Backer | None = None, hosts: int = 8, ticks: int = 1,
+                 unix_socket: str | None = None) -> None:
         self.users = {username: password}
         self.app_creds = {app_cred_id: app_cred_secret}
         self.backer = backer
@@ -97,22 +99,27 @@ class FakeOpenStack:
         self.lease_fault = False  # leases go ERROR after STARTING
         self.state = Cloud()
         self.tokens: set[str] = set()
-        self.snapshot_hook: Callable[[dict], None] | None = None
         self._faults: list[Fault] = []
         self._lock = threading.RLock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
         self.auth_url = f"{self.url}/identity/v3"
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._servers = [self._server]
+        if unix_socket is not None:  # for nodes in network namespaces (cc-snapshot's upload)
+            unix = socketserver.ThreadingUnixStreamServer(unix_socket, self._handler())
+            unix.daemon_threads = True
+            self._servers.append(unix)
 
     def __enter__(self) -> FakeOpenStack:
-        self._thread.start()
+        for server in self._servers:
+            threading.Thread(target=server.serve_forever, daemon=True).start()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        for server in self._servers:
+            server.shutdown()
+            server.server_close()
 
     # fault injection -----------------------------------------------------------------------
     def fail(self, method: str, path: str, status: int = 500, body: Any = None,
@@ -166,8 +173,12 @@ class FakeOpenStack:
                         "error": {"message": f"fake {fault.status}", "code": fault.status}
                     }, {}
                 else:
-                    status, payload, headers = fake._route(
-                        method, path, query, body, self.headers.get("X-Auth-Token"))
+                    try:
+                        status, payload, headers = fake._route(
+                            method, path, query, body, self.headers.get("X-Auth-Token"))
+                    except Exception as error:  # a bug of the fake or its backer: say it
+                        status, payload, headers = 500, {"error": {
+                            "code": 500, "message": f"fake failed: {error!r}"}}, {}
                 if fault and fault.delay:
                     time.sleep(fault.delay)
                 data = b"" if payload is None else json.dumps(payload).encode()
@@ -566,7 +577,9 @@ class FakeOpenStack:
             return 200, {"images": found, "schema": "/v2/schemas/images",
                          "first": "/v2/images"}, {}
         if path == "/images" and method == "POST":  # what `openstack image create` sends
-            return 201, self._add_image(body["name"]), {}
+            image = self._add_image(body["name"])
+            image["uploaded_by"] = "cc-snapshot"
+            return 201, image, {}
         match = re.fullmatch(r"/images/([\w-]+)", path)
         for image in images:
             if match and image["id"] == match.group(1):

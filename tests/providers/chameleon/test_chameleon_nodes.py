@@ -1,0 +1,89 @@
+"""Real nodes behind the fake cloud: the floating-IP gateway jump, cc + sudo, cc-snapshot."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from omnibed.core import ssh
+from omnibed.core.errors import SSHError
+from omnibed.core.types import NicRole, Tri
+from omnibed.providers.chameleon import ChameleonProvider
+
+from tests.fakes.openstack import FakeOpenStack
+from tests.providers.chameleon.nodes import NetnsNodes
+from tests.providers.chameleon.support import CLOUDS_YAML, request
+
+pytestmark = [pytest.mark.root, pytest.mark.skipif(os.geteuid() != 0, reason="needs root")]
+NOTHING = {"leases": 0, "servers": 0, "keypairs": 0, "ports": 0, "floatingips": 0}
+
+
+@pytest.fixture
+def real(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+         ) -> Iterator[tuple[FakeOpenStack, NetnsNodes, ChameleonProvider, Path]]:
+    socket = str(tmp_path / "cloud.sock")
+    nodes = NetnsNodes(socket)
+    try:
+        with FakeOpenStack(backer=nodes, unix_socket=socket) as cloud:
+            os.chmod(socket, 0o777)
+            clouds = tmp_path / "clouds.yaml"
+            clouds.write_text(CLOUDS_YAML.format(auth_url=cloud.auth_url))
+            monkeypatch.setenv("OS_CLIENT_CONFIG_FILE", str(clouds))
+            yield cloud, nodes, ChameleonProvider(tmp_path / "providers" / "chameleon"), \
+                tmp_path
+    finally:
+        nodes.close()
+
+
+@pytest.mark.parametrize("site", ["CHI@TACC", "KVM@TACC"])
+def test_gateway_jump_root_nics_and_release(real, site):
+    cloud, nodes, provider, home = real
+    name = f"real-{site[:3].lower()}"
+    reservation = provider.wait(provider.reserve(request(name, site=site, nodes=3,
+                                                         home=home)), timeout=120)
+    key_file = str(home / "reservations" / name / "id_ed25519")
+    known_hosts = Path(key_file).with_name("known_hosts")
+    listed = provider.list_nodes(reservation)
+    gateway, *others = listed
+    # only the gateway is reachable from here: the others need the jump
+    for node in others:
+        direct = ssh.SSHEndpoint(host=node.ssh.host, user="cc", key_file=key_file)
+        with pytest.raises(SSHError):
+            ssh.run(direct, "true", known_hosts, timeout=10)
+    cc = ssh.run(ssh.SSHEndpoint(host=gateway.ssh.host, user="root", key_file=key_file),
+                 "id -u", known_hosts, timeout=30)
+    assert "Please login as the user" in cc.stdout  # root refused before root_access
+    for node in listed:
+        endpoint = provider.root_access(reservation, node, key_file)
+        assert endpoint.user == "root"
+        assert [j.host for j in endpoint.jumps] == ([] if node is gateway
+                                                    else [gateway.ssh.host])
+        result = ssh.run(endpoint, "id -u; ip -o -4 addr show eth0", known_hosts, timeout=30)
+        assert result.stdout.split()[0] == "0"
+        assert node.extra["fixed_ip"] in result.stdout
+        nics = provider.nic_capabilities(reservation, node)
+        assert nics[0].name == "eth0" and nics[0].role is NicRole.CONTROL
+        assert nics[0].foreign_mac is (Tri.NO if site.startswith("KVM") else Tri.UNKNOWN)
+    provider.release(reservation)
+    assert cloud.state.counts() == NOTHING
+    assert nodes.nodes == {} and nodes.gateway_link is None
+
+
+def test_bare_metal_snapshot_runs_cc_snapshot_with_sudo(real):
+    cloud, nodes, provider, home = real
+    reservation = provider.wait(provider.reserve(request("snap", site="CHI@UC", nodes=2,
+                                                         home=home)), timeout=120)
+    node = provider.list_nodes(reservation)[1]  # behind the gateway
+    image = provider.snapshot(reservation, node, "my-snapshot")
+    assert cloud.state.images[image]["name"] == "my-snapshot"
+    assert cloud.state.images[image]["uploaded_by"] == "cc-snapshot"
+    provider.release(reservation)
+    again = provider.wait(provider.reserve(request("snap2", site="CHI@UC", nodes=1,
+                                                   home=home, image=image)), timeout=120)
+    servers = [b for m, p, b in cloud.state.requests
+               if m == "POST" and p == "/compute/v2.1/servers"]
+    assert servers[-1]["server"]["imageRef"] == image
+    provider.release(again)
+    assert cloud.state.counts() == NOTHING
