@@ -92,6 +92,9 @@ class Applier:
         self.created_ns: list[str] = []
         self.preexisting = False
         self.bridge_index: dict[str, int] = {}
+        self.by_netns: dict[str, list[Viface]] = {}
+        for v in state.vifaces:
+            self.by_netns.setdefault(v.netns, []).append(v)
 
     def run(self) -> dict[str, Any]:
         check_group(self.state.group)
@@ -176,7 +179,7 @@ class Applier:
             ipr.fdb("append", ifindex=index, lladdr=ZERO_MAC, dst=remote)
 
     def _vnode(self, name: str, home: int) -> None:
-        vifaces = [v for v in self.state.vifaces if v.netns == name]
+        vifaces = self.by_netns.get(name, [])
         with nsutil.inside(name, home) as created:
             if created:
                 self.created_ns.append(name)

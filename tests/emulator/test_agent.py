@@ -307,3 +307,34 @@ def test_exec_and_errors_are_replies(pnodes: Pnodes) -> None:
     assert agent.request("frobnicate")["ok"] is False
     bad_group = replace(state, group=0)
     assert "group 0" in agent.request("teardown", state=bad_group.to_json())["error"]
+
+
+@pytest.mark.root
+def test_agent_session_over_ssh_uploads_once_and_answers(
+    agent_bundle: Bundle, tmp_path: Path
+) -> None:
+    from omnibed.core import ssh
+    from omnibed.core.types import SSHEndpoint
+    from omnibed.emulator.transport import AgentSession
+
+    from tests.fakes.sshd import FakeSSHD
+
+    keys = ssh.ensure_keypair(tmp_path / "keys")
+    remote = Path("/tmp") / agent_bundle.remote_name
+    was_there = remote.exists()
+    with FakeSSHD([keys.public_openssh]) as sshd:
+        endpoint = SSHEndpoint(host=sshd.host, port=sshd.port, key_file=str(keys.private_path))
+        known_hosts = tmp_path / "known_hosts"
+        try:
+            with AgentSession(endpoint, known_hosts, bundle=agent_bundle) as session:
+                assert session.call("hello")["pyroute2"] == "0.9.7"
+                uploaded = remote.stat().st_mtime_ns
+                empty = PnodeState(instance="t", pnode="local", group=99)
+                assert session.call("preflight", state=empty.to_json())["problems"] == []
+            assert remote.read_bytes() == agent_bundle.path.read_bytes()
+            with AgentSession(endpoint, known_hosts, bundle=agent_bundle) as session:
+                assert session.request("nope")["ok"] is False
+            assert remote.stat().st_mtime_ns == uploaded  # not sent again
+        finally:
+            if not was_there:
+                remote.unlink(missing_ok=True)
