@@ -170,7 +170,7 @@ class Grid5000Provider(Provider):
             return existing
         site = request.site or options.get("site") or DEFAULT_SITE
         record = {"name": request.name, "site": site, "options": options, "image": image,
-                  "extra_nics": request.extra_nics}
+                  "extra_nics": request.extra_nics, "public_key": request.public_key}
         self._save(request.name, record)
         try:
             job = self.client.submit_job(site, body)
@@ -217,6 +217,11 @@ class Grid5000Provider(Provider):
                 said = line
             if current.state is ReservationState.READY:
                 self._attach_extra_nics(current, record, progress)
+                if "deploy" in current.extra["types"] and record.get("public_key") and (
+                    "deployment" not in record
+                ):
+                    progress(f"kadeploy {record.get('image')} on {current.extra['assigned_nodes']}")
+                    self._deploy(current, record, record["public_key"])
                 return current
             if current.state in (ReservationState.ERROR, ReservationState.RELEASED):
                 message = current.extra["message"]
@@ -271,6 +276,12 @@ class Grid5000Provider(Provider):
 
     def list_nodes(self, reservation: Reservation) -> list[Node]:
         job = self._job(reservation)
+        if _convert.STATE_MAP.get(str(job.get("state")).lower()) in (
+            ReservationState.RELEASED, ReservationState.ERROR
+        ):
+            raise ReservationNotFound(f"job {reservation.id} at {reservation.site} is over"
+                                      f" ({job.get('state')}): reserve again",
+                                      provider=self.name)
         assigned = sorted(job.get("assigned_nodes") or ())
         if not assigned:
             raise ProviderError(f"job {reservation.id} has no nodes yet (state"
@@ -316,8 +327,7 @@ class Grid5000Provider(Provider):
             return root
         public_key = _public_key(key_file)
         if "deploy" in reservation.extra.get("types", ()):
-            deployment = record.get("deployment") or self._deploy(
-                reservation, record, public_key, Path(key_file).parent / "known_hosts")
+            deployment = record.get("deployment") or self._deploy(reservation, record, public_key)
             failed = deployment["ko"]
             if node.id in failed:
                 raise ProviderError(
@@ -346,14 +356,13 @@ class Grid5000Provider(Provider):
         return root
 
     def _deploy(
-        self, reservation: Reservation, record: dict[str, Any], public_key: str,
-        known_hosts: Path,
+        self, reservation: Reservation, record: dict[str, Any], public_key: str
     ) -> dict[str, Any]:
         """One kadeploy of every node of the job; root then takes the reservation's key and
         the user's frontend keys (as `kadeploy3 -k` does), so tgz-g5k can snapshot later."""
         site = reservation.site or DEFAULT_SITE
         options = record.get("options", {})
-        frontend_keys = self._on_frontend(site, record, known_hosts, "cat ~/.ssh/id_*.pub",
+        frontend_keys = self._on_frontend(site, record, "cat ~/.ssh/id_*.pub",
                                           "reading your frontend SSH public keys")
         started = self.client.deploy(site, {
             "nodes": list(reservation.extra["assigned_nodes"]),
@@ -379,13 +388,17 @@ class Grid5000Provider(Provider):
         self._save(reservation.name, record)
         return record["deployment"]
 
-    def _on_frontend(self, site: str, record: Mapping[str, Any], known_hosts: Path,
-                     command: str, what: str) -> str:
-        """Run `command` as the user on the site's frontend; its stdout, or ProviderError."""
+    def _on_frontend(self, site: str, record: Mapping[str, Any], command: str, what: str) -> str:
+        """Run `command` as the user on the site's frontend; its stdout, or ProviderError.
+
+        Frontends are not per reservation: their host keys go to `<state_dir>/known_hosts`.
+        """
         from omnibed.core import ssh
 
         frontend = self._endpoint(site, record)
-        result = ssh.run(frontend, command, known_hosts, node=site, timeout=3600)
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        result = ssh.run(frontend, command, self.state_dir / "known_hosts", node=site,
+                         timeout=3600)
         if result.exit_status != 0:
             raise ProviderError(f"{what} failed on the {site} frontend (exit"
                                 f" {result.exit_status}): {result.stderr.strip()}",
@@ -408,14 +421,13 @@ class Grid5000Provider(Provider):
         if not _IMAGE_NAME.match(image):
             raise UsageError(f"image name {image!r}: use letters, digits, '.', '_' and '-'")
         record = self._record(reservation.name)
-        if not record.get("image") or not record.get("key_file"):
+        if not record.get("image"):
             raise NotSupported(self.name, "snapshot", "only a deployed node can be saved:"
-                               " reserve with -o image=debian12-min and get root first")
+                               " reserve with -o image=debian12-min")
         site = reservation.site or DEFAULT_SITE
-        known_hosts = Path(record["key_file"]).parent / "known_hosts"
 
         def on_frontend(command: str, what: str) -> str:
-            return self._on_frontend(site, record, known_hosts, command, what)
+            return self._on_frontend(site, record, command, what)
 
         archive = f"$HOME/public/{image}.tar.zst"  # tgz-g5k logs in to the node as root
         home = on_frontend(f'mkdir -p "$HOME/public" && tgz-g5k -m {shlex.quote(node.id)}'
