@@ -9,6 +9,7 @@ into exception classes, which `map_geni_errors` maps in turn:
     26 InsufficientNodesError      -> ReservationError
     27 InsufficientMemoryError     -> ReservationError
     28 NoMappingError              -> ReservationError (the request cannot be mapped at all)
+    12 (GENI SEARCHFAILED)         -> ReservationNotFound (no such slice or sliver)
     other ProtoGENIError / AMError -> ProviderError
     clearinghouse code 1 or 2      -> CredentialsError, other codes -> ProviderError
     key decryption, expired creds  -> CredentialsError
@@ -25,6 +26,7 @@ from omnibed.core.errors import (
     OmnibedError,
     ProviderError,
     ReservationError,
+    ReservationNotFound,
 )
 
 PROVIDER = "cloudlab"
@@ -73,6 +75,12 @@ def map_geni_errors(action: str, pem: str = "cloudlab.pem") -> Iterator[None]:
         raise
     except AMError as error:
         code = am_code(error)
+        if code == SEARCH_FAILED:
+            raise ReservationNotFound(
+                f"{action}: CloudLab has no such sliver (expired or released)",
+                provider=PROVIDER,
+                testbed_message=_text(error),
+            ) from error
         if code in NO_CAPACITY:
             raise ReservationError(
                 f"{action} refused: {NO_CAPACITY[code]} (ProtoGENI code {code})",

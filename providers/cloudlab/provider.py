@@ -111,6 +111,14 @@ class CloudLabProvider(Provider):
                 f"{request.name!r} cannot name a CloudLab slice: use 1-19 lowercase letters,"
                 " digits or hyphens, starting with a letter"
             )
+        unknown = sorted(set(request.extra) - set(self.capabilities.options))
+        if unknown:
+            raise UsageError(
+                f"unknown option(s) {', '.join(unknown)} for cloudlab; known: "
+                + ", ".join(sorted(self.capabilities.options))
+            )
+        if request.extra.get("vm", "xen") != "xen":
+            raise UsageError(f"-o vm= takes only xen, not {request.extra['vm']!r}")
         existing = self.find(request.name)
         if existing is not None:
             return existing
@@ -220,9 +228,14 @@ class CloudLabProvider(Provider):
         return _convert.to_nics(manifest, node.id)
 
     def snapshot(self, reservation: Reservation, node: Node, image: str) -> str:
-        """ProtoGENI CreateImage of the node's disk; returns the URN `-o image=` takes."""
+        """ProtoGENI CreateImage of the node's disk; returns the URN `-o image=` takes.
+
+        CloudLab image names are alphanumeric: other characters of `image` are dropped
+        (`web-v2` becomes `webv2`); the returned URN holds the name actually used.
+        """
+        image = "".join(char for char in image if char.isascii() and char.isalnum())
         if not _IMAGE_NAME.match(image):
-            raise UsageError(f"CloudLab image names are alphanumeric (1-64 characters): {image!r}")
+            raise UsageError("a CloudLab image name needs 1-64 letters or digits")
         sliver_urn = node.extra.get("sliver_id")
         if not sliver_urn:
             raise UsageError(f"node {node.id} has no sliver id: list the nodes again")

@@ -15,10 +15,12 @@ State: slices (expiration capped at `max_slice_life`), slivers that advance from
 the request RSpec (client ids kept; component ids, sliver ids, MACs, host names and login
 added, host names deliberately unrelated to the login host), and images. Nodes come from a
 `backend` (see tests/fakes/protogeni_nodes.py for one backed by real sshd); the default one
-hands out unreachable TEST-NET addresses. Faults: `inject(method, am_code, output)` makes
-the next call of `method` fail with that ProtoGENI code; `fail_next_sliver(message)` makes
-the next sliver end `failed`. Error answers carry `am_type`, `am_code` and
-`protogeni_error_url` as ProtoGENI's do (geni-lib reads all three).
+hands out unreachable TEST-NET addresses. More nodes than `capacity` gives ProtoGENI's
+code 26 (insufficient nodes), an unknown hardware type code 28 (no mapping).
+Faults: `inject(method, am_code, output)` makes the next call of `method` fail with that
+ProtoGENI code; `fail_next_sliver(message)` makes the next sliver end `failed`. Error
+answers carry `am_type`, `am_code` and `protogeni_error_url` as ProtoGENI's do (geni-lib
+reads all three).
 [unverified against a live AM] `geni_expires` in SliverStatus, and CreateImage returning
 `[image_urn, image_url]`.
 """
@@ -250,6 +252,8 @@ class FakeProtoGENI:
         max_sliver_life: dt.timedelta = dt.timedelta(days=7),
         initial_sliver_life: dt.timedelta = dt.timedelta(hours=6),
         project: str = "omnibedtest",
+        capacity: int = 8,
+        hardware_types: tuple[str, ...] = ("d430", "m510", "xl170", "c220g5", "c6525-100g"),
     ) -> None:
         self.pki = pki
         self.backend = backend or NoNodes()
@@ -258,6 +262,8 @@ class FakeProtoGENI:
         self.max_sliver_life = max_sliver_life
         self.initial_sliver_life = initial_sliver_life
         self.project = project
+        self.capacity = capacity
+        self.hardware_types = hardware_types
         self.state = State()
         self.lock = threading.RLock()
         self._ids = itertools.count(2110433)
@@ -483,6 +489,15 @@ class FakeProtoGENI:
             if slice_urn in self.state.slivers:
                 return self._error(ALREADYEXISTS, f"{slice_urn} already has a sliver here")
             root = etree.fromstring(rspec.encode())
+            busy = sum(len(s.node_slivers) for s in self.state.slivers.values())
+            asked = len(root.findall(f"{{{GENI}}}node"))
+            if busy + asked > self.capacity:
+                return self._error(26, f"*** Insufficient free nodes: {asked} asked,"
+                                       f" {self.capacity - busy} free")
+            for hardware in root.iter(f"{{{GENI}}}hardware_type"):
+                if hardware.get("name") not in self.hardware_types:
+                    name = hardware.get("name")
+                    return self._error(28, f"*** No mapping: no nodes of type {name}")
             for image in root.iter(f"{{{GENI}}}disk_image"):
                 if not self._known_image(image.get("name", "")):
                     return self._error(BADARGS, f"no such image {image.get('name')}")
