@@ -46,6 +46,7 @@ class Omnibed:
         """`providers`: ready instances by testbed name, used instead of constructing one
         from the registry (the conformance suite passes the provider under test)."""
         self.home = home or omnibed_home()
+        self.home.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.registry = registry or load_providers()
         self.ledger = Ledger(self.home / "ledger.sqlite")
         self._providers: dict[str, Provider] = dict(providers or {})

@@ -349,6 +349,8 @@ def nics(name: Name, as_json: AsJson = False) -> None:
 
 def _run_and_report(api: Omnibed, name: str, command: list[str]) -> int:
     """Run on every node with output prefixed by node; return how many nodes failed."""
+    if command[:1] == ["--"]:
+        command = command[1:]
     if not command:
         raise UsageError("no command given: put it after `--`, e.g. `-- id -u`")
     text = " ".join(command) if len(command) > 1 else command[0]

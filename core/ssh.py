@@ -375,9 +375,14 @@ def run_many(
                                  stderr=f"{exc}\n")
 
     workers = max(1, min(max_parallel, len(endpoints)))
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="omnibed-ssh") as pool:
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="omnibed-ssh")
+    try:
         futures = {node: pool.submit(one, node, ep) for node, ep in endpoints.items()}
         return {node: future.result() for node, future in futures.items()}
+    finally:
+        # On Ctrl-C or SIGTERM, return at once so the caller can release the nodes:
+        # releasing ends the remote commands, and with them the threads still reading.
+        pool.shutdown(wait=False, cancel_futures=True)
 
 
 def _hop_options(endpoint: SSHEndpoint, known_hosts: Path) -> list[str]:

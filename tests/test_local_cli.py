@@ -1,0 +1,177 @@
+"""The local testbed end to end through the `omnibed` command, as a user drives it.
+
+Each profile: reserve 3 nodes, run `id -u` as root over real SSH, read the NICs, release,
+and nothing is left: no namespace, no link, no process, no ledger entry. Interrupting
+`reserve-and-run` (SIGINT, or SIGKILL followed by `omnibed gc`) leaves nothing either.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.root
+
+OMNIBED = str(Path(sys.executable).with_name("omnibed"))
+
+EXPECTED_CONTROL = {  # profile -> (foreign_mac, multicast) of the control NIC
+    "baremetal": ("yes", "yes"),
+    "xen": ("no", "yes"),
+    "kvm": ("no", "yes"),
+    "nomcast": ("no", "no"),
+}
+
+
+def omnibed(home: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMNIBED_HOME": str(home), "COLUMNS": "200"}
+    result = subprocess.run([OMNIBED, *args], env=env, capture_output=True, text=True, timeout=180)
+    if check:
+        assert result.returncode == 0, result.stderr
+    return result
+
+
+def leftovers(reservation_id: str) -> list[str]:
+    """Namespaces and root-namespace links whose name carries the reservation's id."""
+    ns = json.loads(
+        subprocess.run(["ip", "-j", "netns", "list"], capture_output=True, text=True).stdout or "[]"
+    )
+    links = json.loads(
+        subprocess.run(["ip", "-j", "link", "show"], capture_output=True, text=True).stdout
+    )
+    names = [n["name"] for n in ns] + [link["ifname"] for link in links]
+    return [name for name in names if reservation_id in name]
+
+
+def reservation_id(home: Path) -> str:
+    listed = json.loads(omnibed(home, "ls", "--json").stdout)
+    assert len(listed) == 1 and listed[0]["id"], listed
+    return listed[0]["id"]
+
+
+def processes_matching(marker: str) -> list[str]:
+    found = subprocess.run(["pgrep", "-f", marker], capture_output=True, text=True)
+    return found.stdout.split()
+
+
+def assert_nothing_left(home: Path, made: str, marker: str = "") -> None:
+    assert json.loads(omnibed(home, "ls", "--json").stdout) == []
+    assert leftovers(made) == [], "namespaces or links left behind"
+    if marker:
+        assert processes_matching(marker) == [], "processes left behind"
+
+
+@pytest.mark.parametrize("profile", sorted(EXPECTED_CONTROL))
+def test_profile_reserve_run_nics_release(tmp_path: Path, profile: str) -> None:
+    name = f"cli-{profile}-{uuid.uuid4().hex[:4]}"
+    omnibed(
+        tmp_path,
+        "reserve",
+        "--testbed",
+        "local",
+        "--nodes",
+        "3",
+        "--name",
+        name,
+        "-o",
+        f"profile={profile}",
+    )
+    made = reservation_id(tmp_path)
+    assert len(leftovers(made)) >= 4  # the switch, 3 pnodes and the host link
+    try:
+        listed = json.loads(omnibed(tmp_path, "ls", "--json").stdout)
+        assert [(e["name"], e["state"]) for e in listed] == [(name, "ready")]
+        nodes = json.loads(omnibed(tmp_path, "nodes", name, "--json").stdout)
+        assert len(nodes) == 3
+        ran = omnibed(tmp_path, "run", name, "--", "id", "-u")
+        for node in nodes:
+            assert f"[{node['id']}] 0" in ran.stdout
+        nics = json.loads(omnibed(tmp_path, "nics", name, "--json").stdout)
+        assert set(nics) == {node["id"] for node in nodes}
+        for node_nics in nics.values():
+            control = [nic for nic in node_nics if nic["role"] == "control"]
+            assert len(control) == 1
+            assert (control[0]["foreign_mac"], control[0]["multicast"]) == (
+                EXPECTED_CONTROL[profile]
+            )
+    finally:
+        omnibed(tmp_path, "release", name)
+    assert_nothing_left(tmp_path, made)
+
+
+def test_run_reports_failing_nodes(tmp_path: Path) -> None:
+    result = omnibed(
+        tmp_path,
+        "reserve-and-run",
+        "--testbed",
+        "local",
+        "--nodes",
+        "2",
+        "--",
+        "exit 7",
+        check=False,
+    )
+    assert result.returncode == 1
+    assert "0/2 succeeded" in result.stderr
+    assert json.loads(omnibed(tmp_path, "ls", "--json").stdout) == []
+
+
+def _start_long_run(home: Path, marks: Path) -> tuple[subprocess.Popen, str, str]:
+    seconds = str(3000 + uuid.uuid4().int % 1000)  # a unique sleep to find its processes
+    command = f"touch {marks}/$$; exec sleep {seconds}"
+    env = {**os.environ, "OMNIBED_HOME": str(home)}
+    process = subprocess.Popen(
+        [OMNIBED, "reserve-and-run", "--testbed", "local", "--nodes", "3", "--", command],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 120
+    while len(list(marks.iterdir())) < 3:
+        assert process.poll() is None, process.communicate()
+        assert time.monotonic() < deadline, "the command never started on 3 nodes"
+        time.sleep(0.2)
+    return process, f"sleep {seconds}", reservation_id(home)
+
+
+def test_sigint_while_the_command_runs_releases_everything(tmp_path: Path) -> None:
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    process, marker, made = _start_long_run(tmp_path / "home", marks)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode != 0
+    assert "released" in stderr
+    assert_nothing_left(tmp_path / "home", made, marker)
+
+
+def test_sigterm_releases_everything(tmp_path: Path) -> None:
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    process, marker, made = _start_long_run(tmp_path / "home", marks)
+    process.terminate()
+    _, stderr = process.communicate(timeout=120)
+    assert "released" in stderr
+    assert_nothing_left(tmp_path / "home", made, marker)
+
+
+def test_sigkill_then_gc_releases_everything(tmp_path: Path) -> None:
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    home = tmp_path / "home"
+    process, marker, made = _start_long_run(home, marks)
+    process.kill()
+    process.communicate(timeout=60)
+    listed = json.loads(omnibed(home, "ls", "--json").stdout)
+    assert len(listed) == 1, "the killed run's reservation must still be in the ledger"
+    collected = omnibed(home, "gc")
+    assert f"released {listed[0]['name']}" in collected.stdout
+    assert_nothing_left(home, made, marker)
