@@ -26,6 +26,7 @@ from omnibed.core.errors import (
     ProviderError,
     ProviderTimeout,
     ReservationError,
+    ReservationNotFound,
     SSHError,
     UsageError,
 )
@@ -80,6 +81,7 @@ class _Record:
     server_ids: list[str] = field(default_factory=list)
     fip_id: str | None = None
     fip_address: str | None = None
+    key_file: str | None = None  # the private key root_access was last given
 
     @property
     def kvm(self) -> bool:
@@ -168,13 +170,18 @@ class ChameleonProvider(Provider):
     def _record(self, reservation: Reservation) -> _Record:
         record = self._load(reservation.name)
         if record is None or record.id != reservation.id:
-            raise ProviderError(f"omnibed holds no record of {reservation.name!r} "
-                                f"({reservation.id}): it was released", provider=self.name)
+            raise ReservationNotFound(f"omnibed holds no record of {reservation.name!r} "
+                                      f"({reservation.id}): it was released",
+                                      provider=self.name)
         return record
 
     # -- reserve / find ---------------------------------------------------------------------
     def reserve(self, request: ReservationRequest) -> Reservation:
         options = dict(request.extra)
+        unknown = sorted(set(options) - set(OPTIONS))
+        if unknown:
+            raise UsageError(f"unknown Chameleon option(s) {', '.join(unknown)}; known: "
+                             f"{', '.join(OPTIONS)}")
         site = request.site or options.get("site") or "CHI@UC"
         if site not in SITES:
             raise UsageError(f"unknown Chameleon site {site!r}: use -o site= one of "
@@ -192,6 +199,8 @@ class ChameleonProvider(Provider):
         if existing is not None:
             return existing
         options["site"] = site
+        if request.image:
+            options["image"] = request.image
         start = request.start or utcnow()
         record = _Record(name=request.name, id=str(uuid.uuid4()), site=site, options=options,
                          nodes=request.nodes, start=start.isoformat(),
@@ -361,6 +370,9 @@ class ChameleonProvider(Provider):
     def root_access(self, reservation: Reservation, node: Node, key_file: str) -> SSHEndpoint:
         """Log in as `cc` and, with sudo, let `key_file` log in as root (CC images refuse it)."""
         record = self._record(reservation)
+        if record.key_file != key_file:
+            record.key_file = key_file
+            self._save(record)
         known_hosts = Path(key_file).with_name("known_hosts")
         root = self._endpoint(record, node, key_file, "root")
         if _is_root(root, known_hosts):
@@ -384,17 +396,20 @@ class ChameleonProvider(Provider):
         record = self._record(reservation)
         ports = self._client(record).ports(node.id)
         key_file = self._key_file(record)
-        listing = ssh.run(self._endpoint(record, node, key_file, _convert.CC_USER),
-                          "ip -o link", Path(key_file).with_name("known_hosts"),
-                          node=node.id, timeout=60)
-        names = _convert.interface_names(listing.stdout)
+        names: dict[str, str] = {}
+        if Path(key_file).exists():  # interface names are only known on the node itself
+            listing = ssh.run(self._endpoint(record, node, key_file, _convert.CC_USER),
+                              "ip -o link", Path(key_file).with_name("known_hosts"),
+                              node=node.id, timeout=60)
+            names = _convert.interface_names(listing.stdout)
         return [_convert.nic_from_port(port, names.get(port["mac_address"].lower(), ""),
                                        record.kvm, control=index == 0)
                 for index, port in enumerate(ports)]
 
     def _key_file(self, record: _Record) -> str:
-        """The reservation's private key ($OMNIBED_HOME/reservations/<name>/id_ed25519)."""
-        return str(self.state_dir.parent.parent / "reservations" / record.name / ssh.KEY_NAME)
+        """The key root_access was given, else $OMNIBED_HOME/reservations/<name>/id_ed25519."""
+        return record.key_file or str(
+            self.state_dir.parent.parent / "reservations" / record.name / ssh.KEY_NAME)
 
     # -- snapshot / extend ------------------------------------------------------------------
     def snapshot(self, reservation: Reservation, node: Node, image: str) -> str:
@@ -415,6 +430,10 @@ class ChameleonProvider(Provider):
     def _cc_snapshot(self, record: _Record, client: ChameleonClient, node: Node,
                      image: str) -> None:
         key_file = self._key_file(record)
+        if not Path(key_file).exists():
+            raise SSHError(f"cc-snapshot must run on {node.hostname} but no key of "
+                           f"{record.name!r} is known: expected {key_file} (or call "
+                           "root_access with the key first)", host=node.ssh.host)
         endpoint = self._endpoint(record, node, key_file, _convert.CC_USER)
         command = ("IFS= read -r OS_TOKEN && export OS_TOKEN && exec sudo -E cc-snapshot "
                    f"-f -y {shlex.quote(image)}")

@@ -1,0 +1,62 @@
+"""The Chameleon provider (bare metal, CHI@UC) passes the conformance suite on real nodes."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from omnibed.conformance import ProviderConformance
+from omnibed.core.types import ReservationRequest
+from omnibed.providers.chameleon import ChameleonProvider
+
+from tests.fakes.openstack import FakeOpenStack
+from tests.providers.chameleon.nodes import NetnsNodes
+from tests.providers.chameleon.support import CLOUDS_YAML
+
+
+@pytest.fixture
+def conformance_cloud(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                      ) -> Iterator[FakeOpenStack]:
+    socket = str(tmp_path / "cloud.sock")
+    nodes = NetnsNodes(socket)
+    try:
+        with FakeOpenStack(backer=nodes, unix_socket=socket) as cloud:
+            os.chmod(socket, 0o777)
+            clouds = tmp_path / "clouds.yaml"
+            clouds.write_text(CLOUDS_YAML.format(auth_url=cloud.auth_url))
+            monkeypatch.setenv("OS_CLIENT_CONFIG_FILE", str(clouds))
+            yield cloud
+    finally:
+        nodes.close()
+
+
+@pytest.fixture
+def omnibed_provider(tmp_path: Path, conformance_cloud: FakeOpenStack) -> ChameleonProvider:
+    return ChameleonProvider(tmp_path / "home" / "providers" / "chameleon")
+
+
+@pytest.fixture
+def omnibed_request() -> ReservationRequest:
+    return ReservationRequest(name="chconf", nodes=2, duration=timedelta(hours=1),
+                              extra={"cloud": "fake-chameleon", "site": "CHI@UC",
+                                     "poll": "0.05"})
+
+
+@pytest.fixture
+def omnibed_failing_request(conformance_cloud, omnibed_request) -> ReservationRequest:
+    conformance_cloud.server_fault = "No valid host was found."
+    return omnibed_request
+
+
+@pytest.fixture
+def omnibed_wait_timeout() -> float:
+    return 120.0
+
+
+@pytest.mark.root
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
+class TestChameleonConformance(ProviderConformance):
+    pass
