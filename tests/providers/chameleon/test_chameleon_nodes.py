@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -87,3 +89,17 @@ def test_bare_metal_snapshot_runs_cc_snapshot_with_sudo(real):
     assert servers[-1]["server"]["imageRef"] == image
     provider.release(again)
     assert cloud.state.counts() == NOTHING
+
+
+def test_reserve_and_run_hostname_through_the_cli(real):
+    cloud, nodes, _, home = real
+    env = {**os.environ, "OMNIBED_HOME": str(home / "cli")}
+    done = subprocess.run(
+        [str(Path(sys.executable).parent / "omnibed"), "reserve-and-run", "--testbed",
+         "chameleon", "--nodes", "2", "--name", "clich", "-o", "cloud=fake-chameleon",
+         "-o", "site=CHI@UC", "-o", "poll=0.05", "--", "hostname; id -u"],
+        env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.count(os.uname().nodename) >= 2, done.stdout
+    assert cloud.state.counts() == NOTHING  # released afterwards
+    assert nodes.nodes == {}
