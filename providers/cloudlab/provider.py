@@ -8,6 +8,7 @@ geni-lib is imported only inside methods (see `_client`).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import shlex
@@ -18,6 +19,7 @@ from pathlib import Path
 
 from omnibed.core.errors import (
     CredentialsError,
+    OmnibedError,
     ProviderError,
     ProviderTimeout,
     ReservationNotFound,
@@ -132,18 +134,17 @@ class CloudLabProvider(Provider):
             slice_end = client.ensure_slice(request.name, end + SLICE_MARGIN)
             keys = [request.public_key] if request.public_key else []
             client.create_sliver(site, request.name, rspec, keys)
-        except BaseException:
-            self._record_path(request.name).unlink(missing_ok=True)
-            raise
-        try:
             status = client.status(site, request.name) or {}
             granted = _convert.expiration(status)
             if granted is None or granted < end:
                 client.renew_sliver(site, request.name, min(end, slice_end))
                 status = client.status(site, request.name) or {}
         except BaseException:
-            self.release(Reservation(PROVIDER, "", request.name, start, end,
-                                     ReservationState.UNKNOWN, site))
+            # A refused CreateSliver made nothing; any later failure (or a lost answer)
+            # may have left a sliver: delete it, keeping the original error.
+            with contextlib.suppress(OmnibedError):
+                client.delete_sliver(site, request.name)
+            self._record_path(request.name).unlink(missing_ok=True)
             raise
         return self._reservation(request.name, site, start, status, end)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import timedelta
 from pathlib import Path
 
@@ -237,3 +238,35 @@ def test_doctor_names_what_is_missing(tmp_path: Path, state_dir: Path, monkeypat
     assert not found["key passphrase"].ok
     monkeypatch.setenv("OMNIBED_CLOUDLAB_PASSPHRASE", "x")
     assert {c.what: c for c in CloudLabProvider.doctor(state_dir)}["key passphrase"].ok
+
+
+def test_a_failure_after_create_sliver_leaves_no_sliver(
+    provider: CloudLabProvider, fake: FakeProtoGENI
+) -> None:
+    fake.inject("SliverStatus", 2, "*** internal error while reading status")
+    with pytest.raises(ProviderError, match="internal error"):
+        provider.reserve(request("halfway"))
+    assert "DeleteSliver" in fake.state.calls
+    assert fake.state.slivers == {}
+    assert provider.find("halfway") is None
+
+
+def test_an_existing_geni_lib_context_json_is_used(
+    pki, tmp_path: Path, fake: FakeProtoGENI, passphrase: str
+) -> None:
+    state = tmp_path / "state"
+    fake.write_config(state)
+    config = state / "config.toml"
+    text = config.read_text().replace(f'pem = "{pki.user_pem}"\nproject = "omnibedtest"\n', "")
+    context = tmp_path / "context.json"
+    pub = tmp_path / "id.pub"
+    pub.write_text(KEY.replace("res", "portalkey") + "\n")
+    context.write_text(json.dumps({
+        "framework": "emulab-ch2", "cert-path": str(pki.user_pem),
+        "key-path": str(pki.user_pem), "user-name": "alice", "user-urn": pki.user_urn,
+        "user-pubkeypath": str(pub), "project": "omnibedtest",
+    }))
+    config.write_text(f'context = "{context}"\n' + text)
+    reservation = CloudLabProvider(state).reserve(request("ctxjson", nodes=1))
+    assert reservation.id == "urn:publicid:IDN+emulab.net:omnibedtest+slice+ctxjson"
+    assert "pem" not in config.read_text()
