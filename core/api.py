@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 from omnibed.core import ssh
-from omnibed.core.errors import ReservationNotFound, UsageError
+from omnibed.core.errors import OmnibedError, ReservationNotFound, UsageError
 from omnibed.core.ledger import Entry, Ledger, omnibed_home
 from omnibed.core.plugins import ProviderRegistry, load_providers
 from omnibed.core.provider import Progress, Provider
@@ -224,15 +224,32 @@ class Omnibed:
         return reservation
 
     def release(self, name: str) -> None:
-        """Release on the testbed, then forget; releasing twice is not an error."""
+        """Tear down its virtual platform, release on the testbed, then forget.
+
+        Releasing twice is not an error. If the platform cannot be torn down, the nodes are
+        released anyway and the teardown error is raised afterwards.
+        """
         entry = self.ledger.get(name)
         if entry is None:
             return
+        teardown_error = None
+        try:
+            self._emulation_down(name)
+        except OmnibedError as error:
+            teardown_error = error
         provider = self.provider(entry.testbed)
         reservation = provider.find(name) or entry.reservation
         if reservation is not None:
             provider.release(reservation)
         self._forget(name)
+        if teardown_error is not None:
+            raise teardown_error
+
+    def _emulation_down(self, name: str) -> None:
+        from omnibed.emulator.coordinator import PLAN_FILE, Emulator
+
+        if (self.reservation_dir(name) / PLAN_FILE).exists():
+            Emulator(self, name).down()
 
     def gc(self) -> list[tuple[str, str]]:
         """Release what is expired or whose owning process is gone; (name, why) of each."""

@@ -475,4 +475,120 @@ def reserve_and_run(
 
 
 def _emulate_and_run(api: Omnibed, name: str, platform: Path, command: list[str]) -> int:
-    raise UsageError("--platform needs the emulator, which is not installed in this build")
+    """Build the platform, run CMD in every vnode, tear it down; how many vnodes failed."""
+    _emulate_up(api, name, platform, force=False)
+    try:
+        return _exec_and_report(api, name, None, command)
+    finally:
+        with _uninterruptible(), _progress("tearing the platform down"):
+            _emulator(api, name).down()
+
+
+# -- emulation --------------------------------------------------------------------------
+
+emulate_app = typer.Typer(
+    help="Build a virtual platform (vnodes and vnetworks, Distem-style) on a reservation.",
+    no_args_is_help=True,
+)
+app.add_typer(emulate_app, name="emulate")
+Platform = Annotated[Path, typer.Argument(help="Platform description (YAML), see examples/.")]
+
+
+def _emulator(api: Omnibed, name: str):
+    from omnibed.emulator.coordinator import Emulator
+
+    return Emulator(api, name)
+
+
+def _emulate_up(api: Omnibed, name: str, platform_file: Path, *, force: bool) -> None:
+    from omnibed.emulator.model import load_platform
+
+    if not platform_file.is_file():
+        raise UsageError(f"platform file {platform_file} does not exist (see examples/*.yaml)")
+    platform = load_platform(platform_file)
+    emulator = _emulator(api, name)
+    with _progress(f"building {platform_file.name} on {name}") as progress:
+        built = emulator.up(platform, force=force, progress=progress)
+    out.print(built.summary(), highlight=False)
+    if len(built.pnodes) > 1:
+        with _progress("checking connectivity between pnodes"):
+            checks = emulator.connectivity()
+        for check in checks:
+            verdict = "[green]reachable[/]" if check["ok"] else "[red]unreachable[/]"
+            out.print(f"{check['network']}: {check['from']} -> {check['to']} {verdict}")
+
+
+def _exec_and_report(api: Omnibed, name: str, vnode: str | None, command: list[str]) -> int:
+    if command[:1] == ["--"]:
+        command = command[1:]
+    if not command:
+        raise UsageError("no command given: put it after `--`, e.g. `-- hostname -I`")
+    argv = ["sh", "-c", " ".join(command)] if len(command) == 1 else command
+    results = _emulator(api, name).exec([vnode] if vnode else None, argv)
+    for result in results.values():
+        for stream, console in ((result.stdout, out), (result.stderr, err)):
+            for line in stream.splitlines():
+                console.print(f"[cyan]\\[{result.vnode}][/] {line}", highlight=False)
+    failed = [r for r in results.values() if r.exit_status != 0]
+    table = Table(
+        "vnode", "exit status", title=f"{len(results) - len(failed)}/{len(results)} succeeded"
+    )
+    for result in results.values():
+        style = "green" if result.exit_status == 0 else "red"
+        table.add_row(result.vnode, f"[{style}]{result.exit_status}[/]")
+    err.print(table)
+    return len(failed)
+
+
+@emulate_app.command("up")
+def emulate_up(
+    name: Name,
+    platform: Platform,
+    force: Annotated[
+        bool, typer.Option(help="Build `mode: bridge` even where foreign MACs are dropped.")
+    ] = False,
+) -> None:
+    """Build a platform; prints the mode chosen for every vnetwork and why."""
+    _emulate_up(_api(), name, platform, force=force)
+
+
+@emulate_app.command("status")
+def emulate_status(name: Name, as_json: AsJson = False) -> None:
+    """Show vnodes, their pnode and addresses, and each vnetwork's mode with its reason."""
+    status = _emulator(_api(), name).status()
+    if as_json:
+        _print_json(status)
+        return
+    for network in status["networks"]:
+        out.print(
+            f"[bold]{network['name']}[/] {network['cidr']}: {network['mode']}"
+            f" (MTU {network['mtu']}) - {network['reason']}",
+            highlight=False,
+        )
+    table = Table("vnode", "pnode", "addresses")
+    for vnode in status["vnodes"]:
+        addresses = ", ".join(f"{i}={a['address']}" for i, a in vnode["ifaces"].items())
+        table.add_row(vnode["name"], vnode["pnode"], addresses)
+    out.print(table)
+    for pnode, state in status["pnodes"].items():
+        if state.get("error") or not state.get("complete"):
+            err.print(f"[yellow]warning:[/] {pnode}: {state.get('error') or state.get('absent')}")
+
+
+@emulate_app.command("exec", context_settings={"allow_interspersed_args": False})
+def emulate_exec(
+    name: Name,
+    vnode: Annotated[str, typer.Argument(help="Vnode name, or `all`.")],
+    command: Command,
+) -> None:
+    """Run a command inside a vnode (or `all` of them): `omnibed emulate exec NAME VNODE -- CMD`."""
+    failed = _exec_and_report(_api(), name, None if vnode == "all" else vnode, command)
+    raise typer.Exit(1 if failed else 0)
+
+
+@emulate_app.command("down")
+def emulate_down(name: Name) -> None:
+    """Remove the platform from every pnode (the reservation stays)."""
+    with _uninterruptible(), _progress(f"tearing down the platform of {name}"):
+        removed = _emulator(_api(), name).down()
+    out.print(f"removed {len(removed)} vnodes" if removed else "no platform to remove")
