@@ -107,8 +107,12 @@ class Applier:
                     self._bridge(ipr, bridge)
                 for vxlan in self.state.vxlans:
                     self._vxlan(ipr, vxlan)
-            for name in self.state.namespaces:
-                self._vnode(name, home)
+            host = nl.Batch()  # its fd serves the host-side ethtool ioctls
+            try:
+                for name in self.state.namespaces:
+                    self._vnode(name, home, host.fileno())
+            finally:
+                host.close()
             self._host_sides()
         except Exception as exc:  # any failure, even a bug, must leave the pnode as it was
             rolled_back = self._rollback()
@@ -178,7 +182,7 @@ class Applier:
         for remote in vx.remotes:  # head-end replication: all-zeros entry per remote
             ipr.fdb("append", ifindex=index, lladdr=ZERO_MAC, dst=remote)
 
-    def _vnode(self, name: str, home: int) -> None:
+    def _vnode(self, name: str, home: int, host_fd: int) -> None:
         vifaces = self.by_netns.get(name, [])
         with nsutil.inside(name, home) as created:
             if created:
@@ -207,6 +211,10 @@ class Applier:
             index.update(_lookup(batch, missing, name))
             for v in vifaces:
                 i = index[v.ifname]
+                where = f"{v.ifname}@{name}"
+                batch.add(nl.RTM_NEWLINK, nl.SET, nl.link_body(index=i, no_ipv6_lladdr=True),
+                          f"no IPv6 link-local on {where}")
+                batch.add(nl.RTM_NEWLINK, nl.SET, nl.link_body(index=i, up=True), f"{where} up")
                 batch.add(nl.RTM_NEWADDR, nl.REPLACE, nl.addr_body(i, v.address),
                           f"address {v.address} on {v.ifname}@{name}")
                 if not v.output.is_empty():
@@ -214,8 +222,9 @@ class Applier:
                               f"output shaping on {v.ifname}@{name}")
             batch.flush()
             for v in vifaces:
-                if _shaped(v):
+                if _shaped(v):  # host side before it joins the bridge: no feature recompute
                     offloads_off(batch.fileno(), v.ifname)
+                    offloads_off(host_fd, v.host_ifname)
         finally:
             batch.close()
 
@@ -224,6 +233,8 @@ class Applier:
         try:
             lookups = {}
             for v in self.state.vifaces:
+                body = nl.link_body(v.host_ifname, no_ipv6_lladdr=True)  # a port: no L3
+                batch.add(nl.RTM_NEWLINK, nl.SET, body, f"no IPv6 link-local on {v.host_ifname}")
                 body = nl.link_body(v.host_ifname, up=True, master=self.bridge_index[v.bridge])
                 batch.add(nl.RTM_NEWLINK, nl.SET, body, f"attach {v.host_ifname} to {v.bridge}")
                 if not v.input.is_empty():
@@ -236,9 +247,6 @@ class Applier:
                 body = qdisc_request(nl.link_index(reply), v.input, v.mtu)
                 batch.add(nl.RTM_NEWQDISC, nl.REPLACE, body, f"input shaping on {v.host_ifname}")
             batch.flush()
-            for v in self.state.vifaces:
-                if _shaped(v):
-                    offloads_off(batch.fileno(), v.host_ifname)
         finally:
             batch.close()
 

@@ -41,7 +41,8 @@ RTM_NEWQDISC, RTM_DELQDISC = 36, 37
 
 IFF_UP = 0x1
 IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU, IFLA_MASTER = 1, 3, 4, 10
-IFLA_LINKINFO, IFLA_GROUP, IFLA_NET_NS_FD, IFLA_EXT_MASK = 18, 27, 28, 29
+IFLA_LINKINFO, IFLA_AF_SPEC, IFLA_GROUP, IFLA_NET_NS_FD, IFLA_EXT_MASK = 18, 26, 27, 28, 29
+IFLA_INET6_ADDR_GEN_MODE, IN6_ADDR_GEN_MODE_NONE = 8, 1
 IFLA_INFO_KIND, IFLA_INFO_DATA = 1, 2
 VETH_INFO_PEER = 1
 IFA_ADDRESS, IFA_LOCAL = 1, 2
@@ -103,8 +104,14 @@ def link_body(
     netns_fd: int | None = None,
     kind: str | None = None,
     info_data: bytes = b"",
+    no_ipv6_lladdr: bool = False,
 ) -> bytes:
-    """An ifinfomsg with the usual attributes; `up` None leaves the state alone."""
+    """An ifinfomsg with the usual attributes; `up` None leaves the state alone.
+
+    `no_ipv6_lladdr` stops the kernel from giving the link an IPv6 link-local address, and
+    with it the DAD, router and MLD solicitations that, from N vnodes on one bridge, are each
+    flooded to N ports (measured: the apply of 1000 vnodes went super-linear).
+    """
     body = ifinfo(index, IFF_UP if up else 0, IFF_UP if up is not None else 0)
     if ifname is not None:
         body += nla_str(IFLA_IFNAME, ifname)
@@ -118,6 +125,9 @@ def link_body(
         body += nla_u32(IFLA_GROUP, group)
     if netns_fd is not None:
         body += nla_u32(IFLA_NET_NS_FD, netns_fd)
+    if no_ipv6_lladdr:
+        mode = nla(IFLA_INET6_ADDR_GEN_MODE, bytes([IN6_ADDR_GEN_MODE_NONE]))
+        body += nla(IFLA_AF_SPEC, nla(socket.AF_INET6, mode))
     if kind is not None:
         info = nla_str(IFLA_INFO_KIND, kind)
         if info_data:
@@ -129,11 +139,14 @@ def link_body(
 def veth_body(
     ifname: str, index: int, mac: str, mtu: int, peer_name: str, peer_group: int, peer_netns_fd: int
 ) -> bytes:
-    """Create a veth pair, `ifname` up; the peer (down: the kernel refuses it up at creation)
-    lands in `peer_netns_fd` in `peer_group`."""
+    """Create a veth pair, both ends down; the peer lands in `peer_netns_fd` in `peer_group`.
+
+    Neither end can be set up or given IPv6 settings in this request (the kernel refuses:
+    ENOTCONN, EAFNOSUPPORT); follow with `link_body(..., no_ipv6_lladdr=True)`, then up.
+    """
     peer = link_body(peer_name, mtu=mtu, group=peer_group, netns_fd=peer_netns_fd)
     return link_body(
-        ifname, index, up=True, mac=mac, mtu=mtu, kind="veth", info_data=nla(VETH_INFO_PEER, peer)
+        ifname, index, mac=mac, mtu=mtu, kind="veth", info_data=nla(VETH_INFO_PEER, peer)
     )
 
 
