@@ -1,0 +1,188 @@
+"""The emulator end to end on the local testbed: the mode it picks per underlay profile,
+vnodes reaching each other across pnodes, rate shaping measured with iperf3, the preflight
+refusal of delay without sch_netem, and rollback after a failure on one pnode."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from omnibed.core.api import Omnibed
+from omnibed.core.errors import ApplyError, PreflightError
+from omnibed.emulator.coordinator import PLAN_FILE, Emulator
+from omnibed.emulator.model import load_platform
+from omnibed.emulator.planner import Plan, instance_tag
+
+pytestmark = pytest.mark.root
+
+EXAMPLES = Path(__file__).parents[2] / "examples"
+TWO_PER_PNODE = """
+networks:
+  - {name: lan, cidr: 10.77.0.0/24}
+nodes:
+  - name: vnode-{i}
+    per_pnode: 2
+    ifaces:
+      - {name: if0, network: lan}
+"""
+
+
+@pytest.fixture
+def api(tmp_path: Path) -> Omnibed:
+    return Omnibed(home=tmp_path / "home")
+
+
+@contextmanager
+def reserved(api: Omnibed, nodes: int, profile: str, extra_nics: int = 0) -> Iterator[str]:
+    request = api.make_request(
+        "local", nodes=nodes, walltime=timedelta(hours=1), extra_nics=extra_nics,
+        options={"profile": profile},
+    )
+    api.reserve("local", request)
+    try:
+        api.wait(request.name)
+        yield request.name
+    finally:
+        api.release(request.name)
+
+
+def netns_names() -> set[str]:
+    listing = subprocess.run(["ip", "-j", "netns", "list"], capture_output=True, text=True)
+    return {ns["name"] for ns in json.loads(listing.stdout or "[]")}
+
+
+def vnode_namespaces_of(name: str) -> set[str]:
+    """Namespaces the emulation of reservation `name` would name its vnodes with."""
+    return {ns for ns in netns_names() if ns.startswith(f"ob-{instance_tag(name)}-")}
+
+
+def pnode_links_in_group(api: Omnibed, name: str, group: int) -> list[str]:
+    """Links of the emulation's group still present in the pnodes' namespaces."""
+    found = []
+    for node in api.nodes(name):
+        links = json.loads(subprocess.run(
+            ["ip", "-j", "-n", node.hostname, "link", "show"], capture_output=True, text=True
+        ).stdout)
+        found += [link["ifname"] for link in links if link.get("group") == str(group)]
+    return found
+
+
+def addresses(plan: Plan) -> dict[str, str]:
+    return {v.name: v.ifaces[0].address.split("/")[0] for v in plan.vnodes}
+
+
+@pytest.mark.parametrize(
+    ("profile", "extra_nics", "pnodes", "mode"),
+    [
+        ("baremetal", 0, 3, "vxlan"),  # only the control NIC: never bridged
+        ("baremetal", 1, 2, "bridge"),
+        ("xen", 0, 2, "vxlan"),
+        ("xen", 1, 3, "bridge"),
+        ("kvm", 0, 3, "vxlan"),
+        ("nomcast", 0, 2, "vxlan"),
+    ],
+)
+def test_mode_reachability_and_clean_down(
+    api: Omnibed, profile: str, extra_nics: int, pnodes: int, mode: str
+) -> None:
+    with reserved(api, pnodes, profile, extra_nics) as name:
+        emulator = Emulator(api, name)
+        plan = emulator.up(load_platform(TWO_PER_PNODE))
+        try:
+            assert [n.mode for n in plan.networks] == [mode], plan.summary()
+            assert len({v.pnode for v in plan.vnodes}) == pnodes
+            targets = " ".join(addresses(plan).values())
+            everyone = f"for a in {targets}; do ping -c 1 -W 2 $a >/dev/null || exit 9; done"
+            results = emulator.exec(None, ["sh", "-c", everyone])
+            assert {v: r.exit_status for v, r in results.items()} == {
+                v.name: 0 for v in plan.vnodes
+            }
+            mtu = plan.networks[0].mtu
+            far = addresses(plan)[plan.vnodes[-1].name]
+            full_frame = emulator.exec(
+                [plan.vnodes[0].name], ["ping", "-c", "1", "-W", "2", "-M", "do",
+                                        "-s", str(mtu - 28), far]
+            )
+            assert full_frame[plan.vnodes[0].name].exit_status == 0, "MTU not carried"
+        finally:
+            emulator.down()
+        assert {v.netns for v in plan.vnodes} & netns_names() == set()
+        assert pnode_links_in_group(api, name, plan.group) == []
+        assert not (api.reservation_dir(name) / PLAN_FILE).exists()
+
+
+def _iperf_mbps(emulator: Emulator, client: str, server: str, server_address: str) -> float:
+    started = emulator.exec([server], ["iperf3", "-s", "-D", "-1"])
+    assert started[server].exit_status == 0, started[server].stderr
+    run = emulator.exec([client], ["iperf3", "-c", server_address, "-t", "4", "-O", "1", "-J"])
+    assert run[client].exit_status == 0, run[client].stderr
+    report = json.loads(run[client].stdout)
+    return report["end"]["sum_received"]["bits_per_second"] / 1e6
+
+
+@pytest.mark.parametrize("rate_mbit", [10, 100])
+def test_rate_shaping_measured_with_iperf3(api: Omnibed, rate_mbit: int) -> None:
+    platform = load_platform(f"""
+networks:
+  - {{name: lan, cidr: 10.78.0.0/24}}
+nodes:
+  - name: vnode-{{i}}
+    per_pnode: 1
+    ifaces:
+      - name: if0
+        network: lan
+        output: {{rate: {rate_mbit}mbit}}
+        input: {{rate: {rate_mbit}mbit}}
+""")
+    with reserved(api, 2, "baremetal") as name:
+        emulator = Emulator(api, name)
+        plan = emulator.up(platform)
+        try:
+            a, b = (v.name for v in plan.vnodes)
+            assert plan.vnode(a).pnode != plan.vnode(b).pnode
+            measured = _iperf_mbps(emulator, a, b, addresses(plan)[b])
+        finally:
+            emulator.down()
+    assert abs(measured - rate_mbit) <= 0.1 * rate_mbit, f"{measured:.1f} Mbit/s"
+
+
+def test_delay_fails_preflight_without_netem_and_changes_nothing(api: Omnibed) -> None:
+    if Path("/sys/module/sch_netem").exists():
+        pytest.skip("this kernel has sch_netem: the refusal cannot be shown here")
+    with reserved(api, 2, "baremetal") as name:
+        emulator = Emulator(api, name)
+        with pytest.raises(PreflightError) as refused:
+            emulator.up(load_platform(EXAMPLES / "delay.yaml"))
+        assert set(refused.value.missing) == {"pnode-1", "pnode-2"}
+        assert "sch_netem" in str(refused.value)
+        assert vnode_namespaces_of(name) == set()
+        assert not (api.reservation_dir(name) / PLAN_FILE).exists()
+        shaped = emulator.up(load_platform(EXAMPLES / "shaped.yaml"))  # rate alone works
+        assert len(shaped.vnodes) == 4
+        emulator.down()
+
+
+def test_failure_on_one_pnode_rolls_back_every_pnode(api: Omnibed) -> None:
+    platform = load_platform(TWO_PER_PNODE)
+    with reserved(api, 2, "baremetal") as name:
+        emulator = Emulator(api, name)
+        plan = emulator.up(platform)
+        emulator.down()
+        # The second pnode already holds a non-bridge link under the bridge's name.
+        second = next(n for n in api.nodes(name) if n.id == "pnode-2")
+        bridge = plan.state("pnode-2").bridges[0].name
+        subprocess.run(["ip", "-n", second.hostname, "link", "add", bridge, "type", "veth", "peer", "name", f"{bridge}p"],
+                       check=True)
+        with pytest.raises(ApplyError) as failed:
+            emulator.up(platform)
+        assert list(failed.value.failures) == ["pnode-2"]
+        assert failed.value.rolled_back
+        assert {v.netns for v in plan.vnodes} & netns_names() == set()
+        assert pnode_links_in_group(api, name, plan.group) == []
+        assert not (api.reservation_dir(name) / PLAN_FILE).exists()
