@@ -19,9 +19,9 @@ from omnibed.core import ssh
 from omnibed.core.api import Omnibed
 from omnibed.core.errors import OmnibedError, UsageError
 from omnibed.core.ledger import process_owner
-from omnibed.core.provider import implemented_verbs
+from omnibed.core.provider import VERBS, implemented_verbs
 from omnibed.core.timeutil import parse_walltime, to_utc, utcnow
-from omnibed.core.types import ReservationRequest
+from omnibed.core.types import Capability, ReservationRequest
 from rich.console import Console
 from rich.table import Table
 
@@ -143,9 +143,15 @@ def _uninterruptible() -> Iterator[None]:
 
 
 @app.command()
-def providers(as_json: AsJson = False) -> None:
+def providers(
+    as_json: AsJson = False,
+    markdown: Annotated[bool, typer.Option(help="Print the verb table in Markdown.")] = False,
+) -> None:
     """List the testbeds omnibed can use, where each comes from, and what it can do."""
     registry = _api().registry
+    if markdown:
+        print(_verb_table(registry))
+        return
     rows = []
     for name, provider_class in sorted(registry.providers.items()):
         caps = provider_class.capabilities
@@ -174,6 +180,20 @@ def providers(as_json: AsJson = False) -> None:
     out.print(table)
     for error in registry.errors:
         err.print(f"[yellow]warning:[/] {error}")
+
+
+def _verb_table(registry) -> str:
+    """Which verbs each testbed implements, derived from its code and capabilities."""
+    header = ["testbed", *VERBS, "extra NICs", "advance reservation"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for name, provider_class in sorted(registry.providers.items()):
+        verbs = implemented_verbs(provider_class)
+        caps = provider_class.capabilities
+        cells = ["yes" if verb in verbs else "no" for verb in VERBS]
+        advance = "yes" if Capability.ADVANCE_RESERVATION in caps else "no"
+        cells += [str(caps.max_extra_nics), advance]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 @app.command()
