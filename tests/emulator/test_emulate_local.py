@@ -5,16 +5,17 @@ refusal of delay without sch_netem, and rollback after a failure on one pnode.""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
-
 from omnibed.core.api import Omnibed
-from omnibed.core.errors import ApplyError, PreflightError
+from omnibed.core.errors import ApplyError, PlatformError, PreflightError
 from omnibed.emulator.coordinator import PLAN_FILE, Emulator
 from omnibed.emulator.model import load_platform
 from omnibed.emulator.planner import Plan, instance_tag
@@ -41,7 +42,10 @@ def api(tmp_path: Path) -> Omnibed:
 @contextmanager
 def reserved(api: Omnibed, nodes: int, profile: str, extra_nics: int = 0) -> Iterator[str]:
     request = api.make_request(
-        "local", nodes=nodes, walltime=timedelta(hours=1), extra_nics=extra_nics,
+        "local",
+        nodes=nodes,
+        walltime=timedelta(hours=1),
+        extra_nics=extra_nics,
         options={"profile": profile},
     )
     api.reserve("local", request)
@@ -57,6 +61,15 @@ def netns_names() -> set[str]:
     return {ns["name"] for ns in json.loads(listing.stdout or "[]")}
 
 
+def netem_available() -> bool:
+    """Whether this kernel accepts a netem qdisc (tried in a throwaway namespace)."""
+    tried = subprocess.run(
+        ["unshare", "-n", "tc", "qdisc", "add", "dev", "lo", "root", "netem", "delay", "1ms"],
+        capture_output=True,
+    )
+    return tried.returncode == 0
+
+
 def vnode_namespaces_of(name: str) -> set[str]:
     """Namespaces the emulation of reservation `name` would name its vnodes with."""
     return {ns for ns in netns_names() if ns.startswith(f"ob-{instance_tag(name)}-")}
@@ -66,9 +79,11 @@ def pnode_links_in_group(api: Omnibed, name: str, group: int) -> list[str]:
     """Links of the emulation's group still present in the pnodes' namespaces."""
     found = []
     for node in api.nodes(name):
-        links = json.loads(subprocess.run(
-            ["ip", "-j", "-n", node.hostname, "link", "show"], capture_output=True, text=True
-        ).stdout)
+        links = json.loads(
+            subprocess.run(
+                ["ip", "-j", "-n", node.hostname, "link", "show"], capture_output=True, text=True
+            ).stdout
+        )
         found += [link["ifname"] for link in links if link.get("group") == str(group)]
     return found
 
@@ -106,8 +121,8 @@ def test_mode_reachability_and_clean_down(
             mtu = plan.networks[0].mtu
             far = addresses(plan)[plan.vnodes[-1].name]
             full_frame = emulator.exec(
-                [plan.vnodes[0].name], ["ping", "-c", "1", "-W", "2", "-M", "do",
-                                        "-s", str(mtu - 28), far]
+                [plan.vnodes[0].name],
+                ["ping", "-c", "1", "-W", "2", "-M", "do", "-s", str(mtu - 28), far],
             )
             assert full_frame[plan.vnodes[0].name].exit_status == 0, "MTU not carried"
         finally:
@@ -153,7 +168,7 @@ nodes:
 
 
 def test_delay_fails_preflight_without_netem_and_changes_nothing(api: Omnibed) -> None:
-    if Path("/sys/module/sch_netem").exists():
+    if netem_available():
         pytest.skip("this kernel has sch_netem: the refusal cannot be shown here")
     with reserved(api, 2, "baremetal") as name:
         emulator = Emulator(api, name)
@@ -177,8 +192,22 @@ def test_failure_on_one_pnode_rolls_back_every_pnode(api: Omnibed) -> None:
         # The second pnode already holds a non-bridge link under the bridge's name.
         second = next(n for n in api.nodes(name) if n.id == "pnode-2")
         bridge = plan.state("pnode-2").bridges[0].name
-        subprocess.run(["ip", "-n", second.hostname, "link", "add", bridge, "type", "veth", "peer", "name", f"{bridge}p"],
-                       check=True)
+        subprocess.run(
+            [
+                "ip",
+                "-n",
+                second.hostname,
+                "link",
+                "add",
+                bridge,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                f"{bridge}p",
+            ],
+            check=True,
+        )
         with pytest.raises(ApplyError) as failed:
             emulator.up(platform)
         assert list(failed.value.failures) == ["pnode-2"]
@@ -186,3 +215,114 @@ def test_failure_on_one_pnode_rolls_back_every_pnode(api: Omnibed) -> None:
         assert {v.netns for v in plan.vnodes} & netns_names() == set()
         assert pnode_links_in_group(api, name, plan.group) == []
         assert not (api.reservation_dir(name) / PLAN_FILE).exists()
+
+
+FORCED_BRIDGE = """
+networks:
+  - {name: lan, cidr: 10.79.0.0/24, mode: bridge}
+nodes:
+  - name: vnode-{i}
+    per_pnode: 1
+    ifaces:
+      - {name: if0, network: lan}
+"""
+
+
+def test_forced_bridge_on_a_locked_underlay(api: Omnibed) -> None:
+    """Refused with the reason; with force, built and reported unreachable."""
+    with reserved(api, 2, "kvm") as name:
+        emulator = Emulator(api, name)
+        with pytest.raises(PlatformError, match="foreign MAC") as refused:
+            emulator.up(load_platform(FORCED_BRIDGE))
+        assert "--force" in str(refused.value)
+        assert vnode_namespaces_of(name) == set()
+        plan = emulator.up(load_platform(FORCED_BRIDGE), force=True)
+        try:
+            assert plan.unreachable_expected == ("lan",)
+            checks = emulator.connectivity()
+            assert checks and not any(check["ok"] for check in checks)
+        finally:
+            emulator.down()
+
+
+def test_reserve_and_run_with_a_platform_through_the_cli(tmp_path: Path) -> None:
+    omnibed = str(Path(sys.executable).with_name("omnibed"))
+    env = {**os.environ, "OMNIBED_HOME": str(tmp_path / "home"), "COLUMNS": "200"}
+    result = subprocess.run(
+        [
+            omnibed,
+            "reserve-and-run",
+            "--testbed",
+            "local",
+            "-o",
+            "profile=xen",
+            "--nodes",
+            "2",
+            "--platform",
+            str(EXAMPLES / "listing1.yaml"),
+            "--",
+            "hostname",
+            "-I",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "vnetwork vnetwork (192.168.0.0/22): vxlan" in result.stdout
+    assert "why:" in result.stdout
+    assert "vnode-0 -> vnode-2 reachable" in result.stdout
+    for i in range(4):
+        assert f"[vnode-{i}] 192.168.0.{i + 1}" in result.stdout
+    assert "4/4 succeeded" in result.stderr and "released" in result.stderr
+    listed = subprocess.run([omnibed, "ls", "--json"], env=env, capture_output=True, text=True)
+    assert json.loads(listed.stdout) == []
+
+
+def test_emulate_status_json_through_the_cli(api: Omnibed) -> None:
+    omnibed = str(Path(sys.executable).with_name("omnibed"))
+    env = {**os.environ, "OMNIBED_HOME": str(api.home)}
+    with reserved(api, 2, "xen", extra_nics=1) as name:
+        up = subprocess.run(
+            [omnibed, "emulate", "up", name, str(EXAMPLES / "listing1.yaml")],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert up.returncode == 0, up.stderr
+        status = json.loads(
+            subprocess.run(
+                [omnibed, "emulate", "status", name, "--json"],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=120,
+            ).stdout
+        )
+        network = status["networks"][0]
+        assert (network["mode"], network["nics"]) == (
+            "bridge",
+            {"pnode-1": "eth1", "pnode-2": "eth1"},
+        )
+        assert "extra NIC" in network["reason"]
+        assert [v["pnode"] for v in status["vnodes"]] == [
+            "pnode-1",
+            "pnode-1",
+            "pnode-2",
+            "pnode-2",
+        ]
+        assert all(state["complete"] for state in status["pnodes"].values())
+        ran = subprocess.run(
+            [omnibed, "emulate", "exec", name, "vnode-3", "--", "hostname -I"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert "[vnode-3] 192.168.0.4" in ran.stdout
+        down = subprocess.run(
+            [omnibed, "emulate", "down", name], env=env, capture_output=True, text=True, timeout=120
+        )
+        assert "removed 4 vnodes" in down.stdout
