@@ -175,3 +175,35 @@ def test_sigkill_then_gc_releases_everything(tmp_path: Path) -> None:
     collected = omnibed(home, "gc")
     assert f"released {listed[0]['name']}" in collected.stdout
     assert_nothing_left(home, made, marker)
+
+
+def test_ssh_snapshot_and_image_through_the_cli(tmp_path: Path) -> None:
+    name, image = f"cli-img-{uuid.uuid4().hex[:4]}", f"img-{uuid.uuid4().hex[:6]}"
+    omnibed(tmp_path, "reserve", "--testbed", "local", "--nodes", "1", "--name", name)
+    try:
+        env = {**os.environ, "OMNIBED_HOME": str(tmp_path)}
+        shell = subprocess.run(
+            [OMNIBED, "ssh", name, "pnode-1"],
+            env=env,
+            capture_output=True,
+            text=True,
+            input='id -u; echo kept > "$OMNIBED_NODE_DIR/result.txt"\n',
+            timeout=60,
+        )
+        assert shell.returncode == 0, shell.stderr
+        assert shell.stdout.split() == ["0"]
+        saved = omnibed(tmp_path, "snapshot", name, "pnode-1", image)
+        assert image in saved.stdout
+    finally:
+        omnibed(tmp_path, "release", name)
+    ran = omnibed(
+        tmp_path,
+        "reserve-and-run",
+        "--testbed",
+        "local",
+        "-o",
+        f"image={image}",
+        "--",
+        'cat "$OMNIBED_NODE_DIR/result.txt"',
+    )
+    assert "[pnode-1] kept" in ran.stdout
