@@ -313,13 +313,14 @@ class ProviderConformance:
 
     @contract_rule
     def test_snapshot_gives_an_image_a_new_reservation_accepts(
-        self, omnibed_provider: Provider, reservations: Reservations
+        self, omnibed_provider: Provider, reservations: Reservations, omnibed_key: Any
     ) -> None:
         """snapshot returns an image id that a new reservation (image=...) accepts."""
         self.require(omnibed_provider, Capability.SNAPSHOT)
         ready = reservations.ready()
         node = omnibed_provider.list_nodes(ready)[0]
-        image = omnibed_provider.snapshot(ready, node, f"{ready.name}-image")
+        key_file = str(omnibed_key.private_path)
+        image = omnibed_provider.snapshot(ready, node, f"{ready.name}-image", key_file)
         assert isinstance(image, str) and image, f"snapshot returned {image!r}"
         again = reservations.ready(image=image)
         assert again.state is ReservationState.READY, f"reservation on {image} is {again.state}"
@@ -340,7 +341,7 @@ class ProviderConformance:
 
     @contract_rule
     def test_undeclared_verbs_raise_not_supported(
-        self, omnibed_provider: Provider, reservations: Reservations
+        self, omnibed_provider: Provider, reservations: Reservations, omnibed_key: Any
     ) -> None:
         """a verb whose capability is not declared raises NotSupported."""
         verbs = {Capability.SNAPSHOT: "snapshot", Capability.EXTEND: "extend"}
@@ -351,7 +352,9 @@ class ProviderConformance:
         ready = reservations.ready()
         node = omnibed_provider.list_nodes(ready)[0]
         calls = {
-            "snapshot": lambda: omnibed_provider.snapshot(ready, node, f"{ready.name}-image"),
+            "snapshot": lambda: omnibed_provider.snapshot(
+                ready, node, f"{ready.name}-image", str(omnibed_key.private_path)
+            ),
             "extend": lambda: omnibed_provider.extend(ready, ready.end + timedelta(minutes=30)),
         }
         for verb in undeclared:

@@ -215,7 +215,8 @@ class Omnibed:
 
     def snapshot(self, name: str, node_id: str, image: str) -> str:
         provider, reservation = self.reservation(name)
-        return provider.snapshot(reservation, self._node(provider, reservation, node_id), image)
+        node = self._node(provider, reservation, node_id)
+        return provider.snapshot(reservation, node, image, str(self.keypair(name).private_path))
 
     def extend(self, name: str, end: datetime) -> Reservation:
         provider, reservation = self.reservation(name)

@@ -109,8 +109,11 @@ class Provider(ABC):
     def nic_capabilities(self, reservation: Reservation, node: Node) -> list[Nic]:
         """The node's NICs: at least one CONTROL NIC, with tri-state foreign_mac/multicast."""
 
-    def snapshot(self, reservation: Reservation, node: Node, image: str) -> str:
-        """Save the node's disk as an image; return the id `-o image=` accepts later."""
+    def snapshot(self, reservation: Reservation, node: Node, image: str, key_file: str) -> str:
+        """Save the node's disk as an image; return the id `-o image=` accepts later.
+
+        `key_file` is the reservation's private key (the one given to root_access), for
+        providers that must log in to make the image."""
         raise NotSupported(self.name, "snapshot")
 
     def extend(self, reservation: Reservation, end: datetime) -> Reservation:

@@ -81,7 +81,6 @@ class _Record:
     server_ids: list[str] = field(default_factory=list)
     fip_id: str | None = None
     fip_address: str | None = None
-    key_file: str | None = None  # the private key root_access was last given
 
     @property
     def kvm(self) -> bool:
@@ -370,9 +369,6 @@ class ChameleonProvider(Provider):
     def root_access(self, reservation: Reservation, node: Node, key_file: str) -> SSHEndpoint:
         """Log in as `cc` and, with sudo, let `key_file` log in as root (CC images refuse it)."""
         record = self._record(reservation)
-        if record.key_file != key_file:
-            record.key_file = key_file
-            self._save(record)
         known_hosts = Path(key_file).with_name("known_hosts")
         root = self._endpoint(record, node, key_file, "root")
         if _is_root(root, known_hosts):
@@ -395,7 +391,7 @@ class ChameleonProvider(Provider):
     def nic_capabilities(self, reservation: Reservation, node: Node) -> list[Nic]:
         record = self._record(reservation)
         ports = self._client(record).ports(node.id)
-        key_file = self._key_file(record)
+        key_file = self._reservation_key(record)
         names: dict[str, str] = {}
         if Path(key_file).exists():  # interface names are only known on the node itself
             listing = ssh.run(self._endpoint(record, node, key_file, _convert.CC_USER),
@@ -406,20 +402,21 @@ class ChameleonProvider(Provider):
                                        record.kvm, control=index == 0)
                 for index, port in enumerate(ports)]
 
-    def _key_file(self, record: _Record) -> str:
-        """The key root_access was given, else $OMNIBED_HOME/reservations/<name>/id_ed25519."""
-        return record.key_file or str(
-            self.state_dir.parent.parent / "reservations" / record.name / ssh.KEY_NAME)
+    def _reservation_key(self, record: _Record) -> str:
+        """$OMNIBED_HOME/reservations/<name>/id_ed25519: nic_capabilities is given no key, and
+        interface names are only known on the node itself."""
+        return str(self.state_dir.parent.parent / "reservations" / record.name / ssh.KEY_NAME)
 
     # -- snapshot / extend ------------------------------------------------------------------
-    def snapshot(self, reservation: Reservation, node: Node, image: str) -> str:
-        """KVM: Nova createImage. Bare metal: `cc-snapshot` on the node, then found in Glance."""
+    def snapshot(self, reservation: Reservation, node: Node, image: str, key_file: str) -> str:
+        """KVM: Nova createImage. Bare metal: `cc-snapshot` on the node (logged in as cc with
+        `key_file`), then found in Glance."""
         record = self._record(reservation)
         client = self._client(record)
         if record.kvm:
             image_id = client.snapshot_server(node.id, image)
         else:
-            self._cc_snapshot(record, client, node, image)
+            self._cc_snapshot(record, client, node, image, key_file)
             found = client.image(image)
             if found is None:
                 raise ProviderError(f"cc-snapshot ended but Glance has no image {image!r}",
@@ -428,12 +425,7 @@ class ChameleonProvider(Provider):
         return image_id
 
     def _cc_snapshot(self, record: _Record, client: ChameleonClient, node: Node,
-                     image: str) -> None:
-        key_file = self._key_file(record)
-        if not Path(key_file).exists():
-            raise SSHError(f"cc-snapshot must run on {node.hostname} but no key of "
-                           f"{record.name!r} is known: expected {key_file} (or call "
-                           "root_access with the key first)", host=node.ssh.host)
+                     image: str, key_file: str) -> None:
         endpoint = self._endpoint(record, node, key_file, _convert.CC_USER)
         command = ("IFS= read -r OS_TOKEN && export OS_TOKEN && exec sudo -E cc-snapshot "
                    f"-f -y {shlex.quote(image)}")

@@ -228,11 +228,12 @@ class CloudLabProvider(Provider):
         manifest = self.client.manifest(reservation.site or DEFAULT_SITE, reservation.name)
         return _convert.to_nics(manifest, node.id)
 
-    def snapshot(self, reservation: Reservation, node: Node, image: str) -> str:
+    def snapshot(self, reservation: Reservation, node: Node, image: str, key_file: str) -> str:
         """ProtoGENI CreateImage of the node's disk; returns the URN `-o image=` takes.
 
         CloudLab image names are alphanumeric: other characters of `image` are dropped
-        (`web-v2` becomes `webv2`); the returned URN holds the name actually used.
+        (`web-v2` becomes `webv2`); the returned URN holds the name actually used. CloudLab
+        images the disk itself: `key_file` is unused.
         """
         image = "".join(char for char in image if char.isascii() and char.isalnum())
         if not _IMAGE_NAME.match(image):

@@ -415,8 +415,9 @@ class Grid5000Provider(Provider):
             vlan=vlans[0] if vlans else None,
         )
 
-    def snapshot(self, reservation: Reservation, node: Node, image: str) -> str:
-        """tgz-g5k of the node and a kaenv3 registration on the site's frontend."""
+    def snapshot(self, reservation: Reservation, node: Node, image: str, key_file: str) -> str:
+        """tgz-g5k of the node and a kaenv3 registration on the site's frontend (tgz-g5k logs
+        in to the node with the frontend keys kadeploy installed, so `key_file` is unused)."""
 
         if not _IMAGE_NAME.match(image):
             raise UsageError(f"image name {image!r}: use letters, digits, '.', '_' and '-'")

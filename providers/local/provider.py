@@ -263,7 +263,7 @@ class LocalProvider(Provider):
 
     # changes -----------------------------------------------------------------------------
 
-    def snapshot(self, reservation: Reservation, node: Node, image: str) -> str:
+    def snapshot(self, reservation: Reservation, node: Node, image: str, key_file: str) -> str:
         pnode = self._pnode(reservation, node)
         return images.pack(Path(pnode.dir) / "root", self.state_dir, image)
 

@@ -213,7 +213,7 @@ def test_snapshot_seeds_a_later_reservation(
     assert write["pnode-1"].exit_status == 0, write["pnode-1"].stderr
     image = f"img-{token[:8]}"
     node = provider.list_nodes(first)[0]
-    assert provider.snapshot(first, node, image) == image
+    assert provider.snapshot(first, node, image, str(keypair.private_path)) == image
 
     second = reserve(nodes=2, image=image)
     read = run_as_root(provider, second, keypair, 'cat "$OMNIBED_NODE_DIR/etc/token"',

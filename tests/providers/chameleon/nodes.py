@@ -67,8 +67,8 @@ class NetnsNodes:
         self.unix_socket = unix_socket
         self.lan = f"{self.tag}-lan"
         self.nodes: dict[str, tuple[str, FakeSSHD]] = {}
-        self.gateway_link: str | None = None
-        self.bound: dict[str, str] = {}
+        self.gateways: dict[str, tuple[str, str]] = {}  # server -> (host-side link, its IP)
+        self.bindings = 0
         self.booted = 0
         _ip("netns", "add", self.lan)
         _ip("link", "add", "br0", "type", "bridge", netns=self.lan)
@@ -126,24 +126,30 @@ class NetnsNodes:
         return address, mac
 
     def bind_floating_ip(self, server_id: str) -> str:
+        """A veth from this host into the server, one /30 per floating IP (several
+        reservations may hold one at a time); binding a bound server again keeps it."""
+        if server_id in self.gateways:
+            return self.gateways[server_id][1]
         ns = self.nodes[server_id][0]
-        link = self.gateway_link = f"{self.tag}g"
+        self.bindings += 1
+        base = 4 * self.bindings
+        link = f"{self.tag}g{self.bindings}"
         _ip("link", "add", link, "type", "veth", "peer", "name", "fip0", "netns", ns)
-        _ip("addr", "add", f"172.31.{self.subnet}.1/30", "dev", link)
+        _ip("addr", "add", f"172.31.{self.subnet}.{base + 1}/30", "dev", link)
         _ip("link", "set", link, "up")
-        _ip("addr", "add", f"172.31.{self.subnet}.2/30", "dev", "fip0", netns=ns)
+        _ip("addr", "add", f"172.31.{self.subnet}.{base + 2}/30", "dev", "fip0", netns=ns)
         _ip("link", "set", "fip0", "up", netns=ns)
-        self.bound[server_id] = f"172.31.{self.subnet}.2"
-        return self.bound[server_id]
+        self.gateways[server_id] = (link, f"172.31.{self.subnet}.{base + 2}")
+        return self.gateways[server_id][1]
 
     def delete(self, server_id: str) -> None:
         ns, sshd = self.nodes.pop(server_id)
         sshd.stop()
         subprocess.run(["ip", "netns", "del", ns], capture_output=True)
         shutil.rmtree(Path("/etc/netns") / ns, ignore_errors=True)
-        if self.bound.pop(server_id, None) and self.gateway_link:
-            subprocess.run(["ip", "link", "del", self.gateway_link], capture_output=True)
-            self.gateway_link = None
+        gateway = self.gateways.pop(server_id, None)
+        if gateway is not None:
+            subprocess.run(["ip", "link", "del", gateway[0]], capture_output=True)
 
     def close(self) -> None:
         for server_id in list(self.nodes):

@@ -128,7 +128,8 @@ def test_kvm_servers_with_a_flavor_gateway_snapshot_and_no_lease(provider, cloud
     assert all("OS-SCH-HNT:scheduler_hints" not in b for b in bodies)
     nodes = provider.list_nodes(reservation)
     assert len(cloud.state.floatingips) == 1 and nodes[1].ssh.jumps
-    image = provider.snapshot(reservation, nodes[0], "kvm-snap")
+    image = provider.snapshot(reservation, nodes[0], "kvm-snap",
+                              "/nonexistent/id_ed25519")  # Nova images it: no login
     assert cloud.state.images[image]["name"] == "kvm-snap"
     assert cloud.state.images[image]["instance_uuid"] == nodes[0].id
     with pytest.raises(NotSupported):

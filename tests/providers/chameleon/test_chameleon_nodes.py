@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -70,15 +71,20 @@ def test_gateway_jump_root_nics_and_release(real, site):
         assert nics[0].foreign_mac is (Tri.NO if site.startswith("KVM") else Tri.UNKNOWN)
     provider.release(reservation)
     assert cloud.state.counts() == NOTHING
-    assert nodes.nodes == {} and nodes.gateway_link is None
+    assert nodes.nodes == {} and nodes.gateways == {}
 
 
 def test_bare_metal_snapshot_runs_cc_snapshot_with_sudo(real):
     cloud, nodes, provider, home = real
-    reservation = provider.wait(provider.reserve(request("snap", site="CHI@UC", nodes=2,
-                                                         home=home)), timeout=120)
+    keys = ssh.ensure_keypair(home / "elsewhere")  # not omnibed's layout: only the argument
+    ask = dataclasses.replace(request("snap", site="CHI@UC", nodes=2),
+                              public_key=keys.public_openssh)
+    reservation = provider.wait(provider.reserve(ask), timeout=120)
     node = provider.list_nodes(reservation)[1]  # behind the gateway
-    image = provider.snapshot(reservation, node, "my-snapshot")
+    with pytest.raises(SSHError):  # the key decides: another one is refused
+        provider.snapshot(reservation, node, "refused",
+                          str(ssh.ensure_keypair(home / "other").private_path))
+    image = provider.snapshot(reservation, node, "my-snapshot", str(keys.private_path))
     assert cloud.state.images[image]["name"] == "my-snapshot"
     assert cloud.state.images[image]["uploaded_by"] == "cc-snapshot"
     provider.release(reservation)

@@ -23,6 +23,7 @@ from tests.fakes.protogeni import FakeProtoGENI, NoNodes, make_pki
 MAX_SLICE_LIFE = timedelta(days=3)  # as the conftest builds the fake
 
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBxjYLMc7WmNLp0Vq1Dn2bR2Gqv5cM2xZ3bJ0bXx8kq1 res"
+NO_KEY_FILE = "/nonexistent/id_ed25519"  # CloudLab images the disk without logging in
 
 
 def request(name: str, **kwargs) -> ReservationRequest:
@@ -45,7 +46,7 @@ def test_full_verb_set(provider: CloudLabProvider, fake: FakeProtoGENI) -> None:
     assert [nic.role for nic in nics] == [NicRole.CONTROL, NicRole.EXTRA]
     assert nics[1].foreign_mac is Tri.YES and nics[1].addresses == ("10.10.1.1/24",)
     assert len(nics[1].mac) == 17
-    image = provider.snapshot(ready, nodes[1], "golden1")
+    image = provider.snapshot(ready, nodes[1], "golden1", NO_KEY_FILE)
     assert image == "urn:publicid:IDN+utah.cloudlab.us+image+omnibedtest//golden1"
     assert fake.state.images[image]["node"] == "node1"
     assert "CreateImage" in fake.state.calls
@@ -59,7 +60,7 @@ def test_full_verb_set(provider: CloudLabProvider, fake: FakeProtoGENI) -> None:
 
 def test_snapshot_is_accepted_as_image_later(provider: CloudLabProvider, fake: FakeProtoGENI):
     first = provider.wait(provider.reserve(request("snap1", nodes=1)), timeout=60)
-    image = provider.snapshot(first, provider.list_nodes(first)[0], "mine")
+    image = provider.snapshot(first, provider.list_nodes(first)[0], "mine", NO_KEY_FILE)
     second = provider.reserve(request("snap2", nodes=1, image=image))
     manifest = fake.state.slivers[second.id].manifest.decode()
     assert f'name="{image}"' in manifest

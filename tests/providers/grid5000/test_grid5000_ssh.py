@@ -81,7 +81,7 @@ def test_deploy_snapshot_and_redeploy_the_snapshot(provider, fake, testbed, tmp_
     endpoint = provider.root_access(ready, node, str(keys.private_path))
     assert ssh.run(endpoint, "id -u", known_hosts).stdout.strip() == "0"
 
-    image = provider.snapshot(ready, node, "omnibed-snap")
+    image = provider.snapshot(ready, node, "omnibed-snap", str(keys.private_path))
     assert image == "omnibed-snap"
     frontend_key = " ".join(testbed.frontend_key.public_openssh.split()[:2])
     assert frontend_key in testbed.nodes[node.id].authorized_keys_file.read_text()
