@@ -207,3 +207,20 @@ def test_ssh_snapshot_and_image_through_the_cli(tmp_path: Path) -> None:
         'cat "$OMNIBED_NODE_DIR/result.txt"',
     )
     assert "[pnode-1] kept" in ran.stdout
+
+
+def test_gc_releases_expired_reservations(tmp_path: Path) -> None:
+    name = f"cli-exp-{uuid.uuid4().hex[:4]}"
+    omnibed(tmp_path, "reserve", "--testbed", "local", "--walltime", "1s", "--name", name)
+    made = reservation_id(tmp_path)
+    kept = f"cli-kept-{uuid.uuid4().hex[:4]}"
+    omnibed(tmp_path, "reserve", "--testbed", "local", "--walltime", "1h", "--name", kept)
+    try:
+        time.sleep(1.5)
+        collected = omnibed(tmp_path, "gc")
+        assert f"released {name} (expired)" in collected.stdout
+        assert kept not in collected.stdout
+        assert [e["name"] for e in json.loads(omnibed(tmp_path, "ls", "--json").stdout)] == [kept]
+        assert leftovers(made) == []
+    finally:
+        omnibed(tmp_path, "release", kept)
