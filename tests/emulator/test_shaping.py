@@ -13,6 +13,7 @@ from __future__ import annotations
 import errno
 import json
 import math
+import shutil
 import struct
 import subprocess
 import threading
@@ -340,6 +341,7 @@ def _run(*argv: str) -> str:
 
 def tc_sent(tmp_path: Path, *tc_args: str) -> bytes:
     """The RTM_NEWQDISC request `tc` sends (in a fresh namespace, whatever the kernel says)."""
+    assert shutil.which("strace"), "strace is missing: scripts/setup installs it"
     trace = tmp_path / "tc.strace"
     subprocess.run(
         ["unshare", "-n", "strace", "-qq", "-o", str(trace), "-e", "trace=sendmsg",
