@@ -369,26 +369,34 @@ def nics(name: Name, as_json: AsJson = False) -> None:
 
 def _run_and_report(api: Omnibed, name: str, command: list[str]) -> int:
     """Run on every node with output prefixed by node; return how many nodes failed."""
+    command = _command(command)
+    text = " ".join(command) if len(command) > 1 else command[0]
+    results = api.run(name, text, on_line=_print_line)
+    return _print_exit_table("node", {node: r.exit_status for node, r in results.items()})
+
+
+def _command(command: list[str]) -> list[str]:
+    """The words after `--` (Click keeps the `--` when it follows a positional argument)."""
     if command[:1] == ["--"]:
         command = command[1:]
     if not command:
         raise UsageError("no command given: put it after `--`, e.g. `-- id -u`")
-    text = " ".join(command) if len(command) > 1 else command[0]
+    return command
 
-    def on_line(node: str, stream: str, line: str) -> None:
-        console = err if stream == "stderr" else out
-        console.print(f"[cyan]\\[{node}][/] {line}", highlight=False, markup=True)
 
-    results = api.run(name, text, on_line=on_line)
-    failed = [node for node, result in results.items() if result.exit_status != 0]
-    table = Table(
-        "node", "exit status", title=f"{len(results) - len(failed)}/{len(results)} succeeded"
-    )
-    for node, result in results.items():
-        style = "green" if result.exit_status == 0 else "red"
-        table.add_row(node, f"[{style}]{result.exit_status}[/]")
+def _print_line(who: str, stream: str, line: str) -> None:
+    console = err if stream == "stderr" else out
+    console.print(f"[cyan]\\[{who}][/] {line}", highlight=False, markup=True)
+
+
+def _print_exit_table(kind: str, statuses: dict[str, int]) -> int:
+    """Print each node's exit status on stderr; return how many failed."""
+    failed = sum(1 for status in statuses.values() if status != 0)
+    table = Table(kind, "exit status", title=f"{len(statuses) - failed}/{len(statuses)} succeeded")
+    for who, status in statuses.items():
+        table.add_row(who, f"[{'green' if status == 0 else 'red'}]{status}[/]")
     err.print(table)
-    return len(failed)
+    return failed
 
 
 @app.command(context_settings={"allow_interspersed_args": False})
@@ -539,25 +547,14 @@ def _emulate_up(api: Omnibed, name: str, platform_file: Path, *, force: bool) ->
 
 
 def _exec_and_report(api: Omnibed, name: str, vnode: str | None, command: list[str]) -> int:
-    if command[:1] == ["--"]:
-        command = command[1:]
-    if not command:
-        raise UsageError("no command given: put it after `--`, e.g. `-- hostname -I`")
+    command = _command(command)
     argv = ["sh", "-c", " ".join(command)] if len(command) == 1 else command
     results = _emulator(api, name).exec([vnode] if vnode else None, argv)
     for result in results.values():
-        for stream, console in ((result.stdout, out), (result.stderr, err)):
-            for line in stream.splitlines():
-                console.print(f"[cyan]\\[{result.vnode}][/] {line}", highlight=False)
-    failed = [r for r in results.values() if r.exit_status != 0]
-    table = Table(
-        "vnode", "exit status", title=f"{len(results) - len(failed)}/{len(results)} succeeded"
-    )
-    for result in results.values():
-        style = "green" if result.exit_status == 0 else "red"
-        table.add_row(result.vnode, f"[{style}]{result.exit_status}[/]")
-    err.print(table)
-    return len(failed)
+        for stream in ("stdout", "stderr"):
+            for line in getattr(result, stream).splitlines():
+                _print_line(result.vnode, stream, line)
+    return _print_exit_table("vnode", {v: r.exit_status for v, r in results.items()})
 
 
 @emulate_app.command("up")
