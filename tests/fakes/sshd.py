@@ -54,7 +54,7 @@ class FakeSSHD:
 
     `host_key` is the server's public key line ("ssh-ed25519 AAAA..."). `netns` runs sshd
     with `ip netns exec NETNS` (the port then defaults to 22: nothing in the namespace
-    competes for it). `user_home` sets HOME for the sessions. `log()` returns sshd's log.
+    competes for it). `user_home` sets HOME and `path` sets PATH for the sessions. `log()` returns sshd's log.
     """
 
     def __init__(
@@ -65,12 +65,14 @@ class FakeSSHD:
         netns: str | None = None,
         user_home: str | None = None,
         log_level: str = "VERBOSE",
+        path: str | None = None,
     ) -> None:
         self.authorized_keys = list(authorized_keys)
         self.host = address
         self.port = port if port is not None else (22 if netns else free_port(address))
         self.netns = netns
         self.user_home = user_home
+        self.path = path
         self.log_level = log_level
         self.host_key = ""
         self.directory: Path | None = None
@@ -95,8 +97,10 @@ class FakeSSHD:
             "Subsystem sftp internal-sftp",
             f"LogLevel {self.log_level}",
         ]
-        if self.user_home:
-            lines.append(f"SetEnv HOME={self.user_home}")
+        session_env = {"HOME": self.user_home, "PATH": self.path}
+        settings = " ".join(f"{k}={v}" for k, v in session_env.items() if v)
+        if settings:  # sshd honours only the first SetEnv line: one line for all
+            lines.append(f"SetEnv {settings}")
         return "\n".join(lines) + "\n"
 
     def start(self) -> FakeSSHD:
