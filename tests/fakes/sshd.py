@@ -54,7 +54,8 @@ class FakeSSHD:
 
     `host_key` is the server's public key line ("ssh-ed25519 AAAA..."). `netns` runs sshd
     with `ip netns exec NETNS` (the port then defaults to 22: nothing in the namespace
-    competes for it). `user_home` sets HOME and `path` sets PATH for the sessions. `log()` returns sshd's log.
+    competes for it). `user_home` sets HOME and `path` sets PATH for the sessions.
+    `log()` returns sshd's log.
     """
 
     def __init__(
