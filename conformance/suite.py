@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+
 from omnibed.core.errors import (
     NotSupported,
     OmnibedError,

@@ -15,6 +15,9 @@ from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
 import typer
+from rich.console import Console
+from rich.table import Table
+
 from omnibed.core import ssh
 from omnibed.core.api import Omnibed
 from omnibed.core.errors import OmnibedError, UsageError
@@ -22,8 +25,6 @@ from omnibed.core.ledger import process_owner
 from omnibed.core.provider import VERBS, implemented_verbs
 from omnibed.core.timeutil import parse_walltime, to_utc, utcnow
 from omnibed.core.types import Capability, ReservationRequest
-from rich.console import Console
-from rich.table import Table
 
 app = typer.Typer(
     help="Reserve machines on research testbeds, run commands on them as root, and emulate "

@@ -19,10 +19,11 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from platformdirs import user_state_dir
+
 from omnibed.core.errors import UsageError
 from omnibed.core.timeutil import utcnow
 from omnibed.core.types import Reservation, ReservationState
-from platformdirs import user_state_dir
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS reservations (

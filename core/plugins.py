@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 
 import pluggy
+
 from omnibed.core import hookspecs
 from omnibed.core.errors import PluginLoadError, UsageError
 from omnibed.core.provider import Provider

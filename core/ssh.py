@@ -24,6 +24,7 @@ from threading import Lock
 import paramiko
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
 from omnibed.core.errors import HostKeyMismatch, SSHError
 from omnibed.core.types import SSHEndpoint
 

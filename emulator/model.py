@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
 from omnibed.core.errors import PlatformError
 from omnibed.emulator.state import Shaping
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import IO, Any, Self, TypeVar
 
 import paramiko
+
 from omnibed.core import ssh
 from omnibed.core.errors import EmulatorError, SSHError
 from omnibed.core.types import SSHEndpoint

@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+
 from omnibed.core.errors import UsageError
 from omnibed.core.ledger import Ledger, owner_alive, process_owner
 from omnibed.core.types import Reservation, ReservationState

@@ -10,6 +10,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+
 from omnibed.core.errors import UsageError
 from omnibed.core.plugins import load_providers
 

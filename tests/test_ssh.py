@@ -13,6 +13,7 @@ from pathlib import Path
 
 import paramiko
 import pytest
+
 from omnibed.core.errors import HostKeyMismatch, SSHError
 from omnibed.core.ssh import (
     CommandResult,
@@ -24,7 +25,6 @@ from omnibed.core.ssh import (
     ssh_command_line,
 )
 from omnibed.core.types import SSHEndpoint
-
 from tests.fakes.sshd import FakeSSHD, free_port
 
 StartSSHD = Callable[..., FakeSSHD]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pytest
+
 from omnibed.core.timeutil import (
     format_walltime,
     from_epoch,

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from omnibed.providers.chameleon.provider import ChameleonProvider
-
 from omnibed import hookimpl
+from omnibed.providers.chameleon.provider import ChameleonProvider
 
 __all__ = ["ChameleonProvider", "omnibed_register_providers"]
 

@@ -11,9 +11,10 @@ from __future__ import annotations
 from typing import Any
 
 import openstack
+from openstack import exceptions as sdk
+
 from omnibed.providers.chameleon._credentials import Credentials
 from omnibed.providers.chameleon._errors import map_sdk_errors
-from openstack import exceptions as sdk
 
 
 def _blazar_json(response: Any, action: str) -> Any:

@@ -14,6 +14,8 @@ import re
 from collections.abc import Iterator
 
 from keystoneauth1 import exceptions as ksa
+from openstack import exceptions as sdk
+
 from omnibed.core.errors import (
     CredentialsError,
     ProviderError,
@@ -21,7 +23,6 @@ from omnibed.core.errors import (
     ReservationError,
     ReservationNotFound,
 )
-from openstack import exceptions as sdk
 
 PROVIDER = "chameleon"
 _NO_CAPACITY = re.compile(r"quota exceeded|overquota|not enough \w+ available", re.I)

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from omnibed.providers.cloudlab.provider import CloudLabProvider
-
 from omnibed import hookimpl
+from omnibed.providers.cloudlab.provider import CloudLabProvider
 
 __all__ = ["CloudLabProvider", "omnibed_register_providers"]
 

@@ -201,6 +201,7 @@ class CloudLabProvider(Provider):
     def root_access(self, reservation: Reservation, node: Node, key_file: str) -> SSHEndpoint:
         """Log in as the CloudLab user with `key_file`; passwordless sudo adds it for root."""
         import paramiko
+
         from omnibed.core import ssh
 
         key = paramiko.PKey.from_path(key_file)

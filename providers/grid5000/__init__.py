@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
+from omnibed import hookimpl
 from omnibed.core.provider import Provider
 from omnibed.providers.grid5000.provider import Grid5000Provider
-
-from omnibed import hookimpl
 
 __all__ = ["Grid5000Provider", "omnibed_register_providers"]
 

@@ -20,6 +20,7 @@ from typing import Any
 import yaml
 from grid5000 import DEFAULT_BASE_URL, Grid5000
 from grid5000.objects import Site
+
 from omnibed.core.errors import CredentialsError
 from omnibed.providers.grid5000._errors import map_errors, not_found
 

@@ -7,6 +7,7 @@ from contextlib import contextmanager
 
 import grid5000.exceptions as g5k
 import requests
+
 from omnibed.core.errors import CredentialsError, ProviderError, ReservationError
 from omnibed.providers.grid5000._convert import PROVIDER, retry_at
 

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import yaml
+
 from omnibed.core.errors import (
     NotSupported,
     ProviderError,

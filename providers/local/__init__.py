@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from omnibed.providers.local.provider import LocalProvider
-
 from omnibed import hookimpl
+from omnibed.providers.local.provider import LocalProvider
 
 __all__ = ["LocalProvider", "omnibed_register_providers"]
 

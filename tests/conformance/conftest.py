@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from omnibed.core.ssh import ensure_keypair
 
+from omnibed.core.ssh import ensure_keypair
 from tests.fakes.sshd import FakeSSHD, free_port
 
 GOOD = ("alpha", "beta")

@@ -6,6 +6,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+
 from omnibed.conformance import ProviderConformance
 from omnibed.core.types import ReservationRequest
 from omnibed.providers.local import LocalProvider

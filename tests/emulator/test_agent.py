@@ -12,11 +12,12 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from pyroute2 import IPRoute
+
 from omnibed.emulator import bundle as bundle_mod
 from omnibed.emulator.bundle import Bundle, build
 from omnibed.emulator.state import Bridge, PnodeState, Shaping, Viface, Vxlan
 from omnibed.emulator.transport import LocalAgentSession
-from pyroute2 import IPRoute
 
 SYSTEM_PYTHON = "/usr/bin/python3"
 EMULATOR = Path(bundle_mod.__file__).resolve().parent
@@ -316,7 +317,6 @@ def test_agent_session_over_ssh_uploads_once_and_answers(
     from omnibed.core import ssh
     from omnibed.core.types import SSHEndpoint
     from omnibed.emulator.transport import AgentSession
-
     from tests.fakes.sshd import FakeSSHD
 
     keys = ssh.ensure_keypair(tmp_path / "keys")

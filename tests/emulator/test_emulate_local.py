@@ -14,6 +14,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+
 from omnibed.core.api import Omnibed
 from omnibed.core.errors import ApplyError, PlatformError, PreflightError
 from omnibed.emulator.coordinator import PLAN_FILE, Emulator

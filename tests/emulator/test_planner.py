@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
+
 from omnibed.core.errors import PlatformError
 from omnibed.core.types import Nic, NicRole, Node, SSHEndpoint, Tri
 from omnibed.emulator.model import (

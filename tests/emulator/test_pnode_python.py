@@ -6,11 +6,11 @@ import shutil
 from pathlib import Path
 
 import pytest
+
 from omnibed.core import ssh
 from omnibed.core.errors import PreflightError
 from omnibed.core.types import SSHEndpoint
 from omnibed.emulator.coordinator import _Sessions
-
 from tests.fakes.sshd import FakeSSHD
 
 pytestmark = pytest.mark.root

@@ -22,16 +22,17 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+from pyroute2 import IPRoute
+from pyroute2.netlink import NLM_F_ACK, NLM_F_CREATE, NLM_F_REPLACE, NLM_F_REQUEST
+from pyroute2.netlink.rtnl import RTM_NEWQDISC, TC_H_ROOT
+from pyroute2.netlink.rtnl.tcmsg import tcmsg
+
 from omnibed.emulator import nlbatch as nl
 from omnibed.emulator import nsutil
 from omnibed.emulator.model import LinkSpec
 from omnibed.emulator.preflight import kernel_missing
 from omnibed.emulator.shaping import netem_limit, qdisc_request, tbf_burst
 from omnibed.emulator.state import Shaping
-from pyroute2 import IPRoute
-from pyroute2.netlink import NLM_F_ACK, NLM_F_CREATE, NLM_F_REPLACE, NLM_F_REQUEST
-from pyroute2.netlink.rtnl import RTM_NEWQDISC, TC_H_ROOT
-from pyroute2.netlink.rtnl.tcmsg import tcmsg
 
 T = TypeVar("T")
 U32 = 2**32 - 1

@@ -9,6 +9,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+
 from omnibed.core import ssh
 from omnibed.core.types import Reservation, ReservationRequest
 from omnibed.providers.local import LocalProvider

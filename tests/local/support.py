@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from omnibed.core import ssh
 from omnibed.core.types import Reservation
 from omnibed.providers.local import LocalProvider, cgroups

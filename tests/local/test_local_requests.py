@@ -6,6 +6,7 @@ import uuid
 from datetime import timedelta
 
 import pytest
+
 from omnibed.core.errors import UsageError
 from omnibed.core.timeutil import utcnow
 from omnibed.core.types import Capability, ReservationRequest

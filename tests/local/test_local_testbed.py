@@ -10,6 +10,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+
 from omnibed.core import ssh
 from omnibed.core.errors import ReservationError, ReservationNotFound, UsageError
 from omnibed.core.types import (
@@ -20,7 +21,6 @@ from omnibed.core.types import (
     Tri,
 )
 from omnibed.providers.local import LocalProvider
-
 from tests.local.support import frames_seen, leftovers, needs_root, netns_pids, run_as_root
 
 pytestmark = [pytest.mark.root, needs_root]

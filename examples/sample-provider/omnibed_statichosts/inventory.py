@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
+
 from omnibed.core.errors import UsageError
 from omnibed.core.types import SSHEndpoint
 

@@ -41,7 +41,6 @@ from omnibed.core.types import (
     SSHEndpoint,
     Tri,
 )
-
 from omnibed_statichosts.claims import Claim, ClaimBook
 from omnibed_statichosts.inventory import Host, load_inventory
 

@@ -13,6 +13,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+
 from omnibed.core.types import ReservationRequest
 from omnibed_statichosts import StaticHostsProvider
 

@@ -6,8 +6,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from omnibed.providers.chameleon import ChameleonProvider
 
+from omnibed.providers.chameleon import ChameleonProvider
 from tests.fakes.openstack import FakeOpenStack
 from tests.providers.chameleon.support import CLOUDS_YAML
 

@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+
 from omnibed.core.errors import (
     CredentialsError,
     NotSupported,
@@ -19,7 +20,6 @@ from omnibed.core.errors import (
 )
 from omnibed.core.types import ReservationState, Tri
 from omnibed.providers.chameleon import ChameleonProvider, _convert
-
 from tests.fakes.openstack import FakeOpenStack
 from tests.providers.chameleon.support import request
 

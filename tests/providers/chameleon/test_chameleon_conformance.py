@@ -8,10 +8,10 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+
 from omnibed.conformance import ProviderConformance
 from omnibed.core.types import ReservationRequest
 from omnibed.providers.chameleon import ChameleonProvider
-
 from tests.fakes.openstack import FakeOpenStack
 from tests.providers.chameleon.nodes import NetnsNodes
 from tests.providers.chameleon.support import CLOUDS_YAML

@@ -8,11 +8,12 @@ from pathlib import Path
 
 import pytest
 from keystoneauth1 import exceptions as ksa
+from openstack import exceptions as sdk
+
 from omnibed.core.errors import CredentialsError, OmnibedError, ProviderTimeout
 from omnibed.core.types import ReservationState, Tri
 from omnibed.providers.chameleon import _convert
 from omnibed.providers.chameleon._errors import translate
-from openstack import exceptions as sdk
 
 FIXTURES = Path(__file__).parents[2] / "fixtures" / "chameleon"
 

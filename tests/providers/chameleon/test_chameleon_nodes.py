@@ -10,11 +10,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
 from omnibed.core import ssh
 from omnibed.core.errors import SSHError
 from omnibed.core.types import NicRole, Tri
 from omnibed.providers.chameleon import ChameleonProvider
-
 from tests.fakes.openstack import FakeOpenStack
 from tests.providers.chameleon.nodes import NetnsNodes
 from tests.providers.chameleon.support import CLOUDS_YAML, request

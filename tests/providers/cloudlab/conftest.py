@@ -7,8 +7,8 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from omnibed.providers.cloudlab import CloudLabProvider
 
+from omnibed.providers.cloudlab import CloudLabProvider
 from tests.fakes.protogeni import PKI, FakeProtoGENI, make_pki
 
 MAX_SLICE_LIFE = timedelta(days=3)

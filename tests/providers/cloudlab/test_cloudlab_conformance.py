@@ -7,10 +7,10 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+
 from omnibed.conformance import ProviderConformance
 from omnibed.core.types import ReservationRequest
 from omnibed.providers.cloudlab import CloudLabProvider
-
 from tests.fakes.protogeni import FakeProtoGENI
 from tests.fakes.protogeni_nodes import SSHNodes
 

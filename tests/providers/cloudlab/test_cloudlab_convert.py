@@ -10,6 +10,7 @@ import geni.aggregate.pgutil as pgutil
 import pytest
 from geni.aggregate.exceptions import AMError
 from geni.rspec.pgmanifest import Manifest
+
 from omnibed.core.errors import (
     OmnibedError,
     ProviderError,

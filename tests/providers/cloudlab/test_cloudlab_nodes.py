@@ -14,11 +14,11 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+
 from omnibed.core import ssh
 from omnibed.core.errors import SSHError
 from omnibed.core.types import ReservationRequest
 from omnibed.providers.cloudlab import CloudLabProvider
-
 from tests.fakes.protogeni import FakeProtoGENI
 from tests.fakes.protogeni_nodes import XEN_HOST, SSHNodes
 

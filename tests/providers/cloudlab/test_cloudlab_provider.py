@@ -7,6 +7,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+
 from omnibed.core.errors import (
     CredentialsError,
     ProviderError,
@@ -17,7 +18,6 @@ from omnibed.core.errors import (
 from omnibed.core.timeutil import utcnow
 from omnibed.core.types import NicRole, ReservationRequest, ReservationState, Tri
 from omnibed.providers.cloudlab import CloudLabProvider
-
 from tests.fakes.protogeni import FakeProtoGENI, NoNodes, make_pki
 
 MAX_SLICE_LIFE = timedelta(days=3)  # as the conftest builds the fake

@@ -8,9 +8,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
 from omnibed.core import ssh
 from omnibed.providers.grid5000 import Grid5000Provider
-
 from tests.fakes.grid5000 import FakeGrid5000, G5kSSHD, write_tools
 from tests.fakes.sshd import FakeSSHD
 

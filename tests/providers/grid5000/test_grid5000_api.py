@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 
 import grid5000.exceptions as g5k
 import pytest
+
 from omnibed.core.errors import (
     CredentialsError,
     OmnibedError,
@@ -20,7 +21,6 @@ from omnibed.core.errors import (
 from omnibed.core.types import ReservationRequest, ReservationState
 from omnibed.providers.grid5000 import Grid5000Provider
 from omnibed.providers.grid5000._errors import map_errors
-
 from tests.fakes.grid5000 import FakeGrid5000
 
 NANCY = {"site": "nancy", "cluster": "gros", "poll": "0.05"}

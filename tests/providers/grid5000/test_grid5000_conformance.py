@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
+
 from omnibed.conformance import ProviderConformance
 from omnibed.core.types import ReservationRequest
 

@@ -14,6 +14,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+
 from omnibed.core import ssh
 from omnibed.core.errors import ProviderError, SSHError
 from omnibed.core.types import ReservationRequest
