@@ -14,7 +14,6 @@ from omnibed.providers.cloudlab._settings import Settings
 
 def _library() -> Check:
     try:
-        import pkg_resources  # noqa: F401 -- geni-lib imports it
         import six  # noqa: F401 -- geni-lib imports it without declaring it
         from geni.aggregate import cloudlab  # noqa: F401
     except ImportError as error:

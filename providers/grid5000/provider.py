@@ -109,8 +109,9 @@ class Grid5000Provider(Provider):
         try:
             load_config(path)
         except Exception as error:  # every problem with the file is reported, not raised
-            return [Check("python-grid5000", True), Check(f"credentials in {path}", False,
-                                                          str(error), f"chmod 600 {path}")]
+            # the message already says how to fix the file
+            return [Check("python-grid5000", True),
+                    Check(f"credentials in {path}", False, str(error))]
         return [Check("python-grid5000", True), Check(f"credentials in {path}", True)]
 
     @property
