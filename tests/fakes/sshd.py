@@ -17,6 +17,8 @@ import time
 from pathlib import Path
 from types import TracebackType
 
+from omnibed.providers.local import cgroups
+
 SSHD = "/usr/sbin/sshd"
 START_TIMEOUT = 20.0
 
@@ -117,7 +119,10 @@ class FakeSSHD:
         (directory / "authorized_keys").write_text("".join(k + "\n" for k in self.authorized_keys))
         config = directory / "sshd_config"
         config.write_text(self._config(directory))
-        prefix = ["ip", "netns", "exec", self.netns] if self.netns else []
+        # A cgroup of its own, so stop() also finds sessions orphaned by a closed client.
+        self.cgroup_id = f"fake-sshd-{directory.name}"
+        launcher = cgroups.launcher(cgroups.create(self.cgroup_id))
+        prefix = [*launcher, *(["ip", "netns", "exec", self.netns] if self.netns else [])]
         log = directory / "sshd.log"
         self.process = subprocess.Popen(
             [*prefix, SSHD, "-D", "-f", str(config), "-E", str(log)],
@@ -154,6 +159,7 @@ class FakeSSHD:
                     pass
             self.process.wait()
             self.process = None
+            cgroups.kill_all(self.cgroup_id)
         if self.directory is not None:
             shutil.rmtree(self.directory, ignore_errors=True)
             self.directory = None
