@@ -10,7 +10,7 @@ import os
 import signal
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
@@ -68,6 +68,8 @@ def main() -> None:
         _fail(str(error), 2)
     except OmnibedError as error:
         _fail(str(error), 1)
+    except KeyboardInterrupt:
+        _fail("interrupted", 130)
 
 
 def _fail(message: str, code: int) -> NoReturn:
@@ -89,7 +91,7 @@ def _options(pairs: list[str] | None) -> dict[str, str]:
     return options
 
 
-def _walltime(text: str):
+def _walltime(text: str) -> timedelta:
     try:
         return parse_walltime(text)
     except ValueError as error:
