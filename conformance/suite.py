@@ -297,12 +297,13 @@ class ProviderConformance:
 
     @contract_rule
     def test_nic_capabilities_name_a_control_nic(
-        self, omnibed_provider: Provider, reservations: Reservations
+        self, omnibed_provider: Provider, reservations: Reservations, omnibed_key: Any
     ) -> None:
         """nic_capabilities gives at least one CONTROL NIC and tri-state foreign_mac/multicast."""
         ready = reservations.ready()
+        key_file = str(omnibed_key.private_path)
         for node in omnibed_provider.list_nodes(ready):
-            nics = omnibed_provider.nic_capabilities(ready, node)
+            nics = omnibed_provider.nic_capabilities(ready, node, key_file)
             assert all(isinstance(nic, Nic) for nic in nics), f"node {node.id}: not Nic: {nics}"
             roles = [nic.role for nic in nics]
             assert all(isinstance(role, NicRole) for role in roles), f"roles {roles}"

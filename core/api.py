@@ -182,8 +182,9 @@ class Omnibed:
 
     def nics(self, name: str) -> dict[str, list[Nic]]:
         provider, reservation = self.reservation(name)
+        key_file = str(self.keypair(name).private_path)
         return {
-            node.id: provider.nic_capabilities(reservation, node)
+            node.id: provider.nic_capabilities(reservation, node, key_file)
             for node in provider.list_nodes(reservation)
         }
 

@@ -106,8 +106,11 @@ class Provider(ABC):
         """Do what the testbed needs so that `key_file` logs in as root; return that endpoint."""
 
     @abstractmethod
-    def nic_capabilities(self, reservation: Reservation, node: Node) -> list[Nic]:
-        """The node's NICs: at least one CONTROL NIC, with tri-state foreign_mac/multicast."""
+    def nic_capabilities(self, reservation: Reservation, node: Node, key_file: str) -> list[Nic]:
+        """The node's NICs: at least one CONTROL NIC, with tri-state foreign_mac/multicast.
+
+        `key_file` is the reservation's private key (the one given to root_access), for
+        providers that must log in to read the NICs."""
 
     def snapshot(self, reservation: Reservation, node: Node, image: str, key_file: str) -> str:
         """Save the node's disk as an image; return the id `-o image=` accepts later.

@@ -388,24 +388,23 @@ class ChameleonProvider(Provider):
                            host=node.ssh.host)
         return root
 
-    def nic_capabilities(self, reservation: Reservation, node: Node) -> list[Nic]:
+    def nic_capabilities(self, reservation: Reservation, node: Node, key_file: str) -> list[Nic]:
+        """The server's Neutron ports, named from `ip -o link` on the node (logged in as cc
+        with `key_file`): Neutron does not know interface names."""
         record = self._record(reservation)
         ports = self._client(record).ports(node.id)
-        key_file = self._reservation_key(record)
-        names: dict[str, str] = {}
-        if Path(key_file).exists():  # interface names are only known on the node itself
-            listing = ssh.run(self._endpoint(record, node, key_file, _convert.CC_USER),
-                              "ip -o link", Path(key_file).with_name("known_hosts"),
-                              node=node.id, timeout=60)
-            names = _convert.interface_names(listing.stdout)
+        listing = ssh.run(self._endpoint(record, node, key_file, _convert.CC_USER),
+                          "ip -o link", Path(key_file).with_name("known_hosts"),
+                          node=node.id, timeout=60)
+        if listing.exit_status != 0:
+            raise SSHError(f"`ip -o link` failed on {node.hostname} (exit "
+                           f"{listing.exit_status}): {listing.stderr.strip()}; the interface "
+                           "names are read there: check that iproute2 is installed",
+                           host=node.ssh.host)
+        names = _convert.interface_names(listing.stdout)
         return [_convert.nic_from_port(port, names.get(port["mac_address"].lower(), ""),
                                        record.kvm, control=index == 0)
                 for index, port in enumerate(ports)]
-
-    def _reservation_key(self, record: _Record) -> str:
-        """$OMNIBED_HOME/reservations/<name>/id_ed25519: nic_capabilities is given no key, and
-        interface names are only known on the node itself."""
-        return str(self.state_dir.parent.parent / "reservations" / record.name / ssh.KEY_NAME)
 
     # -- snapshot / extend ------------------------------------------------------------------
     def snapshot(self, reservation: Reservation, node: Node, image: str, key_file: str) -> str:

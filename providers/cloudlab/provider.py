@@ -225,7 +225,8 @@ class CloudLabProvider(Provider):
             )
         return replace(node.ssh, user="root", key_file=key_file)
 
-    def nic_capabilities(self, reservation: Reservation, node: Node) -> list[Nic]:
+    def nic_capabilities(self, reservation: Reservation, node: Node, key_file: str) -> list[Nic]:
+        """From the sliver's manifest: `key_file` is unused."""
         manifest = self.client.manifest(reservation.site or DEFAULT_SITE, reservation.name)
         return _convert.to_nics(manifest, node.id)
 

@@ -407,7 +407,8 @@ class Grid5000Provider(Provider):
                                 provider=self.name, testbed_message=result.stderr)
         return result.stdout
 
-    def nic_capabilities(self, reservation: Reservation, node: Node) -> list[Nic]:
+    def nic_capabilities(self, reservation: Reservation, node: Node, key_file: str) -> list[Nic]:
+        """From the Reference API's network_adapters and the job's VLAN: `key_file` is unused."""
         host, cluster, site = _convert.split_fqdn(node.id)
         record = self._record(reservation.name)
         vlans = reservation.extra.get("vlans") or ()

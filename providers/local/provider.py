@@ -235,7 +235,8 @@ class LocalProvider(Provider):
         sshd.authorize(Path(pnode.dir), sshd.public_key_of(key_file))
         return SSHEndpoint(host=pnode.address, port=sshd.PORT, user="root", key_file=key_file)
 
-    def nic_capabilities(self, reservation: Reservation, node: Node) -> list[Nic]:
+    def nic_capabilities(self, reservation: Reservation, node: Node, key_file: str) -> list[Nic]:
+        """eth0 (CONTROL) and eth1 if any, read in the pnode's netns: `key_file` is unused."""
         record = self._record(reservation)
         pnode = self._pnode(reservation, node)
         profile = get_profile(record.profile)

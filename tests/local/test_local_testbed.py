@@ -113,7 +113,8 @@ def test_wait_find_and_nodes(testbed: Testbed) -> None:
 def test_nics_report_what_the_profile_does(testbed: Testbed) -> None:
     foreign, multicast, extra = PROFILES[testbed.profile]
     for node in testbed.provider.list_nodes(testbed.reservation):
-        nics = testbed.provider.nic_capabilities(testbed.reservation, node)
+        nics = testbed.provider.nic_capabilities(testbed.reservation, node,
+                                                 str(testbed.key.private_path))
         assert [nic.role for nic in nics] == [NicRole.CONTROL] + [NicRole.EXTRA] * extra
         control = nics[0]
         assert control.name == "eth0" and control.mtu == 1500
@@ -130,8 +131,9 @@ def _probe(testbed: Testbed, interface: str) -> tuple[set[str], list]:
     """Send the probe frames from pnode-1 to pnode-2 on `interface`; return what arrived."""
     provider, reservation = testbed.provider, testbed.reservation
     sender, receiver = provider.list_nodes(reservation)[:2]
+    key_file = str(testbed.key.private_path)
     nics = [
-        {nic.name: nic for nic in provider.nic_capabilities(reservation, node)}[interface]
+        {nic.name: nic for nic in provider.nic_capabilities(reservation, node, key_file)}[interface]
         for node in (sender, receiver)
     ]
     mine, theirs = nics[0].mac, nics[1].mac

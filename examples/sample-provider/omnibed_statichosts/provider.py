@@ -222,8 +222,10 @@ class StaticHostsProvider(Provider):
             )
         return endpoint
 
-    def nic_capabilities(self, reservation: Reservation, node: Node) -> list[Nic]:
-        """Probed with `ip -j addr`; the NIC holding the address SSH came in on is CONTROL."""
+    def nic_capabilities(self, reservation: Reservation, node: Node, key_file: str) -> list[Nic]:
+        """Probed with `ip -j addr`; the NIC holding the address SSH came in on is CONTROL.
+
+        The inventory key always logs in, so `key_file` is unused."""
         host = self._host(reservation, node)
         output = self._admin(host, 'echo "$SSH_CONNECTION"; ip -j addr show', "list its NICs")
         connection, _, links = output.partition("\n")

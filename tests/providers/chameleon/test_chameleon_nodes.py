@@ -43,10 +43,11 @@ def real(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 @pytest.mark.parametrize("site", ["CHI@TACC", "KVM@TACC"])
 def test_gateway_jump_root_nics_and_release(real, site):
     cloud, nodes, provider, home = real
-    name = f"real-{site[:3].lower()}"
-    reservation = provider.wait(provider.reserve(request(name, site=site, nodes=3,
-                                                         home=home)), timeout=120)
-    key_file = str(home / "reservations" / name / "id_ed25519")
+    keys = ssh.ensure_keypair(home / "elsewhere")  # not omnibed's layout: only the argument
+    ask = dataclasses.replace(request(f"real-{site[:3].lower()}", site=site, nodes=3),
+                              public_key=keys.public_openssh)
+    reservation = provider.wait(provider.reserve(ask), timeout=120)
+    key_file = str(keys.private_path)
     known_hosts = Path(key_file).with_name("known_hosts")
     listed = provider.list_nodes(reservation)
     gateway, *others = listed
@@ -66,9 +67,12 @@ def test_gateway_jump_root_nics_and_release(real, site):
         result = ssh.run(endpoint, "id -u; ip -o -4 addr show eth0", known_hosts, timeout=30)
         assert result.stdout.split()[0] == "0"
         assert node.extra["fixed_ip"] in result.stdout
-        nics = provider.nic_capabilities(reservation, node)
+        nics = provider.nic_capabilities(reservation, node, key_file)
         assert nics[0].name == "eth0" and nics[0].role is NicRole.CONTROL
         assert nics[0].foreign_mac is (Tri.NO if site.startswith("KVM") else Tri.UNKNOWN)
+    with pytest.raises(SSHError):  # the names are read on the node: another key is refused
+        provider.nic_capabilities(reservation, others[0],
+                                  str(ssh.ensure_keypair(home / "other").private_path))
     provider.release(reservation)
     assert cloud.state.counts() == NOTHING
     assert nodes.nodes == {} and nodes.gateways == {}

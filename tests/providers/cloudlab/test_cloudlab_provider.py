@@ -23,7 +23,7 @@ from tests.fakes.protogeni import FakeProtoGENI, NoNodes, make_pki
 MAX_SLICE_LIFE = timedelta(days=3)  # as the conftest builds the fake
 
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBxjYLMc7WmNLp0Vq1Dn2bR2Gqv5cM2xZ3bJ0bXx8kq1 res"
-NO_KEY_FILE = "/nonexistent/id_ed25519"  # CloudLab images the disk without logging in
+NO_KEY_FILE = "/nonexistent/id_ed25519"  # CloudLab images disks and lists NICs without a login
 
 
 def request(name: str, **kwargs) -> ReservationRequest:
@@ -42,7 +42,7 @@ def test_full_verb_set(provider: CloudLabProvider, fake: FakeProtoGENI) -> None:
     nodes = provider.list_nodes(ready)
     assert [node.id for node in nodes] == ["node0", "node1"]
     assert all(node.ssh.user == "alice" and node.ssh.port == 22 for node in nodes)
-    nics = provider.nic_capabilities(ready, nodes[0])
+    nics = provider.nic_capabilities(ready, nodes[0], NO_KEY_FILE)
     assert [nic.role for nic in nics] == [NicRole.CONTROL, NicRole.EXTRA]
     assert nics[1].foreign_mac is Tri.YES and nics[1].addresses == ("10.10.1.1/24",)
     assert len(nics[1].mac) == 17
@@ -79,7 +79,7 @@ def test_xen_vms_share_a_host_and_drop_foreign_macs(
     assert {node.ssh.host for node in nodes} == {"198.51.100.1"}
     assert len({node.ssh.port for node in nodes}) == 2
     assert all(node.extra["sliver_type"] == "emulab-xen" for node in nodes)
-    nics = provider.nic_capabilities(reservation, nodes[0])
+    nics = provider.nic_capabilities(reservation, nodes[0], NO_KEY_FILE)
     assert [nic.foreign_mac for nic in nics] == [Tri.NO, Tri.NO]
 
 

@@ -57,7 +57,7 @@ def test_reserve_wait_list_extend_release(provider: Grid5000Provider, fake: Fake
     jump = nodes[0].ssh.jumps[0]  # not inside Grid'5000: through the access machine
     assert (jump.host, jump.user, nodes[0].ssh.user) == ("access.grid5000.fr", "alice", "alice")
 
-    nics = provider.nic_capabilities(ready, nodes[1])
+    nics = provider.nic_capabilities(ready, nodes[1], "/nonexistent/id_ed25519")  # API only
     assert [(n.name, n.role.value, n.foreign_mac.value) for n in nics] == [
         ("eno1", "control", "unknown"), ("eno2", "extra", "yes")]
     assert nics[1].addresses == ("10.16.1.1",)  # gros eth1 address in kavlan-4 (reference API)
