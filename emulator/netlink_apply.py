@@ -2,7 +2,8 @@
 
 `apply` is idempotent and in-process: bridges and VXLAN devices through pyroute2's IPRoute
 (a handful per pnode), namespaces and veths through batched raw netlink (nlbatch), one
-socket per namespace opened while the thread is inside it. On failure it undoes what this
+socket per namespace opened while the thread is inside it; a worker thread creates the
+namespaces' mount points ahead (nsutil.MountPoints). On failure it undoes what this
 call created, in reverse, and raises ApplyFailure naming the object. `teardown` deletes
 every link of the state's group in one request and unmounts the namespaces.
 Python 3.9 compatible; needs only pyroute2 besides the standard library.
@@ -109,8 +110,9 @@ class Applier:
                     self._vxlan(ipr, vxlan)
             host = nl.Batch()  # its fd serves the host-side ethtool ioctls
             try:
-                for name in self.state.namespaces:
-                    self._vnode(name, home, host.fileno())
+                with nsutil.MountPoints(self.state.namespaces, self.created_ns) as points:
+                    for name, reserved in points:
+                        self._vnode(name, reserved, home, host.fileno())
             finally:
                 host.close()
             self._host_sides()
@@ -182,13 +184,13 @@ class Applier:
         for remote in vx.remotes:  # head-end replication: all-zeros entry per remote
             ipr.fdb("append", ifindex=index, lladdr=ZERO_MAC, dst=remote)
 
-    def _vnode(self, name: str, home: int, host_fd: int) -> None:
+    def _vnode(self, name: str, reserved: bool, home: int, host_fd: int) -> None:
         vifaces = self.by_netns.get(name, [])
-        with nsutil.inside(name, home) as created:
-            if created:
-                self.created_ns.append(name)
-            else:
+        with nsutil.inside(name, home, reserved) as created:
+            if not created:
                 self.preexisting = True
+            elif not reserved:  # its mount point vanished after the worker saw it
+                self.created_ns.append(name)
             batch = nl.Batch()
         try:
             index = {} if created else _lookup(batch, [v.ifname for v in vifaces], name)

@@ -11,8 +11,11 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
-from collections.abc import Iterator
+import queue
+import threading
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from typing import Any
 
 NETNS_RUN_DIR = "/run/netns"
 CLONE_NEWNET = 0x40000000
@@ -82,24 +85,27 @@ def current_fd() -> int:
     return os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
 
 
+def reserve(name: str) -> bool:
+    """Create the empty mount point of namespace `name`; False when it already exists."""
+    try:
+        fd = os.open(path(name), os.O_RDONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0)
+    except FileExistsError:
+        return False
+    os.close(fd)
+    return True
+
+
 @contextmanager
-def inside(name: str, home_fd: int) -> Iterator[bool]:
+def inside(name: str, home_fd: int, reserved: bool = False) -> Iterator[bool]:
     """Run the block in namespace `name`, creating it when missing; back to `home_fd` after.
 
+    `reserved`: the caller made the empty mount point (`reserve`), the namespace is new.
     Yields True when the namespace was created here. A socket opened in the block stays
     bound to `name` after the block.
     """
-    created = False
     target = path(name)
-    if os.path.exists(target):
-        fd = os.open(target, os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            setns(fd)
-        finally:
-            os.close(fd)
-    else:
-        fd = os.open(target, os.O_RDONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0)
-        os.close(fd)
+    created = reserved or reserve(name)
+    if created:
         try:
             unshare_net()
             mount("/proc/thread-self/ns/net", target, "none", MS_BIND)
@@ -107,11 +113,62 @@ def inside(name: str, home_fd: int) -> Iterator[bool]:
             setns(home_fd)
             os.unlink(target)
             raise
-        created = True
+    else:
+        fd = os.open(target, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            setns(fd)
+        finally:
+            os.close(fd)
     try:
         yield created
     finally:
         setns(home_fd)
+
+
+class MountPoints:
+    """Create the empty /run/netns/NAME files of `names`, in order, in a worker thread.
+
+    On a disk-backed /run each create costs 0.2-0.8 ms (measured on ext4); the worker overlaps
+    it with the consumer's RTNL-bound work. Namespaces themselves are made by the consumer
+    (`inside`): a concurrent unshare slowed veth creation more than it saved (measured).
+    Iterating yields (name, reserved): reserved when the worker made the file, False when it
+    existed. Reserved names are appended to `reserved` at once, consumed or not, so that a
+    rollback removes them. Use as a context manager: leaving it stops and joins the worker.
+    """
+
+    def __init__(self, names: Sequence[str], reserved: list[str]) -> None:
+        self.names = names
+        self.reserved = reserved
+        self.queue: queue.Queue[Any] = queue.Queue()
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._work, name="netns-files", daemon=True)
+
+    def __enter__(self) -> MountPoints:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join()
+
+    def __iter__(self) -> Iterator[tuple[str, bool]]:
+        for _ in self.names:
+            item = self.queue.get()
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+    def _work(self) -> None:
+        try:
+            for name in self.names:
+                if self.stop.is_set():
+                    return
+                made = reserve(name)
+                if made:
+                    self.reserved.append(name)
+                self.queue.put((name, made))
+        except BaseException as exc:  # handed to the consumer, in order
+            self.queue.put(exc)
 
 
 def remove(name: str) -> bool:
