@@ -18,7 +18,7 @@ from omnibed.core import ssh
 from omnibed.core.errors import OmnibedError, ReservationNotFound, UsageError
 from omnibed.core.ledger import Entry, Ledger, omnibed_home
 from omnibed.core.plugins import ProviderRegistry, load_providers
-from omnibed.core.provider import Progress, Provider
+from omnibed.core.provider import Progress, Provider, no_progress
 from omnibed.core.timeutil import utcnow
 from omnibed.core.types import (
     Capability,
@@ -28,10 +28,6 @@ from omnibed.core.types import (
     ReservationRequest,
     SSHEndpoint,
 )
-
-
-def _quiet(_: str) -> None:
-    return None
 
 
 class Omnibed:
@@ -170,7 +166,9 @@ class Omnibed:
             )
         return provider, reservation
 
-    def wait(self, name: str, *, timeout: float = 3600, progress: Progress = _quiet) -> Reservation:
+    def wait(
+        self, name: str, *, timeout: float = 3600, progress: Progress = no_progress
+    ) -> Reservation:
         provider, reservation = self.reservation(name)
         reservation = provider.wait(reservation, timeout=timeout, progress=progress)
         self.ledger.update(reservation)

@@ -53,8 +53,11 @@ class Check:
     fix: str = ""
 
 
-def _no_progress(_: str) -> None:
-    return None
+def no_progress(_: str) -> None:
+    """The default `progress` callback: says nothing."""
+
+
+_no_progress = no_progress  # the former name, still imported by providers/local
 
 
 class Provider(ABC):
@@ -89,7 +92,7 @@ class Provider(ABC):
 
     @abstractmethod
     def wait(
-        self, reservation: Reservation, *, timeout: float = 3600, progress: Progress = _no_progress
+        self, reservation: Reservation, *, timeout: float = 3600, progress: Progress = no_progress
     ) -> Reservation:
         """Block until the reservation is READY; report progress; raise on error or timeout."""
 

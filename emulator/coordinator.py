@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 
 from omnibed.core.api import Omnibed
 from omnibed.core.errors import ApplyError, EmulatorError, PreflightError, UsageError
+from omnibed.core.provider import Progress, no_progress
 
 from .model import Platform
 from .modes import PnodeFacts, ProbeResult, probe_targets
@@ -53,10 +54,6 @@ class VnodeResult:
     stderr: str
 
 
-def _quiet(_: str) -> None:
-    return None
-
-
 class Emulator:
     """The virtual platform of one reservation."""
 
@@ -69,7 +66,7 @@ class Emulator:
     # -- lifecycle ------------------------------------------------------------------------
 
     def up(
-        self, platform: Platform, *, force: bool = False, progress: Callable[[str], None] = _quiet
+        self, platform: Platform, *, force: bool = False, progress: Progress = no_progress
     ) -> Plan:
         """Build `platform`; on any failure nothing is left on any pnode."""
         if self.plan_path.exists():

@@ -30,7 +30,7 @@ from omnibed.core.errors import (
     SSHError,
     UsageError,
 )
-from omnibed.core.provider import Check, Progress, Provider
+from omnibed.core.provider import Check, Progress, Provider, no_progress
 from omnibed.core.timeutil import utcnow
 from omnibed.core.types import (
     Capabilities,
@@ -247,7 +247,7 @@ class ChameleonProvider(Provider):
 
     # -- wait -------------------------------------------------------------------------------
     def wait(self, reservation: Reservation, *, timeout: float = 3600,
-             progress: Progress = lambda _: None) -> Reservation:
+             progress: Progress = no_progress) -> Reservation:
         record = self._record(reservation)
         deadline = time.monotonic() + timeout
         try:

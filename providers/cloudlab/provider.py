@@ -26,7 +26,7 @@ from omnibed.core.errors import (
     SSHError,
     UsageError,
 )
-from omnibed.core.provider import Check, Progress, Provider, _no_progress
+from omnibed.core.provider import Check, Progress, Provider, no_progress
 from omnibed.core.timeutil import utcnow
 from omnibed.core.types import (
     Capabilities,
@@ -149,7 +149,7 @@ class CloudLabProvider(Provider):
         return self._reservation(request.name, site, start, status, end)
 
     def wait(
-        self, reservation: Reservation, *, timeout: float = 3600, progress: Progress = _no_progress
+        self, reservation: Reservation, *, timeout: float = 3600, progress: Progress = no_progress
     ) -> Reservation:
         site = reservation.site or DEFAULT_SITE
         poll = self.client.settings.poll_interval

@@ -35,7 +35,7 @@ from omnibed.core.errors import (
     ReservationNotFound,
     UsageError,
 )
-from omnibed.core.provider import Check, Progress, Provider
+from omnibed.core.provider import Check, Progress, Provider, no_progress
 from omnibed.core.timeutil import format_walltime
 from omnibed.core.types import (
     Capabilities,
@@ -56,10 +56,6 @@ DEFAULT_SITE = "rennes"
 ACCESS_HOST = "access.grid5000.fr"
 SSH_MAP_ENV = "OMNIBED_GRID5000_SSH_MAP"
 _IMAGE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-
-def _quiet(_: str) -> None:
-    return None
-
 
 OPTIONS = {
     "site": f"Grid'5000 site of the OAR job (default {DEFAULT_SITE})",
@@ -204,7 +200,7 @@ class Grid5000Provider(Provider):
         return self._view(job, record)
 
     def wait(
-        self, reservation: Reservation, *, timeout: float = 3600, progress: Progress = _quiet
+        self, reservation: Reservation, *, timeout: float = 3600, progress: Progress = no_progress
     ) -> Reservation:
         record = self._record(reservation.name) or {"name": reservation.name,
                                                     "site": reservation.site}

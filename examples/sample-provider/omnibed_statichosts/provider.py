@@ -25,7 +25,7 @@ from omnibed.core.errors import (
     SSHError,
     UsageError,
 )
-from omnibed.core.provider import Check, Progress, Provider
+from omnibed.core.provider import Check, Progress, Provider, no_progress
 from omnibed.core.ssh import run
 from omnibed.core.timeutil import require_utc, utcnow
 from omnibed.core.types import (
@@ -48,10 +48,6 @@ INVENTORY_ENV = "OMNIBED_STATICHOSTS_INVENTORY"
 MARK = "omnibed-statichosts"
 POLL = 1.0
 PROBED = {"mac": Source.PROBE, "mtu": Source.PROBE, "addresses": Source.PROBE}
-
-
-def _no_progress(_: str) -> None:
-    return None
 
 
 class StaticHostsProvider(Provider):
@@ -142,7 +138,7 @@ class StaticHostsProvider(Provider):
     # wait ------------------------------------------------------------------------------
 
     def wait(
-        self, reservation: Reservation, *, timeout: float = 3600, progress: Progress = _no_progress
+        self, reservation: Reservation, *, timeout: float = 3600, progress: Progress = no_progress
     ) -> Reservation:
         """READY once every host accepts SSH and holds the key; a refused login is an error."""
         deadline = time.monotonic() + timeout
