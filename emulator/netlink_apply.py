@@ -208,9 +208,10 @@ class Applier:
                     index[v.ifname] = fresh
                     fresh += 1
             batch.add(nl.RTM_NEWLINK, nl.SET, nl.link_body(index=1, up=True), f"lo@{name} up")
-            batch.flush()
-            missing = [v.ifname for v in vifaces if v.ifname not in index]
-            index.update(_lookup(batch, missing, name))
+            if not created:  # in a new namespace the indexes are known: one send for all
+                batch.flush()
+                missing = [v.ifname for v in vifaces if v.ifname not in index]
+                index.update(_lookup(batch, missing, name))
             for v in vifaces:
                 i = index[v.ifname]
                 where = f"{v.ifname}@{name}"
