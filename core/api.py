@@ -92,6 +92,8 @@ class Omnibed:
             )
         if nodes < 1:
             raise UsageError(f"--nodes must be at least 1, not {nodes}")
+        if extra_nics < 0:
+            raise UsageError(f"--extra-nics cannot be negative, not {extra_nics}")
         if extra_nics > caps.max_extra_nics:
             raise UsageError(
                 f"{testbed} offers at most {caps.max_extra_nics} extra NIC(s) per node,"

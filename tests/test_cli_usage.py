@@ -46,6 +46,7 @@ def assert_nothing_reserved(home: Path) -> None:
     [
         (["--testbed", "nowhere", "--nodes", "1"], ["unknown testbed 'nowhere'", "local"]),
         (["--testbed", "local", "--nodes", "0"], ["--nodes must be at least 1"]),
+        (["--testbed", "local", "--extra-nics", "-1"], ["--extra-nics cannot be negative"]),
         (["--testbed", "local", "--walltime", "soon"], ["walltime 'soon'", "1h30m"]),
         (["--testbed", "local", "-o", "colour=red"], ["unknown option(s) colour", "profile"]),
         (["--testbed", "local", "-o", "profile"], ["not KEY=VALUE"]),
