@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import secrets
 import shutil
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -180,22 +180,35 @@ class Omnibed:
         provider, reservation = self.reservation(name)
         return provider.list_nodes(reservation)
 
-    def nics(self, name: str) -> dict[str, list[Nic]]:
-        provider, reservation = self.reservation(name)
-        key_file = str(self.keypair(name).private_path)
-        return {
-            node.id: provider.nic_capabilities(reservation, node, key_file)
-            for node in provider.list_nodes(reservation)
-        }
+    def nics(self, name: str, nodes: Sequence[Node] | None = None) -> dict[str, list[Nic]]:
+        """node id -> its NICs; `nodes`: the reservation's nodes, if the caller listed them."""
+        provider, reservation, nodes = self._reservation_nodes(name, nodes)
+        key_file = self._key_file(name)
+        return {node.id: provider.nic_capabilities(reservation, node, key_file) for node in nodes}
 
-    def root_endpoints(self, name: str) -> dict[str, SSHEndpoint]:
-        """node id -> an endpoint that logs in as root with the reservation's key."""
+    def root_endpoints(
+        self, name: str, nodes: Sequence[Node] | None = None
+    ) -> dict[str, SSHEndpoint]:
+        """node id -> an endpoint that logs in as root with the reservation's key;
+        `nodes`: the reservation's nodes, if the caller listed them."""
+        provider, reservation, nodes = self._reservation_nodes(name, nodes)
+        key_file = self._key_file(name)
+        return {node.id: provider.root_access(reservation, node, key_file) for node in nodes}
+
+    def root_endpoint(self, name: str, node_id: str) -> SSHEndpoint:
+        """The root endpoint of one node (root access is given to that node only)."""
         provider, reservation = self.reservation(name)
-        key_file = str(self.keypair(name).private_path)
-        return {
-            node.id: provider.root_access(reservation, node, key_file)
-            for node in provider.list_nodes(reservation)
-        }
+        node = self._node(provider, reservation, node_id)
+        return provider.root_access(reservation, node, self._key_file(name))
+
+    def _reservation_nodes(
+        self, name: str, nodes: Sequence[Node] | None
+    ) -> tuple[Provider, Reservation, Sequence[Node]]:
+        provider, reservation = self.reservation(name)
+        return provider, reservation, provider.list_nodes(reservation) if nodes is None else nodes
+
+    def _key_file(self, name: str) -> str:
+        return str(self.keypair(name).private_path)
 
     def run(
         self,
@@ -217,7 +230,7 @@ class Omnibed:
     def snapshot(self, name: str, node_id: str, image: str) -> str:
         provider, reservation = self.reservation(name)
         node = self._node(provider, reservation, node_id)
-        return provider.snapshot(reservation, node, image, str(self.keypair(name).private_path))
+        return provider.snapshot(reservation, node, image, self._key_file(name))
 
     def extend(self, name: str, end: datetime) -> Reservation:
         provider, reservation = self.reservation(name)

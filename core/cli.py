@@ -414,10 +414,7 @@ def ssh_login(
 ) -> None:
     """Open an interactive root shell on one node."""
     api = _api()
-    endpoints = api.root_endpoints(name)
-    if node not in endpoints:
-        raise UsageError(f"no node {node!r} in {name}; its nodes: {', '.join(endpoints)}")
-    argv = ssh.ssh_command_line(endpoints[node], api.known_hosts(name))
+    argv = ssh.ssh_command_line(api.root_endpoint(name, node), api.known_hosts(name))
     os.execvp(argv[0], argv)
 
 
