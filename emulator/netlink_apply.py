@@ -15,6 +15,7 @@ import errno
 import ipaddress
 import os
 import socket
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from pyroute2 import IPRoute
@@ -318,18 +319,23 @@ def _failure(exc: BaseException, rolled_back: bool) -> ApplyFailure:
 
 
 def teardown(state: PnodeState) -> dict[str, Any]:
-    """Delete every link of the state's group (one request) and its namespaces; idempotent."""
+    """Delete every link of the state's group (one request) and its namespaces; idempotent.
+
+    The namespaces are unmounted by a worker thread while the kernel deletes the links (the
+    unmounts do not need RTNL; the kernel frees each namespace later, asynchronously).
+    """
     check_group(state.group)
-    batch = nl.Batch()
-    try:
-        body = nl.ifinfo() + nl.nla_u32(nl.IFLA_GROUP, state.group)
-        batch.add(nl.RTM_DELLINK, nl.SET, body, f"delete link group {state.group}",
-                  (errno.ENODEV,))
-        batch.flush()
-    finally:
-        batch.close()
-    removed = sum(nsutil.remove(name) for name in state.namespaces)
-    return {"removed_namespaces": removed}
+    with ThreadPoolExecutor(1) as pool:
+        removing = pool.submit(lambda: sum(nsutil.remove(name) for name in state.namespaces))
+        batch = nl.Batch()
+        try:
+            body = nl.ifinfo() + nl.nla_u32(nl.IFLA_GROUP, state.group)
+            batch.add(nl.RTM_DELLINK, nl.SET, body, f"delete link group {state.group}",
+                      (errno.ENODEV,))
+            batch.flush()
+        finally:
+            batch.close()
+        return {"removed_namespaces": removing.result()}
 
 
 def status(state: PnodeState) -> dict[str, Any]:
