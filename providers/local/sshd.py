@@ -1,8 +1,14 @@
-"""The real OpenSSH server of each pnode, run inside the pnode's namespace.
+"""The real OpenSSH server of each pnode, run inside the pnode's namespaces.
 
 Everything it needs lives in the pnode's directory: host key, authorized keys, config, pid
 file and log. Root logs in with a key only; the session gets `OMNIBED_NODE_DIR` set to the
 pnode's own writable directory (`<node dir>/root`).
+
+sshd joins the pnode's network namespace and gets a UTS namespace of its own (hostname = the
+pnode's namespace name); it shares the host's mount namespace, so a namespace a session
+mounts under /run/netns (an emulator vnode) is one the host can enter too. Hence /sys seen
+from a pnode is the host's (sysfs shows the network namespace that mounted it): read a
+pnode's links with netlink (`ip`), not /sys/class/net.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from pathlib import Path
 
 from omnibed.core.errors import ProviderError
 from omnibed.providers.local.shell import run
+from omnibed.providers.local.underlay import NETNS_DIR
 
 SSHD = Path("/usr/sbin/sshd")
 PRIVSEP_DIR = Path("/run/sshd")
@@ -85,13 +92,14 @@ def host_public_key(node_dir: Path) -> str:
 
 
 def start(netns: str, node_dir: Path, prefix: list[str]) -> None:
-    """Start sshd in `netns` as a daemon (it outlives this process; killed by `release`).
+    """Start sshd in `netns`, hostname `netns`, as a daemon (it outlives this process).
 
     `prefix` is put before the command (e.g. to enter the reservation's cgroup).
     """
     PRIVSEP_DIR.mkdir(mode=0o755, exist_ok=True)
-    run(*prefix, "ip", "netns", "exec", netns, str(SSHD), "-f", str(node_dir / CONFIG),
-        "-E", str(node_dir / LOG))
+    run(*prefix, "nsenter", f"--net={NETNS_DIR / netns}", "unshare", "--uts",
+        "sh", "-c", 'hostname "$0" && exec "$@"', netns,
+        str(SSHD), "-f", str(node_dir / CONFIG), "-E", str(node_dir / LOG))
 
 
 def wait_accepting(address: str, node_dir: Path, timeout: float = 20.0) -> None:

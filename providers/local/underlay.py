@@ -166,17 +166,33 @@ def _attach(switch: str, port: str, bridge: str, mac: str, profile: Profile) -> 
 def teardown(namespaces: list[str], host_link: str) -> None:
     """Kill every process in `namespaces`, delete the host link and the namespaces.
 
-    Only names of the local testbed's own pattern are touched; missing ones are skipped.
+    Only names of the local testbed's own pattern are taken from `namespaces`; missing ones
+    are skipped. A named namespace one of their links leads to (made from a pnode, e.g. an
+    emulator vnode with a veth into the pnode) goes with them: sshd shares the host's mount
+    namespace, so it would outlive the reservation.
     """
-    ours = [name for name in namespaces if OUR_NAME.match(name)]
-    for name in ours:
-        if netns_exists(name):
-            kill_processes(name)
+    ours = [name for name in namespaces if OUR_NAME.match(name) and netns_exists(name)]
+    doomed = [*attached(ours), *ours]
+    for name in doomed:
+        kill_processes(name)
     if OUR_NAME.match(host_link) and link_exists(host_link):
         run("ip", "link", "del", host_link)
-    for name in ours:
+    for name in doomed:
         if netns_exists(name):
             run("ip", "netns", "del", name)
+
+
+def attached(namespaces: list[str]) -> list[str]:
+    """The named namespaces, other than `namespaces`, that a link of `namespaces` leads to."""
+    found: list[str] = []
+    for name in namespaces:
+        links = json.loads(run("ip", "-n", name, "-j", "link", "show") or "[]")  # gives nsids
+        peers = {link["link_netnsid"] for link in links if "link_netnsid" in link}
+        for entry in json.loads(run("ip", "-n", name, "-j", "netns", "list-id") or "[]"):
+            other = entry.get("name")
+            if entry["nsid"] in peers and other and other not in namespaces + found:
+                found.append(other)
+    return found
 
 
 def kill_processes(netns: str, grace: float = 5.0) -> None:

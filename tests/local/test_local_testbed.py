@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import socket
+import subprocess
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -199,6 +201,50 @@ def test_release_leaves_nothing_even_from_the_reservation_alone(
         provider.release(reservation)  # idempotent
         with pytest.raises(ReservationNotFound):
             provider.wait(reservation, timeout=1)
+
+
+def test_host_enters_namespaces_made_on_a_pnode_and_hostnames_differ(
+    provider: LocalProvider, reserve: Callable[..., Reservation], keypair: ssh.KeyPair,
+    tmp_path: Path,
+) -> None:
+    """A pnode shares the host's mount namespace (its sessions' named namespaces, e.g. the
+    emulator's vnodes, are the host's too) but has a hostname of its own."""
+    host_name = socket.gethostname()
+    vnode, unrelated = (f"lt-{uuid.uuid4().hex[:8]}" for _ in range(2))
+    subprocess.run(["ip", "netns", "add", unrelated], check=True)
+    try:
+        reservation = reserve(nodes=2)
+        nodes = provider.list_nodes(reservation)
+        names = run_as_root(provider, reservation, keypair, "hostname", tmp_path / "kh")
+        assert {node: result.stdout.strip() for node, result in names.items()} == {
+            node.id: node.hostname for node in nodes
+        }
+        assert len({node.hostname for node in nodes} | {host_name}) == 3
+        assert socket.gethostname() == host_name
+
+        # on pnode-1, a named namespace (mounted under /run/netns as the agent does) with a
+        # veth into the pnode: the host can enter it
+        endpoint = provider.root_access(reservation, nodes[0], str(keypair.private_path))
+        made = ssh.run(
+            endpoint,
+            f"ip netns add {vnode} && ip link add lt0 type veth peer name lt1 netns {vnode} "
+            f"&& ip -n {vnode} addr add 192.0.2.1/24 dev lt1",
+            tmp_path / "kh",
+        )
+        assert made.exit_status == 0, made.stderr
+        inside = subprocess.run(["ip", "netns", "exec", vnode, "ip", "-br", "addr"],
+                                capture_output=True, text=True)
+        assert inside.returncode == 0, inside.stderr
+        assert "192.0.2.1/24" in inside.stdout
+
+        pids = netns_pids(reservation)
+        provider.release(reservation)  # the vnode goes with the pnode it hangs off
+        assert leftovers(reservation, provider.state_dir, pids) == []
+        assert vnode not in os.listdir("/run/netns")
+        assert unrelated in os.listdir("/run/netns")  # not reachable from a pnode: kept
+    finally:
+        subprocess.run(["ip", "netns", "del", unrelated], check=False)
+        subprocess.run(["ip", "netns", "del", vnode], check=False, stderr=subprocess.DEVNULL)
 
 
 def test_snapshot_seeds_a_later_reservation(
