@@ -59,6 +59,7 @@ _IFINFO = struct.Struct("=BxHiII")
 _IFADDR = struct.Struct("=BBBBI")
 _TCMSG = struct.Struct("=BxHiIII")
 _ERR = struct.Struct("=i")
+_FLAGS = struct.Struct("=H")  # nlmsg_flags, at offset 6 of the header
 
 
 class NetlinkFailure(Exception):
@@ -170,10 +171,13 @@ class Batch:
 
     `add` queues a request, `flush` sends them all and returns the replies of the `get`
     requests by sequence number; the first refused request raises NetlinkFailure after
-    every reply was read. The socket's fd also serves ioctls (SIOCETHTOOL) in its namespace.
+    every reply was read. Only the last request of each send keeps NLM_F_ACK: the kernel
+    answers the others only when it refuses them (it processes a send in order), so one
+    ack read closes the send instead of one per request. The socket's fd also serves
+    ioctls (SIOCETHTOOL) in its namespace.
     """
 
-    CHUNK = 256  # requests per send: their acks must fit the receive buffer
+    CHUNK = 256  # requests per send: their replies must fit the receive buffer
 
     def __init__(self) -> None:
         self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_ROUTE)
@@ -197,7 +201,8 @@ class Batch:
     def add(
         self, msg_type: int, flags: int, body: bytes, what: str, tolerate: Iterable[int] = ()
     ) -> int:
-        """Queue one request; errnos in `tolerate` are answered None instead of raising."""
+        """Queue one request that the kernel answers (NLM_F_ACK, or a get); errnos in
+        `tolerate` are answered None instead of raising."""
         self.seq += 1
         data = _HDR.pack(_HDR.size + len(body), msg_type, flags, self.seq, 0) + body
         self.queue.append((self.seq, data, what, frozenset(tolerate)))
@@ -215,15 +220,18 @@ class Batch:
         queue, self.queue = self.queue, []
         for start in range(0, len(queue), self.CHUNK):
             chunk = queue[start : start + self.CHUNK]
-            self.sock.send(b"".join(item[1] for item in chunk))
-            pending = {item[0]: item for item in chunk}
-            while pending:
+            last = chunk[-1][0]
+            self.sock.send(_pack(chunk))
+            items = {item[0]: item for item in chunk}
+            answered = False
+            while not answered:
                 data = self.sock.recv(1 << 20)
                 offset = 0
                 while offset + _HDR.size <= len(data):
                     length, msg_type, flags, seq, _ = _HDR.unpack_from(data, offset)
-                    item = pending.pop(seq, None)
+                    item = items.get(seq)
                     if item is not None:
+                        answered = answered or seq == last
                         payload = data[offset + _HDR.size : offset + length]
                         if msg_type == NLMSG_ERROR:
                             err = -_ERR.unpack_from(payload)[0]
@@ -237,6 +245,17 @@ class Batch:
         if failure is not None:
             raise failure
         return replies
+
+
+def _pack(chunk: list[tuple[int, bytes, str, frozenset[int]]]) -> bytearray:
+    """The chunk's requests in one buffer, NLM_F_ACK cleared on all but the last."""
+    buf = bytearray(b"".join(item[1] for item in chunk))
+    offset = 0
+    for item in chunk[:-1]:
+        flags = _FLAGS.unpack_from(buf, offset + 6)[0]
+        _FLAGS.pack_into(buf, offset + 6, flags & ~NLM_F_ACK)
+        offset += len(item[1])
+    return buf
 
 
 def _extack(payload: bytes, flags: int) -> str:
