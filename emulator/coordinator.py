@@ -12,24 +12,24 @@ from __future__ import annotations
 
 import json
 import secrets
-from collections.abc import Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from omnibed.core.api import Omnibed
 from omnibed.core.errors import ApplyError, EmulatorError, PreflightError, UsageError
 from omnibed.core.provider import Progress, no_progress
+from omnibed.core.types import Node, SSHEndpoint
 
+from .bundle import build
 from .model import Platform
 from .modes import PnodeFacts, ProbeResult, probe_targets
-from .planner import Plan, plan
+from .planner import Plan, VnodePlan, plan
 from .transport import AgentConnection, AgentSession, for_each
 
 PLAN_FILE = "emulation.json"
 PROBE_TIMEOUT = 2.0
-T = TypeVar("T")
 # A TCP connection to the discard port: refused or accepted means the address answered.
 # Only python3 is sure to be on a pnode (no ping needed).
 _REACH = """
@@ -76,10 +76,10 @@ class Emulator:
             )
         progress("reading the pnodes' NICs")
         nodes = self.api.nodes(self.reservation)
-        nics = self.api.nics(self.reservation)
+        nics = self.api.nics(self.reservation, nodes)
         facts = [PnodeFacts.from_node(node, nics[node.id]) for node in nodes]
         progress("starting the agent on every pnode")
-        with self._sessions() as sessions:
+        with self._sessions(nodes) as sessions:
             progress("probing whether the underlay passes foreign MACs")
             probe = _probe(sessions, facts)
             the_plan = plan(platform, facts, self.reservation, probe=probe, force=force)
@@ -176,82 +176,96 @@ class Emulator:
         """Run `argv` in each vnode (all when None), in parallel across pnodes."""
         the_plan = self._require()
         targets = [the_plan.vnode(name) for name in vnodes] if vnodes else list(the_plan.vnodes)
-        by_pnode: dict[str, list] = {}
-        for vnode in targets:
-            by_pnode.setdefault(vnode.pnode, []).append(vnode)
-        with self._sessions(only=set(by_pnode)) as sessions:
-
-            def run_there(pnode: str, session: AgentConnection) -> dict[str, VnodeResult]:
-                results = {}
-                for vnode in by_pnode[pnode]:
-                    reply = session.call("exec", netns=vnode.netns, argv=argv, timeout=timeout)
-                    results[vnode.name] = VnodeResult(
-                        vnode.name, reply["exit_status"], reply["stdout"], reply["stderr"]
-                    )
-                return results
-
-            outcome = _each(sessions, run_there)
-        results: dict[str, VnodeResult] = {}
-        for pnode, result in outcome.items():
-            if isinstance(result, BaseException):
-                for vnode in by_pnode[pnode]:
-                    results[vnode.name] = VnodeResult(vnode.name, 255, "", f"{result}\n")
-            else:
-                results.update(result)
-        return {v.name: results[v.name] for v in targets}
+        results = self._run([(vnode, argv) for vnode in targets], timeout)
+        return {vnode.name: result for vnode, result in zip(targets, results, strict=True)}
 
     def connectivity(self) -> list[dict[str, Any]]:
         """Ping, in every vnetwork, from one vnode per pnode to one vnode on each other pnode."""
         the_plan = self._require()
         probes = []
         for network in the_plan.networks:
-            firsts: dict[str, tuple[str, str]] = {}
+            firsts: dict[str, tuple[VnodePlan, str]] = {}
             for vnode in the_plan.vnodes:
                 for iface in vnode.ifaces:
                     if iface.network == network.name and vnode.pnode not in firsts:
-                        firsts[vnode.pnode] = (vnode.name, iface.address.split("/")[0])
+                        firsts[vnode.pnode] = (vnode, iface.address.split("/")[0])
             for src_pnode, (src, _) in firsts.items():
                 for dst_pnode, (dst, address) in firsts.items():
                     if dst_pnode != src_pnode:
                         probes.append((network.name, src, dst, address))
-        checks = []
-        for network, src, dst, address in probes:
-            result = self.exec([src], ["python3", "-I", "-c", _REACH, address])[src]
-            checks.append(
-                {"network": network, "from": src, "to": dst, "ok": result.exit_status == 0}
-            )
-        return checks
+        results = self._run(
+            [(src, ["python3", "-I", "-c", _REACH, address]) for _, src, _, address in probes]
+        )
+        return [
+            {"network": network, "from": src.name, "to": dst.name, "ok": result.exit_status == 0}
+            for (network, src, dst, _), result in zip(probes, results, strict=True)
+        ]
+
+    def _run(
+        self, jobs: list[tuple[VnodePlan, list[str]]], timeout: float | None = None
+    ) -> list[VnodeResult]:
+        """Each job's argv in its vnode, in order per pnode and in parallel across pnodes, over
+        one agent per pnode; a pnode that fails gives exit status 255 to its jobs."""
+        if not jobs:
+            return []
+        by_pnode: dict[str, list[int]] = {}
+        for index, (vnode, _) in enumerate(jobs):
+            by_pnode.setdefault(vnode.pnode, []).append(index)
+        nodes = [node for node in self.api.nodes(self.reservation) if node.id in by_pnode]
+        with self._sessions(nodes) as sessions:
+
+            def run_there(pnode: str, session: AgentConnection) -> list[VnodeResult]:
+                results = []
+                for index in by_pnode[pnode]:
+                    vnode, argv = jobs[index]
+                    reply = session.call("exec", netns=vnode.netns, argv=argv, timeout=timeout)
+                    results.append(
+                        VnodeResult(
+                            vnode.name, reply["exit_status"], reply["stdout"], reply["stderr"]
+                        )
+                    )
+                return results
+
+            outcome = for_each(sessions, run_there)
+        results: dict[int, VnodeResult] = {}
+        for pnode, indexes in by_pnode.items():
+            result = outcome[pnode]
+            for k, index in enumerate(indexes):
+                name = jobs[index][0].name
+                if isinstance(result, BaseException):
+                    results[index] = VnodeResult(name, 255, "", f"{result}\n")
+                else:
+                    results[index] = result[k]
+        return [results[index] for index in range(len(jobs))]
 
     # -- sessions ---------------------------------------------------------------------------
 
-    def _sessions(self, only: set[str] | None = None) -> _Sessions:
-        endpoints = self.api.root_endpoints(self.reservation)
-        if only is not None:
-            endpoints = {p: e for p, e in endpoints.items() if p in only}
+    def _sessions(self, nodes: Sequence[Node] | None = None) -> _Sessions:
+        """Agents on `nodes` (default: every pnode of the reservation)."""
+        endpoints = self.api.root_endpoints(self.reservation, nodes)
         return _Sessions(endpoints, self.api.known_hosts(self.reservation))
 
 
 class _Sessions:
     """One agent per pnode, opened in parallel; a pnode that cannot run it is named."""
 
-    def __init__(self, endpoints: Mapping[str, Any], known_hosts: Path) -> None:
+    def __init__(self, endpoints: Mapping[str, SSHEndpoint], known_hosts: Path) -> None:
         self.endpoints = endpoints
         self.known_hosts = known_hosts
         self.sessions: dict[str, AgentConnection] = {}
 
     def __enter__(self) -> dict[str, AgentConnection]:
-        def open_one(pnode: str) -> AgentConnection:
-            return AgentSession(self.endpoints[pnode], self.known_hosts)
-
-        with ThreadPoolExecutor(max_workers=max(1, min(32, len(self.endpoints)))) as pool:
-            futures = {p: pool.submit(open_one, p) for p in self.endpoints}
-            problems = {}
-            for pnode, future in futures.items():
-                error = future.exception()
-                if error is None:
-                    self.sessions[pnode] = future.result()
-                else:
-                    problems[pnode] = [str(error)]
+        bundle = build()
+        opened = for_each(
+            self.endpoints,
+            lambda _, endpoint: AgentSession(endpoint, self.known_hosts, bundle=bundle),
+        )
+        problems = {}
+        for pnode, result in opened.items():
+            if isinstance(result, BaseException):
+                problems[pnode] = [str(result)]
+            else:
+                self.sessions[pnode] = result
         if problems:
             self.__exit__()
             raise PreflightError(problems)
@@ -265,16 +279,9 @@ class _Sessions:
                 pass
 
 
-def _each(
-    sessions: Mapping[str, AgentConnection], fn: Callable[[str, AgentConnection], T]
-) -> dict[str, T | BaseException]:
-    """`fn(pnode, session)` on every pnode in parallel; results or exceptions by pnode."""
-    return for_each({pnode: pnode for pnode in sessions}, lambda p: fn(p, sessions[p]))
-
-
 def _on_all(sessions: Mapping[str, AgentConnection], op: str, the_plan: Plan) -> dict:
     """Send `op` with each pnode's own state to every pnode."""
-    return _each(sessions, lambda p, s: s.call(op, state=the_plan.state(p).to_json()))
+    return for_each(sessions, lambda p, s: s.call(op, state=the_plan.state(p).to_json()))
 
 
 def _errors(outcome: Mapping[str, Any]) -> dict[str, str]:

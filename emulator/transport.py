@@ -26,6 +26,7 @@ from .bundle import Bundle, build
 
 MIN_PYTHON = (3, 9)
 REMOTE_DIR = "/tmp"
+A = TypeVar("A")
 T = TypeVar("T")
 
 
@@ -182,15 +183,15 @@ def _upload(client: paramiko.SSHClient, bundle: Bundle) -> str:
 
 
 def for_each(
-    sessions: Mapping[str, AgentConnection], fn: Callable[[AgentConnection], T]
+    items: Mapping[str, A], fn: Callable[[str, A], T]
 ) -> dict[str, T | BaseException]:
-    """Run `fn` on every session in parallel; {pnode: result or the exception it raised}."""
-    if not sessions:
+    """`fn(key, item)` for every item in parallel; {key: result or the exception it raised}."""
+    if not items:
         return {}
-    with ThreadPoolExecutor(max_workers=min(32, len(sessions))) as pool:
-        futures = {name: pool.submit(fn, session) for name, session in sessions.items()}
+    with ThreadPoolExecutor(max_workers=min(32, len(items))) as pool:
+        futures = {key: pool.submit(fn, key, item) for key, item in items.items()}
         out: dict[str, T | BaseException] = {}
-        for name, future in futures.items():
+        for key, future in futures.items():
             exc = future.exception()
-            out[name] = exc if exc is not None else future.result()
+            out[key] = exc if exc is not None else future.result()
         return out
