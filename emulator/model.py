@@ -343,9 +343,6 @@ class Platform:
                     )
                 addresses[str(ip)] = where
 
-    def network(self, name: str) -> Network:
-        return next(n for n in self.networks if n.name == name)
-
 
 # --- YAML / mapping loader -------------------------------------------------------------
 
@@ -418,7 +415,8 @@ def platform_from_dict(data: object) -> Platform:
                 ifields[direction] = _link(ifields.get(direction), f"{iw}.{direction}")
             ifaces.append(_at(iw, IfaceSpec, **ifields))
         nodes.append(_at(where, VNodeSpec, ifaces=ifaces, **fields))
-    return Platform(networks=networks, nodes=nodes, vxlan_port=top.get("vxlan_port", 4789))
+    port = top.get("vxlan_port", DEFAULT_VXLAN_PORT)
+    return Platform(networks=networks, nodes=nodes, vxlan_port=port)
 
 
 def _is_path(text: str) -> bool:
