@@ -39,7 +39,8 @@ class Bundle:
 
     @property
     def remote_name(self) -> str:
-        return f"omnibed-agent-{self.digest[:16]}.pyz"
+        """The file name on a pnode: the cached file's own, which names its content."""
+        return self.path.name
 
 
 def _entries() -> dict[str, bytes]:
