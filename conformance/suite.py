@@ -80,6 +80,22 @@ def expect_raises(
     raise AssertionError(f"{call.__name__} returned instead of raising {expected.__name__}")
 
 
+def expect_refused(
+    provider: Provider,
+    request: ReservationRequest,
+    timeout: float,
+    at_reserve: type[OmnibedError],
+) -> None:
+    """`request` is refused: by reserve raising `at_reserve`, or by wait raising a
+    ProviderError that is not a timeout."""
+    try:
+        made = provider.reserve(request)
+    except at_reserve:
+        return
+    error = expect_raises(ProviderError, provider.wait, made, timeout=timeout)
+    assert not isinstance(error, ProviderTimeout), f"wait timed out instead: {error}"
+
+
 def check_utc(reservation: Reservation, where: str) -> None:
     for field in ("start", "end"):
         moment = getattr(reservation, field)
@@ -213,13 +229,8 @@ class ProviderConformance:
 
         A reserve refused at once with a ProviderError also keeps the rule.
         """
-        try:
-            made = omnibed_provider.reserve(reservations.request(omnibed_failing_request))
-        except ProviderError:
-            return
-        wait = omnibed_provider.wait
-        error = expect_raises(ProviderError, wait, made, timeout=reservations.timeout)
-        assert not isinstance(error, ProviderTimeout), f"wait timed out instead: {error}"
+        request = reservations.request(omnibed_failing_request)
+        expect_refused(omnibed_provider, request, reservations.timeout, ProviderError)
 
     @contract_rule
     def test_wait_times_out(
@@ -442,13 +453,7 @@ class ProviderConformance:
     ) -> None:
         """a request the testbed cannot satisfy raises an omnibed error, from reserve or wait."""
         request = reservations.request(nodes=100_000)
-        try:
-            made = omnibed_provider.reserve(request)
-        except OmnibedError:
-            return
-        wait = omnibed_provider.wait
-        error = expect_raises(ProviderError, wait, made, timeout=reservations.timeout)
-        assert not isinstance(error, ProviderTimeout), f"wait timed out instead: {error}"
+        expect_refused(omnibed_provider, request, reservations.timeout, OmnibedError)
 
     @contract_rule
     def test_unknown_option_is_refused(
