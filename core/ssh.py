@@ -76,6 +76,12 @@ def ensure_keypair(directory: Path) -> KeyPair:
     return KeyPair(private_path=private_path, public_openssh=public_openssh)
 
 
+def public_key_of(key_file: str) -> str:
+    """The `type base64` public half of the private key `key_file`, for authorized_keys."""
+    key = paramiko.PKey.from_path(key_file)
+    return f"{key.get_name()} {key.get_base64()}"
+
+
 def _mismatch(name: str, host: str, known_hosts: Path) -> HostKeyMismatch:
     return HostKeyMismatch(
         f"the host key of {name} differs from the one recorded at first contact in "

@@ -373,7 +373,7 @@ class ChameleonProvider(Provider):
         root = self._endpoint(record, node, key_file, "root")
         if _is_root(root, known_hosts):
             return root
-        public_key = Path(key_file + ".pub").read_text().strip()
+        public_key = ssh.public_key_of(key_file)
         install = ("sudo -n sh -c 'umask 077 && mkdir -p ~root/.ssh && "
                    "printf \"%s\\n\" \"$1\" > ~root/.ssh/authorized_keys' sh "
                    + shlex.quote(public_key))

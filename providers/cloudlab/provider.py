@@ -200,13 +200,9 @@ class CloudLabProvider(Provider):
 
     def root_access(self, reservation: Reservation, node: Node, key_file: str) -> SSHEndpoint:
         """Log in as the CloudLab user with `key_file`; passwordless sudo adds it for root."""
-        import paramiko
-
         from omnibed.core import ssh
 
-        key = paramiko.PKey.from_path(key_file)
-        public = f"{key.get_name()} {key.get_base64()}"
-        quoted = shlex.quote(public)
+        quoted = shlex.quote(ssh.public_key_of(key_file))
         script = (
             "umask 077 && mkdir -p ~root/.ssh && touch ~root/.ssh/authorized_keys && "
             f"(grep -qxF {quoted} ~root/.ssh/authorized_keys"

@@ -323,7 +323,7 @@ class Grid5000Provider(Provider):
         root = replace(node.ssh, user="root", key_file=key_file)
         if node.id in record.get("root", []):
             return root
-        public_key = _public_key(key_file)
+        public_key = ssh.public_key_of(key_file)
         if "deploy" in reservation.extra.get("types", ()):
             deployment = record.get("deployment") or self._deploy(reservation, record, public_key)
             failed = deployment["ko"]
@@ -470,11 +470,3 @@ class Grid5000Provider(Provider):
         ):
             self.client.delete_job(site, reservation.id)
         self._record_path(reservation.name).unlink(missing_ok=True)
-
-
-def _public_key(key_file: str) -> str:
-    """The OpenSSH public line of the reservation's private key."""
-    import paramiko
-
-    key = paramiko.PKey.from_path(key_file)
-    return f"{key.get_name()} {key.get_base64()}"
