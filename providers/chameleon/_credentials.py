@@ -15,11 +15,6 @@ from pathlib import Path
 
 from omnibed.core.errors import CredentialsError
 
-CLOUDS_YAML = (
-    Path.cwd() / "clouds.yaml",
-    Path.home() / ".config" / "openstack" / "clouds.yaml",
-    Path("/etc/openstack/clouds.yaml"),
-)
 _EXPORT = re.compile(r"^\s*(?:export\s+)?(OS_[A-Z0-9_]+)=(.*)$")
 _KEYS = {  # OS_* variable -> openstack.connect() keyword
     "OS_AUTH_URL": "auth_url",
@@ -128,7 +123,13 @@ def resolve(options: Mapping[str, str], environ: Mapping[str, str] = os.environ)
 
 
 def clouds_yaml_files(environ: Mapping[str, str] = os.environ) -> list[Path]:
-    """The clouds.yaml files openstacksdk would read, that exist."""
+    """The clouds.yaml files openstacksdk would read, that exist (the working directory's
+    first, as openstacksdk looks when called, not when omnibed was imported)."""
     candidates = [Path(environ["OS_CLIENT_CONFIG_FILE"])] if environ.get(
         "OS_CLIENT_CONFIG_FILE") else []
-    return [p for p in (*candidates, *CLOUDS_YAML) if p.is_file()]
+    candidates += [
+        Path.cwd() / "clouds.yaml",
+        Path.home() / ".config" / "openstack" / "clouds.yaml",
+        Path("/etc/openstack/clouds.yaml"),
+    ]
+    return [p for p in candidates if p.is_file()]
