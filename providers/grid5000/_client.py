@@ -59,9 +59,11 @@ def load_config(path: Path) -> dict[str, Any]:
         )
     try:
         data = yaml.safe_load(text) or {}
-    except yaml.YAMLError as error:
-        raise CredentialsError(f"{path} is not valid YAML ({error}); {fix}",
-                               source=str(path)) from error
+    except yaml.YAMLError as error:  # its text quotes the line, which may be the password
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise CredentialsError(f"{path} is not valid YAML{where}; {fix}",
+                               source=str(path)) from None
     if not isinstance(data, dict) or not data.get("username") or "password" not in data:
         raise CredentialsError(f"{path} lacks `username` or `password`; {fix}", source=str(path))
     return {key: data[key] for key in _CLIENT_KEYS if key in data}

@@ -158,6 +158,19 @@ def test_credentials_file_problems_name_the_file(provider, tmp_path, monkeypatch
     assert str(config) in str(caught.value)
 
 
+def test_malformed_credentials_file_is_named_without_quoting_the_password(
+    provider, tmp_path, monkeypatch
+):
+    config = tmp_path / "g5k.yaml"
+    config.write_text('username: alice\npassword: "s3cret-unclosed\n')
+    config.chmod(0o600)
+    monkeypatch.setenv("OMNIBED_GRID5000_CONFIG", str(config))
+    with pytest.raises(CredentialsError, match="not valid YAML") as caught:
+        Grid5000Provider(provider.state_dir).reserve(ask("g5k-yaml"))
+    assert str(config) in str(caught.value)
+    assert "s3cret" not in str(caught.value)
+
+
 def test_http_500_on_submit_is_a_provider_error_and_leaves_no_job(provider, fake):
     fake.fail("POST", r"/jobs$", 500, "OAR database unreachable")
     with pytest.raises(ProviderError, match="HTTP 500.*OAR database unreachable"):
