@@ -126,7 +126,11 @@ class ApplyError(EmulatorError):
 
     def __init__(self, failures: Mapping[str, str], *, rolled_back: bool = True) -> None:
         lines = [f"{pnode}: {why}" for pnode, why in failures.items()]
-        tail = "everything applied was rolled back" if rolled_back else "rollback incomplete"
+        tail = (
+            "everything applied was rolled back"
+            if rolled_back
+            else "rollback incomplete: `omnibed emulate down` removes the rest"
+        )
         super().__init__(f"apply failed ({tail}):\n  " + "\n  ".join(lines))
         self.failures = dict(failures)
         self.rolled_back = rolled_back
