@@ -57,7 +57,6 @@ def no_progress(_: str) -> None:
     """The default `progress` callback: says nothing."""
 
 
-_no_progress = no_progress  # the former name, still imported by providers/local
 
 
 class Provider(ABC):

@@ -11,6 +11,7 @@ import time
 from datetime import datetime
 from pathlib import Path
 
+from omnibed.core import ssh
 from omnibed.core.errors import (
     OmnibedError,
     ProviderTimeout,
@@ -18,7 +19,7 @@ from omnibed.core.errors import (
     ReservationNotFound,
     UsageError,
 )
-from omnibed.core.provider import Check, Progress, Provider, _no_progress
+from omnibed.core.provider import Check, Progress, Provider, no_progress
 from omnibed.core.timeutil import require_utc, utcnow
 from omnibed.core.types import (
     Capabilities,
@@ -192,7 +193,7 @@ class LocalProvider(Provider):
     # queries -----------------------------------------------------------------------------
 
     def wait(
-        self, reservation: Reservation, *, timeout: float = 3600, progress: Progress = _no_progress
+        self, reservation: Reservation, *, timeout: float = 3600, progress: Progress = no_progress
     ) -> Reservation:
         deadline = time.monotonic() + timeout
         while True:
@@ -232,7 +233,7 @@ class LocalProvider(Provider):
 
     def root_access(self, reservation: Reservation, node: Node, key_file: str) -> SSHEndpoint:
         pnode = self._pnode(reservation, node)
-        sshd.authorize(Path(pnode.dir), sshd.public_key_of(key_file))
+        sshd.authorize(Path(pnode.dir), ssh.public_key_of(key_file))
         return SSHEndpoint(host=pnode.address, port=sshd.PORT, user="root", key_file=key_file)
 
     def nic_capabilities(self, reservation: Reservation, node: Node, key_file: str) -> list[Nic]:

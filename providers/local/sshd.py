@@ -68,22 +68,15 @@ def prepare(node_dir: Path, address: str, public_key: str | None) -> Path:
 
 
 def authorize(node_dir: Path, public_key: str) -> None:
-    """Add `public_key` (one OpenSSH line) to the pnode's authorized keys unless already there."""
+    """Add `public_key` (one OpenSSH line) to the pnode's authorized keys unless already there
+    (with whatever comment)."""
     keys = node_dir / AUTHORIZED_KEYS
     line = public_key.strip()
     present = keys.read_text().splitlines() if keys.exists() else []
-    if line not in present:
+    if " ".join(line.split()[:2]) not in {" ".join(p.split()[:2]) for p in present}:
         with open(keys, "a") as handle:
             handle.write(line + "\n")
         keys.chmod(0o600)
-
-
-def public_key_of(key_file: str) -> str:
-    """The OpenSSH public line of private key `key_file` (its `.pub` file, else derived)."""
-    pub = Path(key_file + ".pub")
-    if pub.is_file():
-        return pub.read_text().strip()
-    return run("ssh-keygen", "-y", "-f", key_file).strip()
 
 
 def host_public_key(node_dir: Path) -> str:

@@ -136,7 +136,7 @@ def test_mode_reachability_and_clean_down(
 def _iperf_mbps(emulator: Emulator, client: str, server: str, server_address: str) -> float:
     started = emulator.exec([server], ["iperf3", "-s", "-D", "-1"])
     assert started[server].exit_status == 0, started[server].stderr
-    run = emulator.exec([client], ["iperf3", "-c", server_address, "-t", "4", "-O", "1", "-J"])
+    run = emulator.exec([client], ["iperf3", "-c", server_address, "-t", "6", "-O", "2", "-J"])
     assert run[client].exit_status == 0, run[client].stderr
     report = json.loads(run[client].stdout)
     return report["end"]["sum_received"]["bits_per_second"] / 1e6
