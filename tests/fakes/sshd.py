@@ -108,6 +108,8 @@ class FakeSSHD:
 
     def start(self) -> FakeSSHD:
         """Start sshd and return once it listens (its pid file is written after binding)."""
+        if self.process is not None:
+            raise RuntimeError(f"sshd on {self.host}:{self.port} is already started")
         Path("/run/sshd").mkdir(mode=0o755, parents=True, exist_ok=True)
         directory = self.directory = Path(tempfile.mkdtemp(prefix="omnibed-sshd-"))
         key = directory / "ssh_host_ed25519_key"
