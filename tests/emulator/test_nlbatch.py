@@ -8,36 +8,11 @@ a later flush on the same socket is not confused by anything left over.
 from __future__ import annotations
 
 import errno
-import threading
-from collections.abc import Callable
-from typing import TypeVar
 
 import pytest
 
 from omnibed.emulator import nlbatch as nl
-from omnibed.emulator import nsutil
-
-T = TypeVar("T")
-
-
-def in_fresh_netns(work: Callable[[], T]) -> T:
-    """Run `work` in a thread moved into a new, unnamed network namespace (gone with it)."""
-    results: list[T] = []
-    errors: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            nsutil.unshare_net()
-            results.append(work())
-        except BaseException as exc:  # handed to the caller
-            errors.append(exc)
-
-    thread = threading.Thread(target=run, name="test-nlbatch-netns")
-    thread.start()
-    thread.join()
-    if errors:
-        raise errors[0]
-    return results[0]
+from tests.emulator.support import in_fresh_netns
 
 
 def _veth(name: str) -> bytes:

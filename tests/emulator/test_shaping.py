@@ -16,10 +16,8 @@ import math
 import shutil
 import struct
 import subprocess
-import threading
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 from pyroute2 import IPRoute
@@ -28,13 +26,12 @@ from pyroute2.netlink.rtnl import RTM_NEWQDISC, TC_H_ROOT
 from pyroute2.netlink.rtnl.tcmsg import tcmsg
 
 from omnibed.emulator import nlbatch as nl
-from omnibed.emulator import nsutil
 from omnibed.emulator.model import LinkSpec
 from omnibed.emulator.preflight import kernel_missing
 from omnibed.emulator.shaping import netem_limit, qdisc_request, tbf_burst
 from omnibed.emulator.state import Shaping
+from tests.emulator.support import in_fresh_netns
 
-T = TypeVar("T")
 U32 = 2**32 - 1
 TICK_NS = 64  # PSCHED_SHIFT 6: the kernel's psched tick (/proc/net/psched: 000003e8 00000040)
 HZ = 250  # CONFIG_HZ of the kernels omnibed targets (tc-tbf(8): burst >= rate / HZ)
@@ -312,28 +309,6 @@ def test_tbf_fields_saturate_instead_of_overflowing() -> None:
 
 
 # --- the same links as iproute2 builds them -----------------------------------------------
-
-
-def in_fresh_netns(work: Callable[[], T]) -> T:
-    """Run `work` in a thread moved into a new network namespace; it dies with the thread
-    (nothing mounted), taking every link made in it along. Subprocesses started by `work`
-    inherit it."""
-    results: list[T] = []
-    errors: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            nsutil.unshare_net()
-            results.append(work())
-        except BaseException as exc:  # handed to the caller
-            errors.append(exc)
-
-    thread = threading.Thread(target=run, name="test-shaping-netns")
-    thread.start()
-    thread.join()
-    if errors:
-        raise errors[0]
-    return results[0]
 
 
 def _run(*argv: str) -> str:
