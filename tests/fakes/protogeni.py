@@ -374,6 +374,10 @@ class FakeProtoGENI:
             return self._error(fault.am_code, fault.output)
         return None
 
+    def _refuse(self, method: str, slice_urn: str, creds: list[str]) -> dict[str, Any] | None:
+        """An injected fault of `method`, else a refusal of the slice credential, else None."""
+        return self._fault(method) or self._check_slice_cred(slice_urn, creds)
+
     def _check_slice_cred(self, slice_urn: str, creds: list[str]) -> dict[str, Any] | None:
         for text in creds:
             fields = _cred_fields(text)
@@ -480,12 +484,9 @@ class FakeProtoGENI:
 
     def _CreateSliver(self, slice_urn, creds, rspec, users, options):  # noqa: N802
         with self.lock:
-            fault = self._fault("CreateSliver")
-            if fault:
-                return fault
-            bad = self._check_slice_cred(slice_urn, creds)
-            if bad:
-                return bad
+            refused = self._refuse("CreateSliver", slice_urn, creds)
+            if refused:
+                return refused
             if slice_urn in self.state.slivers:
                 return self._error(ALREADYEXISTS, f"{slice_urn} already has a sliver here")
             root = etree.fromstring(rspec.encode())
@@ -553,12 +554,9 @@ class FakeProtoGENI:
 
     def _SliverStatus(self, slice_urn, creds, options):  # noqa: N802
         with self.lock:
-            fault = self._fault("SliverStatus")
-            if fault:
-                return fault
-            bad = self._check_slice_cred(slice_urn, creds)
-            if bad:
-                return bad
+            refused = self._refuse("SliverStatus", slice_urn, creds)
+            if refused:
+                return refused
             sliver = self.state.slivers.get(slice_urn)
             if sliver is None:
                 return self._error(SEARCHFAILED, f"no sliver for {slice_urn}")
@@ -579,12 +577,9 @@ class FakeProtoGENI:
 
     def _RenewSliver(self, slice_urn, creds, expiration, options):  # noqa: N802
         with self.lock:
-            fault = self._fault("RenewSliver")
-            if fault:
-                return fault
-            bad = self._check_slice_cred(slice_urn, creds)
-            if bad:
-                return bad
+            refused = self._refuse("RenewSliver", slice_urn, creds)
+            if refused:
+                return refused
             sliver = self.state.slivers.get(slice_urn)
             if sliver is None:
                 return self._error(SEARCHFAILED, f"no sliver for {slice_urn}")
@@ -597,12 +592,9 @@ class FakeProtoGENI:
 
     def _DeleteSliver(self, slice_urn, creds, options):  # noqa: N802
         with self.lock:
-            fault = self._fault("DeleteSliver")
-            if fault:
-                return fault
-            bad = self._check_slice_cred(slice_urn, creds)
-            if bad:
-                return bad
+            refused = self._refuse("DeleteSliver", slice_urn, creds)
+            if refused:
+                return refused
             sliver = self.state.slivers.pop(slice_urn, None)
             if sliver is None:
                 return self._error(SEARCHFAILED, f"no sliver for {slice_urn}")
@@ -615,12 +607,9 @@ class FakeProtoGENI:
 
     def _CreateImage(self, slice_urn, image_name, sliver_urn, creds, options):  # noqa: N802
         with self.lock:
-            fault = self._fault("CreateImage")
-            if fault:
-                return fault
-            bad = self._check_slice_cred(slice_urn, creds)
-            if bad:
-                return bad
+            refused = self._refuse("CreateImage", slice_urn, creds)
+            if refused:
+                return refused
             sliver = self.state.slivers.get(slice_urn)
             if sliver is None or sliver_urn not in sliver.node_slivers.values():
                 return self._error(SEARCHFAILED, f"no node sliver {sliver_urn} in {slice_urn}")
