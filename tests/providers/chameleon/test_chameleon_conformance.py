@@ -13,24 +13,14 @@ from omnibed.conformance import ProviderConformance
 from omnibed.core.types import ReservationRequest
 from omnibed.providers.chameleon import ChameleonProvider
 from tests.fakes.openstack import FakeOpenStack
-from tests.providers.chameleon.nodes import NetnsNodes
-from tests.providers.chameleon.support import CLOUDS_YAML
+from tests.providers.chameleon.support import cloud_with_nodes
 
 
 @pytest.fixture
 def conformance_cloud(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
                       ) -> Iterator[FakeOpenStack]:
-    socket = str(tmp_path / "cloud.sock")
-    nodes = NetnsNodes(socket)
-    try:
-        with FakeOpenStack(backer=nodes, unix_socket=socket) as cloud:
-            os.chmod(socket, 0o777)
-            clouds = tmp_path / "clouds.yaml"
-            clouds.write_text(CLOUDS_YAML.format(auth_url=cloud.auth_url))
-            monkeypatch.setenv("OS_CLIENT_CONFIG_FILE", str(clouds))
-            yield cloud
-    finally:
-        nodes.close()
+    with cloud_with_nodes(tmp_path, monkeypatch) as (cloud, _):
+        yield cloud
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ from omnibed.core.types import NicRole, Tri
 from omnibed.providers.chameleon import ChameleonProvider
 from tests.fakes.openstack import FakeOpenStack
 from tests.providers.chameleon.nodes import NetnsNodes
-from tests.providers.chameleon.support import CLOUDS_YAML, request
+from tests.providers.chameleon.support import cloud_with_nodes, request
 
 pytestmark = [pytest.mark.root, pytest.mark.skipif(os.geteuid() != 0, reason="needs root")]
 NOTHING = {"leases": 0, "servers": 0, "keypairs": 0, "ports": 0, "floatingips": 0}
@@ -26,18 +26,8 @@ NOTHING = {"leases": 0, "servers": 0, "keypairs": 0, "ports": 0, "floatingips": 
 @pytest.fixture
 def real(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
          ) -> Iterator[tuple[FakeOpenStack, NetnsNodes, ChameleonProvider, Path]]:
-    socket = str(tmp_path / "cloud.sock")
-    nodes = NetnsNodes(socket)
-    try:
-        with FakeOpenStack(backer=nodes, unix_socket=socket) as cloud:
-            os.chmod(socket, 0o777)
-            clouds = tmp_path / "clouds.yaml"
-            clouds.write_text(CLOUDS_YAML.format(auth_url=cloud.auth_url))
-            monkeypatch.setenv("OS_CLIENT_CONFIG_FILE", str(clouds))
-            yield cloud, nodes, ChameleonProvider(tmp_path / "providers" / "chameleon"), \
-                tmp_path
-    finally:
-        nodes.close()
+    with cloud_with_nodes(tmp_path, monkeypatch) as (cloud, nodes):
+        yield cloud, nodes, ChameleonProvider(tmp_path / "providers" / "chameleon"), tmp_path
 
 
 @pytest.mark.parametrize("site", ["CHI@TACC", "KVM@TACC"])
