@@ -27,6 +27,7 @@ from omnibed.core.types import (
     Reservation,
     ReservationRequest,
     SSHEndpoint,
+    check_reservation_name,
 )
 
 
@@ -59,6 +60,13 @@ class Omnibed:
         return self._providers[testbed]
 
     def reservation_dir(self, name: str) -> Path:
+        """`<home>/reservations/<name>`: keys, known_hosts and plan of one reservation.
+
+        A name that is not one plain path component (`/`, `.`, `..`) is refused, so no
+        name, even one recorded before names were checked, points outside that folder.
+        """
+        if not name or "/" in name or "\0" in name or name in (".", ".."):
+            raise UsageError(f"reservation name {name!r} cannot be a folder of omnibed's")
         return self.home / "reservations" / name
 
     def known_hosts(self, name: str) -> Path:
@@ -102,6 +110,10 @@ class Omnibed:
         if start is not None and Capability.ADVANCE_RESERVATION not in caps:
             raise UsageError(f"{testbed} does not take advance reservations (--start)")
         name = name or f"{testbed}-{secrets.token_hex(3)}"
+        try:
+            check_reservation_name(name)
+        except ValueError as error:
+            raise UsageError(str(error)) from None
         if self.ledger.get(name):
             raise UsageError(
                 f"a reservation called {name!r} already exists: "
@@ -128,27 +140,44 @@ class Omnibed:
         """
         provider = self.provider(testbed)
         self.ledger.record_pending(request.name, testbed, owner)
+        made_dir = False
         try:
+            made_dir = self._make_reservation_dir(request.name)
             keys = self.keypair(request.name)
             request = _with_key(request, keys.public_openssh)
             reservation = provider.reserve(request)
         except BaseException:
-            self._undo(provider, request.name)
+            self._undo(provider, request.name, made_dir)
             raise
         self.ledger.update(reservation)
         return reservation
 
-    def _undo(self, provider: Provider, name: str) -> None:
+    def _make_reservation_dir(self, name: str) -> bool:
+        """Create the reservation's folder (0700); refuse one this call did not create."""
+        (self.home / "reservations").mkdir(mode=0o700, exist_ok=True)
+        directory = self.reservation_dir(name)
+        try:
+            directory.mkdir(mode=0o700)
+        except FileExistsError:
+            raise UsageError(
+                f"{directory} already exists and omnibed did not make it for this reservation:"
+                f" move it away or use another --name"
+            ) from None
+        return True
+
+    def _undo(self, provider: Provider, name: str, made_dir: bool) -> None:
         try:
             leftover = provider.find(name)
             if leftover is not None:
                 provider.release(leftover)
         finally:
-            self._forget(name)
+            if made_dir:
+                _remove_tree(self.reservation_dir(name))
+            self.ledger.remove(name)
 
     def _forget(self, name: str) -> None:
+        _remove_tree(self.reservation_dir(name))
         self.ledger.remove(name)
-        shutil.rmtree(self.reservation_dir(name), ignore_errors=True)
 
     def entry(self, name: str) -> Entry:
         entry = self.ledger.get(name)
@@ -289,6 +318,14 @@ class Omnibed:
                 return node
         known = ", ".join(node.id for node in nodes)
         raise UsageError(f"no node {node_id!r} in {reservation.name}; its nodes: {known}")
+
+
+def _remove_tree(directory: Path) -> None:
+    """Remove a reservation's folder; a symlink in its place is unlinked, never followed."""
+    if directory.is_symlink():
+        directory.unlink()
+    else:
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 def _with_key(request: ReservationRequest, public_key: str) -> ReservationRequest:

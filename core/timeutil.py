@@ -8,6 +8,7 @@ from zoneinfo import ZoneInfo
 
 _WALLTIME = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
 _CLOCK = re.compile(r"^(\d+):([0-5]\d)(?::([0-5]\d))?$")
+MAX_WALLTIME = timedelta(days=365)  # longer than any testbed grants
 
 
 def utcnow() -> datetime:
@@ -41,23 +42,25 @@ def from_epoch(seconds: float) -> datetime:
 
 
 def parse_walltime(text: str) -> timedelta:
-    """Parse `1h`, `30m`, `1h30m`, `2d`, `90s` or `HH:MM[:SS]` into a positive timedelta."""
+    """Parse `1h`, `30m`, `1h30m`, `2d`, `90s` or `HH:MM[:SS]` into a timedelta longer than
+    zero and at most :data:`MAX_WALLTIME`; ValueError saying what to write otherwise."""
     value = text.strip().lower()
     clock = _CLOCK.match(value)
+    match = _WALLTIME.match(value)
     if clock:
-        hours, minutes, seconds = (int(part or 0) for part in clock.groups())
-        result = timedelta(hours=hours, minutes=minutes, seconds=seconds)
-    else:
-        match = _WALLTIME.match(value)
-        if not value or not match or not any(match.groups()):
-            raise ValueError(
-                f"walltime {text!r} is not understood: write e.g. 1h, 30m, 1h30m, 2d or 01:30:00"
-            )
+        days, (hours, minutes, seconds) = 0, (int(part or 0) for part in clock.groups())
+    elif value and match and any(match.groups()):
         days, hours, minutes, seconds = (int(part or 0) for part in match.groups())
-        result = timedelta(days=days, hours=hours, minutes=minutes, seconds=seconds)
-    if result <= timedelta(0):
+    else:
+        raise ValueError(
+            f"walltime {text!r} is not understood: write e.g. 1h, 30m, 1h30m, 2d or 01:30:00"
+        )
+    seconds = ((days * 24 + hours) * 60 + minutes) * 60 + seconds
+    if seconds > MAX_WALLTIME.total_seconds():
+        raise ValueError(f"walltime {text!r} is too long: at most {MAX_WALLTIME.days} days")
+    if seconds <= 0:
         raise ValueError(f"walltime {text!r} must be longer than zero")
-    return result
+    return timedelta(seconds=seconds)
 
 
 def format_walltime(duration: timedelta) -> str:

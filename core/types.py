@@ -7,6 +7,7 @@ naive ones so a provider cannot leak local time into omnibed.
 from __future__ import annotations
 
 import enum
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -55,6 +56,25 @@ class Capability(enum.StrEnum):
     ADVANCE_RESERVATION = "advance_reservation"
     EXTRA_NICS = "extra_nics"
     ROOT = "root"
+
+
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
+
+
+def check_reservation_name(name: str) -> str:
+    """Return `name` if it is safe as a reservation name, raise ValueError otherwise.
+
+    A name becomes a directory under omnibed's home and a label on the testbed, so it is
+    1 to 63 ASCII letters, digits, `-`, `_` or `.`, starting with a letter or a digit:
+    never a path, never `..`, never an option.
+    """
+    if isinstance(name, str) and _NAME.fullmatch(name):
+        return name
+    shown = repr(name) if len(repr(name)) <= 40 else repr(name)[:36] + "..."
+    raise ValueError(
+        f"reservation name {shown} is not allowed: use 1 to 63 letters, digits, '-', '_'"
+        " or '.', starting with a letter or a digit"
+    )
 
 
 def _frozen(mapping: Mapping[str, Any] | None) -> Mapping[str, Any]:
@@ -143,6 +163,7 @@ class ReservationRequest:
     extra: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        check_reservation_name(self.name)
         if self.nodes < 1:
             raise ValueError(f"a reservation needs at least one node, not {self.nodes}")
         if self.duration <= timedelta(0):

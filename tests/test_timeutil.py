@@ -62,3 +62,9 @@ def test_utc_helpers_are_aware() -> None:
     assert from_epoch(0) == datetime(1970, 1, 1, tzinfo=UTC)
     with pytest.raises(ValueError):
         require_utc(datetime(2026, 1, 1))
+
+
+@pytest.mark.parametrize("text", ["366d", "9999999999d", "99999999999:00", "8785h"])
+def test_parse_walltime_refuses_more_than_a_year(text: str) -> None:
+    with pytest.raises(ValueError, match="at most 365 days"):
+        parse_walltime(text)
