@@ -16,12 +16,13 @@ from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from omnibed.core import ssh
 from omnibed.core.api import Omnibed
 from omnibed.core.errors import OmnibedError, UsageError
-from omnibed.core.ledger import process_owner
+from omnibed.core.ledger import Entry, process_owner
 from omnibed.core.provider import VERBS, implemented_verbs
 from omnibed.core.timeutil import parse_walltime, to_utc, utcnow
 from omnibed.core.types import Capability, ReservationRequest
@@ -279,9 +280,22 @@ def reserve(
     out.print(request.name)
 
 
+def _warn_unreadable(entries: list[Entry]) -> None:
+    """One warning line per ledger row that cannot be read whole."""
+    for e in entries:
+        if e.problem:
+            err.print(
+                f"[yellow]warning:[/] ledger row {escape(repr(e.name))} cannot be read"
+                f" ({escape(e.problem)}): `omnibed release {escape(e.name)}` releases it"
+                f" by name on {escape(e.testbed)}",
+                highlight=False,
+                soft_wrap=True,
+            )
+
+
 @app.command("ls")
 def list_reservations(as_json: AsJson = False) -> None:
-    """List the reservations in the ledger."""
+    """List the reservations in the ledger; rows that cannot be read are listed and warned of."""
     entries = _api().ledger.entries()
     rows = [
         {
@@ -291,9 +305,11 @@ def list_reservations(as_json: AsJson = False) -> None:
             "start": e.reservation.start.isoformat() if e.reservation else None,
             "end": e.reservation.end.isoformat() if e.reservation else None,
             "id": e.reservation.id if e.reservation else None,
+            "problem": e.problem,
         }
         for e in entries
     ]
+    _warn_unreadable(entries)
     if as_json:
         _print_json(rows)
         return
@@ -456,12 +472,14 @@ def release(name: Name) -> None:
 @app.command()
 def gc() -> None:
     """Release reservations that are expired or whose reserve-and-run process died."""
+    api = _api()
     with _uninterruptible():
-        released = _api().gc()
+        released = api.gc()
     for name, why in released:
         out.print(f"released {name} ({why})")
     if not released:
         out.print("nothing to release")
+    _warn_unreadable(api.ledger.entries())
 
 
 @app.command("reserve-and-run", context_settings={"allow_interspersed_args": False})

@@ -5,6 +5,7 @@ OmnibedError
 ├── CredentialsError        .source: the file or variable to fix
 ├── NotSupported            .provider, .verb: the testbed cannot do this
 ├── PluginLoadError         .plugin: a third-party provider failed to load
+├── LedgerError             .path: the ledger is damaged or locked by another process
 ├── ProviderError           .provider, .testbed_message: the testbed said no
 │   ├── ReservationError    .retry_at: when the testbed proposes to try again (UTC)
 │   ├── ReservationNotFound
@@ -56,6 +57,14 @@ class PluginLoadError(OmnibedError):
         super().__init__(f"provider plugin {plugin!r} failed to load: {cause}")
         self.plugin = plugin
         self.cause = cause
+
+
+class LedgerError(OmnibedError):
+    """The ledger at `path` cannot be used: damaged (a copy is kept) or locked too long."""
+
+    def __init__(self, message: str, *, path: str) -> None:
+        super().__init__(message)
+        self.path = path
 
 
 class ProviderError(OmnibedError):

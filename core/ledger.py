@@ -9,8 +9,10 @@ releases the reservation.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -21,12 +23,12 @@ from typing import Any
 
 from platformdirs import user_state_dir
 
-from omnibed.core.errors import UsageError
+from omnibed.core.errors import LedgerError, UsageError
 from omnibed.core.timeutil import utcnow
 from omnibed.core.types import Reservation, ReservationState
 
 _SCHEMA = """
-CREATE TABLE IF NOT EXISTS reservations (
+CREATE TABLE reservations (
     name TEXT PRIMARY KEY,
     testbed TEXT NOT NULL,
     state TEXT NOT NULL,
@@ -35,6 +37,9 @@ CREATE TABLE IF NOT EXISTS reservations (
     reservation TEXT
 )
 """
+_COLUMNS = "name, testbed, state, created, owner, reservation"
+_OWNER = re.compile(r"\d+:\S+")
+LOCK_TIMEOUT = 10.0  # seconds; omnibed holds the ledger's lock for milliseconds
 
 
 def omnibed_home() -> Path:
@@ -51,6 +56,7 @@ def process_owner(pid: int | None = None) -> str:
 
 
 def owner_alive(owner: str) -> bool:
+    """Whether the process `owner` (see :func:`process_owner`) still runs."""
     pid_text, _, start = owner.partition(":")
     return _start_time(int(pid_text)) == start
 
@@ -65,14 +71,19 @@ def _start_time(pid: int) -> str:
 
 @dataclass(frozen=True)
 class Entry:
-    """A ledger row; `reservation` is None while the testbed has not answered."""
+    """A ledger row; `reservation` is None while the testbed has not answered.
+
+    A row that cannot be read whole has `problem` set (what is wrong with it), state
+    UNKNOWN and no reservation: it is listed and can be released by name, never guessed at.
+    """
 
     name: str
     testbed: str
     state: ReservationState
-    created: datetime
+    created: datetime | None
     owner: str | None
     reservation: Reservation | None
+    problem: str | None = None
 
     def expired(self, now: datetime) -> bool:
         return self.reservation is not None and self.reservation.end <= now
@@ -82,27 +93,87 @@ class Entry:
 
 
 class Ledger:
-    """The reservations of one omnibed home."""
+    """The reservations of one omnibed home.
 
-    def __init__(self, path: Path) -> None:
+    The file appears whole (written aside, then linked into place), so a ledger without
+    its table is damaged, never new: it is reported with a copy kept, not started empty.
+    A lock held longer than `timeout` seconds is reported with the process holding it.
+    """
+
+    def __init__(self, path: Path, *, timeout: float = LOCK_TIMEOUT) -> None:
         self.path = path
+        self.timeout = timeout
+        if not path.exists():
+            self._create()
         with self._db() as db:
-            db.execute(_SCHEMA)
+            tables = db.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
+        if ("reservations",) not in tables:
+            raise self._damaged("it is empty" if not tables else "it has no reservations table")
         os.chmod(path, 0o600)
 
-    @contextmanager
-    def _db(self) -> Iterator[sqlite3.Connection]:
-        db = sqlite3.connect(self.path, timeout=30)
+    def _create(self) -> None:
+        """Write an empty ledger aside and link it into place, unless one appeared meanwhile."""
+        part = self.path.with_name(f".{self.path.name}.{os.getpid()}.part")
+        part.unlink(missing_ok=True)
+        os.close(os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
         try:
-            with db:
-                yield db
+            db = sqlite3.connect(part)
+            try:
+                db.execute(_SCHEMA)
+                db.commit()
+            finally:
+                db.close()
+            os.link(part, self.path)
+        except FileExistsError:
+            pass
         finally:
-            db.close()
+            part.unlink()
+
+    @contextmanager
+    def _db(self, *, write: bool = False) -> Iterator[sqlite3.Connection]:
+        """A transaction (taking the write lock at once if `write`); SQLite's failures are
+        turned into one-line LedgerErrors, except the IntegrityError of a duplicate name."""
+        try:
+            db = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None)
+            try:
+                db.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+                yield db
+                db.execute("COMMIT")
+            finally:
+                db.close()  # rolls back what was not committed
+        except sqlite3.IntegrityError:
+            raise
+        except sqlite3.Error as error:
+            code = getattr(error, "sqlite_errorcode", 0) & 0xFF
+            if code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+                raise self._locked() from None
+            if code in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB):
+                raise self._damaged(str(error)) from None
+            raise LedgerError(
+                f"the ledger {self.path} cannot be used: {error}", path=str(self.path)
+            ) from None
+
+    def _damaged(self, why: str) -> LedgerError:
+        copy = _keep_copy(self.path)
+        return LedgerError(
+            f"the ledger {self.path} is damaged ({why}); a copy is kept at {copy}. The"
+            f" reservations it recorded may still be live: release them on their testbeds,"
+            f" then move {self.path} away to start an empty ledger",
+            path=str(self.path),
+        )
+
+    def _locked(self) -> LedgerError:
+        holders = ", ".join(_lock_holders(self.path)) or "another process"
+        return LedgerError(
+            f"the ledger {self.path} is locked by {holders} since more than {self.timeout:g} s:"
+            f" wait for it to finish (or stop it) and try again",
+            path=str(self.path),
+        )
 
     def record_pending(self, name: str, testbed: str, owner: str | None = None) -> None:
         """Write the reservation before the testbed call; a name can be used once."""
         try:
-            with self._db() as db:
+            with self._db(write=True) as db:
                 db.execute(
                     "INSERT INTO reservations (name, testbed, state, created, owner)"
                     " VALUES (?, ?, ?, ?, ?)",
@@ -115,36 +186,72 @@ class Ledger:
             ) from None
 
     def update(self, reservation: Reservation) -> None:
-        with self._db() as db:
+        with self._db(write=True) as db:
             db.execute(
                 "UPDATE reservations SET state = ?, reservation = ? WHERE name = ?",
                 (reservation.state.value, json.dumps(_dump(reservation)), reservation.name),
             )
 
     def set_owner(self, name: str, owner: str | None) -> None:
-        with self._db() as db:
+        with self._db(write=True) as db:
             db.execute("UPDATE reservations SET owner = ? WHERE name = ?", (owner, name))
 
     def remove(self, name: str) -> None:
-        with self._db() as db:
+        with self._db(write=True) as db:
             db.execute("DELETE FROM reservations WHERE name = ?", (name,))
 
     def get(self, name: str) -> Entry | None:
         with self._db() as db:
             row = db.execute(
-                "SELECT name, testbed, state, created, owner, reservation"
-                " FROM reservations WHERE name = ?",
-                (name,),
+                f"SELECT {_COLUMNS} FROM reservations WHERE name = ?", (name,)
             ).fetchone()
         return _entry(row) if row else None
 
     def entries(self) -> list[Entry]:
+        """Every row, oldest first; a row that cannot be read has its `problem` set."""
         with self._db() as db:
-            rows = db.execute(
-                "SELECT name, testbed, state, created, owner, reservation"
-                " FROM reservations ORDER BY created"
-            ).fetchall()
+            rows = db.execute(f"SELECT {_COLUMNS} FROM reservations ORDER BY created").fetchall()
         return [_entry(row) for row in rows]
+
+
+def _keep_copy(path: Path) -> Path:
+    """A 0600 copy of the damaged ledger, named by its content (made once per content)."""
+    data = path.read_bytes()
+    copy = path.with_name(f"{path.name}.damaged-{hashlib.sha256(data).hexdigest()[:12]}")
+    try:
+        fd = os.open(copy, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    except FileExistsError:
+        return copy
+    with os.fdopen(fd, "wb") as out:
+        out.write(data)
+    return copy
+
+
+def _lock_holders(path: Path) -> list[str]:
+    """`pid N (command)` of each other process holding a lock on `path`, from /proc/locks."""
+    try:
+        info = path.stat()
+        locks = Path("/proc/locks").read_text().splitlines()
+    except OSError:
+        return []
+    where = f"{os.major(info.st_dev):02x}:{os.minor(info.st_dev):02x}:{info.st_ino}"
+    pids = []
+    for line in locks:
+        fields = line.split()
+        if "->" in fields or len(fields) < 6:  # "->": a process waiting, not holding
+            continue
+        if fields[5] == where and fields[4] != str(os.getpid()) and fields[4] not in pids:
+            pids.append(fields[4])
+    return [f"pid {pid} ({_command_of(pid)})" for pid in pids]
+
+
+def _command_of(pid: str) -> str:
+    try:
+        words = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return "gone"
+    command = " ".join(b" ".join(words).decode(errors="replace").split())
+    return command if len(command) <= 80 else command[:77] + "..."
 
 
 def _dump(reservation: Reservation) -> dict[str, Any]:
@@ -175,11 +282,24 @@ def load_reservation(data: dict[str, Any]) -> Reservation:
 
 def _entry(row: tuple[Any, ...]) -> Entry:
     name, testbed, state, created, owner, reservation = row
-    return Entry(
-        name=name,
-        testbed=testbed,
-        state=ReservationState(state),
-        created=datetime.fromisoformat(created),
-        owner=owner,
-        reservation=load_reservation(json.loads(reservation)) if reservation else None,
-    )
+    try:
+        if owner is not None and not _OWNER.fullmatch(str(owner)):
+            raise ValueError(f"owner {owner!r} is not pid:start-time")
+        return Entry(
+            name=name,
+            testbed=testbed,
+            state=ReservationState(state),
+            created=datetime.fromisoformat(created),
+            owner=owner,
+            reservation=load_reservation(json.loads(reservation)) if reservation else None,
+        )
+    except (ValueError, KeyError, TypeError, AttributeError) as error:
+        return Entry(
+            name=str(name),
+            testbed=str(testbed),
+            state=ReservationState.UNKNOWN,
+            created=None,
+            owner=None,
+            reservation=None,
+            problem=f"{type(error).__name__}: {error}",
+        )
