@@ -135,21 +135,28 @@ class Omnibed:
     ) -> Reservation:
         """Record, then reserve; on any failure nothing is left on the testbed or the ledger.
 
+        The ledger row carries `request.token`: a failure undoes this call's own row and
+        reservation only, never those of another process that recorded the same name first.
         `owner` (see :func:`omnibed.core.ledger.process_owner`) marks a reservation that
         `gc` releases once that process is gone.
         """
         provider = self.provider(testbed)
-        self.ledger.record_pending(request.name, testbed, owner)
+        self.ledger.record_pending(request.name, testbed, owner, token=request.token)
         made_dir = False
+        reservation = None
         try:
             made_dir = self._make_reservation_dir(request.name)
             keys = self.keypair(request.name)
             request = _with_key(request, keys.public_openssh)
             reservation = provider.reserve(request)
+            if not self.ledger.update(reservation, token=request.token):
+                raise OmnibedError(
+                    f"the ledger row of {request.name!r} was removed while it was being"
+                    " reserved, so its reservation is released again"
+                )
         except BaseException:
-            self._undo(provider, request.name, made_dir)
+            self._undo(provider, request, reservation, made_dir)
             raise
-        self.ledger.update(reservation)
         return reservation
 
     def _make_reservation_dir(self, name: str) -> bool:
@@ -165,19 +172,26 @@ class Omnibed:
             ) from None
         return True
 
-    def _undo(self, provider: Provider, name: str, made_dir: bool) -> None:
+    def _undo(
+        self,
+        provider: Provider,
+        request: ReservationRequest,
+        reservation: Reservation | None,
+        made_dir: bool,
+    ) -> None:
+        """Release what this reserve call made and forget its own row and folder."""
         try:
-            leftover = provider.find(name)
+            leftover = reservation or provider.find(request.name)
             if leftover is not None:
                 provider.release(leftover)
         finally:
             if made_dir:
-                _remove_tree(self.reservation_dir(name))
-            self.ledger.remove(name)
+                _remove_tree(self.reservation_dir(request.name))
+            self.ledger.remove(request.name, token=request.token)
 
-    def _forget(self, name: str) -> None:
+    def _forget(self, name: str, token: str | None) -> None:
         _remove_tree(self.reservation_dir(name))
-        self.ledger.remove(name)
+        self.ledger.remove(name, token=token)
 
     def entry(self, name: str) -> Entry:
         entry = self.ledger.get(name)
@@ -267,27 +281,31 @@ class Omnibed:
         self.ledger.update(reservation)
         return reservation
 
-    def release(self, name: str) -> None:
-        """Tear down its virtual platform, release on the testbed, then forget.
+    def release(self, name: str, *, token: str | None = None) -> bool:
+        """Tear down its virtual platform, release on the testbed, then forget; whether
+        there was something to release.
 
-        Releasing twice is not an error. If the platform cannot be torn down, the nodes are
-        released anyway and the teardown error is raised afterwards.
+        With `token` (a request's), only the reservation that request recorded is released.
+        The reservation recorded in the ledger is released, the testbed is searched by name
+        only for one still pending. Releasing twice is not an error. If the platform cannot
+        be torn down, the nodes are released anyway and the teardown error is raised after.
         """
         entry = self.ledger.get(name)
-        if entry is None:
-            return
+        if entry is None or (token is not None and entry.token != token):
+            return False
         teardown_error = None
         try:
             self._emulation_down(name)
         except OmnibedError as error:
             teardown_error = error
         provider = self.provider(entry.testbed)
-        reservation = provider.find(name) or entry.reservation
+        reservation = entry.reservation or provider.find(name)
         if reservation is not None:
             provider.release(reservation)
-        self._forget(name)
+        self._forget(name, entry.token)
         if teardown_error is not None:
             raise teardown_error
+        return True
 
     def _emulation_down(self, name: str) -> None:
         from omnibed.emulator.coordinator import PLAN_FILE, Emulator

@@ -244,12 +244,12 @@ def _reserve_and_wait(api: Omnibed, testbed: str, request: ReservationRequest) -
         api.wait(request.name, progress=progress)
 
 
-def _release_if_reserved(api: Omnibed, name: str) -> None:
-    if api.ledger.get(name) is None:
-        return
-    with _uninterruptible(), _progress(f"releasing {name}"):
-        api.release(name)
-    err.print(f"released {name}")
+def _release_if_reserved(api: Omnibed, request: ReservationRequest) -> None:
+    """Release what this command recorded under `request`, never what another one did."""
+    with _uninterruptible(), _progress(f"releasing {request.name}"):
+        released = api.release(request.name, token=request.token)
+    if released:
+        err.print(f"released {request.name}")
 
 
 @app.command()
@@ -274,9 +274,9 @@ def reserve(
         try:
             _reserve_and_wait(api, testbed, request)
         except BaseException:
-            _release_if_reserved(api, request.name)
+            _release_if_reserved(api, request)
             raise
-    api.ledger.set_owner(request.name, None)  # kept until `omnibed release`
+    api.ledger.set_owner(request.name, None, token=request.token)  # kept until `release`
     out.print(request.name)
 
 
@@ -512,11 +512,10 @@ def reserve_and_run(
             else:
                 failed = _run_and_report(api, request.name, command)
         finally:
-            if keep and api.ledger.get(request.name):
-                api.ledger.set_owner(request.name, None)
+            if not keep:
+                _release_if_reserved(api, request)
+            elif api.ledger.set_owner(request.name, None, token=request.token):
                 err.print(f"kept {request.name}: `omnibed release {request.name}` when done")
-            elif not keep:
-                _release_if_reserved(api, request.name)
     raise typer.Exit(1 if failed else 0)
 
 

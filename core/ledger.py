@@ -4,7 +4,8 @@ SQLite (stdlib) in the user state directory, so a crash, a signal or a lost term
 never leaves a reservation nobody knows of. A row is written PENDING before the testbed
 call, updated with what the testbed answered, and deleted once released. A row may name
 an owner process (reserve-and-run without --keep): when that process is gone, `gc`
-releases the reservation.
+releases the reservation. A row carries the token of the request that recorded it, so a
+process changes or removes only the row it recorded, never one another process won.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import hashlib
 import json
 import os
 import re
+import secrets
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -34,10 +36,11 @@ CREATE TABLE reservations (
     state TEXT NOT NULL,
     created TEXT NOT NULL,
     owner TEXT,
-    reservation TEXT
+    reservation TEXT,
+    token TEXT
 )
 """
-_COLUMNS = "name, testbed, state, created, owner, reservation"
+_COLUMNS = "name, testbed, state, created, owner, reservation, token"
 _OWNER = re.compile(r"\d+:\S+")
 LOCK_TIMEOUT = 10.0  # seconds; omnibed holds the ledger's lock for milliseconds
 
@@ -83,6 +86,7 @@ class Entry:
     created: datetime | None
     owner: str | None
     reservation: Reservation | None
+    token: str | None = None
     problem: str | None = None
 
     def expired(self, now: datetime) -> bool:
@@ -110,6 +114,19 @@ class Ledger:
         if ("reservations",) not in tables:
             raise self._damaged("it is empty" if not tables else "it has no reservations table")
         os.chmod(path, 0o600)
+        if "token" not in self._columns():
+            self._add_token_column()
+
+    def _columns(self) -> set[str]:
+        with self._db() as db:
+            return {row[1] for row in db.execute("PRAGMA table_info(reservations)")}
+
+    def _add_token_column(self) -> None:
+        """Upgrade a ledger written before rows carried their request's token."""
+        with self._db(write=True) as db:
+            columns = {row[1] for row in db.execute("PRAGMA table_info(reservations)")}
+            if "token" not in columns:
+                db.execute("ALTER TABLE reservations ADD COLUMN token TEXT")
 
     def _create(self) -> None:
         """Write an empty ledger aside and link it into place, unless one appeared meanwhile."""
@@ -170,35 +187,55 @@ class Ledger:
             path=str(self.path),
         )
 
-    def record_pending(self, name: str, testbed: str, owner: str | None = None) -> None:
-        """Write the reservation before the testbed call; a name can be used once."""
+    def record_pending(
+        self, name: str, testbed: str, owner: str | None = None, *, token: str | None = None
+    ) -> str:
+        """Write the reservation before the testbed call; a name can be used once.
+
+        Returns the row's token (`token`, or a fresh one): pass it to `update`, `set_owner`
+        and `remove` to touch this row only, never one recorded by another process.
+        """
+        token = token or secrets.token_hex(16)
         try:
             with self._db(write=True) as db:
                 db.execute(
-                    "INSERT INTO reservations (name, testbed, state, created, owner)"
-                    " VALUES (?, ?, ?, ?, ?)",
-                    (name, testbed, ReservationState.PENDING.value, utcnow().isoformat(), owner),
+                    "INSERT INTO reservations (name, testbed, state, created, owner, token)"
+                    " VALUES (?, ?, ?, ?, ?, ?)",
+                    (name, testbed, ReservationState.PENDING.value, utcnow().isoformat(), owner,
+                     token),
                 )
         except sqlite3.IntegrityError:
             raise UsageError(
                 f"a reservation called {name!r} already exists: "
                 f"use another --name or `omnibed release {name}`"
             ) from None
+        return token
 
-    def update(self, reservation: Reservation) -> None:
-        with self._db(write=True) as db:
-            db.execute(
-                "UPDATE reservations SET state = ?, reservation = ? WHERE name = ?",
-                (reservation.state.value, json.dumps(_dump(reservation)), reservation.name),
-            )
+    def update(self, reservation: Reservation, *, token: str | None = None) -> bool:
+        """Record what the testbed answered; False if no row (with `token`) is there."""
+        return self._change(
+            "UPDATE reservations SET state = ?, reservation = ?",
+            (reservation.state.value, json.dumps(_dump(reservation))),
+            reservation.name,
+            token,
+        )
 
-    def set_owner(self, name: str, owner: str | None) -> None:
-        with self._db(write=True) as db:
-            db.execute("UPDATE reservations SET owner = ? WHERE name = ?", (owner, name))
+    def set_owner(self, name: str, owner: str | None, *, token: str | None = None) -> bool:
+        return self._change("UPDATE reservations SET owner = ?", (owner,), name, token)
 
-    def remove(self, name: str) -> None:
+    def remove(self, name: str, *, token: str | None = None) -> bool:
+        return self._change("DELETE FROM reservations", (), name, token)
+
+    def _change(
+        self, statement: str, values: tuple[Any, ...], name: str, token: str | None
+    ) -> bool:
+        """Run `statement` on the row `name` (and `token`, if given); whether a row changed."""
+        if token is None:
+            statement, values = statement + " WHERE name = ?", (*values, name)
+        else:
+            statement, values = statement + " WHERE name = ? AND token = ?", (*values, name, token)
         with self._db(write=True) as db:
-            db.execute("DELETE FROM reservations WHERE name = ?", (name,))
+            return db.execute(statement, values).rowcount > 0
 
     def get(self, name: str) -> Entry | None:
         with self._db() as db:
@@ -281,7 +318,7 @@ def load_reservation(data: dict[str, Any]) -> Reservation:
 
 
 def _entry(row: tuple[Any, ...]) -> Entry:
-    name, testbed, state, created, owner, reservation = row
+    name, testbed, state, created, owner, reservation, token = row
     try:
         if owner is not None and not _OWNER.fullmatch(str(owner)):
             raise ValueError(f"owner {owner!r} is not pid:start-time")
@@ -292,6 +329,7 @@ def _entry(row: tuple[Any, ...]) -> Entry:
             created=datetime.fromisoformat(created),
             owner=owner,
             reservation=load_reservation(json.loads(reservation)) if reservation else None,
+            token=token,
         )
     except (ValueError, KeyError, TypeError, AttributeError) as error:
         return Entry(
@@ -301,5 +339,6 @@ def _entry(row: tuple[Any, ...]) -> Entry:
             created=None,
             owner=None,
             reservation=None,
+            token=token,
             problem=f"{type(error).__name__}: {error}",
         )

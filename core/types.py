@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import enum
 import re
+import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -150,7 +151,12 @@ class Capabilities:
 
 @dataclass(frozen=True, slots=True)
 class ReservationRequest:
-    """What the user asks for; `extra` holds the provider-specific `-o key=value` options."""
+    """What the user asks for; `extra` holds the provider-specific `-o key=value` options.
+
+    `token` is made afresh for each request: the ledger row records it, so the process that
+    recorded a reservation undoes only its own, never that of another process that won
+    the same name.
+    """
 
     name: str
     nodes: int
@@ -161,6 +167,7 @@ class ReservationRequest:
     extra_nics: int = 0
     public_key: str | None = None  # the reservation's own key, installed for root
     extra: Mapping[str, str] = field(default_factory=dict)
+    token: str = field(default_factory=lambda: secrets.token_hex(16))
 
     def __post_init__(self) -> None:
         check_reservation_name(self.name)

@@ -51,6 +51,33 @@ def test_name_is_unique(tmp_path: Path) -> None:
         ledger.record_pending("exp1", "grid5000")
 
 
+def test_a_row_is_changed_only_with_the_token_that_recorded_it(tmp_path: Path) -> None:
+    ledger = Ledger(tmp_path / "ledger.sqlite")
+    mine = ledger.record_pending("exp1", "local")
+    other = "a-token-another-process-made"
+    assert not ledger.update(_reservation("exp1", START), token=other)
+    assert not ledger.set_owner("exp1", process_owner(), token=other)
+    assert not ledger.remove("exp1", token=other)
+    entry = ledger.get("exp1")
+    assert (entry.token, entry.owner, entry.reservation) == (mine, None, None)
+    assert ledger.update(_reservation("exp1", START), token=mine)
+    assert ledger.remove("exp1", token=mine) and ledger.get("exp1") is None
+
+
+def test_a_ledger_from_before_tokens_is_upgraded_in_place(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.sqlite"
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE reservations (name TEXT PRIMARY KEY, testbed TEXT NOT NULL,"
+                   " state TEXT NOT NULL, created TEXT NOT NULL, owner TEXT, reservation TEXT)")
+        db.execute("INSERT INTO reservations VALUES ('old', 'local', 'pending', ?, NULL, NULL)",
+                   (START.isoformat(),))
+    ledger = Ledger(path)
+    assert ledger.get("old").token is None and ledger.get("old").problem is None
+    token = ledger.record_pending("new", "local")
+    assert ledger.get("new").token == token
+    assert [e.name for e in Ledger(path).entries()] == ["old", "new"]
+
+
 def test_expiry_and_removal(tmp_path: Path) -> None:
     ledger = Ledger(tmp_path / "ledger.sqlite")
     ledger.record_pending("old", "local")
