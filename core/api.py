@@ -15,8 +15,8 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 from omnibed.core import ssh
-from omnibed.core.errors import OmnibedError, ReservationNotFound, UsageError
-from omnibed.core.ledger import Entry, Ledger, omnibed_home
+from omnibed.core.errors import OmnibedError, ReleaseFailed, ReservationNotFound, UsageError
+from omnibed.core.ledger import Entry, Ledger, omnibed_home, process_owner
 from omnibed.core.plugins import ProviderRegistry, load_providers
 from omnibed.core.provider import Progress, Provider, no_progress
 from omnibed.core.timeutil import utcnow
@@ -154,8 +154,8 @@ class Omnibed:
                     f"the ledger row of {request.name!r} was removed while it was being"
                     " reserved, so its reservation is released again"
                 )
-        except BaseException:
-            self._undo(provider, request, reservation, made_dir)
+        except BaseException as error:
+            self._undo(provider, request, reservation, made_dir, error)
             raise
         return reservation
 
@@ -178,16 +178,31 @@ class Omnibed:
         request: ReservationRequest,
         reservation: Reservation | None,
         made_dir: bool,
+        cause: BaseException,
     ) -> None:
-        """Release what this reserve call made and forget its own row and folder."""
+        """Release what this reserve call made and forget its own row and folder.
+
+        If that release fails too, the row is kept (with what the testbed made, owned by
+        this process so that `gc` releases it once the process is gone) and the error
+        says the reservation is still live and how to release it.
+        """
+        leftover = reservation
         try:
-            leftover = reservation or provider.find(request.name)
+            leftover = leftover or provider.find(request.name)
             if leftover is not None:
                 provider.release(leftover)
-        finally:
-            if made_dir:
-                _remove_tree(self.reservation_dir(request.name))
-            self.ledger.remove(request.name, token=request.token)
+        except BaseException as error:
+            if leftover is not None:
+                self.ledger.update(leftover, token=request.token)
+            self.ledger.set_owner(request.name, process_owner(), token=request.token)
+            if not isinstance(error, Exception):
+                raise
+            raise ReleaseFailed(
+                request.name, provider=provider.name, cause=cause, error=error
+            ) from error
+        if made_dir:
+            _remove_tree(self.reservation_dir(request.name))
+        self.ledger.remove(request.name, token=request.token)
 
     def _forget(self, name: str, token: str | None) -> None:
         _remove_tree(self.reservation_dir(name))

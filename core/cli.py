@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta
@@ -21,7 +22,7 @@ from rich.table import Table
 
 from omnibed.core import ssh
 from omnibed.core.api import Omnibed
-from omnibed.core.errors import OmnibedError, UsageError
+from omnibed.core.errors import OmnibedError, ReleaseFailed, UsageError
 from omnibed.core.ledger import Entry, process_owner
 from omnibed.core.provider import VERBS, implemented_verbs
 from omnibed.core.timeutil import parse_walltime, to_utc, utcnow
@@ -244,10 +245,27 @@ def _reserve_and_wait(api: Omnibed, testbed: str, request: ReservationRequest) -
         api.wait(request.name, progress=progress)
 
 
-def _release_if_reserved(api: Omnibed, request: ReservationRequest) -> None:
-    """Release what this command recorded under `request`, never what another one did."""
-    with _uninterruptible(), _progress(f"releasing {request.name}"):
-        released = api.release(request.name, token=request.token)
+def _release_if_reserved(
+    api: Omnibed, request: ReservationRequest, cause: BaseException | None
+) -> None:
+    """Release what this command recorded under `request`, never what another one did.
+
+    If the release fails, the ledger keeps the reservation (owned by this process, so `gc`
+    releases it once it has ended) and the error says so, with the command to release it.
+    A failed reserve that said so already (ReleaseFailed) is not released a second time.
+    """
+    if isinstance(cause, ReleaseFailed):
+        return
+    try:
+        with _uninterruptible(), _progress(f"releasing {request.name}"):
+            released = api.release(request.name, token=request.token)
+    except OmnibedError as error:
+        entry = api.ledger.get(request.name)
+        if entry is None or entry.token != request.token:
+            raise  # released and forgotten; only what came after failed
+        raise ReleaseFailed(
+            request.name, provider=entry.testbed, cause=cause, error=error
+        ) from error
     if released:
         err.print(f"released {request.name}")
 
@@ -273,8 +291,8 @@ def reserve(
     with _sigterm_as_interrupt():
         try:
             _reserve_and_wait(api, testbed, request)
-        except BaseException:
-            _release_if_reserved(api, request)
+        except BaseException as error:
+            _release_if_reserved(api, request, error)
             raise
     api.ledger.set_owner(request.name, None, token=request.token)  # kept until `release`
     out.print(request.name)
@@ -513,7 +531,7 @@ def reserve_and_run(
                 failed = _run_and_report(api, request.name, command)
         finally:
             if not keep:
-                _release_if_reserved(api, request)
+                _release_if_reserved(api, request, sys.exc_info()[1])
             elif api.ledger.set_owner(request.name, None, token=request.token):
                 err.print(f"kept {request.name}: `omnibed release {request.name}` when done")
     raise typer.Exit(1 if failed else 0)

@@ -9,6 +9,7 @@ OmnibedError
 ├── ProviderError           .provider, .testbed_message: the testbed said no
 │   ├── ReservationError    .retry_at: when the testbed proposes to try again (UTC)
 │   ├── ReservationNotFound
+│   ├── ReleaseFailed       .name: releasing after a failure failed; still live and recorded
 │   └── ProviderTimeout     a wait ran out of time
 ├── SSHError                .host: could not log in or run a command
 │   └── HostKeyMismatch     a node's host key changed since first contact
@@ -91,6 +92,24 @@ class ReservationError(ProviderError):
     ) -> None:
         super().__init__(message, provider=provider, testbed_message=testbed_message)
         self.retry_at = retry_at
+
+
+class ReleaseFailed(ProviderError):
+    """Releasing `name` after a failure (`cause`) failed too: it is still live on the
+    testbed and kept in the ledger, so `omnibed release` or `omnibed gc` can release it."""
+
+    def __init__(
+        self, name: str, *, provider: str, cause: BaseException | None, error: Exception
+    ) -> None:
+        why = "interrupted" if isinstance(cause, KeyboardInterrupt) else str(cause or "")
+        before = f"{why}; " if why and why != str(error) else ""
+        super().__init__(
+            f"{before}releasing {name} failed ({error}): it is still live on {provider},"
+            f" release it with `omnibed release {name}` (`omnibed gc` does once this command"
+            " has ended)",
+            provider=provider,
+        )
+        self.name = name
 
 
 class ReservationNotFound(ProviderError):

@@ -201,8 +201,14 @@ class Ledger:
                 db.execute(
                     "INSERT INTO reservations (name, testbed, state, created, owner, token)"
                     " VALUES (?, ?, ?, ?, ?, ?)",
-                    (name, testbed, ReservationState.PENDING.value, utcnow().isoformat(), owner,
-                     token),
+                    (
+                        name,
+                        testbed,
+                        ReservationState.PENDING.value,
+                        utcnow().isoformat(),
+                        owner,
+                        token,
+                    ),
                 )
         except sqlite3.IntegrityError:
             raise UsageError(
