@@ -114,7 +114,7 @@ def test_run_reports_failing_nodes(tmp_path: Path) -> None:
         "local",
         "--nodes",
         "2",
-        "--",
+        "--shell",
         "exit 7",
         check=False,
     )
@@ -128,7 +128,7 @@ def _start_long_run(home: Path, marks: Path) -> tuple[subprocess.Popen, str, str
     command = f"touch {marks}/$$; exec sleep {seconds}"
     env = {**os.environ, "OMNIBED_HOME": str(home)}
     process = subprocess.Popen(
-        [OMNIBED, "reserve-and-run", "--testbed", "local", "--nodes", "3", "--", command],
+        [OMNIBED, "reserve-and-run", "--testbed", "local", "--nodes", "3", "--shell", command],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -203,7 +203,7 @@ def test_ssh_snapshot_and_image_through_the_cli(tmp_path: Path) -> None:
         "local",
         "-o",
         f"image={image}",
-        "--",
+        "--shell",
         'cat "$OMNIBED_NODE_DIR/result.txt"',
     )
     assert "[pnode-1] kept" in ran.stdout
