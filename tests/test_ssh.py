@@ -426,7 +426,7 @@ def test_a_path_openssh_would_expand_is_refused(tmp_path: Path) -> None:
         ssh_command_line(node, directory / "known_hosts")
 
 
-def test_every_file_omnibed_writes_is_private(tmp_path: Path) -> None:
+def test_keypair_files_and_their_directories_are_private(tmp_path: Path) -> None:
     directory = tmp_path / "reservations" / "r1"
     ensure_keypair(directory)
     paths = [tmp_path / "reservations", *(tmp_path / "reservations").rglob("*")]
