@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import sys
 from collections.abc import Callable, Iterator
@@ -59,7 +60,22 @@ Options = Annotated[
     ),
 ]
 AsJson = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
-Command = Annotated[list[str], typer.Argument(help="The command, after `--`.")]
+Command = Annotated[
+    list[str] | None,
+    typer.Argument(
+        help="The program and its arguments, after `--`: each word reaches the program as it "
+        "is (omnibed quotes it for the node's shell), e.g. -- python3 -c \"print('y')\".",
+        show_default=False,
+    ),
+]
+Shell = Annotated[
+    str | None,
+    typer.Option(
+        "--shell",
+        help="Run this string with `sh -c` instead of words after `--`, for pipes, globs, "
+        "variables and `;`: --shell 'id -u; hostname -I'.",
+    ),
+]
 
 
 def main() -> None:
@@ -404,21 +420,23 @@ def nics(name: Name, as_json: AsJson = False) -> None:
     out.print(table)
 
 
-def _run_and_report(api: Omnibed, name: str, command: list[str]) -> int:
-    """Run on every node with output prefixed by node; return how many nodes failed."""
-    command = _command(command)
-    text = " ".join(command) if len(command) > 1 else command[0]
-    results = api.run(name, text, on_line=_print_line)
+def _run_and_report(api: Omnibed, name: str, argv: list[str]) -> int:
+    """Run `argv` on every node, output prefixed by node; return how many nodes failed."""
+    results = api.run(name, shlex.join(argv), on_line=_print_line)
     return _print_exit_table("node", {node: r.exit_status for node, r in results.items()})
 
 
-def _command(command: list[str]) -> list[str]:
-    """The words after `--` (Click keeps the `--` when it follows a positional argument)."""
-    if command[:1] == ["--"]:
-        command = command[1:]
-    if not command:
-        raise UsageError("no command given: put it after `--`, e.g. `-- id -u`")
-    return command
+def _argv(words: list[str] | None, shell: str | None) -> list[str]:
+    """What to run: the words after `--` as they are, or `sh -c STRING` for --shell."""
+    if words and shell is not None:
+        raise UsageError("give the command either as words after `--` or as --shell 'STRING',"
+                         " not both")
+    if shell is not None:
+        return ["sh", "-c", shell]
+    if not words:
+        raise UsageError("no command given: put it after `--` (e.g. `-- id -u`), or give "
+                         "--shell 'STRING' for pipes and globs")
+    return words
 
 
 def _print_line(who: str, stream: str, line: str) -> None:
@@ -436,10 +454,15 @@ def _print_exit_table(kind: str, statuses: dict[str, int]) -> int:
     return failed
 
 
-@app.command(context_settings={"allow_interspersed_args": False})
-def run(name: Name, command: Command) -> None:
-    """Run a command as root on every node of a reservation: `omnibed run NAME -- CMD`."""
-    raise typer.Exit(1 if _run_and_report(_api(), name, command) else 0)
+@app.command()
+def run(name: Name, command: Command = None, shell: Shell = None) -> None:
+    """Run a command as root on every node: `omnibed run NAME -- PROGRAM ARGS...`.
+
+    The words after `--` reach PROGRAM as they are (no shell reads them); for pipes, globs
+    or `;`, give one string to `sh -c` instead: `omnibed run NAME --shell 'id -u; uptime'`.
+    """
+    argv = _argv(command, shell)
+    raise typer.Exit(1 if _run_and_report(_api(), name, argv) else 0)
 
 
 @app.command("ssh")
@@ -503,7 +526,8 @@ def gc() -> None:
 @app.command("reserve-and-run", context_settings={"allow_interspersed_args": False})
 def reserve_and_run(
     testbed: Testbed,
-    command: Command,
+    command: Command = None,
+    shell: Shell = None,
     nodes: Nodes = 1,
     walltime: Walltime = "1h",
     name: Annotated[str | None, typer.Option(help="Name it (default: TESTBED-xxxxxx).")] = None,
@@ -515,20 +539,23 @@ def reserve_and_run(
         typer.Option(help="Build this virtual platform (YAML) and run CMD on every vnode."),
     ] = None,
 ) -> None:
-    """Reserve, wait, run CMD as root on every node, print per-node results, release.
+    """Reserve, wait, run a command as root on every node, print per-node results, release.
 
-    The nodes are released also on Ctrl-C, SIGTERM or an error, unless --keep; if omnibed
-    itself is killed, `omnibed gc` releases them. Exits non-zero when any node failed.
+    The command is the words after `--`, each reaching the program as it is, or --shell
+    'STRING' run with `sh -c` (as with `omnibed run`). The nodes are released also on
+    Ctrl-C, SIGTERM or an error, unless --keep; if omnibed itself is killed, `omnibed gc`
+    releases them. Exits non-zero when any node failed.
     """
+    argv = _argv(command, shell)
     api = _api()
     request = _request(api, testbed, nodes, walltime, name, extra_nics, option)
     with _sigterm_as_interrupt():
         try:
             _reserve_and_wait(api, testbed, request)
             if platform is not None:
-                failed = _emulate_and_run(api, request.name, platform, command)
+                failed = _emulate_and_run(api, request.name, platform, argv)
             else:
-                failed = _run_and_report(api, request.name, command)
+                failed = _run_and_report(api, request.name, argv)
         finally:
             if not keep:
                 _release_if_reserved(api, request, sys.exc_info()[1])
@@ -537,11 +564,11 @@ def reserve_and_run(
     raise typer.Exit(1 if failed else 0)
 
 
-def _emulate_and_run(api: Omnibed, name: str, platform: Path, command: list[str]) -> int:
-    """Build the platform, run CMD in every vnode, tear it down; how many vnodes failed."""
+def _emulate_and_run(api: Omnibed, name: str, platform: Path, argv: list[str]) -> int:
+    """Build the platform, run `argv` in every vnode, tear it down; how many vnodes failed."""
     _emulate_up(api, name, platform, force=False)
     try:
-        return _exec_and_report(api, name, None, command)
+        return _exec_and_report(api, name, None, argv)
     finally:
         with _uninterruptible(), _progress("tearing the platform down"):
             _emulator(api, name).down()
@@ -581,9 +608,7 @@ def _emulate_up(api: Omnibed, name: str, platform_file: Path, *, force: bool) ->
             out.print(f"{check['network']}: {check['from']} -> {check['to']} {verdict}")
 
 
-def _exec_and_report(api: Omnibed, name: str, vnode: str | None, command: list[str]) -> int:
-    command = _command(command)
-    argv = ["sh", "-c", " ".join(command)] if len(command) == 1 else command
+def _exec_and_report(api: Omnibed, name: str, vnode: str | None, argv: list[str]) -> int:
     results = _emulator(api, name).exec([vnode] if vnode else None, argv)
     for result in results.values():
         for stream in ("stdout", "stderr"):
@@ -627,14 +652,20 @@ def emulate_status(name: Name, as_json: AsJson = False) -> None:
             err.print(f"[yellow]warning:[/] {pnode}: {state.get('error') or state.get('absent')}")
 
 
-@emulate_app.command("exec", context_settings={"allow_interspersed_args": False})
+@emulate_app.command("exec")
 def emulate_exec(
     name: Name,
     vnode: Annotated[str, typer.Argument(help="Vnode name, or `all`.")],
-    command: Command,
+    command: Command = None,
+    shell: Shell = None,
 ) -> None:
-    """Run a command inside a vnode (or `all` of them): `omnibed emulate exec NAME VNODE -- CMD`."""
-    failed = _exec_and_report(_api(), name, None if vnode == "all" else vnode, command)
+    """Run a command in a vnode (or `all`): `omnibed emulate exec NAME VNODE -- PROGRAM ARGS`.
+
+    The same rule as `omnibed run`: the words after `--` reach PROGRAM as they are;
+    `--shell 'STRING'` runs STRING with `sh -c`.
+    """
+    argv = _argv(command, shell)
+    failed = _exec_and_report(_api(), name, None if vnode == "all" else vnode, argv)
     raise typer.Exit(1 if failed else 0)
 
 

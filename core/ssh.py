@@ -4,6 +4,7 @@ Host keys are trusted on first contact and checked afterwards: the first key see
 `host` (or `[host]:port` when the port is not 22) is appended to the reservation's
 known_hosts file; a different key later raises `HostKeyMismatch`. The file uses the
 OpenSSH format, so `ssh -o UserKnownHostsFile=<file>` (see `ssh_command_line`) shares it.
+Every file written here is 0600 in directories that are 0700.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import paramiko
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from omnibed.core.errors import HostKeyMismatch, SSHError
+from omnibed.core.errors import HostKeyMismatch, SSHError, UsageError
 from omnibed.core.types import SSHEndpoint
 
 KEY_NAME = "id_ed25519"
@@ -48,10 +49,24 @@ class CommandResult:
     stderr: str
 
 
-def ensure_keypair(directory: Path) -> KeyPair:
-    """Create `directory` (0700) holding an ed25519 `id_ed25519` (0600) + `.pub`; reuse one."""
-    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+def _private_directory(directory: Path) -> None:
+    """Create `directory` and its missing parents 0700; `directory` itself is made 0700."""
+    for missing in reversed([directory, *directory.parents]):
+        if not missing.exists():
+            missing.mkdir(mode=0o700, exist_ok=True)
     directory.chmod(0o700)
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    """Create `path` (0600, never through a symlink nor over an existing file) with `data`."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "wb") as out:
+        out.write(data)
+
+
+def ensure_keypair(directory: Path) -> KeyPair:
+    """Create `directory` (0700) holding an ed25519 `id_ed25519` + `.pub` (0600); reuse one."""
+    _private_directory(directory)
     private_path = directory / KEY_NAME
     if private_path.exists():
         key = serialization.load_ssh_private_key(private_path.read_bytes(), password=None)
@@ -62,9 +77,7 @@ def ensure_keypair(directory: Path) -> KeyPair:
             serialization.PrivateFormat.OpenSSH,
             serialization.NoEncryption(),
         )
-        fd = os.open(private_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as out:
-            out.write(pem)
+        _write_private(private_path, pem)
     private_path.chmod(0o600)
     public = key.public_key().public_bytes(
         serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
@@ -72,7 +85,8 @@ def ensure_keypair(directory: Path) -> KeyPair:
     public_openssh = f"{public} omnibed-{directory.name}"
     public_path = directory / f"{KEY_NAME}.pub"
     if not public_path.exists():
-        public_path.write_text(public_openssh + "\n")
+        _write_private(public_path, (public_openssh + "\n").encode())
+    public_path.chmod(0o600)
     return KeyPair(private_path=private_path, public_openssh=public_openssh)
 
 
@@ -91,17 +105,25 @@ def _mismatch(name: str, host: str, known_hosts: Path) -> HostKeyMismatch:
     )
 
 
+def _open_known_hosts(known_hosts: Path) -> int:
+    """`known_hosts` opened for appending, created 0600 (in a 0700 directory) if missing."""
+    if not known_hosts.parent.exists():
+        _private_directory(known_hosts.parent)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC
+    fd = os.open(known_hosts, flags, 0o600)
+    os.fchmod(fd, 0o600)
+    return fd
+
+
 def _record_host_key(known_hosts: Path, hostname: str, key: paramiko.PKey, host: str) -> None:
     """Append `key` for `hostname` unless already known; a different known key is a mismatch.
 
     The file is locked (flock) while read and appended, so parallel first contacts from
     threads or processes neither lose nor duplicate lines.
     """
-    known_hosts.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(known_hosts, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    fd = _open_known_hosts(known_hosts)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
-        os.fchmod(fd, 0o600)
         known = paramiko.HostKeys(str(known_hosts)).lookup(hostname)
         if known is None:
             os.write(fd, f"{hostname} {key.get_name()} {key.get_base64()}\n".encode())
@@ -392,17 +414,34 @@ def run_many(
         pool.shutdown(wait=False, cancel_futures=True)
 
 
+def _openssh_path(path: str | Path) -> str:
+    """`path` as an OpenSSH option value read literally: double-quoted (OpenSSH splits
+    option values at spaces) and with `%` doubled (OpenSSH expands %-tokens in paths).
+
+    OpenSSH also expands `${VAR}` in paths, with no way to escape it: such a path is refused.
+    """
+    text = str(Path(path).absolute())
+    if "${" in text:
+        raise UsageError(
+            f"OpenSSH would read ${{...}} in {text} as an environment variable: "
+            "use an omnibed home (OMNIBED_HOME) whose path has no `${`"
+        )
+    escaped = text.replace("\\", "\\\\").replace('"', '\\"').replace("%", "%%")
+    return f'"{escaped}"'
+
+
 def _hop_options(endpoint: SSHEndpoint, known_hosts: Path) -> list[str]:
     options = [
         "-p", str(endpoint.port),
         "-l", endpoint.user,
-        "-o", f"UserKnownHostsFile={known_hosts}",
+        "-o", f"UserKnownHostsFile={_openssh_path(known_hosts)}",
         "-o", "GlobalKnownHostsFile=/dev/null",
         "-o", "StrictHostKeyChecking=accept-new",
         "-o", "HashKnownHosts=no",
     ]
     if endpoint.key_file:
-        options += ["-i", endpoint.key_file, "-o", "IdentitiesOnly=yes"]
+        options += ["-o", f"IdentityFile={_openssh_path(endpoint.key_file)}",
+                    "-o", "IdentitiesOnly=yes"]
     return options
 
 
@@ -426,13 +465,16 @@ def _proxy_option(jumps: tuple[SSHEndpoint, ...], target: SSHEndpoint, known_hos
 def ssh_command_line(endpoint: SSHEndpoint, known_hosts: Path) -> list[str]:
     """The OpenSSH `ssh` argv logging in to `endpoint` (append a command, or none).
 
-    It shares the reservation's known_hosts (first contact accepted, changed keys refused)
-    and reaches the node through its jumps with nested ProxyCommands, so each hop keeps
-    its own port, user and key, unlike `-J`.
+    It shares the reservation's known_hosts (first contact accepted, changed keys refused;
+    created here 0600, as OpenSSH would create it readable by all) and reaches the node
+    through its jumps with nested ProxyCommands, so each hop keeps its own port, user and
+    key, unlike `-J`. Raises UsageError for a path OpenSSH cannot take literally.
     """
-    return [
+    argv = [
         "ssh",
         *_hop_options(endpoint, known_hosts),
         *_proxy_option(endpoint.jumps, endpoint, known_hosts),
         endpoint.host,
     ]
+    os.close(_open_known_hosts(known_hosts))
+    return argv

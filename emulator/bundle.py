@@ -1,20 +1,20 @@
 """The agent bundle: one zipapp holding the agent, state.py and the pure-Python pyroute2.
 
-`python3 -I omnibed-agent-<hash>.pyz` runs the agent on any pnode with python3 >= 3.9 and
-nothing else installed. The archive is deterministic (fixed timestamps, sorted entries), named
-by the hash of its content and cached, so a pnode that already holds it is not sent it again.
+`python3 -I <bundle>` runs the agent on any pnode with python3 >= 3.9 and nothing else
+installed. The archive is deterministic (fixed timestamps, sorted entries) and named by the
+sha256 of its bytes, so a pnode that already holds it is not sent it again. It is built in
+memory from the installed code, never read back from a file someone else could have written.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
-import os
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-import platformdirs
 import pyroute2
 
 PACKAGE = "omnibed_agent"  # the emulator modules' name inside the bundle
@@ -34,13 +34,13 @@ _EPOCH = (1980, 1, 1, 0, 0, 0)
 
 @dataclass(frozen=True)
 class Bundle:
-    path: Path
-    digest: str  # sha256 of the archive's entries, hex
+    data: bytes  # the zipapp
+    sha256: str  # of `data`, hex
 
     @property
     def remote_name(self) -> str:
-        """The file name on a pnode: the cached file's own, which names its content."""
-        return self.path.name
+        """The file name on a pnode, which names its content."""
+        return f"omnibed-agent-{self.sha256[:16]}.pyz"
 
 
 def _entries() -> dict[str, bytes]:
@@ -55,25 +55,15 @@ def _entries() -> dict[str, bytes]:
     return entries
 
 
-def build(cache_dir: Path | None = None) -> Bundle:
-    """The bundle for the installed code, built unless the cache already holds it."""
-    entries = _entries()
-    digest = hashlib.sha256()
-    for name in sorted(entries):
-        digest.update(name.encode() + b"\0" + hashlib.sha256(entries[name]).digest())
-    hexdigest = digest.hexdigest()
-    directory = Path(cache_dir or platformdirs.user_cache_dir("omnibed")) / "agent"
-    path = directory / f"omnibed-agent-{hexdigest[:16]}.pyz"
-    if not path.exists():
-        directory.mkdir(parents=True, exist_ok=True)
-        buffer = io.BytesIO()
-        with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
-            for name in sorted(entries):
-                info = zipfile.ZipInfo(name, _EPOCH)
-                info.compress_type = zipfile.ZIP_DEFLATED
-                info.external_attr = 0o644 << 16
-                archive.writestr(info, entries[name])
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_bytes(buffer.getvalue())
-        tmp.replace(path)
-    return Bundle(path, hexdigest)
+@functools.cache
+def build() -> Bundle:
+    """The bundle for the installed code (built once per process)."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, content in sorted(_entries().items()):
+            info = zipfile.ZipInfo(name, _EPOCH)
+            info.compress_type = zipfile.ZIP_DEFLATED
+            info.external_attr = 0o644 << 16
+            archive.writestr(info, content)
+    data = buffer.getvalue()
+    return Bundle(data, hashlib.sha256(data).hexdigest())

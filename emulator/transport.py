@@ -1,15 +1,17 @@
 """Talking to the agent: over SSH on a pnode (AgentSession) or as a local process.
 
-AgentSession uploads the bundle over SFTP to /tmp/omnibed-agent-<hash>.pyz unless that file
-is already there (the name is the content hash; uploads land under a temporary name and are
-renamed, so a present file is complete), checks `python3 --version` >= 3.9, then runs
-`python3 -I <bundle>` on an SSH channel and exchanges JSON lines with it.
+AgentSession checks `python3 --version` >= 3.9 on the pnode, then starts the launcher
+(launcher.py) on an SSH channel: it keeps the bundle in AGENT_DIR, a directory only root can
+write, receives it over that channel when it is missing or damaged, checks its sha256 on the
+pnode and runs it; the agent then exchanges JSON lines on the same channel.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
+import shlex
 import subprocess
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -22,10 +24,12 @@ from omnibed.core import ssh
 from omnibed.core.errors import EmulatorError, SSHError
 from omnibed.core.types import SSHEndpoint
 
+from . import launcher
 from .bundle import Bundle, build
 
 MIN_PYTHON = (3, 9)
-REMOTE_DIR = "/tmp"
+AGENT_DIR = "/var/lib/omnibed/agent"  # on every pnode: root's, mode 0700
+LAUNCHER = Path(launcher.__file__).read_text()
 A = TypeVar("A")
 T = TypeVar("T")
 
@@ -83,16 +87,22 @@ class AgentConnection:
 
 
 class LocalAgentSession(AgentConnection):
-    """The agent as a subprocess of this machine (tests, benchmarks, the local testbed)."""
+    """The agent as a subprocess of this machine (tests, benchmarks), run from memory."""
 
     def __init__(
         self, *, netns: str | None = None, python: str = "python3", bundle: Bundle | None = None
     ) -> None:
-        path = (bundle or build()).path
-        argv = [python, "-I", str(path)] + (["--netns", netns] if netns else [])
-        self.proc = subprocess.Popen(
-            argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
-        )
+        fd = os.memfd_create("omnibed-agent.pyz")
+        try:
+            with open(fd, "wb", closefd=False) as archive:
+                archive.write((bundle or build()).data)
+            argv = [python, "-I", f"/proc/self/fd/{fd}"] + (["--netns", netns] if netns else [])
+            self.proc = subprocess.Popen(
+                argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                pass_fds=(fd,),
+            )
+        finally:
+            os.close(fd)
         assert self.proc.stdin is not None and self.proc.stdout is not None
         super().__init__(f"local agent{' in ' + netns if netns else ''}", self.proc.stdin,
                          self.proc.stdout)
@@ -122,19 +132,34 @@ class AgentSession(AgentConnection):
         *,
         bundle: Bundle | None = None,
         timeout: float = 30,
+        agent_dir: str = AGENT_DIR,
     ) -> None:
         bundle = bundle or build()
         self.client = ssh.connect(endpoint, known_hosts, timeout)
         label = endpoint.label()
         try:
             _check_python(self.client, label)
-            remote = _upload(self.client, bundle)
             self.channel = self.client.get_transport().open_session()
-            self.channel.exec_command(f"python3 -I {remote}")
+            writer, reader = self.channel.makefile("wb"), self.channel.makefile("rb")
+            super().__init__(label, writer, reader)
+            self._launch(bundle, agent_dir)
         except BaseException:
             self.client.close()
             raise
-        super().__init__(label, self.channel.makefile("wb"), self.channel.makefile("rb"))
+
+    def _launch(self, bundle: Bundle, agent_dir: str) -> None:
+        """Run the launcher; send the bundle if it asks; return once the agent runs."""
+        args = [agent_dir, bundle.remote_name, bundle.sha256, str(len(bundle.data))]
+        self.channel.exec_command(shlex.join(["python3", "-I", "-c", LAUNCHER, *args]))
+        said = self._reader.readline()
+        if said == b"send\n":
+            self._writer.write(bundle.data)
+            self._writer.flush()
+            said = self._reader.readline()
+        if said != b"run\n":
+            why = said.decode(errors="replace").strip().removeprefix("refused: ")
+            why = why or self._stderr_tail().strip().splitlines()[-1]
+            raise EmulatorError(f"{self.label}: the omnibed agent was not started: {why}")
 
     def _stderr_tail(self) -> str:
         data = self.channel.makefile_stderr("rb").read()
@@ -163,23 +188,6 @@ def _check_python(client: paramiko.SSHClient, label: str) -> None:
             f"{label}: python3 is {found.group(0)}, the omnibed agent needs >= 3.9: "
             "use a newer image or install a newer python3"
         )
-
-
-def _upload(client: paramiko.SSHClient, bundle: Bundle) -> str:
-    remote = f"{REMOTE_DIR}/{bundle.remote_name}"
-    sftp = client.open_sftp()
-    try:
-        try:
-            if sftp.stat(remote).st_size == bundle.path.stat().st_size:
-                return remote
-        except OSError:
-            pass
-        partial = f"{remote}.part"
-        sftp.put(str(bundle.path), partial)
-        sftp.posix_rename(partial, remote)
-    finally:
-        sftp.close()
-    return remote
 
 
 def for_each(

@@ -114,7 +114,7 @@ def test_run_reports_failing_nodes(tmp_path: Path) -> None:
         "local",
         "--nodes",
         "2",
-        "--",
+        "--shell",
         "exit 7",
         check=False,
     )
@@ -128,7 +128,7 @@ def _start_long_run(home: Path, marks: Path) -> tuple[subprocess.Popen, str, str
     command = f"touch {marks}/$$; exec sleep {seconds}"
     env = {**os.environ, "OMNIBED_HOME": str(home)}
     process = subprocess.Popen(
-        [OMNIBED, "reserve-and-run", "--testbed", "local", "--nodes", "3", "--", command],
+        [OMNIBED, "reserve-and-run", "--testbed", "local", "--nodes", "3", "--shell", command],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -203,7 +203,7 @@ def test_ssh_snapshot_and_image_through_the_cli(tmp_path: Path) -> None:
         "local",
         "-o",
         f"image={image}",
-        "--",
+        "--shell",
         'cat "$OMNIBED_NODE_DIR/result.txt"',
     )
     assert "[pnode-1] kept" in ran.stdout
@@ -224,3 +224,35 @@ def test_gc_releases_expired_reservations(tmp_path: Path) -> None:
         assert leftovers(made) == []
     finally:
         omnibed(tmp_path, "release", kept)
+
+
+def test_ssh_from_a_home_with_a_space_checks_the_host_key(tmp_path: Path) -> None:
+    """OpenSSH splits unquoted paths at spaces: the key must still be recorded (0600) in the
+    reservation's known_hosts, and a changed key there must still be refused."""
+    home = tmp_path / "my omnibed home"
+    name = f"cli-sp-{uuid.uuid4().hex[:4]}"
+    omnibed(home, "reserve", "--testbed", "local", "--nodes", "1", "--name", name)
+    env = {**os.environ, "OMNIBED_HOME": str(home)}
+
+    def login() -> subprocess.CompletedProcess:
+        return subprocess.run([OMNIBED, "ssh", name, "pnode-1"], env=env, capture_output=True,
+                              text=True, input="id -u\n", timeout=60)
+
+    try:
+        first = login()
+        assert first.returncode == 0, first.stderr
+        assert first.stdout.split() == ["0"]
+        known_hosts = home / "reservations" / name / "known_hosts"
+        [recorded] = known_hosts.read_text().splitlines()
+        assert os.stat(known_hosts).st_mode & 0o777 == 0o600
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["my omnibed home"]
+        host = recorded.split()[0]
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f",
+                        str(tmp_path / "other")], check=True)
+        forged = (tmp_path / "other.pub").read_text().split()[:2]
+        known_hosts.write_text(f"{host} {' '.join(forged)}\n")
+        refused = login()
+        assert refused.returncode == 255
+        assert "HOST IDENTIFICATION HAS CHANGED" in refused.stderr
+    finally:
+        omnibed(home, "release", name)

@@ -14,7 +14,7 @@ from pathlib import Path
 import paramiko
 import pytest
 
-from omnibed.core.errors import HostKeyMismatch, SSHError
+from omnibed.core.errors import HostKeyMismatch, SSHError, UsageError
 from omnibed.core.ssh import (
     CommandResult,
     KeyPair,
@@ -364,3 +364,72 @@ def test_fake_sshd_in_a_network_namespace_on_port_22(keypair: KeyPair, known_hos
             assert recorded(known_hosts) == {"127.0.0.1": sshd.host_key}  # port 22: bare name
     finally:
         subprocess.run(["ip", "netns", "del", netns], check=True)
+
+
+@pytest.mark.root
+def test_openssh_checks_the_host_key_in_a_path_openssh_would_split(
+    start_sshd: StartSSHD, tmp_path: Path
+) -> None:
+    """A space, quotes, a backslash or a %-token in the reservation's directory are taken
+    literally: the key is recorded there (0600, nowhere else) and a changed key is refused."""
+    directory = tmp_path / 'my res %h "q" \\x'
+    keypair = ensure_keypair(directory)
+    known_hosts = directory / "known_hosts"
+    sshd = start_sshd(authorized_keys=[keypair.public_openssh])
+    node = endpoint(sshd, keypair)
+    before = set(tmp_path.rglob("*"))
+    first = subprocess.run(
+        [*ssh_command_line(node, known_hosts), "id -u"],
+        capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=120, cwd=tmp_path,
+    )
+    assert first.returncode == 0, first.stderr
+    assert first.stdout == "0\n"
+    assert recorded(known_hosts) == {f"[127.0.0.1]:{sshd.port}": sshd.host_key}
+    assert stat.S_IMODE(known_hosts.stat().st_mode) == 0o600
+    assert set(tmp_path.rglob("*")) - before == {known_hosts}, "a key written elsewhere"
+
+    sshd.stop()
+    impostor = start_sshd(port=sshd.port, authorized_keys=[keypair.public_openssh])
+    refused = subprocess.run(
+        [*ssh_command_line(endpoint(impostor, keypair), known_hosts), "id -u"],
+        capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=120, cwd=tmp_path,
+    )
+    assert refused.returncode == 255
+    assert "HOST IDENTIFICATION HAS CHANGED" in refused.stderr
+
+
+@pytest.mark.root
+def test_openssh_through_a_jump_host_in_a_path_openssh_would_split(
+    start_sshd: StartSSHD, tmp_path: Path
+) -> None:
+    directory = tmp_path / "my res %h"
+    keypair = ensure_keypair(directory)
+    known_hosts = directory / "known_hosts"
+    jump = start_sshd(address="127.0.0.2", authorized_keys=[keypair.public_openssh])
+    target = start_sshd(address="127.0.0.3", authorized_keys=[keypair.public_openssh])
+    node = endpoint(target, keypair, endpoint(jump, keypair))
+    ran = subprocess.run(
+        [*ssh_command_line(node, known_hosts), "id -u"],
+        capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=120, cwd=tmp_path,
+    )
+    assert ran.returncode == 0, ran.stderr
+    assert set(recorded(known_hosts)) == {
+        f"[127.0.0.2]:{jump.port}", f"[127.0.0.3]:{target.port}"
+    }
+    assert stat.S_IMODE(known_hosts.stat().st_mode) == 0o600
+
+
+def test_a_path_openssh_would_expand_is_refused(tmp_path: Path) -> None:
+    directory = tmp_path / "${HOME}"
+    node = SSHEndpoint("127.0.0.1", 2222, key_file=str(directory / "id_ed25519"))
+    with pytest.raises(UsageError, match="OpenSSH"):
+        ssh_command_line(node, directory / "known_hosts")
+
+
+def test_keypair_files_and_their_directories_are_private(tmp_path: Path) -> None:
+    directory = tmp_path / "reservations" / "r1"
+    ensure_keypair(directory)
+    paths = [tmp_path / "reservations", *(tmp_path / "reservations").rglob("*")]
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in paths}
+    assert modes == {"reservations": 0o700, "r1": 0o700, "id_ed25519": 0o600,
+                     "id_ed25519.pub": 0o600}

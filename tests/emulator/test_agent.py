@@ -4,7 +4,9 @@ bundle run by the system python3 in isolated mode (no venv, no pyroute2 installe
 from __future__ import annotations
 
 import ast
+import hashlib
 import os
+import stat
 import subprocess
 import uuid
 from collections.abc import Iterator
@@ -30,18 +32,23 @@ def test_bundle_modules_parse_as_python_39() -> None:
         assert "from __future__ import annotations" in source, name
 
 
-def test_bundle_is_deterministic_and_cached(tmp_path: Path) -> None:
-    first = build(tmp_path)
-    second = build(tmp_path)
-    assert first == second
-    assert first.path.name == f"omnibed-agent-{first.digest[:16]}.pyz"
-    assert first.remote_name == first.path.name
-    assert len(list((tmp_path / "agent").iterdir())) == 1
+def test_bundle_is_deterministic_and_named_by_its_sha256() -> None:
+    first = build()
+    build.cache_clear()
+    second = build()
+    assert second is not first and second == first
+    assert first.sha256 == hashlib.sha256(first.data).hexdigest()
+    assert first.remote_name == f"omnibed-agent-{first.sha256[:16]}.pyz"
+
+
+def test_launcher_parses_as_python_39() -> None:
+    source = (EMULATOR / "launcher.py").read_text()
+    ast.parse(source, filename="launcher.py", feature_version=(3, 9))
 
 
 @pytest.fixture(scope="module")
-def agent_bundle(tmp_path_factory: pytest.TempPathFactory) -> Bundle:
-    return build(tmp_path_factory.mktemp("bundle"))
+def agent_bundle() -> Bundle:
+    return build()
 
 
 def _sh(*argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -320,21 +327,22 @@ def test_agent_session_over_ssh_uploads_once_and_answers(
     from tests.fakes.sshd import FakeSSHD
 
     keys = ssh.ensure_keypair(tmp_path / "keys")
-    remote = Path("/tmp") / agent_bundle.remote_name
-    was_there = remote.exists()
+    directory = tmp_path / "agent"
+    remote = directory / agent_bundle.remote_name
     with FakeSSHD([keys.public_openssh]) as sshd:
         endpoint = SSHEndpoint(host=sshd.host, port=sshd.port, key_file=str(keys.private_path))
         known_hosts = tmp_path / "known_hosts"
-        try:
-            with AgentSession(endpoint, known_hosts, bundle=agent_bundle) as session:
-                assert session.call("hello")["pyroute2"] == "0.9.7"
-                uploaded = remote.stat().st_mtime_ns
-                empty = PnodeState(instance="t", pnode="local", group=99)
-                assert session.call("preflight", state=empty.to_json())["problems"] == []
-            assert remote.read_bytes() == agent_bundle.path.read_bytes()
-            with AgentSession(endpoint, known_hosts, bundle=agent_bundle) as session:
-                assert session.request("nope")["ok"] is False
-            assert remote.stat().st_mtime_ns == uploaded  # not sent again
-        finally:
-            if not was_there:
-                remote.unlink(missing_ok=True)
+        with AgentSession(endpoint, known_hosts, bundle=agent_bundle,
+                          agent_dir=str(directory)) as session:
+            assert session.call("hello")["pyroute2"] == "0.9.7"
+            uploaded = remote.stat().st_mtime_ns
+            empty = PnodeState(instance="t", pnode="local", group=99)
+            assert session.call("preflight", state=empty.to_json())["problems"] == []
+        assert remote.read_bytes() == agent_bundle.data
+        assert stat.S_IMODE(directory.stat().st_mode) == 0o700
+        assert stat.S_IMODE(remote.stat().st_mode) == 0o600
+        with AgentSession(endpoint, known_hosts, bundle=agent_bundle,
+                          agent_dir=str(directory)) as session:
+            assert session.request("nope")["ok"] is False
+        assert remote.stat().st_mtime_ns == uploaded  # not sent again
+        assert [p.name for p in directory.iterdir()] == [agent_bundle.remote_name]

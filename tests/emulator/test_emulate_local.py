@@ -316,7 +316,7 @@ def test_emulate_status_json_through_the_cli(api: Omnibed) -> None:
         ]
         assert all(state["complete"] for state in status["pnodes"].values())
         ran = subprocess.run(
-            [omnibed, "emulate", "exec", name, "vnode-3", "--", "hostname -I"],
+            [omnibed, "emulate", "exec", name, "vnode-3", "--", "hostname", "-I"],
             env=env,
             capture_output=True,
             text=True,

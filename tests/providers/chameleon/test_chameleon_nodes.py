@@ -97,7 +97,7 @@ def test_reserve_and_run_hostname_through_the_cli(real):
     done = subprocess.run(
         [str(Path(sys.executable).parent / "omnibed"), "reserve-and-run", "--testbed",
          "chameleon", "--nodes", "2", "--name", "clich", "-o", "cloud=fake-chameleon",
-         "-o", "site=CHI@UC", "-o", "poll=0.05", "--", "hostname; id -u"],
+         "-o", "site=CHI@UC", "-o", "poll=0.05", "--shell", "hostname; id -u"],
         env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
     assert done.stdout.count(os.uname().nodename) >= 2, done.stdout
