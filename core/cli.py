@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
@@ -28,6 +28,9 @@ from omnibed.core.ledger import Entry, process_owner
 from omnibed.core.provider import VERBS, implemented_verbs
 from omnibed.core.timeutil import parse_walltime, to_utc, utcnow
 from omnibed.core.types import Capability, ReservationRequest
+
+if TYPE_CHECKING:
+    from omnibed.emulator.model import Platform as PlatformSpec
 
 app = typer.Typer(
     help="Reserve machines on research testbeds, run commands on them as root, and emulate "
@@ -91,7 +94,7 @@ def main() -> None:
 
 
 def _fail(message: str, code: int) -> NoReturn:
-    err.print(f"[bold red]error:[/] {message}", highlight=False, markup=True, soft_wrap=True)
+    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     raise SystemExit(code)
 
 
@@ -549,11 +552,14 @@ def reserve_and_run(
     argv = _argv(command, shell)
     api = _api()
     request = _request(api, testbed, nodes, walltime, name, extra_nics, option)
+    platform_to_build = _platform(platform, nodes) if platform is not None else None
     with _sigterm_as_interrupt():
         try:
             _reserve_and_wait(api, testbed, request)
-            if platform is not None:
-                failed = _emulate_and_run(api, request.name, platform, argv)
+            if platform_to_build is not None:
+                failed = _emulate_and_run(
+                    api, request.name, platform_to_build, str(platform), argv
+                )
             else:
                 failed = _run_and_report(api, request.name, argv)
         finally:
@@ -564,9 +570,11 @@ def reserve_and_run(
     raise typer.Exit(1 if failed else 0)
 
 
-def _emulate_and_run(api: Omnibed, name: str, platform: Path, argv: list[str]) -> int:
+def _emulate_and_run(
+    api: Omnibed, name: str, platform: PlatformSpec, label: str, argv: list[str]
+) -> int:
     """Build the platform, run `argv` in every vnode, tear it down; how many vnodes failed."""
-    _emulate_up(api, name, platform, force=False)
+    _emulate_up(api, name, platform, label, force=False)
     try:
         return _exec_and_report(api, name, None, argv)
     finally:
@@ -590,15 +598,31 @@ def _emulator(api: Omnibed, name: str):
     return Emulator(api, name)
 
 
-def _emulate_up(api: Omnibed, name: str, platform_file: Path, *, force: bool) -> None:
+def _platform(platform_file: Path, pnodes: int | None = None) -> PlatformSpec:
+    """The platform in `platform_file`, checked to fit `pnodes` pnodes when given; a
+    PlatformError (exit status 2) names the file, line, column and field at fault."""
     from omnibed.emulator.model import load_platform
+    from omnibed.emulator.planner import check_fits
 
     if not platform_file.is_file():
         raise UsageError(f"platform file {platform_file} does not exist (see examples/*.yaml)")
     platform = load_platform(platform_file)
+    if pnodes is not None:
+        check_fits(platform, pnodes)
+    return platform
+
+
+def _emulate_up(
+    api: Omnibed, name: str, platform: PlatformSpec, label: str, *, force: bool
+) -> None:
+    from omnibed.core.errors import PlatformError
+
     emulator = _emulator(api, name)
-    with _progress(f"building {platform_file.name} on {name}") as progress:
-        built = emulator.up(platform, force=force, progress=progress)
+    try:
+        with _progress(f"building {label} on {name}") as progress:
+            built = emulator.up(platform, force=force, progress=progress)
+    except PlatformError as error:  # the plan does not fit the pnodes: name the file
+        raise error if error.origin else error.located(label) from None
     out.print(built.summary(), highlight=False)
     if len(built.pnodes) > 1:
         with _progress("checking connectivity between pnodes"):
@@ -626,7 +650,7 @@ def emulate_up(
     ] = False,
 ) -> None:
     """Build a platform; prints the mode chosen for every vnetwork and why."""
-    _emulate_up(_api(), name, platform, force=force)
+    _emulate_up(_api(), name, _platform(platform), str(platform), force=force)
 
 
 @emulate_app.command("status")

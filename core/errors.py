@@ -14,7 +14,8 @@ OmnibedError
 ├── SSHError                .host: could not log in or run a command
 │   └── HostKeyMismatch     a node's host key changed since first contact
 └── EmulatorError           the virtual platform could not be built
-    ├── PlatformError       the platform description is wrong (before any change)
+    ├── PlatformError       .where, .origin: the platform description is wrong or does not
+    │                       fit the pnodes (before any change; also a UsageError)
     ├── PreflightError      .missing: {pnode: [what is missing]} (nothing changed)
     └── ApplyError          .failures: {pnode: message} (rolled back)
 """
@@ -136,16 +137,32 @@ class EmulatorError(OmnibedError):
     """The virtual platform could not be built or torn down."""
 
 
-class PlatformError(EmulatorError):
-    """The platform description is invalid; raised before anything is changed."""
+class PlatformError(EmulatorError, UsageError):
+    """The platform description is invalid or cannot fit the pnodes; raised before anything
+    is changed. `where` is the place in the description (`nodes[0].ifaces[1].output.rate`),
+    `origin` the file, with `:line:column` when known."""
+
+    def __init__(self, message: str, *, where: str = "", origin: str = "") -> None:
+        super().__init__(": ".join(part for part in (origin, where, message) if part))
+        self.message = message
+        self.where = where
+        self.origin = origin
+
+    def within(self, where: str) -> PlatformError:
+        """The same error, placed inside `where` (`nodes[0]` + `name` -> `nodes[0].name`)."""
+        joined = f"{where}.{self.where}" if self.where else where
+        return PlatformError(self.message, where=joined, origin=self.origin)
+
+    def located(self, origin: str) -> PlatformError:
+        return PlatformError(self.message, where=self.where, origin=origin)
 
 
 class PreflightError(EmulatorError):
     """Pnodes lack what the plan needs; `missing` maps pnode to what is missing."""
 
     def __init__(self, missing: Mapping[str, list[str]]) -> None:
-        lines = [f"{pnode}: {', '.join(items)}" for pnode, items in missing.items()]
-        super().__init__("preflight failed, nothing was changed:\n  " + "\n  ".join(lines))
+        parts = [f"{pnode}: {'; '.join(items)}" for pnode, items in missing.items()]
+        super().__init__("preflight failed, nothing was changed: " + " | ".join(parts))
         self.missing = dict(missing)
 
 

@@ -25,7 +25,7 @@ from omnibed.core.types import Node, SSHEndpoint
 from .bundle import build
 from .model import Platform
 from .modes import PnodeFacts, ProbeResult, probe_targets
-from .planner import Plan, VnodePlan, plan
+from .planner import Plan, VnodePlan, check_fits, plan
 from .transport import AgentConnection, AgentSession, for_each
 
 PLAN_FILE = "emulation.json"
@@ -76,6 +76,7 @@ class Emulator:
             )
         progress("reading the pnodes' NICs")
         nodes = self.api.nodes(self.reservation)
+        check_fits(platform, [node.id for node in nodes])  # before any agent starts
         nics = self.api.nics(self.reservation, nodes)
         facts = [PnodeFacts.from_node(node, nics[node.id]) for node in nodes]
         progress("starting the agent on every pnode")

@@ -2,8 +2,12 @@
 
 Built from Python (`Platform(networks=[Network(...)], nodes=[VNodeSpec(...)])`) or loaded
 from YAML (`load_platform(path_or_text)`). Every object validates itself when built and
-raises :class:`~omnibed.core.errors.PlatformError` with a message naming the culprit; the
-YAML loader prefixes it with where in the file (`nodes[0].ifaces[1].output.rate`).
+raises :class:`~omnibed.core.errors.PlatformError` naming the culprit and its place
+(`nodes[0].ifaces[1].output.rate`); the YAML loader adds the file, line and column.
+
+The loader is YAML's safe loader and more: only plain mappings, lists and scalars (no tags),
+no duplicate keys, at most MAX_YAML_NODES nodes once aliases are expanded (alias bombs are
+refused before they are built) and MAX_YAML_DEPTH levels, a file of at most MAX_FILE_BYTES.
 
 Units: rates are bit/s (`100mbit`, `1gbit`, `512kbit`, or a number of bit/s), times are
 milliseconds (`10ms`, `1s`, `500us`, or a number of ms), loss is a percentage (`1%` or 1).
@@ -13,7 +17,9 @@ from __future__ import annotations
 
 import difflib
 import ipaddress
+import math
 import re
+import reprlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,8 +32,15 @@ from omnibed.emulator.state import Shaping
 
 MODES = ("auto", "bridge", "vxlan")
 DEFAULT_VXLAN_PORT = 4789
-IFNAMSIZ = 15  # usable characters of a Linux interface name
+IFNAME_MAX_BYTES = 15  # IFNAMSIZ (16 bytes) less the terminating NUL
+MAX_VNODES_PER_PNODE = 10_000  # each takes a network namespace and ~340 KiB of memory
+MAX_RATE_BPS = 10**13  # 10 tbit/s
+MAX_TIME_MS = 3_600_000.0  # one hour of delay or jitter
+MAX_FILE_BYTES = 8 << 20
+MAX_YAML_NODES = 200_000  # counting every alias as a copy of what it names
+MAX_YAML_DEPTH = 16  # a platform file needs 7
 
+NAME_RULE = "use up to 63 letters, digits, '.', '_' or '-', starting with a letter or digit"
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
 _NUMBER = re.compile(r"\s*([0-9]+(?:\.[0-9]*)?|\.[0-9]+)\s*([A-Za-z%]*)\s*")
 _RATE_UNITS = {
@@ -43,19 +56,32 @@ _RATE_UNITS = {
     "tibit": 2**40,
 }
 _TIME_UNITS = {"": 1.0, "ms": 1.0, "msec": 1.0, "us": 1e-3, "usec": 1e-3, "s": 1e3, "sec": 1e3}
+_SHOW = reprlib.Repr()
+_SHOW.maxstring = _SHOW.maxother = 40
+_SHOW.maxlevel = 2
+
+
+def show(value: object) -> str:
+    """A short repr of what the user wrote, for one-line messages (long values elided)."""
+    return _SHOW.repr(value)
 
 
 def _number(value: object, what: str) -> tuple[float, str]:
-    """Split `value` (a number or a string like '100mbit') into a non-negative number and unit."""
+    """Split `value` (a number or a string like '100mbit') into a finite non-negative number
+    and a unit."""
     if isinstance(value, bool):
         raise PlatformError(f"{what} {value!r} is not a number")
     if isinstance(value, int | float):
-        if value < 0:
-            raise PlatformError(f"{what} {value!r} cannot be negative")
-        return float(value), ""
-    if isinstance(value, str) and (m := _NUMBER.fullmatch(value)):
-        return float(m.group(1)), m.group(2).lower()
-    raise PlatformError(f"{what} {value!r} is not a number with an optional unit")
+        number, unit = float(value), ""
+    elif isinstance(value, str) and (m := _NUMBER.fullmatch(value)):
+        number, unit = float(m.group(1)), m.group(2).lower()
+    else:
+        raise PlatformError(f"{what} {show(value)} is not a number with an optional unit")
+    if not math.isfinite(number):
+        raise PlatformError(f"{what} {show(value)} must be a finite number")
+    if number < 0:
+        raise PlatformError(f"{what} {show(value)} cannot be negative")
+    return number, unit
 
 
 def parse_rate(value: object) -> int:
@@ -68,12 +94,14 @@ def parse_rate(value: object) -> int:
         )
     if unit not in _RATE_UNITS:
         raise PlatformError(
-            f"rate {value!r} has an unknown unit {unit!r}; use one of "
+            f"rate {show(value)} has an unknown unit {show(unit)}; use one of "
             + ", ".join(u for u in _RATE_UNITS if u)
         )
+    if number * _RATE_UNITS[unit] > MAX_RATE_BPS:
+        raise PlatformError(f"rate {show(value)} is too fast: at most 10tbit")
     bps = round(number * _RATE_UNITS[unit])
     if bps <= 0:
-        raise PlatformError(f"rate {value!r} must be at least 1 bit/s")
+        raise PlatformError(f"rate {show(value)} must be at least 1 bit/s")
     return bps
 
 
@@ -81,7 +109,11 @@ def parse_time(value: object, what: str = "delay") -> float:
     """Milliseconds from `10ms`, `1s`, `500us` or a number of ms."""
     number, unit = _number(value, what)
     if unit not in _TIME_UNITS:
-        raise PlatformError(f"{what} {value!r} has an unknown unit {unit!r}; use ms, s or us")
+        raise PlatformError(
+            f"{what} {show(value)} has an unknown unit {show(unit)}; use ms, s or us"
+        )
+    if number * _TIME_UNITS[unit] > MAX_TIME_MS:
+        raise PlatformError(f"{what} {show(value)} is too long: at most 3600s")
     return number * _TIME_UNITS[unit]
 
 
@@ -89,9 +121,9 @@ def parse_loss(value: object) -> float:
     """A percentage from `1%`, `0.5%` or a number (already a percentage)."""
     number, unit = _number(value, "loss")
     if unit not in ("", "%"):
-        raise PlatformError(f"loss {value!r} must be a percentage such as '1%'")
+        raise PlatformError(f"loss {show(value)} must be a percentage such as '1%'")
     if number > 100:
-        raise PlatformError(f"loss {value!r} is more than 100%")
+        raise PlatformError(f"loss {show(value)} is more than 100%")
     return number
 
 
@@ -106,14 +138,14 @@ class LinkSpec:
     loss: float | str | None = None
 
     def __post_init__(self) -> None:
-        if self.rate is not None:
-            object.__setattr__(self, "rate", parse_rate(self.rate))
-        if self.delay is not None:
-            object.__setattr__(self, "delay", parse_time(self.delay, "delay"))
-        if self.jitter is not None:
-            object.__setattr__(self, "jitter", parse_time(self.jitter, "jitter"))
-        if self.loss is not None:
-            object.__setattr__(self, "loss", parse_loss(self.loss))
+        for key, parse in (
+            ("rate", parse_rate),
+            ("delay", lambda v: parse_time(v, "delay")),
+            ("jitter", lambda v: parse_time(v, "jitter")),
+            ("loss", parse_loss),
+        ):
+            if getattr(self, key) is not None:
+                object.__setattr__(self, key, _at(key, parse, getattr(self, key)))
 
     def shaping(self) -> Shaping:
         return Shaping(
@@ -124,13 +156,34 @@ class LinkSpec:
         )
 
 
+def valid_name(name: object) -> bool:
+    """Whether `name` may name a vnode or a vnetwork (see NAME_RULE)."""
+    return isinstance(name, str) and _NAME.fullmatch(name) is not None
+
+
 def _check_name(name: object, what: str) -> str:
-    if not isinstance(name, str) or not _NAME.fullmatch(name):
+    if not valid_name(name):
+        raise PlatformError(f"{what} name {show(name)} is not valid: {NAME_RULE}", where="name")
+    return name  # type: ignore[return-value]
+
+
+def _check_ifname(name: object) -> None:
+    """Refuse what Linux refuses as an interface name, measured in bytes as the kernel does."""
+    try:
+        size = len(name.encode()) if isinstance(name, str) else 0
+    except UnicodeEncodeError:  # a lone surrogate
+        size = 0
+    if (
+        not 0 < size <= IFNAME_MAX_BYTES
+        or name in (".", "..", "lo")
+        or any(c in "/:" or c.isspace() or not c.isprintable() for c in name)  # type: ignore[union-attr]
+    ):
         raise PlatformError(
-            f"{what} name {name!r} is not valid: use up to 63 letters, digits, '.', '_' or '-', "
-            "starting with a letter or digit"
+            f"iface name {show(name)} is not a valid Linux interface name: 1 to "
+            f"{IFNAME_MAX_BYTES} bytes in UTF-8, no '/', ':', space or control character, "
+            "not '.', '..' or 'lo'",
+            where="name",
         )
-    return name
 
 
 @dataclass(frozen=True)
@@ -153,12 +206,14 @@ class Network:
                 except ValueError:
                     pass
             raise PlatformError(
-                f"vnetwork {self.name!r}: cidr {self.cidr!r} is not a network ({exc}){hint}"
+                f"vnetwork {self.name!r}: cidr {show(self.cidr)} is not a network ({exc}){hint}",
+                where="cidr",
             ) from None
         object.__setattr__(self, "cidr", str(net))
         if self.mode not in MODES:
             raise PlatformError(
-                f"vnetwork {self.name!r}: mode {self.mode!r} is not one of {', '.join(MODES)}"
+                f"vnetwork {self.name!r}: mode {show(self.mode)} is not one of {', '.join(MODES)}",
+                where="mode",
             )
 
     @property
@@ -188,34 +243,29 @@ class IfaceSpec:
 
     def __post_init__(self) -> None:
         name = self.name
-        if (
-            not isinstance(name, str)
-            or not 0 < len(name) <= IFNAMSIZ
-            or any(c in name for c in "/: \t\n")
-            or name in (".", "..", "lo")
-        ):
-            raise PlatformError(
-                f"iface name {name!r} is not a valid Linux interface name "
-                f"(1 to {IFNAMSIZ} characters, no '/', ':' or space, not 'lo')"
-            )
+        _check_ifname(name)
         if not isinstance(self.network, str):
-            raise PlatformError(f"iface {name!r}: network must be a vnetwork name")
+            raise PlatformError(f"iface {name!r}: network must be a vnetwork name", where="network")
         if self.address != "auto":
             if not isinstance(self.address, str) or "/" in self.address:
                 raise PlatformError(
-                    f"iface {name!r}: address {self.address!r} must be 'auto' or an IP address "
-                    "without prefix (the prefix comes from the vnetwork's cidr)"
+                    f"iface {name!r}: address {show(self.address)} must be 'auto' or an IP "
+                    "address without prefix (the prefix comes from the vnetwork's cidr)",
+                    where="address",
                 )
             try:
                 object.__setattr__(self, "address", str(ipaddress.ip_address(self.address)))
             except ValueError:
                 raise PlatformError(
-                    f"iface {name!r}: address {self.address!r} is not an IP address"
+                    f"iface {name!r}: address {show(self.address)} is not an IP address",
+                    where="address",
                 ) from None
         for direction in ("output", "input"):
             spec = getattr(self, direction)
             if spec is not None and not isinstance(spec, LinkSpec):
-                raise PlatformError(f"iface {name!r}: {direction} must be a LinkSpec")
+                raise PlatformError(
+                    f"iface {name!r}: {direction} must be a LinkSpec", where=direction
+                )
 
 
 @dataclass(frozen=True)
@@ -233,43 +283,68 @@ class VNodeSpec:
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str):
-            raise PlatformError(f"vnode name {self.name!r} must be a string")
+            raise PlatformError(f"vnode name {show(self.name)} must be a string", where="name")
+        _check_name(self.expand(0), "vnode")
         if self.per_pnode is not None:
             if isinstance(self.per_pnode, bool) or not isinstance(self.per_pnode, int):
-                raise PlatformError(f"vnode {self.name!r}: per_pnode must be a whole number")
+                raise PlatformError(
+                    f"vnode {self.name!r}: per_pnode {show(self.per_pnode)} must be a whole number",
+                    where="per_pnode",
+                )
             if self.per_pnode < 1:
-                raise PlatformError(f"vnode {self.name!r}: per_pnode must be at least 1")
+                raise PlatformError(
+                    f"vnode {self.name!r}: per_pnode must be at least 1", where="per_pnode"
+                )
+            if self.per_pnode > MAX_VNODES_PER_PNODE:
+                raise PlatformError(
+                    f"vnode {self.name!r}: per_pnode {self.per_pnode} is more than a pnode "
+                    f"holds: at most {MAX_VNODES_PER_PNODE} (each vnode takes a network "
+                    "namespace and about 340 KiB of memory); reserve more pnodes",
+                    where="per_pnode",
+                )
             if self.pnode is not None:
-                raise PlatformError(f"vnode {self.name!r}: give per_pnode or pnode, not both")
+                raise PlatformError(
+                    f"vnode {self.name!r}: give per_pnode or pnode, not both", where="pnode"
+                )
             if self.per_pnode > 1 and "{i}" not in self.name:
                 raise PlatformError(
                     f"vnode {self.name!r}: per_pnode {self.per_pnode} needs '{{i}}' in the name "
-                    "so the vnodes get distinct names"
+                    "so the vnodes get distinct names",
+                    where="name",
                 )
         elif "{i}" in self.name:
-            raise PlatformError(f"vnode {self.name!r}: '{{i}}' only expands with per_pnode")
+            raise PlatformError(
+                f"vnode {self.name!r}: '{{i}}' only expands with per_pnode", where="name"
+            )
         if self.pnode is not None and (
             isinstance(self.pnode, bool)
             or not isinstance(self.pnode, int | str)
             or (isinstance(self.pnode, int) and self.pnode < 0)
         ):
             raise PlatformError(
-                f"vnode {self.name!r}: pnode {self.pnode!r} must be an index (0, 1, ...) "
-                "or a node id"
+                f"vnode {self.name!r}: pnode {show(self.pnode)} must be an index (0, 1, ...) "
+                "or a node id",
+                where="pnode",
             )
-        _check_name(self.expand(0), "vnode")
         object.__setattr__(self, "ifaces", tuple(self.ifaces))
         seen: set[str] = set()
-        for iface in self.ifaces:
+        for k, iface in enumerate(self.ifaces):
+            where = f"ifaces[{k}]"
             if not isinstance(iface, IfaceSpec):
-                raise PlatformError(f"vnode {self.name!r}: ifaces must be IfaceSpec objects")
+                raise PlatformError(
+                    f"vnode {self.name!r}: ifaces must be IfaceSpec objects", where=where
+                )
             if iface.name in seen:
-                raise PlatformError(f"vnode {self.name!r}: two ifaces are called {iface.name!r}")
+                raise PlatformError(
+                    f"vnode {self.name!r}: two ifaces are called {iface.name!r}",
+                    where=f"{where}.name",
+                )
             seen.add(iface.name)
             if self.per_pnode and self.per_pnode > 1 and iface.address != "auto":
                 raise PlatformError(
                     f"vnode {self.name!r} iface {iface.name!r}: address {iface.address} would be "
-                    f"given to {self.per_pnode} vnodes per pnode; use 'auto' or one vnode"
+                    f"given to {self.per_pnode} vnodes per pnode; use 'auto' or one vnode",
+                    where=f"{where}.address",
                 )
 
     def expand(self, i: int) -> str:
@@ -292,54 +367,68 @@ class Platform:
             or not isinstance(self.vxlan_port, int)
             or not 0 < self.vxlan_port < 65536
         ):
-            raise PlatformError(f"vxlan_port {self.vxlan_port!r} must be a UDP port (1..65535)")
+            raise PlatformError(
+                f"vxlan_port {show(self.vxlan_port)} must be a UDP port (1..65535)",
+                where="vxlan_port",
+            )
         if not self.nodes:
-            raise PlatformError("the platform has no vnodes; add at least one under 'nodes'")
+            raise PlatformError(
+                "the platform has no vnodes; add at least one under 'nodes'", where="nodes"
+            )
         by_name: dict[str, Network] = {}
-        for net in self.networks:
+        for n, net in enumerate(self.networks):
+            where = f"networks[{n}]"
             if not isinstance(net, Network):
-                raise PlatformError("networks must be Network objects")
+                raise PlatformError("networks must be Network objects", where=where)
             if net.name in by_name:
-                raise PlatformError(f"two vnetworks are called {net.name!r}")
+                raise PlatformError(f"two vnetworks are called {net.name!r}", where=f"{where}.name")
             for other in by_name.values():
                 if net.network.version == other.network.version and net.network.overlaps(
                     other.network
                 ):
                     raise PlatformError(
                         f"vnetworks {other.name!r} ({other.cidr}) and {net.name!r} ({net.cidr}) "
-                        "overlap; give them disjoint cidrs"
+                        "overlap; give them disjoint cidrs",
+                        where=f"{where}.cidr",
                     )
             by_name[net.name] = net
         templates: set[str] = set()
         addresses: dict[str, str] = {}
-        for node in self.nodes:
+        for n, node in enumerate(self.nodes):
             if not isinstance(node, VNodeSpec):
-                raise PlatformError("nodes must be VNodeSpec objects")
+                raise PlatformError("nodes must be VNodeSpec objects", where=f"nodes[{n}]")
             if node.name in templates:
-                raise PlatformError(f"two vnodes are called {node.name!r}")
+                raise PlatformError(
+                    f"two vnodes are called {node.name!r}", where=f"nodes[{n}].name"
+                )
             templates.add(node.name)
-            for iface in node.ifaces:
+            for k, iface in enumerate(node.ifaces):
+                place = f"nodes[{n}].ifaces[{k}]"
                 where = f"vnode {node.name!r} iface {iface.name!r}"
                 net = by_name.get(iface.network)
                 if net is None:
                     known = ", ".join(repr(n) for n in by_name) or "none defined"
                     raise PlatformError(
-                        f"{where}: unknown vnetwork {iface.network!r} (known: {known})"
+                        f"{where}: unknown vnetwork {show(iface.network)} (known: {known})",
+                        where=f"{place}.network",
                     )
                 if iface.address == "auto":
                     continue
                 ip = ipaddress.ip_address(iface.address)
                 if ip not in net.network:
                     raise PlatformError(
-                        f"{where}: address {ip} is outside vnetwork {net.name!r} ({net.cidr})"
+                        f"{where}: address {ip} is outside vnetwork {net.name!r} ({net.cidr})",
+                        where=f"{place}.address",
                     )
                 if ip in reserved(net.network):
                     raise PlatformError(
-                        f"{where}: address {ip} is the network or broadcast address of {net.cidr}"
+                        f"{where}: address {ip} is the network or broadcast address of {net.cidr}",
+                        where=f"{place}.address",
                     )
                 if str(ip) in addresses:
                     raise PlatformError(
-                        f"{where}: address {ip} is already given to {addresses[str(ip)]}"
+                        f"{where}: address {ip} is already given to {addresses[str(ip)]}",
+                        where=f"{place}.address",
                     )
                 addresses[str(ip)] = where
 
@@ -351,23 +440,30 @@ _NETWORK_KEYS = ("name", "cidr", "mode")
 _NODE_KEYS = ("name", "per_pnode", "pnode", "ifaces")
 _IFACE_KEYS = ("name", "network", "address", "output", "input")
 _LINK_KEYS = ("rate", "delay", "jitter", "loss")
+_YAML_TAGS = {  # what plain YAML resolves to; any other tag is refused
+    f"tag:yaml.org,2002:{kind}"
+    for kind in ("str", "int", "float", "bool", "null", "seq", "map", "merge", "timestamp")
+}
 
 
 def _fields(
     data: object, where: str, allowed: Sequence[str], required: Sequence[str] = ()
 ) -> dict[str, Any]:
     if not isinstance(data, Mapping):
-        raise PlatformError(f"{where}: expected a mapping of {', '.join(allowed)}, got {data!r}")
+        raise PlatformError(
+            f"expected a mapping of {', '.join(allowed)}, got {show(data)}", where=where
+        )
     for key in data:
         if key not in allowed:
             close = difflib.get_close_matches(str(key), allowed, n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
             raise PlatformError(
-                f"{where}: unknown key {key!r} (allowed: {', '.join(allowed)}){hint}"
+                f"unknown key {show(key)} (allowed: {', '.join(allowed)}){hint}",
+                where=where,
             )
     for key in required:
         if key not in data:
-            raise PlatformError(f"{where}: missing key {key!r}")
+            raise PlatformError(f"missing key {key!r}", where=where)
     return dict(data)
 
 
@@ -375,16 +471,16 @@ def _list(data: object, where: str) -> list[Any]:
     if data is None:
         return []
     if not isinstance(data, list):
-        raise PlatformError(f"{where}: expected a list, got {data!r}")
+        raise PlatformError(f"expected a list, got {show(data)}", where=where)
     return data
 
 
 def _at(where: str, build: Any, *args: Any, **kwargs: Any) -> Any:
-    """Call `build`, prefixing a PlatformError with the location in the file."""
+    """Call `build`, placing a PlatformError it raises inside `where`."""
     try:
         return build(*args, **kwargs)
     except PlatformError as exc:
-        raise PlatformError(f"{where}: {exc}") from None
+        raise exc.within(where) from None
 
 
 def _link(data: object, where: str) -> LinkSpec | None:
@@ -396,7 +492,7 @@ def _link(data: object, where: str) -> LinkSpec | None:
 
 def platform_from_dict(data: object) -> Platform:
     """Build a Platform from the parsed YAML structure (see examples/listing1.yaml)."""
-    top = _fields(data, "platform", _TOP_KEYS, ("nodes",))
+    top = _fields(data, "", _TOP_KEYS, ("nodes",))
     networks = []
     for n, item in enumerate(_list(top.get("networks"), "networks")):
         where = f"networks[{n}]"
@@ -427,8 +523,111 @@ def _is_path(text: str) -> bool:
         return True
     try:
         return Path(text).is_file()
-    except OSError:  # e.g. a long one-line YAML text is not a file name
+    except (OSError, ValueError):  # a long one-line YAML text, or one with a NUL
         return False
+
+
+def _mark(origin: str, mark: yaml.Mark | None) -> str:
+    return f"{origin}:{mark.line + 1}:{mark.column + 1}" if mark else origin
+
+
+def _tag(tag: str) -> str:
+    return tag.replace("tag:yaml.org,2002:", "!!")
+
+
+def _check_tree(root: yaml.Node, origin: str) -> None:
+    """Refuse tags, duplicate keys, nesting deeper than MAX_YAML_DEPTH and documents larger
+    than MAX_YAML_NODES once aliases are expanded; counted on the composed nodes, in which an
+    alias is the very node it names, so nothing is expanded."""
+    sizes: dict[int, int] = {}
+    open_nodes: set[int] = set()
+
+    def refuse(node: yaml.Node, message: str) -> PlatformError:
+        return PlatformError(message, origin=_mark(origin, node.start_mark))
+
+    def size(node: yaml.Node, depth: int) -> int:
+        if id(node) in sizes:
+            return sizes[id(node)]
+        if id(node) in open_nodes:
+            raise refuse(node, "an alias names a node it is nested in")
+        if depth > MAX_YAML_DEPTH:
+            raise refuse(node, f"nested more than {MAX_YAML_DEPTH} levels deep")
+        if node.tag not in _YAML_TAGS:
+            raise refuse(
+                node,
+                f"YAML tag {show(_tag(node.tag))} is not allowed: a platform file holds only "
+                "mappings, lists, strings and numbers",
+            )
+        open_nodes.add(id(node))
+        total = 1
+        if isinstance(node, yaml.SequenceNode):
+            total += sum(size(child, depth + 1) for child in node.value)
+        elif isinstance(node, yaml.MappingNode):
+            keys = set()
+            for key, value in node.value:
+                if isinstance(key, yaml.ScalarNode) and key.tag != "tag:yaml.org,2002:merge":
+                    if key.value in keys:
+                        raise refuse(key, f"duplicate key {show(key.value)}")
+                    keys.add(key.value)
+                total += size(key, depth + 1) + size(value, depth + 1)
+        if total > MAX_YAML_NODES:
+            raise refuse(
+                node,
+                f"its aliases expand to more than {MAX_YAML_NODES} YAML nodes; "
+                "write the platform with per_pnode instead",
+            )
+        open_nodes.discard(id(node))
+        sizes[id(node)] = total
+        return total
+
+    size(root, 0)
+
+
+def _compose(raw: str | bytes, origin: str) -> tuple[object, yaml.Node | None]:
+    loader = yaml.SafeLoader(raw)
+    try:
+        root = loader.get_single_node()
+        if root is None:
+            return None, None
+        _check_tree(root, origin)
+        return loader.construct_document(root), root
+    finally:
+        loader.dispose()
+
+
+def _parse(raw: str | bytes, origin: str) -> tuple[object, yaml.Node | None]:
+    """The document in `raw` (safe loader, checked by _check_tree) and its composed nodes;
+    a YAML error becomes one line with the line and column."""
+    try:
+        return _compose(raw, origin)
+    except yaml.MarkedYAMLError as exc:
+        what = ", ".join(part for part in (exc.context, exc.problem) if part)
+        where = _mark(origin, exc.problem_mark or exc.context_mark)
+        raise PlatformError(f"not valid YAML: {what}", origin=where) from None
+    except yaml.reader.ReaderError as exc:
+        first = str(exc).splitlines()[0]
+        raise PlatformError(
+            f"not valid YAML: {first} at character {exc.position}", origin=origin
+        ) from None
+    except RecursionError:
+        raise PlatformError("not valid YAML: nested too deeply", origin=origin) from None
+
+
+def _locate(root: yaml.Node | None, where: str) -> yaml.Mark | None:
+    """The start of the deepest node of `root` on the path `where` (`nodes[0].ifaces[1]`)."""
+    node, mark = root, root.start_mark if root else None
+    for key, index in re.findall(r"([^.\[\]]+)|\[(\d+)\]", where):
+        if isinstance(node, yaml.MappingNode) and key:
+            found = [v for k, v in node.value if getattr(k, "value", None) == key]
+            node = found[-1] if found else None
+        elif isinstance(node, yaml.SequenceNode) and index and int(index) < len(node.value):
+            node = node.value[int(index)]
+        else:
+            node = None
+        if node is None:
+            break
+        mark = node.start_mark
+    return mark
 
 
 def load_platform(source: str | Path | Mapping[str, Any]) -> Platform:
@@ -436,21 +635,23 @@ def load_platform(source: str | Path | Mapping[str, Any]) -> Platform:
     if not isinstance(source, str | Path):
         return platform_from_dict(source)
     if isinstance(source, str) and not _is_path(source):
-        text, origin = source, "platform"
+        raw: str | bytes = source
+        origin = "platform"
     else:
         path = Path(source)
         try:
-            text = path.read_text()
+            with path.open("rb") as file:
+                raw = file.read(MAX_FILE_BYTES + 1)
         except OSError as exc:
             raise PlatformError(f"cannot read platform file {path}: {exc.strerror}") from None
+        if len(raw) > MAX_FILE_BYTES:
+            raise PlatformError(
+                f"platform file {path} is larger than {MAX_FILE_BYTES >> 20} MiB; "
+                "write many vnodes with per_pnode"
+            )
         origin = str(path)
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise PlatformError(f"{origin} is not valid YAML: {exc}") from None
+    data, root = _parse(raw, origin)
     try:
         return platform_from_dict(data)
     except PlatformError as exc:
-        if origin == "platform":
-            raise
-        raise PlatformError(f"{origin}: {exc}") from None
+        raise exc.located(_mark(origin, _locate(root, exc.where))) from None

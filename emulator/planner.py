@@ -11,6 +11,10 @@ netns `ob-<tag>-p<pnode index>-<vnode>` (unique on a machine shared by pnodes), 
 `ob<tag>x<net index>` (indexes in base 36; every link name fits IFNAMSIZ). MACs are
 locally administered unicast, from sha256(instance, vnode, iface), unique in the plan.
 VNI = per-instance base (a multiple of 256 from the instance hash) + vnetwork index.
+
+`check_fits(platform, pnodes)` refuses, by counting alone, a platform that cannot fit the
+pnodes (vnodes per pnode, ports per bridge, addresses per cidr, link names); `plan` calls it
+before expanding anything, and the CLI calls it before reserving or building.
 """
 
 from __future__ import annotations
@@ -21,8 +25,17 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from omnibed.core.errors import PlatformError
-from omnibed.emulator.model import IFNAMSIZ, Platform, VNodeSpec, reserved
+from omnibed.core.errors import PlatformError, UsageError
+from omnibed.emulator.model import (
+    IFNAME_MAX_BYTES,
+    MAX_VNODES_PER_PNODE,
+    NAME_RULE,
+    Platform,
+    VNodeSpec,
+    reserved,
+    show,
+    valid_name,
+)
 from omnibed.emulator.modes import (
     Choice,
     PnodeFacts,
@@ -33,6 +46,9 @@ from omnibed.emulator.modes import (
 from omnibed.emulator.state import Bridge, PnodeState, Shaping, Viface, Vxlan
 
 MAX_NETWORKS = 256  # VNIs per instance
+MAX_VNODES = 100_000  # per emulation: the plan is held in the CLI's memory
+BRIDGE_PORTS = 1023  # a Linux bridge numbers its ports 1..1023 (BR_MAX_PORTS - 1)
+HOST_IFNAME_FIXED = len("ob") + 6 + len("v") + len("i")  # the rest: vnode and iface indexes
 _B36 = "0123456789abcdefghijklmnopqrstuvwxyz"
 
 
@@ -62,12 +78,6 @@ def _b36(n: int) -> str:
         out = _B36[r] + out
         if not n:
             return out
-
-
-def _ifname(name: str) -> str:
-    if len(name) > IFNAMSIZ:
-        raise PlatformError(f"interface name {name} is longer than {IFNAMSIZ}: too many vnodes")
-    return name
 
 
 @dataclass(frozen=True)
@@ -122,7 +132,13 @@ class Plan:
         for v in self.vnodes:
             if v.name == name:
                 return v
-        raise PlatformError(f"no vnode {name!r} in emulation {self.instance!r}")
+        some = ", ".join(v.name for v in self.vnodes[:5]) + (
+            ", ..." if len(self.vnodes) > 5 else ""
+        )
+        raise UsageError(
+            f"no vnode {show(name)} in emulation {self.instance}: its vnodes are {some} "
+            f"(`omnibed emulate status {self.instance}`)"
+        )
 
     def reasons(self) -> dict[str, str]:
         return {n.name: f"{n.mode}: {n.reason}" for n in self.networks}
@@ -177,39 +193,135 @@ class Plan:
         )
 
 
-def _pnode_index(spec: VNodeSpec, ids: Sequence[str]) -> int:
+def _pnode_index(spec: VNodeSpec, ids: Sequence[str] | None, count: int) -> int | None:
+    """The pnode index `spec.pnode` names; None for a node id when the ids are not known yet."""
     ref = spec.pnode
-    if isinstance(ref, str) and ref in ids:
+    if isinstance(ref, str) and ids is not None and ref in ids:
         return ids.index(ref)
     if isinstance(ref, str) and not ref.isdigit():
+        if ids is None:
+            return None
         raise PlatformError(
-            f"vnode {spec.name!r}: pnode {ref!r} is not one of the reserved pnodes "
+            f"vnode {spec.name!r}: pnode {show(ref)} is not one of the reserved pnodes "
             f"({', '.join(ids)})"
         )
     index = int(ref)  # type: ignore[arg-type]
-    if index >= len(ids):
+    if index >= count:
         raise PlatformError(
             f"vnode {spec.name!r}: pnode {index} does not exist; the reservation has "
-            f"{len(ids)} pnodes (0..{len(ids) - 1})"
+            f"{count} pnodes (0..{count - 1})"
         )
     return index
 
 
+def _place(platform: Platform, pnodes: Sequence[str] | int) -> tuple[list[int | None], list[int]]:
+    """By counting alone: the pnode index of each single vnode (None for per_pnode specs) and
+    how many vnodes each pnode gets. `pnodes` is the pnode ids, or how many there will be."""
+    ids = None if isinstance(pnodes, int) else list(pnodes)
+    count = pnodes if isinstance(pnodes, int) else len(pnodes)
+    load = [0] * count
+    placed: list[int | None] = []
+    for n, spec in enumerate(platform.nodes):
+        if spec.per_pnode is not None:
+            load = [held + spec.per_pnode for held in load]
+            placed.append(None)
+            continue
+        p = None if spec.pnode is None else _at(f"nodes[{n}].pnode", _pnode_index, spec, ids, count)
+        if p is None:
+            p = load.index(min(load))
+        load[p] += 1
+        placed.append(p)
+    return placed, load
+
+
+def _at(where: str, build: Any, *args: Any) -> Any:
+    try:
+        return build(*args)
+    except PlatformError as exc:
+        raise exc.within(where) from None
+
+
+def check_fits(platform: Platform, pnodes: Sequence[str] | int) -> None:
+    """Refuse, by counting alone, a platform that cannot fit `pnodes` (the pnode ids, or how
+    many there will be): PlatformError naming the limit, before anything is expanded."""
+    count = pnodes if isinstance(pnodes, int) else len(pnodes)
+    if count < 1:
+        raise PlatformError("no pnode to build the platform on; reserve at least one")
+    if len(platform.networks) > MAX_NETWORKS:
+        raise PlatformError(f"at most {MAX_NETWORKS} vnetworks per emulation", where="networks")
+    placed, load = _place(platform, pnodes)
+    busiest = max(load)
+    if busiest > MAX_VNODES_PER_PNODE:
+        raise PlatformError(
+            f"{busiest} vnodes on one pnode is more than a pnode holds: at most "
+            f"{MAX_VNODES_PER_PNODE}; reserve more pnodes",
+            where="nodes",
+        )
+    total = sum(load)
+    if total > MAX_VNODES:
+        raise PlatformError(
+            f"{total} vnodes is more than one emulation holds: at most {MAX_VNODES}",
+            where="nodes",
+        )
+    widest = max(len(spec.ifaces) for spec in platform.nodes)
+    if (
+        widest
+        and HOST_IFNAME_FIXED + len(_b36(total - 1)) + len(_b36(widest - 1)) > IFNAME_MAX_BYTES
+    ):
+        raise PlatformError(
+            f"{total} vnodes with up to {widest} ifaces each do not fit Linux interface names "
+            f"({IFNAME_MAX_BYTES} bytes); use fewer ifaces per vnode or fewer vnodes",
+            where="nodes",
+        )
+    for n, spec in enumerate(platform.nodes):
+        if spec.per_pnode is not None:
+            last = spec.expand(count * spec.per_pnode - 1)
+            if not valid_name(last):
+                raise PlatformError(
+                    f"vnode {show(spec.name)} names its last vnode {show(last)}, which is not "
+                    f"valid: {NAME_RULE}",
+                    where=f"nodes[{n}].name",
+                )
+    for k, net in enumerate(platform.networks):
+        ports = [0] * count  # vifaces on the vnetwork's bridge, per pnode
+        given = 0
+        for spec, p in zip(platform.nodes, placed, strict=True):
+            ifaces = [i for i in spec.ifaces if i.network == net.name]
+            given += sum(1 for i in ifaces if i.address != "auto")
+            if p is None:
+                ports = [held + len(ifaces) * spec.per_pnode for held in ports]  # type: ignore[operator]
+            else:
+                ports[p] += len(ifaces)
+        if max(ports) > BRIDGE_PORTS - 1:
+            raise PlatformError(
+                f"vnetwork {net.name!r} would put {max(ports)} vnode interfaces on the bridge "
+                f"of one pnode, but a Linux bridge takes at most {BRIDGE_PORTS} ports, one of "
+                "them the uplink; put fewer of its vnodes on each pnode or split the vnetwork",
+                where=f"networks[{k}]",
+            )
+        needed = sum(ports)
+        usable = net.network.num_addresses - len(reserved(net.network))
+        if needed > usable:
+            raise PlatformError(
+                f"vnetwork {net.name!r} ({net.cidr}) needs {needed} addresses "
+                f"({needed - given} automatic, {given} given) but has only {usable} usable; "
+                "use a larger cidr",
+                where=f"networks[{k}].cidr",
+            )
+
+
 def expand(platform: Platform, ids: Sequence[str]) -> list[tuple[str, int, VNodeSpec]]:
     """(vnode name, pnode index, spec) in order: by spec, then pnode, then i. With
-    `per_pnode: N`, `{i}` runs 0..N*P-1 across the P pnodes."""
+    `per_pnode: N`, `{i}` runs 0..N*P-1 across the P pnodes. Call check_fits first."""
     out: list[tuple[str, int, VNodeSpec]] = []
-    load = [0] * len(ids)
-    for spec in platform.nodes:
-        if spec.per_pnode is not None:
-            for p in range(len(ids)):
-                for k in range(spec.per_pnode):
-                    out.append((spec.expand(p * spec.per_pnode + k), p, spec))
-                    load[p] += 1
+    placed, _ = _place(platform, ids)
+    for spec, p in zip(platform.nodes, placed, strict=True):
+        if p is not None:
+            out.append((spec.name, p, spec))
             continue
-        p = _pnode_index(spec, ids) if spec.pnode is not None else load.index(min(load))
-        out.append((spec.name, p, spec))
-        load[p] += 1
+        for q in range(len(ids)):
+            for k in range(spec.per_pnode):  # type: ignore[arg-type]
+                out.append((spec.expand(q * spec.per_pnode + k), q, spec))  # type: ignore[operator]
     seen: set[str] = set()
     for name, _, spec in out:
         if name in seen:
@@ -242,13 +354,6 @@ def _addresses(platform: Platform, vnodes: list[tuple[str, int, VNodeSpec]]) -> 
             out[(name, iface.name)] = f"{ip}/{network.prefixlen}"
         auto = [(name, iface) for name, iface in wanted if iface.address == "auto"]
         skip = reserved(network) | set(given)
-        usable = network.num_addresses - len(skip)
-        if len(auto) > usable:
-            raise PlatformError(
-                f"vnetwork {net.name!r} ({net.cidr}) needs {len(auto) + len(given)} addresses "
-                f"({len(auto)} automatic, {len(given)} given) but has only "
-                f"{usable + len(given)} usable; use a larger cidr"
-            )
         offset = 0
         for name, iface in auto:
             while network.network_address + offset in skip:
@@ -282,12 +387,9 @@ def plan(
     if not instance or not isinstance(instance, str):
         raise PlatformError("an emulation needs a name")
     ids = [p.id for p in pnodes]
-    if not ids:
-        raise PlatformError("no pnode to build the platform on; reserve at least one")
     if len(set(ids)) != len(ids):
         raise PlatformError(f"pnode ids are not unique: {', '.join(ids)}")
-    if len(platform.networks) > MAX_NETWORKS:
-        raise PlatformError(f"at most {MAX_NETWORKS} vnetworks per emulation")
+    check_fits(platform, ids)
     tag, group, port = instance_tag(instance), link_group(instance), platform.vxlan_port
     vnodes = expand(platform, ids)
     addresses = _addresses(platform, vnodes)
@@ -307,7 +409,7 @@ def plan(
         choice = choices[net.name]
         vni = vni_base(instance) + n if choice.mode == "vxlan" else None
         for p in req.pnodes:
-            br = _ifname(f"ob{tag}b{_b36(n)}")
+            br = f"ob{tag}b{_b36(n)}"
             bridge_of[(p, net.name)] = br
             uplink = choice.nics.get(p) if choice.mode == "bridge" else None
             bridges[p].append(Bridge(br, net.name, choice.mtu, uplink))
@@ -315,7 +417,7 @@ def plan(
                 remotes = tuple(choice.addresses[q] for q in req.pnodes if q != p)
                 vxlans[p].append(
                     Vxlan(
-                        name=_ifname(f"ob{tag}x{_b36(n)}"),
+                        name=f"ob{tag}x{_b36(n)}",
                         network=net.name,
                         vni=vni,
                         port=port,
@@ -351,7 +453,7 @@ def plan(
         namespaces[p].append(netns)
         iface_plans = []
         for j, iface in enumerate(spec.ifaces):
-            host = _ifname(f"ob{tag}v{_b36(k)}i{_b36(j)}")
+            host = f"ob{tag}v{_b36(k)}i{_b36(j)}"
             mac = _mac(instance, name, iface.name, used_macs)
             address = addresses[(name, iface.name)]
             iface_plans.append(VifacePlan(iface.name, iface.network, address, mac, host))

@@ -169,7 +169,8 @@ def test_path_as_string_and_missing_file(tmp_path: Path) -> None:
 def test_error_in_a_file_names_the_file(tmp_path: Path) -> None:
     path = tmp_path / "bad.yaml"
     path.write_text(ISSUE_YAML.replace("100mbit}", "100mbps}", 1))
-    with pytest.raises(PlatformError, match=r"bad\.yaml: nodes\[0\]\.ifaces\[0\]\.output"):
+    where = r"bad\.yaml:11:24: nodes\[0\]\.ifaces\[0\]\.output\.rate: rate '100mbps'"
+    with pytest.raises(PlatformError, match=where):
         load_platform(path)
 
 
@@ -188,7 +189,7 @@ def _platform(**changes: object) -> dict:
 @pytest.mark.parametrize(
     ("data", "message"),
     [
-        (_platform(vxlan_prot=1), r"platform: unknown key 'vxlan_prot'.*did you mean 'vxlan_port'"),
+        (_platform(vxlan_prot=1), r"unknown key 'vxlan_prot'.*did you mean 'vxlan_port'"),
         (
             _platform(networks=[{"name": "net", "cidr": "10.0.0.0/24", "mdoe": "auto"}]),
             r"networks\[0\]: unknown key 'mdoe'.*did you mean 'mode'",
