@@ -325,3 +325,31 @@ def test_any_existing_file_and_one_line_yaml(tmp_path: Path) -> None:
     assert load_platform(str(path)) == load_platform(ISSUE_YAML)
     one_line = "{nodes: [" + ", ".join(f"{{name: v{i}}}" for i in range(40)) + "]}"
     assert len(load_platform(one_line).nodes) == 40
+
+
+def test_iface_names_are_measured_in_bytes() -> None:
+    assert IfaceSpec("é" * 7, "net").name == "é" * 7  # 14 bytes
+    with pytest.raises(PlatformError, match="1 to 15 bytes in UTF-8") as refused:
+        IfaceSpec("é" * 8, "net")  # 8 characters, 16 bytes
+    assert refused.value.where == "name"
+
+
+def test_small_aliases_still_load() -> None:
+    platform = load_platform(
+        """
+networks: [{name: net, cidr: 10.0.0.0/24}]
+nodes:
+  - name: a
+    ifaces: [{name: if0, network: net, output: &wan {rate: 10mbit, delay: 5ms}, input: *wan}]
+"""
+    )
+    (iface,) = platform.nodes[0].ifaces
+    assert iface.output == iface.input == LinkSpec(rate=10_000_000, delay=5.0)
+
+
+def test_an_alias_bomb_is_refused_with_its_place() -> None:
+    levels = ["a: &a [x, x, x, x, x, x, x, x, x]"] + [
+        f"{chr(98 + k)}: &{chr(98 + k)} [{', '.join([f'*{chr(97 + k)}'] * 9)}]" for k in range(8)
+    ]
+    with pytest.raises(PlatformError, match=r"^platform:\d+:\d+: its aliases expand to more"):
+        load_platform("\n".join(levels) + "\nnodes: *i\n")

@@ -20,7 +20,14 @@ from omnibed.emulator.model import (
     load_platform,
 )
 from omnibed.emulator.modes import PnodeFacts, ProbeResult, probe_targets
-from omnibed.emulator.planner import Plan, instance_tag, link_group, plan, vni_base
+from omnibed.emulator.planner import (
+    Plan,
+    check_fits,
+    instance_tag,
+    link_group,
+    plan,
+    vni_base,
+)
 from omnibed.emulator.state import PnodeState, Shaping
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
@@ -603,3 +610,20 @@ def test_addresses_in_the_plan_are_inside_their_cidr(big: Plan) -> None:
             assert iface.network == ipaddress.ip_network(
                 "10.8.0.0/16" if i.network == "a" else "10.9.0.0/16"
             )
+
+
+def test_check_fits_counts_instead_of_expanding() -> None:
+    huge = simple(per_pnode=10_000, cidr="10.0.0.0/8")
+    with pytest.raises(PlatformError, match="1000000 vnodes .* at most 100000") as refused:
+        check_fits(huge, 100)  # a million vnodes: refused by arithmetic, nothing expanded
+    assert refused.value.where == "nodes"
+
+
+def test_check_fits_before_the_pnode_ids_are_known() -> None:
+    platform = Platform(nodes=[VNodeSpec("a", pnode="pnode-9"), VNodeSpec("b", pnode=3)])
+    check_fits(platform, 4)  # a node id cannot be checked before reserving
+    with pytest.raises(PlatformError, match="pnode 3 does not exist") as refused:
+        check_fits(platform, 2)
+    assert refused.value.where == "nodes[1].pnode"
+    with pytest.raises(PlatformError, match="'pnode-9' is not one of the reserved pnodes"):
+        check_fits(platform, ["p0", "p1", "p2", "p3"])
