@@ -65,7 +65,7 @@ class Omnibed:
         A name that is not one plain path component (`/`, `.`, `..`) is refused, so no
         name, even one recorded before names were checked, points outside that folder.
         """
-        if not name or "/" in name or "\0" in name or name in (".", ".."):
+        if not _is_folder_name(name):
             raise UsageError(f"reservation name {name!r} cannot be a folder of omnibed's")
         return self.home / "reservations" / name
 
@@ -205,7 +205,8 @@ class Omnibed:
         self.ledger.remove(request.name, token=request.token)
 
     def _forget(self, name: str, token: str | None) -> None:
-        _remove_tree(self.reservation_dir(name))
+        if _is_folder_name(name):
+            _remove_tree(self.reservation_dir(name))
         self.ledger.remove(name, token=token)
 
     def entry(self, name: str) -> Entry:
@@ -325,7 +326,7 @@ class Omnibed:
     def _emulation_down(self, name: str) -> None:
         from omnibed.emulator.coordinator import PLAN_FILE, Emulator
 
-        if (self.reservation_dir(name) / PLAN_FILE).exists():
+        if _is_folder_name(name) and (self.reservation_dir(name) / PLAN_FILE).exists():
             Emulator(self, name).down()
 
     def gc(self) -> list[tuple[str, str]]:
@@ -351,6 +352,12 @@ class Omnibed:
                 return node
         known = ", ".join(node.id for node in nodes)
         raise UsageError(f"no node {node_id!r} in {reservation.name}; its nodes: {known}")
+
+
+def _is_folder_name(name: str) -> bool:
+    """Whether `name` is one plain path component (a name recorded before names were
+    checked may not be: such a reservation has no folder omnibed may touch)."""
+    return bool(name) and "/" not in name and "\0" not in name and name not in (".", "..")
 
 
 def _remove_tree(directory: Path) -> None:
