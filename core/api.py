@@ -65,7 +65,7 @@ class Omnibed:
         A name that is not one plain path component (`/`, `.`, `..`) is refused, so no
         name, even one recorded before names were checked, points outside that folder.
         """
-        if not name or "/" in name or "\0" in name or name in (".", ".."):
+        if not _is_folder_name(name):
             raise UsageError(f"reservation name {name!r} cannot be a folder of omnibed's")
         return self.home / "reservations" / name
 
@@ -142,12 +142,14 @@ class Omnibed:
         """
         provider = self.provider(testbed)
         self.ledger.record_pending(request.name, testbed, owner, token=request.token)
-        made_dir = False
+        made_dir = asked = False
         reservation = None
         try:
-            made_dir = self._make_reservation_dir(request.name)
+            self._make_reservation_dir(request.name)
+            made_dir = True
             keys = self.keypair(request.name)
             request = _with_key(request, keys.public_openssh)
+            asked = True
             reservation = provider.reserve(request)
             if not self.ledger.update(reservation, token=request.token):
                 raise OmnibedError(
@@ -155,12 +157,12 @@ class Omnibed:
                     " reserved, so its reservation is released again"
                 )
         except BaseException as error:
-            self._undo(provider, request, reservation, made_dir, error)
+            self._undo(provider, request, asked, reservation, made_dir, error)
             raise
         return reservation
 
-    def _make_reservation_dir(self, name: str) -> bool:
-        """Create the reservation's folder (0700); refuse one this call did not create."""
+    def _make_reservation_dir(self, name: str) -> None:
+        """Create the reservation's folder (0700); refuse one that is already there."""
         (self.home / "reservations").mkdir(mode=0o700, exist_ok=True)
         directory = self.reservation_dir(name)
         try:
@@ -170,17 +172,20 @@ class Omnibed:
                 f"{directory} already exists and omnibed did not make it for this reservation:"
                 f" move it away or use another --name"
             ) from None
-        return True
 
     def _undo(
         self,
         provider: Provider,
         request: ReservationRequest,
+        asked: bool,
         reservation: Reservation | None,
         made_dir: bool,
         cause: BaseException,
     ) -> None:
         """Release what this reserve call made and forget its own row and folder.
+
+        The testbed is searched by name only if it was `asked` and gave no `reservation`
+        back (it may have made one before failing).
 
         If that release fails too, the row is kept (with what the testbed made, owned by
         this process so that `gc` releases it once the process is gone) and the error
@@ -188,7 +193,8 @@ class Omnibed:
         """
         leftover = reservation
         try:
-            leftover = leftover or provider.find(request.name)
+            if leftover is None and asked:
+                leftover = provider.find(request.name)
             if leftover is not None:
                 provider.release(leftover)
         except BaseException as error:
@@ -205,7 +211,8 @@ class Omnibed:
         self.ledger.remove(request.name, token=request.token)
 
     def _forget(self, name: str, token: str | None) -> None:
-        _remove_tree(self.reservation_dir(name))
+        if _is_folder_name(name):
+            _remove_tree(self.reservation_dir(name))
         self.ledger.remove(name, token=token)
 
     def entry(self, name: str) -> Entry:
@@ -325,7 +332,7 @@ class Omnibed:
     def _emulation_down(self, name: str) -> None:
         from omnibed.emulator.coordinator import PLAN_FILE, Emulator
 
-        if (self.reservation_dir(name) / PLAN_FILE).exists():
+        if _is_folder_name(name) and (self.reservation_dir(name) / PLAN_FILE).exists():
             Emulator(self, name).down()
 
     def gc(self) -> list[tuple[str, str]]:
@@ -351,6 +358,12 @@ class Omnibed:
                 return node
         known = ", ".join(node.id for node in nodes)
         raise UsageError(f"no node {node_id!r} in {reservation.name}; its nodes: {known}")
+
+
+def _is_folder_name(name: str) -> bool:
+    """Whether `name` is one plain path component (a name recorded before names were
+    checked may not be: such a reservation has no folder omnibed may touch)."""
+    return bool(name) and "/" not in name and "\0" not in name and name not in (".", "..")
 
 
 def _remove_tree(directory: Path) -> None:

@@ -273,7 +273,8 @@ def _release_if_reserved(
     releases it once it has ended) and the error says so, with the command to release it.
     A failed reserve that said so already (ReleaseFailed) is not released a second time.
     """
-    if isinstance(cause, ReleaseFailed):
+    entry = api.ledger.get(request.name)
+    if isinstance(cause, ReleaseFailed) or entry is None or entry.token != request.token:
         return
     try:
         with _uninterruptible(), _progress(f"releasing {request.name}"):

@@ -19,6 +19,7 @@ import pytest
 
 from omnibed.core.api import Omnibed
 from omnibed.core.errors import UsageError
+from omnibed.core.ledger import Ledger
 from omnibed.core.types import ReservationRequest
 
 OMNIBED = str(Path(sys.executable).with_name("omnibed"))
@@ -118,4 +119,19 @@ def test_a_failed_reserve_keeps_a_directory_it_did_not_make(tmp_path: Path) -> N
     assert sorted(os.listdir(kept)) == ["thesis.tex"], "keys were written through the link"
     assert (home / "reservations" / "linked").is_symlink()
     assert (home / "reservations" / "mine" / "thesis.tex").exists()
+    assert json.loads(omnibed(home, "ls", "--json").stdout) == []
+
+
+@pytest.mark.parametrize("legacy", ["..", "/etc/omnibed-victim", "a/b"])
+def test_a_name_recorded_before_names_were_checked_is_released_touching_no_folder(
+    tmp_path: Path, legacy: str
+) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "marker").write_text("still here\n")
+    kept = victim(home / "reservations" / "a" / "b")
+    Ledger(home / "ledger.sqlite").record_pending(legacy, "local")
+    released = omnibed(home, "release", legacy)
+    assert released.returncode == 0, released.stderr
+    assert (home / "marker").exists() and (kept / "thesis.tex").exists()
     assert json.loads(omnibed(home, "ls", "--json").stdout) == []
