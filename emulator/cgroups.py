@@ -1,6 +1,6 @@
 """Where a container vnode's cgroups live on this pnode, what they count, how to clear them.
 
-runc puts a container with cgroupsPath `/omnibed/NAME` into that path of every cgroup
+runc puts a container with cgroupsPath `/omnibed-vnode-NAME` into that path of every cgroup
 hierarchy: one under cgroup v2 (the testbeds' current images), one per controller and
 named hierarchy under cgroup v1 or the hybrid layout (this machine's). Paths are found
 the way runc finds them, from /proc/self/mountinfo. Python 3.9 compatible; stdlib only.
@@ -12,13 +12,13 @@ import os
 import signal
 import time
 
-PARENT = "omnibed"  # every container's cgroups are below this one
+PREFIX = "omnibed-vnode-"  # top-level, so a vnode's CPU weight counts against the pnode's
 ROOT = "/sys/fs/cgroup"
 
 
 def cgroup_path(name: str) -> str:
     """The OCI cgroupsPath of container `name`."""
-    return f"/{PARENT}/{name}"
+    return f"/{PREFIX}{name}"
 
 
 def is_v2() -> bool:
@@ -96,17 +96,13 @@ def counters(name: str) -> dict[str, int]:
 
 
 def remove(name: str, timeout: float = 5.0) -> list[str]:
-    """Kill what is left in `name`'s cgroups and remove them (and the shared parent once
-    empty); the directories removed. Idempotent."""
+    """Kill what is left in `name`'s cgroups and remove them; the directories removed.
+    Idempotent."""
     removed = []
-    for directory in dirs(name).values():
+    for directory in sorted(set(dirs(name).values())):
         if os.path.isdir(directory):
             _clear(directory, timeout)
             removed.append(directory)
-        try:
-            os.rmdir(os.path.dirname(directory))
-        except OSError:
-            pass  # other containers are still in it, or it is gone already
     return removed
 
 

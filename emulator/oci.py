@@ -16,6 +16,9 @@ from collections.abc import Sequence
 from typing import Any
 
 CFS_PERIOD_US = 100_000
+# the CPU weight of a vnode with a share (v1 cpu.shares; runc converts it for v2): ten times
+# a process's, so that the quota, not the pnode's own busy processes, is what limits it
+SHARES_WITH_QUOTA = 10240
 SSH_DIR = "/etc/omnibed-ssh"  # inside the container: host_key, authorized_keys
 # Docker's default capability set: root in the vnode may not change the emulated network
 # (no CAP_NET_ADMIN) nor the pnode (no CAP_SYS_ADMIN, CAP_SYS_MODULE, ...)
@@ -46,6 +49,7 @@ def resources(cpus: Sequence[int], share: float | None, memory: int | None, swap
     if share is not None:
         cpu["period"] = CFS_PERIOD_US
         cpu["quota"] = max(1000, round(share * max(1, len(cpus)) * CFS_PERIOD_US))
+        cpu["shares"] = SHARES_WITH_QUOTA
     if cpu:
         result["cpu"] = cpu
     if memory is not None:
