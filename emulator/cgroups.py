@@ -95,6 +95,14 @@ def counters(name: str) -> dict[str, int]:
         return {}
 
 
+def kill(name: str) -> int:
+    """SIGKILL every process in `name`'s cgroups; how many were signalled."""
+    signalled = 0
+    for directory in sorted(set(dirs(name).values())):
+        signalled += _kill(directory)
+    return signalled
+
+
 def remove(name: str, timeout: float = 5.0) -> list[str]:
     """Kill what is left in `name`'s cgroups and remove them; the directories removed.
     Idempotent."""
@@ -106,18 +114,28 @@ def remove(name: str, timeout: float = 5.0) -> list[str]:
     return removed
 
 
+def _kill(directory: str) -> int:
+    try:
+        pids = [int(p) for p in _read(directory + "/cgroup.procs").split()]
+    except FileNotFoundError:
+        return 0
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    return len(pids)
+
+
 def _clear(directory: str, timeout: float) -> None:
     """Kill every process in cgroup `directory`, then remove it."""
     deadline = time.monotonic() + timeout
     while True:
-        pids = [int(p) for p in _read(directory + "/cgroup.procs").split()]
-        for pid in pids:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        _kill(directory)
         try:
             os.rmdir(directory)
+            return
+        except FileNotFoundError:
             return
         except OSError:  # busy until the killed processes are reaped
             if time.monotonic() > deadline:

@@ -6,6 +6,7 @@ A ContainerSpec is plain data, as the agent receives it. Everything lives below 
   images/SHA256/rootfs   an image, unpacked once per pnode (rootfs.py)
   containers/NAME/       the bundle: config.json, rootfs/ (an overlay on the image, or a
                          private copy), upper/ and work/ (the overlay's), ssh/, init.log
+                         (the init's output), init.pid
 
 runc keeps its state in `runc_root` (/run/omnibed/runc), apart from any other runc user.
 `start` starts a batch, `workers` runc processes at a time, and removes the whole batch
@@ -249,15 +250,16 @@ class Runtime:
         log = os.open(os.path.join(bundle, "init.log"), os.O_WRONLY | os.O_CREAT, 0o600)
         try:
             done = self._runc(
-                "run", "--detach", "--bundle", bundle, spec.name,
-                stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                "run", "--detach", "--bundle", bundle, "--pid-file", f"{bundle}/init.pid",
+                spec.name, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
             )  # fmt: skip
         finally:
             os.close(log)
         if done.returncode != 0:
             with open(os.path.join(bundle, "init.log"), errors="replace") as file:
                 raise ContainerError(spec.name, _runc_error(file.read()))
-        return int(self.state(spec.name).get("pid", 0))
+        with open(os.path.join(bundle, "init.pid")) as pid:
+            return int(pid.read())
 
     # -- inspect --------------------------------------------------------------------------
 
@@ -300,22 +302,26 @@ class Runtime:
 
     # -- remove ---------------------------------------------------------------------------
 
-    def remove(self, names: Sequence[str]) -> list[str]:
-        """Remove containers `names` entirely; those that existed. Idempotent."""
-        removed = []
-        for name in names:
-            existed = os.path.isdir(os.path.join(self.runc_root, name))  # runc's state
-            self._runc("delete", "--force", name, capture_output=True)
-            existed |= bool(cgroups.remove(name))
-            bundle = self.bundle(name)
-            if os.path.isdir(bundle):
-                nsutil.umount(os.path.join(bundle, "rootfs"))
-                _refuse_mounts_below(bundle)
-                shutil.rmtree(bundle)
-                existed = True
-            if existed:
-                removed.append(name)
-        return removed
+    def remove(self, names: Sequence[str], workers: int = 8) -> list[str]:
+        """Remove containers `names` entirely, `workers` at a time; those that existed.
+        Idempotent."""
+        with ThreadPoolExecutor(max(1, workers)) as pool:
+            existed = list(pool.map(self._remove, names))
+        return [name for name, was in zip(names, existed) if was]  # noqa: B905 (Python 3.9)
+
+    def _remove(self, name: str) -> bool:
+        existed = os.path.isdir(os.path.join(self.runc_root, name))  # runc's state
+        # killed first: `runc delete --force` would poll for the end of a running init
+        existed |= cgroups.kill(name) > 0
+        self._runc("delete", "--force", name, capture_output=True)
+        existed |= bool(cgroups.remove(name))
+        bundle = self.bundle(name)
+        if os.path.isdir(bundle):
+            nsutil.umount(os.path.join(bundle, "rootfs"))
+            _refuse_mounts_below(bundle)
+            shutil.rmtree(bundle)
+            existed = True
+        return existed
 
 
 def _write_private(path: str, text: str) -> None:
