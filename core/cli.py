@@ -24,6 +24,7 @@ from rich.table import Table
 from omnibed.core import ssh
 from omnibed.core.api import Omnibed
 from omnibed.core.errors import OmnibedError, ReleaseFailed, UsageError
+from omnibed.core.image_cli import image_app
 from omnibed.core.ledger import Entry, process_owner
 from omnibed.core.provider import VERBS, implemented_verbs
 from omnibed.core.timeutil import parse_walltime, to_utc, utcnow
@@ -590,6 +591,7 @@ emulate_app = typer.Typer(
     no_args_is_help=True,
 )
 app.add_typer(emulate_app, name="emulate")
+app.add_typer(image_app, name="image")
 Platform = Annotated[Path, typer.Argument(help="Platform description (YAML), see examples/.")]
 
 

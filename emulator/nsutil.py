@@ -49,11 +49,22 @@ def unshare_net() -> None:
     _check(_libc.unshare(CLONE_NEWNET), "unshare(CLONE_NEWNET)")
 
 
-def mount(source: str, target: str, fstype: str, flags: int) -> None:
+def mount(source: str, target: str, fstype: str, flags: int, data: str | None = None) -> None:
+    options = data.encode() if data is not None else None
     _check(
-        _libc.mount(source.encode(), target.encode(), fstype.encode(), flags, None),
+        _libc.mount(source.encode(), target.encode(), fstype.encode(), flags, options),
         f"mount {target}",
     )
+
+
+def umount(target: str) -> bool:
+    """Unmount `target` (detaching it if busy); False when nothing was mounted there."""
+    if _libc.umount2(target.encode(), MNT_DETACH) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOENT):
+        return False
+    raise OSError(err, f"umount {target}: {os.strerror(err)}")
 
 
 def path(name: str) -> str:

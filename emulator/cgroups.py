@@ -1,0 +1,143 @@
+"""Where a container vnode's cgroups live on this pnode, what they count, how to clear them.
+
+runc puts a container with cgroupsPath `/omnibed-vnode-NAME` into that path of every cgroup
+hierarchy: one under cgroup v2 (the testbeds' current images), one per controller and
+named hierarchy under cgroup v1 or the hybrid layout (this machine's). Paths are found
+the way runc finds them, from /proc/self/mountinfo. Python 3.9 compatible; stdlib only.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+PREFIX = "omnibed-vnode-"  # top-level, so a vnode's CPU weight counts against the pnode's
+ROOT = "/sys/fs/cgroup"
+
+
+def cgroup_path(name: str) -> str:
+    """The OCI cgroupsPath of container `name`."""
+    return f"/{PREFIX}{name}"
+
+
+def is_v2() -> bool:
+    """True when /sys/fs/cgroup is itself the cgroup v2 hierarchy (runc's criterion)."""
+    return os.path.exists(os.path.join(ROOT, "cgroup.controllers"))
+
+
+def hierarchies() -> dict[str, str]:
+    """{controller or hierarchy name: mount point}; the v2 hierarchy is named ""."""
+    found: dict[str, str] = {}
+    with open("/proc/self/mountinfo") as mountinfo:
+        for line in mountinfo:
+            fields = line.split()
+            separator = fields.index("-")
+            fstype, options = fields[separator + 1], fields[separator + 3]
+            if fields[3] != "/":  # a bind of a sub-cgroup, not a hierarchy's root
+                continue
+            if fstype == "cgroup2":
+                found.setdefault("", fields[4])
+            elif fstype == "cgroup":
+                for option in options.split(","):
+                    if option.startswith("name=") or option in _V1_CONTROLLERS:
+                        found.setdefault(option, fields[4])
+    return found
+
+
+_V1_CONTROLLERS = {
+    "cpu", "cpuacct", "cpuset", "memory", "devices", "freezer", "blkio", "pids",
+    "net_cls", "net_prio", "perf_event", "hugetlb", "rdma", "misc",
+}  # fmt: skip
+
+
+def controllers() -> set[str]:
+    """The controllers a container can be limited with here."""
+    if is_v2():
+        with open(os.path.join(ROOT, "cgroup.controllers")) as file:
+            return set(file.read().split())
+    return {name for name in hierarchies() if name in _V1_CONTROLLERS}
+
+
+def dirs(name: str) -> dict[str, str]:
+    """{controller or hierarchy: directory} of container `name`, existing or not."""
+    if is_v2():
+        return {"": ROOT + cgroup_path(name)}
+    return {key: mount + cgroup_path(name) for key, mount in hierarchies().items()}
+
+
+def _read(path: str) -> str:
+    with open(path) as file:
+        return file.read()
+
+
+def _keyed(text: str) -> dict[str, int]:
+    pairs = (line.split() for line in text.splitlines())
+    return {p[0]: int(p[1]) for p in pairs if len(p) == 2 and p[1].lstrip("-").isdigit()}
+
+
+def counters(name: str) -> dict[str, int]:
+    """oom_kills, memory_failcnt (v1 only: hits of the limit), cpu_usage_ns of `name`;
+    {} when it has no cgroup."""
+    places = dirs(name)
+    try:
+        if is_v2():
+            events = _keyed(_read(places[""] + "/memory.events"))
+            usage_us = _keyed(_read(places[""] + "/cpu.stat"))["usage_usec"]
+            return {"oom_kills": events.get("oom_kill", 0), "cpu_usage_ns": usage_us * 1000}
+        memory = places["memory"]
+        return {
+            "oom_kills": _keyed(_read(memory + "/memory.oom_control")).get("oom_kill", 0),
+            "memory_failcnt": int(_read(memory + "/memory.failcnt")),
+            "cpu_usage_ns": int(_read(places["cpuacct"] + "/cpuacct.usage")),
+        }
+    except FileNotFoundError:
+        return {}
+
+
+def kill(name: str) -> int:
+    """SIGKILL every process in `name`'s cgroups; how many were signalled."""
+    signalled = 0
+    for directory in sorted(set(dirs(name).values())):
+        signalled += _kill(directory)
+    return signalled
+
+
+def remove(name: str, timeout: float = 5.0) -> list[str]:
+    """Kill what is left in `name`'s cgroups and remove them; the directories removed.
+    Idempotent."""
+    removed = []
+    for directory in sorted(set(dirs(name).values())):
+        if os.path.isdir(directory):
+            _clear(directory, timeout)
+            removed.append(directory)
+    return removed
+
+
+def _kill(directory: str) -> int:
+    try:
+        pids = [int(p) for p in _read(directory + "/cgroup.procs").split()]
+    except FileNotFoundError:
+        return 0
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    return len(pids)
+
+
+def _clear(directory: str, timeout: float) -> None:
+    """Kill every process in cgroup `directory`, then remove it."""
+    deadline = time.monotonic() + timeout
+    while True:
+        _kill(directory)
+        try:
+            os.rmdir(directory)
+            return
+        except FileNotFoundError:
+            return
+        except OSError:  # busy until the killed processes are reaped
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)

@@ -1,0 +1,351 @@
+"""Container vnodes on a pnode: OCI bundles run by runc in network namespaces omnibed made.
+
+A ContainerSpec is plain data, as the agent receives it. Everything lives below `root`
+(/var/lib/omnibed, root-only):
+
+  images/SHA256/rootfs   an image, unpacked once per pnode (rootfs.py)
+  containers/NAME/       the bundle: config.json, rootfs/ (an overlay on the image, or a
+                         private copy), upper/ and work/ (the overlay's), ssh/, init.log
+                         (the init's output), init.pid
+
+runc keeps its state in `runc_root` (/run/omnibed/runc), apart from any other runc user.
+`start` starts a batch, `workers` runc processes at a time, and removes the whole batch
+when one container fails. `remove` leaves no container, process, mount, directory or cgroup,
+also after runc, the agent or the container was killed. Runs as root; Python 3.9
+compatible; standard library only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, fields
+from typing import Any
+
+from . import cgroups, nsutil, oci, rootfs
+
+ROOT = "/var/lib/omnibed"
+RUNC_ROOT = "/run/omnibed/runc"
+MIN_MEMORY = 16 << 20  # below this, runc's own init is OOM-killed before the vnode starts
+# Debian architecture of an image -> `uname -m` of a pnode that runs it
+MACHINES = {"amd64": "x86_64", "arm64": "aarch64", "ppc64el": "ppc64le", "i386": "i686"}
+INSTALL_HINT = "apt-get install runc (`omnibed emulate up --install` does it)"
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}\Z")
+_SHA256 = re.compile(r"[0-9a-f]{64}\Z")
+
+
+class ContainerError(RuntimeError):
+    """A container could not be started; `name` is the container, the message runc's."""
+
+    def __init__(self, name: str, message: str) -> None:
+        super().__init__(f"container {name}: {message}")
+        self.name = name
+
+
+@dataclass(frozen=True)
+class ContainerSpec:
+    """One container vnode. `name` is its id on the pnode, `hostname` the vnode's name,
+    `netns` the path of the network namespace it joins, `image` the path of the image
+    tarball on the pnode and `sha256` its digest, `arch` its Debian architecture.
+    `shared`: an overlay on the pnode's one unpacked copy, else a private copy. `cpus`:
+    cores to pin; `share`: CFS quota as a fraction of them (of one core when none pinned);
+    `memory`: a hard limit in bytes. `ssh`: sshd is the container's init, with `host_key`
+    (OpenSSH private key) and `authorized_keys` (lines for root)."""
+
+    name: str
+    hostname: str
+    netns: str
+    image: str
+    sha256: str
+    arch: str
+    shared: bool = True
+    cpus: tuple[int, ...] = ()
+    share: float | None = None
+    memory: int | None = None
+    ssh: bool = False
+    host_key: str = ""
+    authorized_keys: str = ""
+
+    def __post_init__(self) -> None:
+        if not _NAME.match(self.name) or not _NAME.match(self.hostname):
+            raise ValueError(f"bad container name {self.name!r} or hostname {self.hostname!r}")
+        if not _SHA256.match(self.sha256):
+            raise ValueError(f"bad image sha256 {self.sha256!r}")
+        if self.share is not None and not 0 < self.share <= 1:
+            raise ValueError(f"{self.name}: cpu share {self.share} is not in (0, 1]")
+        if self.memory is not None and self.memory < MIN_MEMORY:
+            raise ValueError(
+                f"{self.name}: memory limit {self.memory} B is below the "
+                f"{MIN_MEMORY >> 20} MiB a container needs to start"
+            )
+        if self.ssh and not (self.host_key and self.authorized_keys):
+            raise ValueError(f"{self.name}: ssh needs a host key and authorised keys")
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ContainerSpec:
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown container spec fields: {', '.join(sorted(unknown))}")
+        return cls(**{**data, "cpus": tuple(int(c) for c in data.get("cpus", ()))})
+
+
+def _swaps() -> bool:
+    with open("/proc/swaps") as swaps:
+        return len(swaps.read().splitlines()) > 1
+
+
+def _runc_error(text: str) -> str:
+    """runc's own error message out of its output (logfmt `msg="..."` lines)."""
+    messages = re.findall(r'level=error msg="((?:[^"\\]|\\.)*)"', text)
+    if messages:
+        return messages[-1].replace('\\"', '"')
+    lines = [line for line in text.splitlines() if line.strip()]
+    return lines[-1] if lines else "runc failed without a message"
+
+
+class Runtime:
+    """The container vnodes of this pnode."""
+
+    def __init__(self, root: str = ROOT, runc_root: str = RUNC_ROOT, runc: str = "runc"):
+        self.images_dir = os.path.join(root, "images")
+        self.containers_dir = os.path.join(root, "containers")
+        self.root = root
+        self.runc_root = runc_root
+        self.runc = runc
+
+    def _runc(self, *args: str, timeout: float | None = 60, **kwargs: Any):
+        return subprocess.run(
+            [self.runc, "--root", self.runc_root, *args], timeout=timeout, **kwargs
+        )
+
+    def bundle(self, name: str) -> str:
+        return os.path.join(self.containers_dir, name)
+
+    # -- preflight ------------------------------------------------------------------------
+
+    def preflight(self, specs: Sequence[ContainerSpec]) -> list[str]:
+        """Everything that stops `specs` from starting here, as sentences; nothing changed."""
+        problems: list[str] = []
+        if os.geteuid() != 0:
+            return [f"container vnodes need root, the agent runs as uid {os.geteuid()}"]
+        if shutil.which(self.runc) is None:
+            problems.append(f"the container runtime runc is not installed: {INSTALL_HINT}")
+        machine = os.uname().machine
+        for arch in sorted({s.arch for s in specs}):
+            if MACHINES.get(arch, arch) != machine:
+                users = [s.hostname for s in specs if s.arch == arch]
+                problems.append(
+                    f"image of {users[0]} is {arch} ({MACHINES.get(arch, arch)}), "
+                    f"this pnode is {machine}: use an image built with --arch for it"
+                )
+        cores = os.cpu_count() or 1
+        for spec in specs:
+            beyond = [c for c in spec.cpus if not 0 <= c < cores]
+            if beyond or len(set(spec.cpus)) != len(spec.cpus):
+                problems.append(
+                    f"{spec.hostname} wants cores {list(spec.cpus)}, this pnode has "
+                    f"{cores} (0-{cores - 1}), each usable once per vnode"
+                )
+        problems += self._missing_controllers(specs)
+        if any(s.shared for s in specs) and not _has_filesystem("overlay"):
+            problems.append("the overlay filesystem is missing: modprobe overlay, or shared: false")
+        for spec in specs:
+            if not os.path.exists(spec.netns):
+                problems.append(f"network namespace {spec.netns} of {spec.hostname} does not exist")
+            if not os.path.isfile(spec.image):
+                if not os.path.isdir(os.path.join(self.images_dir, spec.sha256)):
+                    problems.append(f"image {spec.image} of {spec.hostname} is not on this pnode")
+        return problems
+
+    def _missing_controllers(self, specs: Sequence[ContainerSpec]) -> list[str]:
+        needs = {
+            "cpuset": ("pinned cores", any(s.cpus for s in specs)),
+            "cpu": ("a CPU share", any(s.share is not None for s in specs)),
+            "memory": ("a memory limit", any(s.memory is not None for s in specs)),
+        }
+        present = cgroups.controllers()
+        problems = [
+            f"the {controller} cgroup controller is missing: {what} cannot be enforced here"
+            for controller, (what, needed) in needs.items()
+            if needed and controller not in present
+        ]
+        if needs["memory"][1] and _swaps() and not self._swap_accounted():
+            problems.append(
+                "this pnode swaps without swap accounting: a memory limit cannot be enforced; "
+                "boot with swapaccount=1 or run swapoff -a"
+            )
+        return problems
+
+    def _swap_accounted(self) -> bool:
+        if cgroups.is_v2():
+            return True  # memory.swap.max exists whenever the kernel can swap
+        memory = cgroups.hierarchies().get("memory", "")
+        return os.path.exists(os.path.join(memory, "memory.memsw.limit_in_bytes"))
+
+    # -- start ----------------------------------------------------------------------------
+
+    def start(self, specs: Sequence[ContainerSpec], workers: int = 8) -> dict[str, dict]:
+        """Start every container of `specs`: {name: {"pid": init pid}}. When one fails,
+        every container of the batch is removed and ContainerError names the first."""
+        made: list[str] = []
+        try:
+            rootfs_of = {}
+            for spec in specs:
+                if spec.sha256 not in rootfs_of:
+                    rootfs_of[spec.sha256] = rootfs.unpack(spec.image, spec.sha256, self.images_dir)
+                if spec.ssh and not os.path.lexists(
+                    os.path.join(rootfs_of[spec.sha256], "usr/sbin/sshd")
+                ):
+                    raise ContainerError(spec.name, f"image {spec.image} has no /usr/sbin/sshd")
+            swap = _swaps()
+            for spec in specs:
+                os.makedirs(self.containers_dir, mode=0o700, exist_ok=True)
+                os.mkdir(self.bundle(spec.name), 0o700)  # refuses a name in use
+                made.append(spec.name)
+                self._make_bundle(spec, rootfs_of[spec.sha256], swap)
+            with ThreadPoolExecutor(max(1, workers)) as pool:
+                pids = list(pool.map(self._run, specs))  # in the order of specs
+        except BaseException:
+            self.remove(made)
+            raise
+        return {spec.name: {"pid": pids[i]} for i, spec in enumerate(specs)}
+
+    def _make_bundle(self, spec: ContainerSpec, lower: str, swap: bool) -> None:
+        bundle = self.bundle(spec.name)
+        merged = os.path.join(bundle, "rootfs")
+        if spec.shared:
+            for part in ("upper", "work", "rootfs"):
+                os.mkdir(os.path.join(bundle, part), 0o700)
+            options = f"lowerdir={lower},upperdir={bundle}/upper,workdir={bundle}/work"
+            nsutil.mount("overlay", merged, "overlay", 0, options)
+        else:
+            subprocess.run(["cp", "-a", "--reflink=auto", lower, merged], check=True)
+        ssh_dir = None
+        if spec.ssh:
+            ssh_dir = os.path.join(bundle, "ssh")
+            os.mkdir(ssh_dir, 0o700)
+            _write_private(os.path.join(ssh_dir, "host_key"), spec.host_key)
+            _write_private(os.path.join(ssh_dir, "authorized_keys"), spec.authorized_keys)
+        config = oci.config(
+            hostname=spec.hostname,
+            netns=spec.netns,
+            cgroups_path=cgroups.cgroup_path(spec.name),
+            ssh_dir=ssh_dir,
+            cpus=spec.cpus,
+            share=spec.share,
+            memory=spec.memory,
+            swap=swap,
+        )
+        _write_private(os.path.join(bundle, "config.json"), json.dumps(config, indent=1))
+
+    def _run(self, spec: ContainerSpec) -> int:
+        """Start `spec`'s bundle; the pid of its init. Its output goes to init.log."""
+        bundle = self.bundle(spec.name)
+        log = os.open(os.path.join(bundle, "init.log"), os.O_WRONLY | os.O_CREAT, 0o600)
+        try:
+            done = self._runc(
+                "run", "--detach", "--bundle", bundle, "--pid-file", f"{bundle}/init.pid",
+                spec.name, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+            )  # fmt: skip
+        finally:
+            os.close(log)
+        if done.returncode != 0:
+            with open(os.path.join(bundle, "init.log"), errors="replace") as file:
+                raise ContainerError(spec.name, _runc_error(file.read()))
+        with open(os.path.join(bundle, "init.pid")) as pid:
+            return int(pid.read())
+
+    # -- inspect --------------------------------------------------------------------------
+
+    def state(self, name: str) -> dict[str, Any]:
+        """runc's state of `name` (status: created, running, stopped); {} when it has none."""
+        done = self._runc("state", name, capture_output=True, text=True)
+        return json.loads(done.stdout) if done.returncode == 0 else {}
+
+    def names(self) -> list[str]:
+        """Every container omnibed has here: those runc knows and those with a bundle."""
+        done = self._runc("list", "--format", "json", capture_output=True, text=True)
+        known = {c["id"] for c in json.loads(done.stdout or "null") or []}
+        if os.path.isdir(self.containers_dir):
+            known |= set(os.listdir(self.containers_dir))
+        return sorted(known)
+
+    def status(self, names: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """{name: state ("absent" when unknown), pid, oom_kills, cpu_usage_ns and, on
+        cgroup v1, memory_failcnt}; the counters last as long as the container's cgroup."""
+        result = {}
+        for name in names:
+            state = self.state(name)
+            result[name] = {
+                "state": state.get("status", "absent"),
+                "pid": state.get("pid", 0),
+                **cgroups.counters(name),
+            }
+        return result
+
+    def exec(self, name: str, argv: Sequence[str], timeout: float | None = None) -> dict:
+        """Run `argv` inside container `name` as root: exit_status, stdout, stderr."""
+        done = self._runc(
+            "exec", name, *argv, timeout=timeout, capture_output=True, stdin=subprocess.DEVNULL
+        )
+        return {
+            "exit_status": done.returncode,
+            "stdout": done.stdout.decode(errors="replace"),
+            "stderr": done.stderr.decode(errors="replace"),
+        }
+
+    # -- remove ---------------------------------------------------------------------------
+
+    def remove(self, names: Sequence[str], workers: int = 8) -> list[str]:
+        """Remove containers `names` entirely, `workers` at a time; those that existed.
+        Idempotent."""
+        with ThreadPoolExecutor(max(1, workers)) as pool:
+            existed = list(pool.map(self._remove, names))
+        return [name for name, was in zip(names, existed) if was]  # noqa: B905 (Python 3.9)
+
+    def _remove(self, name: str) -> bool:
+        existed = os.path.isdir(os.path.join(self.runc_root, name))  # runc's state
+        # killed first: `runc delete --force` would poll for the end of a running init
+        existed |= cgroups.kill(name) > 0
+        self._runc("delete", "--force", name, capture_output=True)
+        existed |= bool(cgroups.remove(name))
+        bundle = self.bundle(name)
+        if os.path.isdir(bundle):
+            nsutil.umount(os.path.join(bundle, "rootfs"))
+            _refuse_mounts_below(bundle)
+            shutil.rmtree(bundle)
+            existed = True
+        return existed
+
+
+def _write_private(path: str, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    with os.fdopen(fd, "w") as file:
+        file.write(text if text.endswith("\n") else text + "\n")
+
+
+def _has_filesystem(kind: str) -> bool:
+    """True when the kernel knows filesystem `kind` or can load its module."""
+    with open("/proc/filesystems") as known:
+        if any(line.split()[-1] == kind for line in known if line.strip()):
+            return True
+    try:
+        return subprocess.run(["modprobe", kind], capture_output=True).returncode == 0
+    except OSError:
+        return False
+
+
+def _refuse_mounts_below(directory: str) -> None:
+    """OSError when something is still mounted below `directory` (rmtree would go into it)."""
+    prefix = directory.rstrip("/") + "/"
+    with open("/proc/self/mountinfo") as mountinfo:
+        for line in mountinfo:
+            point = line.split()[4]
+            if point.startswith(prefix):
+                raise OSError(f"{point} is still mounted: not removing {directory}")
