@@ -202,7 +202,7 @@ def test_lease_error(provider, cloud):
 @pytest.mark.parametrize("path", [r"/reservation/v1/leases$", r"/compute/v2.1/servers$",
                                   r"/network/v2.0/floatingips$"])
 def test_server_side_5xx(provider, cloud, path):
-    cloud.fail("POST", path, status=503)
+    cloud.faults.fail("POST", path, status=503, message="fake 503")
     with pytest.raises(ProviderError, match="fake 503"):
         provider.wait(provider.reserve(request("five")), timeout=60)
     assert cloud.state.counts() == NOTHING and provider.find("five") is None
@@ -210,7 +210,7 @@ def test_server_side_5xx(provider, cloud, path):
 
 def test_slow_answer_to_lease_create_times_out_and_the_lease_is_still_released(
         provider, cloud):
-    cloud.slow("POST", r"/reservation/v1/leases$", delay=3)
+    cloud.faults.delay("POST", r"/reservation/v1/leases$", 3)
     with pytest.raises(ProviderTimeout):
         provider.reserve(request("slow", api_timeout="1"))
     # the fake made the lease but its answer came too late: found by name and deleted
@@ -220,7 +220,7 @@ def test_slow_answer_to_lease_create_times_out_and_the_lease_is_still_released(
 
 
 def test_slow_server_create_is_released(provider, cloud):
-    cloud.slow("POST", r"/compute/v2.1/servers$", delay=3)
+    cloud.faults.delay("POST", r"/compute/v2.1/servers$", 3)
     with pytest.raises(ProviderTimeout):
         provider.wait(provider.reserve(request("slowsrv", api_timeout="1")), timeout=60)
     assert cloud.state.counts() == NOTHING  # found by its metadata tag
