@@ -351,13 +351,15 @@ class FakeProtoGENI:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    def write_config(self, state_dir: Path, site: str = "utah", poll: float = 0.05) -> Path:
+    def write_config(self, state_dir: Path, site: str = "utah", poll: float = 0.05,
+                     timeout: float = 60) -> Path:
         """The provider's config.toml pointing every authority at this fake."""
         state_dir.mkdir(parents=True, exist_ok=True)
         path = state_dir / "config.toml"
         path.write_text(
             f'pem = "{self.pki.user_pem}"\nproject = "{self.project}"\n'
-            f"poll_interval = {poll}\n[aggregates]\n{site} = \"{self.am_url}\"\n"
+            f"poll_interval = {poll}\ntimeout = {timeout}\n"
+            f'[aggregates]\n{site} = "{self.am_url}"\n'
             f'[authorities]\nsa = "{self.sa_url}"\nma = "{self.ma_url}"\n'
         )
         return path
