@@ -158,8 +158,8 @@ class FakeOpenStack:
                     drop_connection(self)
                     return
                 if fault and fault.kind == "fail":
-                    status, payload, headers = fault.status, {
-                        "error": {"message": fault.message, "code": fault.status}}, {}
+                    status, payload, headers = fault.status, _error_body(
+                        path, fault.status, fault.message), {}
                 else:
                     try:
                         status, payload, headers = fake._route(
@@ -579,6 +579,13 @@ class FakeOpenStack:
                 return 200, image, {}
         return 404, {"message": "No image found", "code": "404 Not Found",
                      "title": "Not Found"}, {}
+
+
+def _error_body(path: str, status: int, message: str) -> dict:
+    """An error answer as the service of `path` words it (Blazar has its own shape)."""
+    if path.startswith("/reservation"):
+        return {"error_code": status, "error_message": message, "error_name": status}
+    return {"error": {"message": message, "code": status}}
 
 
 def _public(server: dict) -> dict:

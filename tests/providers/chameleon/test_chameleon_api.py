@@ -242,6 +242,41 @@ def test_wrong_secret_is_a_credentials_error(provider, cloud):
     assert cloud.state.counts() == NOTHING
 
 
+def test_an_expired_token_is_renewed_mid_run(provider, cloud):
+    reservation = provider.reserve(request("tokenexp"))
+    cloud.tokens.clear()  # Keystone forgot every token (expired): the SDK logs in again
+    assert provider.wait(reservation, timeout=60).state is ReservationState.READY
+    provider.release(reservation)
+    assert cloud.live() == []
+
+
+def test_credentials_revoked_mid_run_are_a_credentials_error(provider, cloud):
+    reservation = provider.reserve(request("revoked"))
+    cloud.faults.revoke("GET", r"/reservation/v1/leases/")
+    with pytest.raises(CredentialsError, match="expired or revoked"):
+        provider.wait(reservation, timeout=60)
+    assert cloud.live() != []  # nothing could be released with revoked credentials...
+    cloud.faults.clear()
+    provider.release(reservation)  # ...and the record still says what to release
+    assert cloud.live() == []
+
+
+@pytest.mark.parametrize(("method", "path"), [("POST", r"/reservation/v1/leases$"),
+                                              ("POST", r"/compute/v2.1/servers$")])
+def test_a_server_error_says_to_retry(provider, cloud, method, path):
+    cloud.faults.fail(method, path, message="database down")
+    with pytest.raises(ProviderError, match=r"HTTP 500.*database down.*retry"):
+        provider.wait(provider.reserve(request("err500")), timeout=60)
+    assert cloud.live() == []
+
+
+def test_a_dropped_connection_says_to_check_the_network(provider, cloud):
+    cloud.faults.drop("POST", r"/reservation/v1/leases$")
+    with pytest.raises(ProviderError, match="could not reach.*network.*retry"):
+        provider.reserve(request("dropped"))
+    assert cloud.live() == []
+
+
 def test_openrc_file_with_password_from_the_environment(provider, cloud, tmp_path,
                                                         monkeypatch):
     rc = tmp_path / "CH-000000-openrc.sh"
