@@ -8,10 +8,14 @@ aimed at that step.
 
 from __future__ import annotations
 
+import json
 import os
+import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+import threading
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -61,6 +65,8 @@ class Bed:
 
     def ledger(self) -> list[str]:
         """The names omnibed's ledger holds."""
+        if not (self.home / "ledger.sqlite").exists():
+            return []
         return [entry.name for entry in Ledger(self.home / "ledger.sqlite").entries()]
 
     def omnibed(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
@@ -79,24 +85,29 @@ class Bed:
     def reserve_here(self, name: str, step: str) -> None:
         """Reserve and wait through omnibed's Python API in this process (the set-up of a
         cell whose step comes later), with the same environment the command gets."""
-        saved = dict(os.environ)
-        os.environ.update(self.env)
-        try:
+        with self._environment():
             api = Omnibed(home=self.home)
             options = dict(o.split("=", 1) for o in self.setup_options.get(step, self.options))
             request = api.make_request(self.testbed, nodes=1, walltime=timedelta(hours=1),
                                        name=name, options=options)
             api.reserve(self.testbed, request)
             api.wait(name, timeout=60)
-        finally:
-            os.environ.clear()
-            os.environ.update(saved)
 
     def first_node(self, name: str) -> str:
+        with self._environment():
+            return Omnibed(home=self.home).nodes(name)[0].id
+
+    def release_here(self, name: str) -> None:
+        """Release through the Python API in this process (what `omnibed release` does)."""
+        with self._environment():
+            Omnibed(home=self.home).release(name)
+
+    @contextmanager
+    def _environment(self) -> Iterator[None]:
         saved = dict(os.environ)
         os.environ.update(self.env)
         try:
-            return Omnibed(home=self.home).nodes(name)[0].id
+            yield
         finally:
             os.environ.clear()
             os.environ.update(saved)
@@ -165,3 +176,81 @@ def chameleon(tmp_path: Path) -> Iterator[Bed]:
             "extend": Target("PUT", r"/reservation/v1/leases/[\w-]+$"),
             "release": Target("DELETE", r"/reservation/v1/leases/[\w-]+$"),
         }, setup_options={"snapshot": [*options, "site=KVM@TACC"]})
+
+
+class LocalTestbed:
+    """The local testbed seen as the fakes are: what it still holds, and when a step of a
+    command is under way (it has no API to inject faults into)."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.state_dir = state_dir
+        self.seen: set[str] = set()  # every reservation id met, to find its namespaces
+        self.faults = _Watches()
+
+    def _ids(self) -> set[str]:
+        self.seen |= {path.parent.name for path in self.state_dir.glob("*/reservation.json")}
+        return self.seen
+
+    def live(self) -> list[str]:
+        """Reservation records and namespaces of every reservation met so far."""
+        ids = self._ids()
+        found = subprocess.run(["ip", "-j", "netns", "list"], capture_output=True, text=True)
+        namespaces = [n["name"] for n in json.loads(found.stdout or "[]")]
+        return [*(f"record {path.parent.name}"
+                  for path in self.state_dir.glob("*/reservation.json")),
+                *(f"netns {name}" for name in namespaces if name.startswith(tuple(ids)))]
+
+    def under_way(self, condition: Callable[[], bool]) -> Watch:
+        """A watch whose `arrived` is set once `condition()` holds (checked every 20 ms)."""
+        return self.faults.watch(lambda: (self._ids(), condition())[1])
+
+    def kill_sshd(self, name: str) -> None:
+        """Kill the sshd of every pnode of reservation `name` (a pnode whose sshd is gone)."""
+        for path in self.state_dir.glob("*/reservation.json"):
+            record = json.loads(path.read_text())
+            if record["name"] == name:
+                for node in record["nodes"]:
+                    pid = int((Path(node["dir"]) / "sshd.pid").read_text())
+                    os.kill(pid, signal.SIGKILL)
+
+
+@dataclass
+class Watch:
+    """Like a fault of the fakes: `arrived` is set once the step is under way."""
+
+    arrived: threading.Event = field(default_factory=threading.Event)
+
+
+class _Watches:
+    """Watcher threads standing in for the faults of a fake; `clear()` stops them."""
+
+    def __init__(self) -> None:
+        self._stop = threading.Event()
+
+    def watch(self, condition: Callable[[], bool]) -> Watch:
+        watch = Watch()
+
+        def poll() -> None:
+            while not self._stop.is_set() and not watch.arrived.is_set():
+                if condition():
+                    watch.arrived.set()
+                time.sleep(0.02)
+
+        threading.Thread(target=poll, daemon=True).start()
+        return watch
+
+    def clear(self) -> None:
+        self._stop.set()
+
+
+@contextmanager
+def local(tmp_path: Path) -> Iterator[Bed]:
+    home = tmp_path / "home"
+    testbed = LocalTestbed(home / "providers" / "local")
+    bed = Bed("local", home, _base_env(home), testbed, [], {})
+    try:
+        yield bed
+    finally:  # a failed cell must not leave namespaces on this machine
+        if (home / "ledger.sqlite").exists():
+            for name in bed.ledger():
+                bed.release_here(name)
