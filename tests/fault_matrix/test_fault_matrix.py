@@ -36,7 +36,7 @@ FAULTS = ("500", "persistent 500", "late answer", "dropped connection", "credent
 TESTBEDS = ("grid5000", "cloudlab", "chameleon", "local")
 
 _API_FAULTS = FAULTS[:5]
-_SSH_STEP = "is SSH to the nodes, not a call to the testbed's API"
+_SSH_STEP = "runs over SSH, not through the testbed's API"
 _ERROR_LINE = re.compile(r"^error: .+")
 _RELEASED_LINE = re.compile(r"^released [\w.-]+$")
 _WHAT_TO_DO = re.compile(r"retry|again|release|check|fix|download|wait|raise|reserve|"
