@@ -4,7 +4,8 @@
     timeouts (connect or read)                    -> ProviderTimeout
     quota exceeded, "not enough hosts available"  -> ReservationError
     404                                           -> ReservationNotFound
-    any other HTTP error, connection failure      -> ProviderError (with the service's words)
+    5xx, connection failure                       -> ProviderError saying to retry
+    any other HTTP error                          -> ProviderError (with the service's words)
 """
 
 from __future__ import annotations
@@ -59,6 +60,10 @@ def translate(error: BaseException, action: str) -> Exception:
         return ProviderTimeout(
             f"Chameleon did not answer in time while trying to {action}: retry later or "
             "raise -o api_timeout=", provider=PROVIDER, testbed_message=words)
+    if isinstance(error, ksa.ConnectionError):
+        return ProviderError(
+            f"Chameleon could not reach the API while trying to {action} ({words}): check "
+            "the network and retry", provider=PROVIDER, testbed_message=words)
     if _NO_CAPACITY.search(words):
         return ReservationError(
             f"Chameleon has no room to {action}: {words}; ask for fewer nodes, another "
@@ -71,8 +76,12 @@ def translate(error: BaseException, action: str) -> Exception:
         return ProviderError(
             f"this cloud has no endpoint to {action} ({words}): check -o site= (the region)",
             provider=PROVIDER, testbed_message=words)
-    return ProviderError(f"Chameleon failed to {action}: {words}", provider=PROVIDER,
-                         testbed_message=words)
+    if isinstance(status, int) and status >= 500:
+        return ProviderError(
+            f"Chameleon failed to {action} (HTTP {status}): {words}; a failure on its side: "
+            "retry in a few minutes", provider=PROVIDER, testbed_message=words)
+    return ProviderError(f"Chameleon failed to {action}: {words}; check the request and retry",
+                         provider=PROVIDER, testbed_message=words)
 
 
 @contextlib.contextmanager

@@ -115,6 +115,9 @@ class CloudLabClient:
                 " or OMNIBED_CLOUDLAB_PROJECT",
                 source=str(self.settings.config),
             )
+        from geni.minigcf import config
+
+        config.HTTP.TIMEOUT = self.settings.timeout  # every geni-lib call goes through minigcf
         framework = _framework_class()()
         framework.cert = str(cert)
         with map_geni_errors("loading the CloudLab key", str(key)):

@@ -10,10 +10,12 @@ into exception classes, which `map_geni_errors` maps in turn:
     27 InsufficientMemoryError     -> ReservationError
     28 NoMappingError              -> ReservationError (the request cannot be mapped at all)
     12 (GENI SEARCHFAILED)         -> ReservationNotFound (no such slice or sliver)
+    3, 15 (GENI FORBIDDEN, EXPIRED) -> CredentialsError (refused or expired credential)
     other ProtoGENIError / AMError -> ProviderError
     clearinghouse code 1 or 2      -> CredentialsError, other codes -> ProviderError
     key decryption, expired creds  -> CredentialsError
-    TLS or connection failure      -> ProviderError naming the URL
+    TLS failure                    -> CredentialsError (the certificate)
+    HTTP error, connection failure -> ProviderError saying to retry
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ NO_CAPACITY = {
 }
 SEARCH_FAILED = 12  # GENI AM API: no such slice or sliver
 CH_AUTH_CODES = {1, 2}  # CHAPI AUTHENTICATION_ERROR, AUTHORIZATION_ERROR
+AM_AUTH_CODES = {3: "refused", 15: "expired"}  # GENI AM API FORBIDDEN, EXPIRED
 
 
 def am_code(error: BaseException) -> int | None:
@@ -81,6 +84,12 @@ def map_geni_errors(action: str, pem: str = "cloudlab.pem") -> Iterator[None]:
                 provider=PROVIDER,
                 testbed_message=_text(error),
             ) from error
+        if code in AM_AUTH_CODES:
+            raise CredentialsError(
+                f"{action}: the aggregate says your credential is {AM_AUTH_CODES[code]}"
+                f" ({_text(error)}); download a fresh cloudlab.pem from the portal and retry",
+                source=pem,
+            ) from error
         if code in NO_CAPACITY:
             raise ReservationError(
                 f"{action} refused: {NO_CAPACITY[code]} (ProtoGENI code {code})",
@@ -88,7 +97,7 @@ def map_geni_errors(action: str, pem: str = "cloudlab.pem") -> Iterator[None]:
                 testbed_message=_text(error),
             ) from error
         raise ProviderError(
-            f"{action} failed at the aggregate: {_text(error)}",
+            f"{action} failed at the aggregate: {_text(error)}; retry in a few minutes",
             provider=PROVIDER,
             testbed_message=_text(error),
         ) from error
@@ -121,8 +130,18 @@ def map_geni_errors(action: str, pem: str = "cloudlab.pem") -> Iterator[None]:
             " holds a valid, unexpired certificate",
             source=pem,
         ) from error
+    except requests.exceptions.HTTPError as error:
+        status = error.response.status_code if error.response is not None else "error"
+        raise ProviderError(
+            f"{action}: CloudLab answered HTTP {status}, a failure on its side; retry in a"
+            " few minutes",
+            provider=PROVIDER,
+            testbed_message=str(error),
+        ) from error
     except requests.exceptions.RequestException as error:
         raise ProviderError(
-            f"{action}: cannot reach CloudLab ({error}); check the network or the URL",
+            f"{action}: cannot reach CloudLab ({error}); check the network or the URL and"
+            " retry",
             provider=PROVIDER,
+            testbed_message=str(error),
         ) from error

@@ -8,6 +8,7 @@ key overridable by an environment variable::
     context = "~/.bssw/geni/context.json"  # OMNIBED_CLOUDLAB_CONTEXT: instead of pem+project
     passphrase_file = "~/.config/cloudlab.pass"  # OMNIBED_CLOUDLAB_PASSPHRASE_FILE (0600)
     poll_interval = 10                 # seconds between SliverStatus calls
+    timeout = 60                       # seconds to wait for an answer to one XML-RPC call
     [aggregates]                       # site -> AM API v2 URL (only to point at another AM)
     utah = "https://127.0.0.1:4443/protogeni/xmlrpc/am/2.0"
     [authorities]                      # slice / member authority URLs (idem)
@@ -47,6 +48,7 @@ class Settings:
     context: Path | None = None
     passphrase_file: Path | None = None
     poll_interval: float = 10.0
+    timeout: float = 60.0
     aggregates: dict[str, str] = field(default_factory=dict)
     sa_url: str | None = None
     ma_url: str | None = None
@@ -75,6 +77,7 @@ def load_settings(state_dir: Path) -> Settings:
         context=_path(os.environ.get(ENV_CONTEXT) or data.get("context")),
         passphrase_file=_path(os.environ.get(ENV_PASSPHRASE_FILE) or data.get("passphrase_file")),
         poll_interval=float(data.get("poll_interval", 10.0)),
+        timeout=float(data.get("timeout", 60.0)),
         aggregates={str(k): str(v) for k, v in data.get("aggregates", {}).items()},
         sa_url=authorities.get("sa"),
         ma_url=authorities.get("ma"),

@@ -43,6 +43,10 @@ def map_errors(action: str, config: str, uri: str) -> Iterator[None]:
                 testbed_message=message,
                 retry_at=when,
             ) from error
+        if (error.response_code or 0) >= 500:
+            text += "; the Grid'5000 API failed on its side: retry in a few minutes"
+        else:
+            text += "; check the request (options: `omnibed providers`) and retry"
         raise ProviderError(text, provider=PROVIDER, testbed_message=message) from error
     except requests.RequestException as error:
         raise ProviderError(

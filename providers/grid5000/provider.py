@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from omnibed.core.errors import (
+    CredentialsError,
     NotSupported,
     ProviderError,
     ProviderTimeout,
@@ -172,10 +173,12 @@ class Grid5000Provider(Provider):
         self._save(request.name, record)
         try:
             job = self.client.submit_job(site, body)
-        except ReservationError:
+        except (ReservationError, CredentialsError):  # refused: no job was made
+            self._record_path(request.name).unlink(missing_ok=True)
             raise
-        except ProviderError:
+        except BaseException:
             self._remove_leftovers(site, request.name)  # an unanswered POST may have made one
+            self._record_path(request.name).unlink(missing_ok=True)  # kept if that failed
             raise
         self._save(request.name, {**record, "uid": str(job["uid"])})
         return self._view(job, record)
@@ -465,8 +468,16 @@ class Grid5000Provider(Provider):
     def release(self, reservation: Reservation) -> None:
         site = reservation.site or DEFAULT_SITE
         job = self.client.job(site, reservation.id)
-        if job is not None and _convert.STATE_MAP.get(str(job.get("state")).lower()) in (
-            ReservationState.WAITING, ReservationState.READY
-        ):
-            self.client.delete_job(site, reservation.id)
+        if _live(job):
+            try:
+                self.client.delete_job(site, reservation.id)
+            except ProviderError:  # e.g. a lost answer, and the retried DELETE found it gone
+                if _live(self.client.job(site, reservation.id)):
+                    raise
         self._record_path(reservation.name).unlink(missing_ok=True)
+
+
+def _live(job: Mapping[str, Any] | None) -> bool:
+    """Whether the OAR job still holds (or waits for) nodes."""
+    return job is not None and _convert.STATE_MAP.get(str(job.get("state")).lower()) in (
+        ReservationState.WAITING, ReservationState.READY)

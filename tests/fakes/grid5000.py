@@ -6,8 +6,10 @@ Reference API records in tests/fixtures/grid5000 (each fixture node is cloned in
 `nodes_per_cluster` nodes), a KaVLAN when asked, and end at their walltime or when deleted.
 Deployments (kadeploy) finish after one `step`, append their `key` to the node's
 authorized_keys file (`node_keys[fqdn]`, a real sshd's) and answer OK, or KO for the nodes
-in `deploy_ko`. Every request needs HTTP Basic auth. Faults: `fail()` answers a status
-with an OAR-style message, `delay()` answers late, `error_next_job()` makes a job fail.
+in `deploy_ko`. Every request needs HTTP Basic auth. Faults (`faults`, see
+tests/fakes/faults.py): a status with an OAR-style message, a late answer, a dropped
+connection, a refused login (HTTP 401); `error_next_job()` makes a job fail. `live()` says
+which jobs still hold nodes.
 
 `G5kSSHD` is a FakeSSHD whose sessions see the testbed's fake `sudo-g5k`, `tgz-g5k` and
 `kaenv3` (shell scripts that log their calls to `FAKE_G5K_LOG` and stay inside the fake).
@@ -30,6 +32,7 @@ from zoneinfo import ZoneInfo
 
 import yaml
 
+from tests.fakes.faults import Faults, drop_connection
 from tests.fakes.sshd import FakeSSHD
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "grid5000"
@@ -37,16 +40,6 @@ REFERENCE_ENVIRONMENTS = ("debian11-min", "debian12-min", "debian12-base", "debi
 _VLAN_IDS = {"kavlan-local": ["1", "2", "3"], "kavlan": ["4", "5", "6", "7", "8", "9"],
              "kavlan-global": ["16"]}
 _LIVE = ("waiting", "launching", "running")
-
-
-@dataclass
-class _Fault:
-    method: str
-    path: re.Pattern[str]
-    status: int = 0
-    message: str = ""
-    delay: float = 0.0
-    times: int = 1
 
 
 @dataclass
@@ -84,7 +77,7 @@ class FakeGrid5000:
         self.jobs: dict[int, _Job] = {}
         self.deployments: dict[str, dict[str, Any]] = {}
         self.vlan_members: dict[tuple[str, str], set[str]] = {}
-        self._faults: list[_Fault] = []
+        self.faults = Faults()
         self._next_error: str | None = None
         self._lock = threading.RLock()
         self._server: ThreadingHTTPServer | None = None
@@ -127,16 +120,6 @@ class FakeGrid5000:
         path.chmod(0o600)
         return path
 
-    def fail(self, method: str, path: str, status: int, message: str, times: int = 1) -> None:
-        """The next `times` requests `method path` (a regex searched in the path) get `status`."""
-        with self._lock:
-            self._faults.append(_Fault(method, re.compile(path), status, message, times=times))
-
-    def delay(self, method: str, path: str, seconds: float, times: int = 1) -> None:
-        """The next `times` matching requests are handled, then answered `seconds` late."""
-        with self._lock:
-            self._faults.append(_Fault(method, re.compile(path), delay=seconds, times=times))
-
     def error_next_job(self, message: str) -> None:
         """The next submitted job goes to OAR's error state with `message` when it launches."""
         self._next_error = message
@@ -144,6 +127,12 @@ class FakeGrid5000:
     def live_jobs(self) -> list[int]:
         with self._lock:
             return [uid for uid, job in self.jobs.items() if self._state(job) in _LIVE]
+
+    def live(self) -> list[str]:
+        """What is still reserved on this testbed: one line per live OAR job."""
+        with self._lock:
+            return [f"job {uid} {job.body.get('name')!r} ({self._state(job)})"
+                    for uid, job in self.jobs.items() if self._state(job) in _LIVE]
 
     # -- state -------------------------------------------------------------------------------
 
@@ -363,13 +352,6 @@ class FakeGrid5000:
             return 200, nodes[rest[2]]
         return 404, {"message": f"Node {'/'.join(rest)} not found"}
 
-    def _fault(self, method: str, path: str) -> _Fault | None:
-        with self._lock:
-            for fault in self._faults:
-                if fault.method == method and fault.path.search(path) and fault.times > 0:
-                    fault.times -= 1
-                    return fault
-        return None
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -388,16 +370,19 @@ class _Handler(BaseHTTPRequestHandler):
         body = json.loads(raw) if raw else None
         fake.requests.append((self.command, path, body))
         expected = base64.b64encode(f"{fake.username}:{fake.password}".encode()).decode()
-        fault = fake._fault(self.command, path)
-        if self.headers.get("Authorization") != f"Basic {expected}":
+        fault = fake.faults.take(self.command, path)
+        if fault is not None and fault.kind == "drop":
+            drop_connection(self)
+            return
+        if fake.faults.revoked or self.headers.get("Authorization") != f"Basic {expected}":
             status, answer = 401, {"code": 401, "message": "Unauthorized"}
-        elif fault is not None and fault.status:
+        elif fault is not None and fault.kind == "fail":
             status, answer = fault.status, {"code": fault.status, "message": fault.message}
         else:
             query = {k: v[-1] for k, v in parse_qs(url.query).items()}
             status, answer = fake.handle(self.command, path, query, body)
-        if fault is not None and fault.delay:
-            time.sleep(fault.delay)
+        if fault is not None and fault.kind == "delay":
+            fault.wait_late()
         data = json.dumps(answer).encode()
         try:
             self.send_response(status)

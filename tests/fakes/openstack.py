@@ -5,10 +5,12 @@ version discovery, ``POST /v3/auth/tokens`` with a service catalog that points b
 this server (one region per Chameleon site), and the resources a Chameleon reservation
 touches (leases, servers, key pairs, ports, floating IPs, images), with state.
 
-Faults are injected per call (``fail``, ``slow``) or as behaviour knobs (``hosts``,
-``quota``, ``server_fault``, ``lease_fault``). A ``backer`` may give servers a real
-machine (an sshd in a network namespace): it is called when a server becomes ACTIVE,
-when a floating IP is bound to it and when it is deleted.
+Faults are injected per call through ``faults`` (tests/fakes/faults.py: an HTTP error, a
+late answer, a dropped connection, tokens and application credentials expired or revoked
+mid-run) or as behaviour knobs (``hosts``, ``quota``, ``server_fault``, ``lease_fault``).
+``live()`` says what is still reserved (leases, servers, floating IPs, key pairs).
+A ``backer`` may give servers a real machine (an sshd in a network namespace): it is called
+when a server becomes ACTIVE, when a floating IP is bound to it and when it is deleted.
 
 Payload shapes follow the api-ref samples in tests/fixtures/chameleon/.
 """
@@ -19,13 +21,14 @@ import json
 import re
 import socketserver
 import threading
-import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Protocol
+
+from tests.fakes.faults import Faults, drop_connection
 
 SITES = ("CHI@UC", "CHI@TACC", "KVM@TACC")
 USER_ID = "5434f637520d4c17bbf254af034b0320"
@@ -46,16 +49,6 @@ class Backer(Protocol):
         """Make the node reachable from the host; return the floating address."""
 
     def delete(self, server_id: str) -> None: ...
-
-
-@dataclass
-class Fault:
-    method: str
-    path: re.Pattern[str]
-    status: int = 500
-    body: Any = None
-    delay: float = 0.0
-    times: int = 1
 
 
 @dataclass
@@ -99,7 +92,7 @@ class FakeOpenStack:
         self.lease_fault = False  # leases go ERROR after STARTING
         self.state = Cloud()
         self.tokens: set[str] = set()
-        self._faults: list[Fault] = []
+        self.faults = Faults()
         self._lock = threading.RLock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._server.daemon_threads = True
@@ -121,23 +114,16 @@ class FakeOpenStack:
             server.shutdown()
             server.server_close()
 
-    # fault injection -----------------------------------------------------------------------
-    def fail(self, method: str, path: str, status: int = 500, body: Any = None,
-             times: int = 1) -> None:
-        """Answer the next `times` requests matching `path` (a regex) with `status`."""
-        self._faults.append(Fault(method, re.compile(path), status, body, 0.0, times))
-
-    def slow(self, method: str, path: str, delay: float, times: int = 1) -> None:
-        """Process the next matching requests, then wait `delay` seconds before answering."""
-        self._faults.append(Fault(method, re.compile(path), 0, None, delay, times))
-
-    def _fault_for(self, method: str, path: str) -> Fault | None:
+    def live(self) -> list[str]:
+        """What is still reserved or allocated on this cloud, one line per object."""
         with self._lock:
-            for fault in self._faults:
-                if fault.method == method and fault.path.search(path) and fault.times > 0:
-                    fault.times -= 1
-                    return fault
-        return None
+            state = self.state
+            return [*(f"lease {x['name']!r} ({x['status']})" for x in state.leases.values()
+                      if x["status"] != "TERMINATED"),
+                    *(f"server {x['name']!r}" for x in state.servers.values()),
+                    *(f"floating IP {x['floating_ip_address']}"
+                      for x in state.floatingips.values()),
+                    *(f"key pair {name!r}" for name in state.keypairs)]
 
     # catalog -------------------------------------------------------------------------------
     def _catalog(self) -> list[dict]:
@@ -167,11 +153,13 @@ class FakeOpenStack:
                 body = json.loads(raw) if raw else None
                 path = self.path.split("?")[0].rstrip("/") or "/"
                 query = self.path.partition("?")[2]
-                fault = fake._fault_for(method, path)
-                if fault and fault.status:
-                    status, payload, headers = fault.status, fault.body or {
-                        "error": {"message": f"fake {fault.status}", "code": fault.status}
-                    }, {}
+                fault = fake.faults.take(method, path)
+                if fault and fault.kind == "drop":
+                    drop_connection(self)
+                    return
+                if fault and fault.kind == "fail":
+                    status, payload, headers = fault.status, _error_body(
+                        path, fault.status, fault.message), {}
                 else:
                     try:
                         status, payload, headers = fake._route(
@@ -179,8 +167,8 @@ class FakeOpenStack:
                     except Exception as error:  # a bug of the fake or its backer: say it
                         status, payload, headers = 500, {"error": {
                             "code": 500, "message": f"fake failed: {error!r}"}}, {}
-                if fault and fault.delay:
-                    time.sleep(fault.delay)
+                if fault and fault.kind == "delay":
+                    fault.wait_late()
                 data = b"" if payload is None else json.dumps(payload).encode()
                 try:
                     self.send_response(status)
@@ -214,6 +202,8 @@ class FakeOpenStack:
             self.state.requests.append((method, path, body))
             if path.startswith("/identity"):
                 return self._identity(method, path, body)
+            if self.faults.revoked:  # every token issued so far is refused
+                self.tokens.clear()
             if token not in self.tokens:
                 return 401, {"error": {"code": 401, "message": "The request you have made "
                                        "requires authentication.", "title": "Unauthorized"}}, {}
@@ -242,7 +232,7 @@ class FakeOpenStack:
                 ok = self.users.get(user.get("name")) == user.get("password")
             else:
                 ok = False
-            if not ok:
+            if not ok or self.faults.revoked:
                 return 401, {"error": {"code": 401, "title": "Unauthorized",
                                        "message": "The request you have made requires "
                                        "authentication."}}, {}
@@ -589,6 +579,13 @@ class FakeOpenStack:
                 return 200, image, {}
         return 404, {"message": "No image found", "code": "404 Not Found",
                      "title": "Not Found"}, {}
+
+
+def _error_body(path: str, status: int, message: str) -> dict:
+    """An error answer as the service of `path` words it (Blazar has its own shape)."""
+    if path.startswith("/reservation"):
+        return {"error_code": status, "error_message": message, "error_name": status}
+    return {"error": {"message": message, "code": status}}
 
 
 def _public(server: dict) -> dict:

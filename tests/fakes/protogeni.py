@@ -17,10 +17,14 @@ added, host names deliberately unrelated to the login host), and images. Nodes c
 `backend` (see tests/fakes/protogeni_nodes.py for one backed by real sshd); the default one
 hands out unreachable TEST-NET addresses. More nodes than `capacity` gives ProtoGENI's
 code 26 (insufficient nodes), an unknown hardware type code 28 (no mapping).
-Faults: `inject(method, am_code, output)` makes the next call of `method` fail with that
-ProtoGENI code; `fail_next_sliver(message)` makes the next sliver end `failed`. Error
-answers carry `am_type`, `am_code` and `protogeni_error_url` as ProtoGENI's do (geni-lib
-reads all three).
+Faults (`faults`, see tests/fakes/faults.py, matched on the XML-RPC method name and the
+path): an HTTP error, a ProtoGENI error code (`code=`), a late answer, a dropped connection,
+and expired credentials (`revoke`: from then on the authorities refuse the user credential
+with CHAPI code 1 and the aggregate refuses every slice credential with code 15, EXPIRED);
+`inject(method, am_code, output)` is the code fault in one call; `fail_next_sliver(message)`
+makes the next sliver end `failed`. Error answers carry `am_type`, `am_code` and
+`protogeni_error_url` as ProtoGENI's do (geni-lib reads all three). `live()` says which
+slivers still hold nodes.
 [unverified against a live AM] `geni_expires` in SliverStatus, and CreateImage returning
 `[image_urn, image_url]`.
 """
@@ -34,6 +38,7 @@ import secrets
 import socketserver
 import ssl
 import threading
+import xmlrpc.client
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -48,6 +53,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 from lxml import etree
+
+from tests.fakes.faults import Faults, drop_connection
 
 GENI = "http://www.geni.net/resources/rspec/3"
 AUTHORITY = "utah.cloudlab.us"
@@ -177,17 +184,10 @@ class Sliver:
 
 
 @dataclass
-class Fault:
-    am_code: int
-    output: str
-
-
-@dataclass
 class State:
     slices: dict[str, Slice] = field(default_factory=dict)
     slivers: dict[str, Sliver] = field(default_factory=dict)  # by slice urn
     images: dict[str, dict[str, str]] = field(default_factory=dict)
-    faults: dict[str, list[Fault]] = field(default_factory=dict)
     calls: list[str] = field(default_factory=list)
 
 
@@ -216,20 +216,55 @@ class _Handler(SimpleXMLRPCRequestHandler):
     rpc_paths = (AM_PATH, SA_PATH, MA_PATH)
 
     def do_POST(self) -> None:  # noqa: N802 -- http.server's name
+        """Dispatch as SimpleXMLRPCRequestHandler does, after the fake's faults."""
         cert = self.connection.getpeercert() or {}
         uris = [value for kind, value in cert.get("subjectAltName", ()) if kind == "URI"]
         self.server.local.caller = uris[0] if uris else ""
-        super().do_POST()
+        data = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        try:
+            method = xmlrpc.client.loads(data)[1] or ""
+        except Exception:  # noqa: BLE001 -- not XML-RPC: let the dispatcher say so
+            method = ""
+        fake = self.server.fake
+        fake.state.calls.append(method)
+        fault = fake.faults.take(method, self.path)
+        if fault is not None and fault.kind == "drop":
+            drop_connection(self)
+            return
+        if fault is not None and fault.kind == "fail" and fault.code is None:
+            self.send_error(fault.status, fault.message)
+            return
+        if fault is not None and fault.kind == "fail":
+            answer = _response(fake._error(fault.code, fault.message))
+        elif fake.faults.revoked and self.path in (SA_PATH, MA_PATH):
+            answer = _response({"code": 1, "value": None, "output": "user credential expired"})
+        else:
+            answer = self.server._marshaled_dispatch(data, path=self.path)
+        if fault is not None and fault.kind == "delay":
+            fault.wait_late()
+        try:
+            self.send_response(200)
+            self.send_header("Content-Type", "text/xml")
+            self.send_header("Content-Length", str(len(answer)))
+            self.end_headers()
+            self.wfile.write(answer)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the client gave up waiting (a late-answer fault)
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
         return None
 
 
+def _response(value: dict[str, Any]) -> bytes:
+    return xmlrpc.client.dumps((value,), methodresponse=True, allow_none=True).encode()
+
+
 class _Server(socketserver.ThreadingMixIn, MultiPathXMLRPCServer):
     daemon_threads = True
 
-    def __init__(self, tls: ssl.SSLContext) -> None:
+    def __init__(self, tls: ssl.SSLContext, fake: FakeProtoGENI) -> None:
         self.tls = tls
+        self.fake = fake
         self.local = threading.local()
         super().__init__(("127.0.0.1", 0), requestHandler=_Handler, logRequests=False,
                          allow_none=True)
@@ -268,11 +303,12 @@ class FakeProtoGENI:
         self.lock = threading.RLock()
         self._ids = itertools.count(2110433)
         self._fail_next: str | None = None
+        self.faults = Faults()
         tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         tls.load_cert_chain(pki.server_cert, pki.server_key)
         tls.load_verify_locations(pki.ca_cert)
         tls.verify_mode = ssl.CERT_REQUIRED
-        self.server = _Server(tls)
+        self.server = _Server(tls, self)
         self.port = self.server.server_address[1]
         for path, functions in (
             (AM_PATH, ["GetVersion", "ListResources", "CreateSliver", "SliverStatus",
@@ -315,21 +351,28 @@ class FakeProtoGENI:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    def write_config(self, state_dir: Path, site: str = "utah", poll: float = 0.05) -> Path:
+    def write_config(self, state_dir: Path, site: str = "utah", poll: float = 0.05,
+                     timeout: float = 60) -> Path:
         """The provider's config.toml pointing every authority at this fake."""
         state_dir.mkdir(parents=True, exist_ok=True)
         path = state_dir / "config.toml"
         path.write_text(
             f'pem = "{self.pki.user_pem}"\nproject = "{self.project}"\n'
-            f"poll_interval = {poll}\n[aggregates]\n{site} = \"{self.am_url}\"\n"
+            f"poll_interval = {poll}\ntimeout = {timeout}\n"
+            f'[aggregates]\n{site} = "{self.am_url}"\n'
             f'[authorities]\nsa = "{self.sa_url}"\nma = "{self.ma_url}"\n'
         )
         return path
 
     def inject(self, method: str, am_code: int, output: str) -> None:
         """The next call of `method` fails with ProtoGENI code `am_code`."""
+        self.faults.fail(method, code=am_code, message=output)
+
+    def live(self) -> list[str]:
+        """What is still reserved on this aggregate: one line per sliver."""
         with self.lock:
-            self.state.faults.setdefault(method, []).append(Fault(am_code, output))
+            return [f"sliver of {s.slice_name!r} ({s.status}, {len(s.node_slivers)} nodes)"
+                    for s in self.state.slivers.values()]
 
     def fail_next_sliver(self, message: str) -> None:
         """The next sliver created ends `failed` with `message` instead of `ready`."""
@@ -366,18 +409,6 @@ class FakeProtoGENI:
                          "protogeni_error_url": f"{self.base}/spewlogfile.php3"},
                 "value": value, "output": ""}
 
-    def _fault(self, method: str) -> dict[str, Any] | None:
-        self.state.calls.append(method)
-        queue = self.state.faults.get(method)
-        if queue:
-            fault = queue.pop(0)
-            return self._error(fault.am_code, fault.output)
-        return None
-
-    def _refuse(self, method: str, slice_urn: str, creds: list[str]) -> dict[str, Any] | None:
-        """An injected fault of `method`, else a refusal of the slice credential, else None."""
-        return self._fault(method) or self._check_slice_cred(slice_urn, creds)
-
     def _check_slice_cred(self, slice_urn: str, creds: list[str]) -> dict[str, Any] | None:
         for text in creds:
             fields = _cred_fields(text)
@@ -386,7 +417,7 @@ class FakeProtoGENI:
             if fields["owner_urn"] != self.caller:
                 return self._error(FORBIDDEN, "credential not owned by the caller")
             expires = dt.datetime.strptime(fields["expires"].rstrip("Z"), CRED_TIME)
-            if expires.replace(tzinfo=dt.UTC) < _now():
+            if self.faults.revoked or expires.replace(tzinfo=dt.UTC) < _now():
                 return self._error(EXPIRED, "slice credential has expired")
             if slice_urn not in self.state.slices:
                 return self._error(SEARCHFAILED, f"no such slice {slice_urn}")
@@ -409,9 +440,6 @@ class FakeProtoGENI:
 
     def _create(self, kind, creds, options):
         with self.lock:
-            fault = self._fault("create")
-            if fault:
-                return self._ch(None, 2, fault["output"])
             fields = options.get("fields", {})
             project = fields["SLICE_PROJECT_URN"].rsplit("+", 1)[-1]
             name = fields["SLICE_NAME"]
@@ -465,9 +493,6 @@ class FakeProtoGENI:
 
     def _ListResources(self, creds, options):  # noqa: N802
         with self.lock:
-            fault = self._fault("ListResources")
-            if fault:
-                return fault
             slice_urn = options.get("geni_slice_urn")
             if not slice_urn:
                 return self._ok(f'<rspec xmlns="{GENI}" type="advertisement"/>')
@@ -484,7 +509,7 @@ class FakeProtoGENI:
 
     def _CreateSliver(self, slice_urn, creds, rspec, users, options):  # noqa: N802
         with self.lock:
-            refused = self._refuse("CreateSliver", slice_urn, creds)
+            refused = self._check_slice_cred(slice_urn, creds)
             if refused:
                 return refused
             if slice_urn in self.state.slivers:
@@ -554,7 +579,7 @@ class FakeProtoGENI:
 
     def _SliverStatus(self, slice_urn, creds, options):  # noqa: N802
         with self.lock:
-            refused = self._refuse("SliverStatus", slice_urn, creds)
+            refused = self._check_slice_cred(slice_urn, creds)
             if refused:
                 return refused
             sliver = self.state.slivers.get(slice_urn)
@@ -577,7 +602,7 @@ class FakeProtoGENI:
 
     def _RenewSliver(self, slice_urn, creds, expiration, options):  # noqa: N802
         with self.lock:
-            refused = self._refuse("RenewSliver", slice_urn, creds)
+            refused = self._check_slice_cred(slice_urn, creds)
             if refused:
                 return refused
             sliver = self.state.slivers.get(slice_urn)
@@ -592,7 +617,7 @@ class FakeProtoGENI:
 
     def _DeleteSliver(self, slice_urn, creds, options):  # noqa: N802
         with self.lock:
-            refused = self._refuse("DeleteSliver", slice_urn, creds)
+            refused = self._check_slice_cred(slice_urn, creds)
             if refused:
                 return refused
             sliver = self.state.slivers.pop(slice_urn, None)
@@ -607,7 +632,7 @@ class FakeProtoGENI:
 
     def _CreateImage(self, slice_urn, image_name, sliver_urn, creds, options):  # noqa: N802
         with self.lock:
-            refused = self._refuse("CreateImage", slice_urn, creds)
+            refused = self._check_slice_cred(slice_urn, creds)
             if refused:
                 return refused
             sliver = self.state.slivers.get(slice_urn)

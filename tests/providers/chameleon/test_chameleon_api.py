@@ -202,7 +202,7 @@ def test_lease_error(provider, cloud):
 @pytest.mark.parametrize("path", [r"/reservation/v1/leases$", r"/compute/v2.1/servers$",
                                   r"/network/v2.0/floatingips$"])
 def test_server_side_5xx(provider, cloud, path):
-    cloud.fail("POST", path, status=503)
+    cloud.faults.fail("POST", path, status=503, message="fake 503")
     with pytest.raises(ProviderError, match="fake 503"):
         provider.wait(provider.reserve(request("five")), timeout=60)
     assert cloud.state.counts() == NOTHING and provider.find("five") is None
@@ -210,7 +210,7 @@ def test_server_side_5xx(provider, cloud, path):
 
 def test_slow_answer_to_lease_create_times_out_and_the_lease_is_still_released(
         provider, cloud):
-    cloud.slow("POST", r"/reservation/v1/leases$", delay=3)
+    cloud.faults.delay("POST", r"/reservation/v1/leases$", 3)
     with pytest.raises(ProviderTimeout):
         provider.reserve(request("slow", api_timeout="1"))
     # the fake made the lease but its answer came too late: found by name and deleted
@@ -220,7 +220,7 @@ def test_slow_answer_to_lease_create_times_out_and_the_lease_is_still_released(
 
 
 def test_slow_server_create_is_released(provider, cloud):
-    cloud.slow("POST", r"/compute/v2.1/servers$", delay=3)
+    cloud.faults.delay("POST", r"/compute/v2.1/servers$", 3)
     with pytest.raises(ProviderTimeout):
         provider.wait(provider.reserve(request("slowsrv", api_timeout="1")), timeout=60)
     assert cloud.state.counts() == NOTHING  # found by its metadata tag
@@ -240,6 +240,41 @@ def test_wrong_secret_is_a_credentials_error(provider, cloud):
     with pytest.raises(CredentialsError, match="refused the credentials"):
         provider.reserve(request("badcred"))
     assert cloud.state.counts() == NOTHING
+
+
+def test_an_expired_token_is_renewed_mid_run(provider, cloud):
+    reservation = provider.reserve(request("tokenexp"))
+    cloud.tokens.clear()  # Keystone forgot every token (expired): the SDK logs in again
+    assert provider.wait(reservation, timeout=60).state is ReservationState.READY
+    provider.release(reservation)
+    assert cloud.live() == []
+
+
+def test_credentials_revoked_mid_run_are_a_credentials_error(provider, cloud):
+    reservation = provider.reserve(request("revoked"))
+    cloud.faults.revoke("GET", r"/reservation/v1/leases/")
+    with pytest.raises(CredentialsError, match="expired or revoked"):
+        provider.wait(reservation, timeout=60)
+    assert cloud.live() != []  # nothing could be released with revoked credentials...
+    cloud.faults.clear()
+    provider.release(reservation)  # ...and the record still says what to release
+    assert cloud.live() == []
+
+
+@pytest.mark.parametrize(("method", "path"), [("POST", r"/reservation/v1/leases$"),
+                                              ("POST", r"/compute/v2.1/servers$")])
+def test_a_server_error_says_to_retry(provider, cloud, method, path):
+    cloud.faults.fail(method, path, message="database down")
+    with pytest.raises(ProviderError, match=r"HTTP 500.*database down.*retry"):
+        provider.wait(provider.reserve(request("err500")), timeout=60)
+    assert cloud.live() == []
+
+
+def test_a_dropped_connection_says_to_check_the_network(provider, cloud):
+    cloud.faults.drop("POST", r"/reservation/v1/leases$")
+    with pytest.raises(ProviderError, match="could not reach.*network.*retry"):
+        provider.reserve(request("dropped"))
+    assert cloud.live() == []
 
 
 def test_openrc_file_with_password_from_the_environment(provider, cloud, tmp_path,

@@ -135,6 +135,35 @@ def test_protogeni_refusals_are_typed_and_leave_no_sliver(
     assert provider.find(f"fault{code}") is None
 
 
+@pytest.mark.parametrize("method", ["CreateSliver", "RenewSliver", "DeleteSliver"])
+def test_credentials_expired_mid_run_say_to_download_fresh_ones(
+    provider: CloudLabProvider, fake: FakeProtoGENI, method: str
+) -> None:
+    if method != "CreateSliver":
+        reservation = provider.wait(provider.reserve(request(f"exp{method.lower()}")),
+                                    timeout=60)
+    fake.faults.revoke(method)
+    with pytest.raises(CredentialsError, match="fresh cloudlab.pem"):
+        if method == "CreateSliver":
+            provider.reserve(request("expcreate"))
+        elif method == "RenewSliver":
+            provider.extend(reservation, utcnow() + timedelta(hours=3))
+        else:
+            provider.release(reservation)
+    fake.faults.clear()
+    assert all(s.slice_name != "expcreate" for s in fake.state.slivers.values())
+
+
+def test_an_http_error_of_the_aggregate_says_to_retry(
+    provider: CloudLabProvider, fake: FakeProtoGENI
+) -> None:
+    fake.faults.fail("CreateSliver", status=502)
+    with pytest.raises(ProviderError, match="HTTP 502.*retry") as caught:
+        provider.reserve(request("http502"))
+    assert not isinstance(caught.value, CredentialsError)
+    assert fake.live() == []
+
+
 def test_a_failed_sliver_raises_the_aggregates_error_and_is_deleted(
     provider: CloudLabProvider, fake: FakeProtoGENI
 ) -> None:

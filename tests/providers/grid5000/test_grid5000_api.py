@@ -104,8 +104,8 @@ def test_advance_start_is_sent_as_paris_time(provider, fake, monkeypatch, zone, 
 def test_could_run_at_becomes_retry_at_in_utc(provider, fake, monkeypatch, zone):
     monkeypatch.setenv("TZ", zone)
     time.tzset()
-    fake.fail("POST", r"/jobs$", 400, "Reservation not valid --> KO "
-              "(This reservation could run at 2030-03-31 03:30:00)")
+    fake.faults.fail("POST", r"/jobs$", status=400, message="Reservation not valid --> KO "
+                     "(This reservation could run at 2030-03-31 03:30:00)")
     try:
         with pytest.raises(ReservationError) as caught:
             provider.reserve(ask("g5k-later", start=datetime(2030, 3, 31, 0, 0, tzinfo=UTC)))
@@ -172,15 +172,51 @@ def test_malformed_credentials_file_is_named_without_quoting_the_password(
 
 
 def test_http_500_on_submit_is_a_provider_error_and_leaves_no_job(provider, fake):
-    fake.fail("POST", r"/jobs$", 500, "OAR database unreachable")
+    fake.faults.fail("POST", r"/jobs$", message="OAR database unreachable")
     with pytest.raises(ProviderError, match="HTTP 500.*OAR database unreachable"):
         provider.reserve(ask("g5k-500"))
     assert fake.live_jobs() == []
 
 
+@pytest.mark.parametrize("status", [400, 500])
+def test_a_refused_reserve_leaves_no_job_record(provider, fake, status):
+    fake.faults.fail("POST", r"/jobs$", status=status, message="refused")
+    with pytest.raises(ProviderError):
+        provider.reserve(ask("g5k-norecord"))
+    assert list(provider.state_dir.glob("jobs/*.json")) == []
+    assert provider.find("g5k-norecord") is None
+
+
+def test_an_unanswered_submit_leaves_no_job_record(provider, fake, tmp_path, monkeypatch):
+    config = fake.write_config(tmp_path / "impatient.yaml", timeout=0.5)
+    monkeypatch.setenv("OMNIBED_GRID5000_CONFIG", str(config))
+    fake.faults.delay("POST", r"/jobs$", 2.0)
+    with pytest.raises(ProviderError):
+        Grid5000Provider(provider.state_dir).reserve(ask("g5k-lostrecord"))
+    assert fake.live_jobs() == []
+    assert list(provider.state_dir.glob("jobs/*.json")) == []
+
+
+def test_a_release_whose_answer_is_lost_is_done(provider, fake, tmp_path, monkeypatch):
+    reservation = provider.wait(provider.reserve(ask("g5k-lostdelete")), timeout=60)
+    config = fake.write_config(tmp_path / "impatient.yaml", timeout=0.5)
+    monkeypatch.setenv("OMNIBED_GRID5000_CONFIG", str(config))
+    fake.faults.delay("DELETE", r"/jobs/\d+$", 2.0)  # deleted, answered too late
+    Grid5000Provider(provider.state_dir).release(reservation)
+    assert fake.live_jobs() == []
+    assert list(provider.state_dir.glob("jobs/*.json")) == []
+
+
+@pytest.mark.parametrize("status", [500, 502, 503])
+def test_a_server_error_says_to_retry_later(provider, fake, status):
+    fake.faults.fail("POST", r"/jobs$", status=status, message="OAR is down")
+    with pytest.raises(ProviderError, match="retry"):
+        provider.reserve(ask("g5k-5xx"))
+
+
 def test_a_transient_500_on_a_read_is_retried_by_the_client(provider, fake):
     reservation = provider.reserve(ask("g5k-retry"))
-    fake.fail("GET", r"/jobs/\d+$", 500, "hiccup", times=1)
+    fake.faults.fail("GET", r"/jobs/\d+$", message="hiccup")
     assert provider.wait(reservation, timeout=60).state is ReservationState.READY
     provider.release(reservation)
 
@@ -188,7 +224,7 @@ def test_a_transient_500_on_a_read_is_retried_by_the_client(provider, fake):
 def test_an_unanswered_submit_leaves_no_job(provider, fake, tmp_path, monkeypatch):
     config = fake.write_config(tmp_path / "impatient.yaml", timeout=0.5)
     monkeypatch.setenv("OMNIBED_GRID5000_CONFIG", str(config))
-    fake.delay("POST", r"/jobs$", 2.0)  # the job is made, the answer comes too late
+    fake.faults.delay("POST", r"/jobs$", 2.0)  # the job is made, the answer comes too late
     with pytest.raises(ProviderError, match="did not answer"):
         Grid5000Provider(provider.state_dir).reserve(ask("g5k-lost"))
     assert len(fake.jobs) == 1

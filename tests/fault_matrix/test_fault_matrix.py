@@ -1,0 +1,215 @@
+"""The fault matrix: every step of a reservation x every fault x every testbed, through the
+`omnibed` command against the fake testbeds on 127.0.0.1.
+
+For each cell, the fault is aimed at the request the step makes on the testbed, the step
+is run as a user runs it, and then:
+
+- the user got one line on stderr that says what failed and what to do (`error: ...`,
+  exit status 1, no traceback; a `released NAME` line may come before it; `run` says it
+  per node, `[node] ...`, above its table of exit statuses), or, for a transient fault
+  omnibed recovered from, the step worked;
+- nothing that is live on the testbed is unknown to omnibed's ledger;
+- once the testbed is well again, `omnibed gc` releases what a failed or killed reserve
+  left, and `omnibed release` what the user kept: the fake then holds nothing.
+
+A cell that cannot exist is skipped with the reason (e.g. an HTTP error on the local
+testbed, whose steps are local commands). `pytest tests/fault_matrix` prints the matrix
+(cells passed / applicable) at the end of the run.
+"""
+
+from __future__ import annotations
+
+import re
+import signal
+import uuid
+from pathlib import Path
+
+import pytest
+
+from tests.fakes.protogeni import PKI, make_pki
+from tests.fault_matrix import beds
+from tests.fault_matrix.beds import LATE, Bed
+
+STEPS = ("reserve", "wait", "root access", "run", "snapshot", "extend", "release")
+FAULTS = ("500", "persistent 500", "late answer", "dropped connection", "credentials",
+          "SIGKILL + gc")
+TESTBEDS = ("grid5000", "cloudlab", "chameleon", "local")
+
+_API_FAULTS = FAULTS[:5]
+_SSH_STEP = "runs over SSH, not through the testbed's API"
+_ERROR_LINE = re.compile(r"^error: .+")
+_RELEASED_LINE = re.compile(r"^released [\w.-]+$")
+_WHAT_TO_DO = re.compile(r"retry|again|release|check|fix|download|wait|raise|reserve|"
+                         r"`omnibed|ask for|pick", re.I)
+
+
+def not_applicable(testbed: str, step: str, fault: str) -> str | None:
+    """Why the cell cannot exist, or None."""
+    ssh_fault = step in ("root access", "run") and fault == "dropped connection"
+    if testbed == "local" and step == "root access" and ssh_fault:
+        return "local root access writes the pnode's authorized_keys here: no connection"
+    if testbed == "local" and fault in _API_FAULTS and not ssh_fault:
+        return "the local testbed's steps are local commands (namespaces, sshd): no API"
+    if step in ("root access", "run") and fault in _API_FAULTS and not ssh_fault:
+        return f"{step} {_SSH_STEP}"
+    if testbed == "grid5000" and step == "snapshot" and fault in _API_FAULTS:
+        return f"a Grid'5000 snapshot (tgz-g5k, kaenv3 on the frontend) {_SSH_STEP}"
+    if testbed == "local" and step == "wait":
+        return "the local testbed builds its pnodes in reserve: wait only reads the record"
+    return None
+
+
+_LOCAL_CELLS = {("reserve", "SIGKILL + gc"), ("run", "SIGKILL + gc"),
+                ("run", "dropped connection")}
+
+
+def not_yet(testbed: str, step: str, fault: str) -> str | None:
+    """Cells the matrix does not drive yet (reported as such, never as passed)."""
+    if testbed == "local":
+        if (step, fault) in _LOCAL_CELLS:
+            return None
+        return "no hook yet to stop a local command at that step"
+    if step in ("root access", "run"):
+        return "needs sshd-backed nodes on the fake"
+    if testbed == "grid5000" and step == "snapshot":
+        return "needs the sshd-backed Grid'5000 frontend"
+    return None
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> PKI:
+    return make_pki(tmp_path_factory.mktemp("cloudlab-pki"))
+
+
+def _bed(testbed: str, tmp_path: Path, pki: PKI):
+    if testbed == "cloudlab":
+        return beds.cloudlab(tmp_path, pki)
+    return getattr(beds, testbed)(tmp_path)
+
+
+def _arm(bed: Bed, step: str, fault: str, name: str, marks: Path):
+    if bed.testbed == "local":
+        return _arm_local(bed, step, fault, name, marks)
+    target = bed.targets[step]
+    faults = bed.faults
+    if fault == "500":
+        return faults.fail(target.method, target.path, skip=target.skip)
+    if fault == "persistent 500":
+        return faults.fail(target.method, target.path, skip=target.skip, times=None)
+    if fault == "late answer":
+        return faults.delay(target.method, target.path, LATE, skip=target.skip)
+    if fault == "dropped connection":
+        return faults.drop(target.method, target.path, skip=target.skip)
+    if fault == "credentials":
+        return faults.revoke(target.method, target.path, skip=target.skip)
+    assert fault == "SIGKILL + gc"  # held until the command is killed
+    return faults.delay(target.method, target.path, 60, skip=target.skip)
+
+
+def _arm_local(bed: Bed, step: str, fault: str, name: str, marks: Path):
+    testbed = bed.fake
+    if fault == "dropped connection":  # the pnode's sshd is gone
+        testbed.kill_sshd(name)
+        return testbed.under_way(lambda: True)
+    if step == "reserve":  # killed while it builds the pnodes
+        return testbed.under_way(lambda: testbed.live() != [])
+    return testbed.under_way(lambda: any(marks.iterdir()))  # killed while CMD runs
+
+
+def _step_args(bed: Bed, step: str, name: str, marks: Path, by_reserve_and_run: bool
+               ) -> list[str]:
+    if by_reserve_and_run:
+        return ["reserve-and-run", "--testbed", "local", "--nodes", "1", "--name", name, "--",
+                f"touch {marks}/ran; exec sleep 300"]
+    if step == "run":
+        return ["run", name, "--", "true"]
+    if step in ("reserve", "wait"):
+        return bed.reserve_args(name)
+    if step == "extend":
+        return ["extend", name, "--by", "1h"]
+    if step == "release":
+        return ["release", name]
+    if step == "snapshot":
+        return ["snapshot", name, bed.first_node(name), "omnibedfm"]
+    raise AssertionError(step)
+
+
+def assert_one_line(stderr: str) -> str:
+    """The failure is told in one `error:` line (after a `released` line at most)."""
+    assert "Traceback" not in stderr, stderr
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    errors = [line for line in lines if _ERROR_LINE.match(line)]
+    others = [line for line in lines if not _ERROR_LINE.match(line)]
+    assert len(errors) == 1, f"not one error line:\n{stderr}"
+    assert all(_RELEASED_LINE.match(line) for line in others), f"more than one line:\n{stderr}"
+    assert _WHAT_TO_DO.search(errors[0]), f"says not what to do: {errors[0]}"
+    return errors[0]
+
+
+def assert_node_lines(stderr: str) -> None:
+    """`run` reports per node: one `[node] ...` line for a node it could not reach (what
+    failed, what to do), then the table of exit statuses."""
+    assert "Traceback" not in stderr, stderr
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    told = [line for line in lines if line.startswith("[")]
+    table = [line for line in lines if not line.startswith("[")]
+    assert len(told) == 1 and _WHAT_TO_DO.search(told[0]), stderr
+    assert "0/1 succeeded" in table[0] and all(line[0] in "┏┃┡│└" for line in table[1:]), stderr
+
+
+def assert_nothing_forgotten(bed: Bed, name: str) -> None:
+    live = bed.live()
+    assert not live or name in bed.ledger(), f"live on {bed.testbed} but not in the ledger: {live}"
+
+
+@pytest.mark.parametrize("fault", FAULTS)
+@pytest.mark.parametrize("step", STEPS)
+@pytest.mark.parametrize("testbed", TESTBEDS)
+def test_cell(testbed: str, step: str, fault: str, tmp_path: Path, pki: PKI,
+              record_property) -> None:
+    record_property("cell", (testbed, step, fault))
+    reason = not_applicable(testbed, step, fault)
+    if reason:
+        record_property("not_applicable", reason)
+        pytest.skip(f"not applicable: {reason}")
+    reason = not_yet(testbed, step, fault)
+    if reason:
+        pytest.skip(f"not driven: {reason}")
+    name = f"fm{uuid.uuid4().hex[:8]}"
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    by_reserve_and_run = testbed == "local" and step == "run" and fault == "SIGKILL + gc"
+    with _bed(testbed, tmp_path, pki) as bed:
+        if step not in ("reserve", "wait") and not by_reserve_and_run:
+            bed.reserve_here(name, step)
+        args = _step_args(bed, step, name, marks, by_reserve_and_run)
+        armed = _arm(bed, step, fault, name, marks)
+        recovered = False
+        if fault == "SIGKILL + gc":
+            process = bed.popen(*args)
+            assert armed.arrived.wait(60), f"the {step} request never came"
+            process.send_signal(signal.SIGKILL)
+            process.communicate(timeout=60)
+        else:
+            result = bed.omnibed(*args)
+            assert armed.arrived.is_set(), f"the fault was never met:\n{result.stderr}"
+            recovered = result.returncode == 0 and fault in ("500", "late answer",
+                                                             "dropped connection")
+            if not recovered:
+                assert result.returncode == 1, result.stderr
+                if step == "run":
+                    assert_node_lines(result.stderr)
+                else:
+                    assert_one_line(result.stderr)
+        assert_nothing_forgotten(bed, name)
+        bed.faults.clear()
+        collected = bed.omnibed("gc")
+        assert collected.returncode == 0, collected.stderr
+        assert_nothing_forgotten(bed, name)
+        if (step in ("reserve", "wait") or by_reserve_and_run) and not recovered:
+            assert bed.live() == [], "a failed or killed reserve left this after `omnibed gc`"
+            assert bed.ledger() == []
+        if name in bed.ledger():  # kept by the user, who releases it
+            bed.release_here(name)
+        assert bed.live() == []
+        assert bed.ledger() == []
