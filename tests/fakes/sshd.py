@@ -23,6 +23,10 @@ SSHD = "/usr/sbin/sshd"
 START_TIMEOUT = 20.0
 
 
+class PortTaken(RuntimeError):
+    """The port chosen for sshd was bound by another process first."""
+
+
 def free_port(address: str = "127.0.0.1") -> int:
     """A TCP port nobody listens on at `address` right now."""
     with socket.socket(socket.AF_INET6 if ":" in address else socket.AF_INET) as probe:
@@ -73,6 +77,7 @@ class FakeSSHD:
         self.authorized_keys = list(authorized_keys)
         self.host = address
         self.port = port if port is not None else (22 if netns else free_port(address))
+        self.port_is_ours = port is None and not netns  # may be taken again before sshd binds
         self.netns = netns
         self.user_home = user_home
         self.path = path
@@ -107,7 +112,18 @@ class FakeSSHD:
         return "\n".join(lines) + "\n"
 
     def start(self) -> FakeSSHD:
-        """Start sshd and return once it listens (its pid file is written after binding)."""
+        """Start sshd and return once it listens (its pid file is written after binding).
+
+        A port this fake chose, taken by another process before sshd bound it, is chosen again.
+        """
+        for _ in range(4):
+            try:
+                return self._start()
+            except PortTaken:
+                self.port = free_port(self.host)
+        return self._start()
+
+    def _start(self) -> FakeSSHD:
         if self.process is not None:
             raise RuntimeError(f"sshd on {self.host}:{self.port} is already started")
         Path("/run/sshd").mkdir(mode=0o755, parents=True, exist_ok=True)
@@ -139,6 +155,8 @@ class FakeSSHD:
             if self.process.poll() is not None or time.monotonic() > deadline:
                 text = self.log()
                 self.stop()
+                if self.port_is_ours and "Address already in use" in text:
+                    raise PortTaken(text)
                 raise RuntimeError(f"sshd on {self.host}:{self.port} did not start:\n{text}")
             time.sleep(0.05)
         return self
