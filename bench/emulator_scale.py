@@ -23,8 +23,8 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from omnibed.emulator.agent.state import Bridge, PnodeState, Shaping, Viface
 from omnibed.emulator.bundle import build
-from omnibed.emulator.state import Bridge, PnodeState, Shaping, Viface
 from omnibed.emulator.transport import LocalAgentSession
 
 RATE_BPS = 100_000_000

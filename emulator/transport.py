@@ -24,7 +24,7 @@ from omnibed.core import ssh
 from omnibed.core.errors import EmulatorError, SSHError
 from omnibed.core.types import SSHEndpoint
 
-from . import launcher
+from .agent import launcher
 from .bundle import Bundle, build
 
 MIN_PYTHON = (3, 9)

@@ -14,7 +14,7 @@ Each stdin line is a request {"op": ..., ...}; each gets exactly one stdout line
   probe-collect {nonce, timeout}          -> arrived: subset of ["src", "dst"]
   exec {netns, argv, timeout?}            -> exit_status, stdout, stderr
 
-Run as `python3 -I bundle.pyz [--netns NAME]` or `python -m omnibed.emulator.agent`.
+Run as `python3 -I bundle.pyz [--netns NAME]` or `python -m omnibed.emulator.agent.server`.
 Python 3.9 compatible; imports only the standard library, pyroute2 and its siblings.
 """
 
