@@ -1,6 +1,6 @@
 """The agent bundle: one zipapp holding the `agent` package and the pure-Python pyroute2.
 
-`python3 -I <bundle>` runs the agent on any pnode with python3 >= 3.9 and nothing else
+`python3 -I <bundle>` runs the agent on any pnode with python3 >= MIN_PYTHON and nothing else
 installed. The archive is deterministic (fixed timestamps, sorted entries) and named by the
 sha256 of its bytes, so a pnode that already holds it is not sent it again. It is built in
 memory from the installed code, never read back from a file someone else could have written.
