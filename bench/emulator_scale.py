@@ -23,8 +23,9 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from omnibed.emulator.agent import ops
+from omnibed.emulator.agent.state import Bridge, PnodeState, Shaping, Viface
 from omnibed.emulator.bundle import build
-from omnibed.emulator.state import Bridge, PnodeState, Shaping, Viface
 from omnibed.emulator.transport import LocalAgentSession
 
 RATE_BPS = 100_000_000
@@ -60,11 +61,11 @@ def _state(pnode: str, n: int) -> PnodeState:
 
 def agent(pnode: str, state: PnodeState) -> Result:
     with LocalAgentSession(netns=pnode, python="/usr/bin/python3", bundle=build()) as session:
-        session.call("hello")
+        session.call(ops.HELLO)
         t0 = time.perf_counter()
-        session.call("apply", state=state.to_json())
+        session.call(ops.APPLY, state=state.to_json())
         t1 = time.perf_counter()
-        session.call("teardown", state=state.to_json())
+        session.call(ops.TEARDOWN, state=state.to_json())
         t2 = time.perf_counter()
     return Result(t1 - t0, t2 - t1)
 

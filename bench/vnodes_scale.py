@@ -33,8 +33,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from pyroute2 import IPRoute
 
 from omnibed.core.errors import UsageError
-from omnibed.emulator import images, nsutil, rootfs
-from omnibed.emulator.containers import ContainerSpec, Runtime
+from omnibed.emulator import images
+from omnibed.emulator.agent import nsutil, rootfs
+from omnibed.emulator.agent.containers import ContainerSpec, Runtime
 
 
 def _new_key() -> tuple[str, paramiko.Ed25519Key]:

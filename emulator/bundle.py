@@ -1,6 +1,6 @@
-"""The agent bundle: one zipapp holding the agent, state.py and the pure-Python pyroute2.
+"""The agent bundle: one zipapp holding the `agent` package and the pure-Python pyroute2.
 
-`python3 -I <bundle>` runs the agent on any pnode with python3 >= 3.9 and nothing else
+`python3 -I <bundle>` runs the agent on any pnode with python3 >= MIN_PYTHON and nothing else
 installed. The archive is deterministic (fixed timestamps, sorted entries) and named by the
 sha256 of its bytes, so a pnode that already holds it is not sent it again. It is built in
 memory from the installed code, never read back from a file someone else could have written.
@@ -17,18 +17,10 @@ from pathlib import Path
 
 import pyroute2
 
-PACKAGE = "omnibed_agent"  # the emulator modules' name inside the bundle
-AGENT_MODULES = (
-    "agent.py",
-    "netlink_apply.py",
-    "nlbatch.py",
-    "nsutil.py",
-    "preflight.py",
-    "probe.py",
-    "shaping.py",
-    "state.py",
-)
-MAIN = f"from {PACKAGE}.agent import main\n\nmain()\n"
+from . import agent
+
+PACKAGE = "omnibed_agent"  # the agent package's name inside the bundle
+MAIN = f"from {PACKAGE}.server import main\n\nmain()\n"
 _EPOCH = (1980, 1, 1, 0, 0, 0)
 
 
@@ -43,16 +35,21 @@ class Bundle:
         return f"omnibed-agent-{self.sha256[:16]}.pyz"
 
 
+def _sources(package: Path, prefix: str) -> dict[str, bytes]:
+    """{name in the bundle: content} of every .py file in the package directory."""
+    return {
+        prefix + path.relative_to(package).as_posix(): path.read_bytes()
+        for path in sorted(package.rglob("*.py"))
+        if "__pycache__" not in path.parts
+    }
+
+
 def _entries() -> dict[str, bytes]:
-    here = Path(__file__).resolve().parent
-    entries = {"__main__.py": MAIN.encode(), f"{PACKAGE}/__init__.py": b""}
-    for name in AGENT_MODULES:
-        entries[f"{PACKAGE}/{name}"] = (here / name).read_bytes()
-    root = Path(pyroute2.__file__).resolve().parent
-    for path in sorted(root.rglob("*.py")):
-        if "__pycache__" not in path.parts:
-            entries["pyroute2/" + path.relative_to(root).as_posix()] = path.read_bytes()
-    return entries
+    return {
+        "__main__.py": MAIN.encode(),
+        **_sources(Path(agent.__file__).resolve().parent, f"{PACKAGE}/"),
+        **_sources(Path(pyroute2.__file__).resolve().parent, "pyroute2/"),
+    }
 
 
 @functools.cache

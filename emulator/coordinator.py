@@ -22,6 +22,7 @@ from omnibed.core.errors import ApplyError, EmulatorError, PreflightError, Usage
 from omnibed.core.provider import Progress, no_progress
 from omnibed.core.types import Node, SSHEndpoint
 
+from .agent import ops
 from .bundle import build
 from .model import Platform
 from .modes import PnodeFacts, ProbeResult, probe_targets
@@ -88,9 +89,9 @@ class Emulator:
             _preflight(sessions, the_plan)
             self._save(the_plan)
             progress(f"building {len(the_plan.vnodes)} vnodes")
-            failures = _errors(_on_all(sessions, "apply", the_plan))
+            failures = _errors(_on_all(sessions, ops.APPLY, the_plan))
             if failures:
-                rollback = _errors(_on_all(sessions, "teardown", the_plan))
+                rollback = _errors(_on_all(sessions, ops.TEARDOWN, the_plan))
                 if not rollback:
                     self.plan_path.unlink()
                 raise ApplyError(failures, rolled_back=not rollback)
@@ -102,7 +103,7 @@ class Emulator:
         if the_plan is None:
             return []
         with self._sessions() as sessions:
-            failures = _errors(_on_all(sessions, "teardown", the_plan))
+            failures = _errors(_on_all(sessions, ops.TEARDOWN, the_plan))
         if failures:
             raise EmulatorError(
                 "teardown failed, run `omnibed emulate down` again:\n  "
@@ -135,7 +136,7 @@ class Emulator:
         """Vnodes, their pnode and addresses, and the mode of every vnetwork with its reason."""
         the_plan = self._require()
         with self._sessions() as sessions:
-            present = _on_all(sessions, "status", the_plan)
+            present = _on_all(sessions, ops.STATUS, the_plan)
         return {
             "reservation": self.reservation,
             "networks": [
@@ -219,7 +220,7 @@ class Emulator:
                 results = []
                 for index in by_pnode[pnode]:
                     vnode, argv = jobs[index]
-                    reply = session.call("exec", netns=vnode.netns, argv=argv, timeout=timeout)
+                    reply = session.call(ops.EXEC, netns=vnode.netns, argv=argv, timeout=timeout)
                     results.append(
                         VnodeResult(
                             vnode.name, reply["exit_status"], reply["stdout"], reply["stderr"]
@@ -290,7 +291,7 @@ def _errors(outcome: Mapping[str, Any]) -> dict[str, str]:
 
 
 def _preflight(sessions: Mapping[str, AgentConnection], the_plan: Plan) -> None:
-    outcome = _on_all(sessions, "preflight", the_plan)
+    outcome = _on_all(sessions, ops.PREFLIGHT, the_plan)
     missing = {
         pnode: [str(result)] if isinstance(result, BaseException) else result["problems"]
         for pnode, result in outcome.items()
@@ -312,9 +313,9 @@ def _probe(
     for index, receiver in enumerate(pnodes):
         sender = pnodes[(index + 1) % len(pnodes)]
         nonce = secrets.token_hex(8)
-        mac = sessions[receiver].call("probe-listen", nic=targets[receiver], nonce=nonce)["mac"]
-        sessions[sender].call("probe-send", nic=targets[sender], peer_mac=mac, nonce=nonce)
-        arrived = sessions[receiver].call("probe-collect", nonce=nonce, timeout=PROBE_TIMEOUT)
+        mac = sessions[receiver].call(ops.PROBE_LISTEN, nic=targets[receiver], nonce=nonce)["mac"]
+        sessions[sender].call(ops.PROBE_SEND, nic=targets[sender], peer_mac=mac, nonce=nonce)
+        arrived = sessions[receiver].call(ops.PROBE_COLLECT, nonce=nonce, timeout=PROBE_TIMEOUT)
         results[receiver] = ProbeResult(
             foreign_src_ok="src" in arrived["arrived"],
             foreign_dst_ok="dst" in arrived["arrived"],

@@ -28,7 +28,7 @@ from typing import Any
 import yaml
 
 from omnibed.core.errors import PlatformError
-from omnibed.emulator.state import Shaping
+from omnibed.emulator.agent.state import Shaping
 
 MODES = ("auto", "bridge", "vxlan")
 DEFAULT_VXLAN_PORT = 4789

@@ -2,7 +2,7 @@
 
 `plan(platform, pnodes, instance)` expands the vnodes, places them, gives them addresses,
 MACs and interface names, decides each vnetwork's mode (:mod:`omnibed.emulator.modes`)
-and returns a :class:`Plan`: one :class:`~omnibed.emulator.state.PnodeState` per pnode for
+and returns a :class:`Plan`: one :class:`~omnibed.emulator.agent.state.PnodeState` per pnode for
 the agent, plus the vnode table and the per-vnetwork decisions for the user.
 
 Naming, for an instance whose tag is the first 6 hex digits of sha256(instance):
@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from omnibed.core.errors import PlatformError, UsageError
+from omnibed.emulator.agent.state import Bridge, PnodeState, Shaping, Viface, Vxlan
 from omnibed.emulator.model import (
     IFNAME_MAX_BYTES,
     MAX_VNODES_PER_PNODE,
@@ -43,7 +44,6 @@ from omnibed.emulator.modes import (
     Request,
     choose_modes,
 )
-from omnibed.emulator.state import Bridge, PnodeState, Shaping, Viface, Vxlan
 
 MAX_NETWORKS = 256  # VNIs per instance
 MAX_VNODES = 100_000  # per emulation: the plan is held in the CLI's memory

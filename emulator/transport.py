@@ -1,6 +1,6 @@
 """Talking to the agent: over SSH on a pnode (AgentSession) or as a local process.
 
-AgentSession checks `python3 --version` >= 3.9 on the pnode, then starts the launcher
+AgentSession checks `python3 --version` >= MIN_PYTHON on the pnode, then starts the launcher
 (launcher.py) on an SSH channel: it keeps the bundle in AGENT_DIR, a directory only root can
 write, receives it over that channel when it is missing or damaged, checks its sha256 on the
 pnode and runs it; the agent then exchanges JSON lines on the same channel.
@@ -24,10 +24,9 @@ from omnibed.core import ssh
 from omnibed.core.errors import EmulatorError, SSHError
 from omnibed.core.types import SSHEndpoint
 
-from . import launcher
+from .agent import MIN_PYTHON, launcher
 from .bundle import Bundle, build
 
-MIN_PYTHON = (3, 9)
 AGENT_DIR = "/var/lib/omnibed/agent"  # on every pnode: root's, mode 0700
 LAUNCHER = Path(launcher.__file__).read_text()
 A = TypeVar("A")
@@ -177,15 +176,16 @@ def _check_python(client: paramiko.SSHClient, label: str) -> None:
     _, stdout, stderr = client.exec_command("python3 --version")
     text = (stdout.read() + stderr.read()).decode(errors="replace").strip()
     found = re.search(r"Python (\d+)\.(\d+)", text)
+    oldest = "{}.{}".format(*MIN_PYTHON)
     if found is None:
         raise EmulatorError(
             f"{label}: python3 is missing ({text or 'no output'}); the omnibed agent needs "
-            "python3 >= 3.9 on every pnode: install it or use an image that has it"
+            f"python3 >= {oldest} on every pnode: install it or use an image that has it"
         )
     version = (int(found.group(1)), int(found.group(2)))
     if version < MIN_PYTHON:
         raise EmulatorError(
-            f"{label}: python3 is {found.group(0)}, the omnibed agent needs >= 3.9: "
+            f"{label}: python3 is {found.group(0)}, the omnibed agent needs >= {oldest}: "
             "use a newer image or install a newer python3"
         )
 

@@ -20,8 +20,8 @@ import paramiko
 import pytest
 
 from omnibed.core import ssh
-from omnibed.emulator import cgroups, nsutil
-from omnibed.emulator.containers import ContainerError, ContainerSpec, Runtime
+from omnibed.emulator.agent import cgroups, nsutil
+from omnibed.emulator.agent.containers import ContainerError, ContainerSpec, Runtime
 from tests.containers.conftest import omnibed
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]

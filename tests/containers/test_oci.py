@@ -4,7 +4,7 @@ capability that would let root in the vnode change the emulated network or the p
 
 from __future__ import annotations
 
-from omnibed.emulator import oci
+from omnibed.emulator.agent import oci
 
 
 def _config(**limits: object) -> dict:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from omnibed.emulator.rootfs import BadImage, unpack
+from omnibed.emulator.agent.rootfs import BadImage, unpack
 
 pytestmark = pytest.mark.root  # unpacking restores owners
 

@@ -6,7 +6,7 @@ import threading
 from collections.abc import Callable
 from typing import TypeVar
 
-from omnibed.emulator import nsutil
+from omnibed.emulator.agent import nsutil
 
 T = TypeVar("T")
 

@@ -3,12 +3,13 @@ bundle run by the system python3 in isolated mode (no venv, no pyroute2 installe
 
 from __future__ import annotations
 
-import ast
 import hashlib
+import io
 import os
 import stat
 import subprocess
 import uuid
+import zipfile
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -16,20 +17,21 @@ from pathlib import Path
 import pytest
 from pyroute2 import IPRoute
 
-from omnibed.emulator import bundle as bundle_mod
-from omnibed.emulator.bundle import Bundle, build
-from omnibed.emulator.state import Bridge, PnodeState, Shaping, Viface, Vxlan
+from omnibed.emulator import agent as agent_package
+from omnibed.emulator.agent import ops
+from omnibed.emulator.agent.state import Bridge, PnodeState, Shaping, Viface, Vxlan
+from omnibed.emulator.bundle import PACKAGE, Bundle, build
 from omnibed.emulator.transport import LocalAgentSession
 
 SYSTEM_PYTHON = "/usr/bin/python3"
-EMULATOR = Path(bundle_mod.__file__).resolve().parent
+AGENT = Path(agent_package.__file__).resolve().parent
 
 
-def test_bundle_modules_parse_as_python_39() -> None:
-    for name in bundle_mod.AGENT_MODULES:
-        source = (EMULATOR / name).read_text()
-        ast.parse(source, filename=name, feature_version=(3, 9))
-        assert "from __future__ import annotations" in source, name
+def test_bundle_carries_the_whole_agent_package() -> None:
+    with zipfile.ZipFile(io.BytesIO(build().data)) as archive:
+        carried = {name for name in archive.namelist() if name.startswith(f"{PACKAGE}/")}
+    assert carried == {f"{PACKAGE}/{path.name}" for path in AGENT.glob("*.py")}
+    assert f"{PACKAGE}/containers.py" in carried
 
 
 def test_bundle_is_deterministic_and_named_by_its_sha256() -> None:
@@ -39,11 +41,6 @@ def test_bundle_is_deterministic_and_named_by_its_sha256() -> None:
     assert second is not first and second == first
     assert first.sha256 == hashlib.sha256(first.data).hexdigest()
     assert first.remote_name == f"omnibed-agent-{first.sha256[:16]}.pyz"
-
-
-def test_launcher_parses_as_python_39() -> None:
-    source = (EMULATOR / "launcher.py").read_text()
-    ast.parse(source, filename="launcher.py", feature_version=(3, 9))
 
 
 @pytest.fixture(scope="module")
@@ -110,7 +107,7 @@ class Pnodes:
     def cleanup(self) -> None:
         for session, state in self.states:
             try:
-                session.request("teardown", state=state.to_json())
+                session.request(ops.TEARDOWN, state=state.to_json())
             except Exception:  # the agent may be gone: remove by hand below
                 pass
             for name in state.namespaces:
@@ -154,7 +151,7 @@ sys.exit(1)
 
 def _ping(agent: LocalAgentSession, netns: str, address: str) -> dict:
     ip = address.split("/")[0]
-    return agent.call("exec", netns=netns, argv=[SYSTEM_PYTHON, "-c", PING, ip], timeout=20)
+    return agent.call(ops.EXEC, netns=netns, argv=[SYSTEM_PYTHON, "-c", PING, ip], timeout=20)
 
 
 def _netns_links(pnode: str) -> list[str]:
@@ -165,7 +162,7 @@ def _netns_links(pnode: str) -> list[str]:
 @pytest.mark.root
 def test_bundle_runs_isolated_without_pyroute2_on_the_system(pnodes: Pnodes) -> None:
     assert _sh(SYSTEM_PYTHON, "-I", "-c", "import pyroute2", check=False).returncode != 0
-    reply = pnodes.agent(pnodes.pnode()).call("hello")
+    reply = pnodes.agent(pnodes.pnode()).call(ops.HELLO)
     assert reply["pyroute2"] == "0.9.7" and reply["euid"] == 0
 
 
@@ -174,9 +171,9 @@ def test_apply_ping_idempotent_teardown(pnodes: Pnodes) -> None:
     pnode = pnodes.pnode()
     agent = pnodes.agent(pnode)
     state = pnodes.track(agent, pnodes.state(pnode, networks=2, per_network=2))
-    assert agent.call("preflight", state=state.to_json())["problems"] == []
+    assert agent.call(ops.PREFLIGHT, state=state.to_json())["problems"] == []
 
-    first = agent.call("apply", state=state.to_json())
+    first = agent.call(ops.APPLY, state=state.to_json())
     assert first["created_namespaces"] == 4
     a, b, c, d = state.vifaces
     assert _ping(agent, a.netns, b.address)["exit_status"] == 0  # same bridge
@@ -184,18 +181,18 @@ def test_apply_ping_idempotent_teardown(pnodes: Pnodes) -> None:
     assert _ping(agent, a.netns, "10.51.0.1/24")["exit_status"] != 0  # other network
     links = _netns_links(pnode)
 
-    again = agent.call("apply", state=state.to_json())
+    again = agent.call(ops.APPLY, state=state.to_json())
     assert again == {"ok": True, "created_namespaces": 0, "created_links": 0}
     assert _netns_links(pnode) == links
-    assert agent.call("status", state=state.to_json())["complete"] is True
+    assert agent.call(ops.STATUS, state=state.to_json())["complete"] is True
     assert _ping(agent, b.netns, a.address)["exit_status"] == 0
 
-    assert agent.call("teardown", state=state.to_json())["removed_namespaces"] == 4
-    status = agent.call("status", state=state.to_json())
+    assert agent.call(ops.TEARDOWN, state=state.to_json())["removed_namespaces"] == 4
+    status = agent.call(ops.STATUS, state=state.to_json())
     assert status["absent"] is True and status["group_links"] == []
     assert _netns_links(pnode) == ["lo"]
     assert not set(state.namespaces) & set(os.listdir("/run/netns"))
-    assert agent.call("teardown", state=state.to_json())["removed_namespaces"] == 0
+    assert agent.call(ops.TEARDOWN, state=state.to_json())["removed_namespaces"] == 0
 
 
 @pytest.mark.root
@@ -206,7 +203,7 @@ def test_rate_shaping_is_in_the_kernel(pnodes: Pnodes) -> None:
     shaped = replace(base.vifaces[0], output=Shaping(rate_bps=10_000_000),
                      input=Shaping(rate_bps=100_000_000))
     state = pnodes.track(agent, replace(base, vifaces=(shaped,)))
-    agent.call("apply", state=state.to_json())
+    agent.call(ops.APPLY, state=state.to_json())
 
     def tbf_rate(netns: str, ifname: str) -> int:
         with IPRoute(netns=netns) as ipr:
@@ -217,7 +214,7 @@ def test_rate_shaping_is_in_the_kernel(pnodes: Pnodes) -> None:
 
     assert tbf_rate(pnode, shaped.host_ifname) == 100_000_000 // 8  # input
     assert tbf_rate(shaped.netns, shaped.ifname) == 10_000_000 // 8  # output
-    features = agent.call("exec", netns=shaped.netns, argv=["ethtool", "-k", "if0"])["stdout"]
+    features = agent.call(ops.EXEC, netns=shaped.netns, argv=["ethtool", "-k", "if0"])["stdout"]
     assert "generic-segmentation-offload: off" in features
 
 
@@ -228,13 +225,13 @@ def test_preflight_refuses_delay_without_netem_and_changes_nothing(pnodes: Pnode
     base = pnodes.state(pnode, per_network=1)
     delayed = replace(base.vifaces[0], input=Shaping(rate_bps=10**7, delay_ms=10))
     state = pnodes.track(agent, replace(base, vifaces=(delayed,)))
-    problems = agent.call("preflight", state=state.to_json())["problems"]
+    problems = agent.call(ops.PREFLIGHT, state=state.to_json())["problems"]
     assert any(
         p.startswith("sch_netem (needed for delay/jitter/loss) is not available") for p in problems
     ), problems
     assert _netns_links(pnode) == ["lo"]
     assert not set(state.namespaces) & set(os.listdir("/run/netns"))
-    assert agent.call("preflight", state=base.to_json())["problems"] == []
+    assert agent.call(ops.PREFLIGHT, state=base.to_json())["problems"] == []
 
 
 @pytest.mark.root
@@ -246,7 +243,7 @@ def test_failure_rolls_back_everything_created(pnodes: Pnodes, collide: str) -> 
     squatter = state.bridges[0].name if collide == "bridge" else state.vifaces[1].host_ifname
     _sh("ip", "-n", pnode, "link", "add", squatter, "type", "veth", "peer", "name", "sq1")
 
-    reply = agent.request("apply", state=state.to_json())
+    reply = agent.request(ops.APPLY, state=state.to_json())
     assert reply["ok"] is False and reply["rolled_back"] is True
     assert reply["errno"] == 17  # EEXIST
     assert _netns_links(pnode) == sorted(["lo", squatter, "sq1"])  # the squatter untouched
@@ -274,12 +271,12 @@ def test_vxlan_unicast_carries_ping_between_pnodes(pnodes: Pnodes) -> None:
     agents = {p: pnodes.agent(p) for p in underlay}
     for pnode, state in states.items():
         pnodes.track(agents[pnode], state)
-        agents[pnode].call("apply", state=state.to_json())
+        agents[pnode].call(ops.APPLY, state=state.to_json())
     a, b = states[pa].vifaces[0], states[pb].vifaces[0]
     assert _ping(agents[pa], a.netns, b.address)["exit_status"] == 0
     fdb = _sh("bridge", "-n", pa, "fdb", "show", "dev", "vx0").stdout
     assert "00:00:00:00:00:00 dst 10.77.0.2" in fdb
-    assert agents[pa].call("apply", state=states[pa].to_json())["created_links"] == 0
+    assert agents[pa].call(ops.APPLY, state=states[pa].to_json())["created_links"] == 0
 
 
 @pytest.mark.root
@@ -291,16 +288,16 @@ def test_probe_sees_a_plain_link_pass_foreign_macs(pnodes: Pnodes) -> None:
     _sh("ip", "-n", pb, "link", "set", "q0", "up")
     listener, sender = pnodes.agent(pa), pnodes.agent(pb)
     nonce = uuid.uuid4().hex
-    mac = listener.call("probe-listen", nic="q0", nonce=nonce)["mac"]
-    sent = sender.call("probe-send", nic="q0", peer_mac=mac, nonce=nonce)
+    mac = listener.call(ops.PROBE_LISTEN, nic="q0", nonce=nonce)["mac"]
+    sent = sender.call(ops.PROBE_SEND, nic="q0", peer_mac=mac, nonce=nonce)
     assert sent["foreign_src"] != mac
-    assert listener.call("probe-collect", nonce=nonce, timeout=5)["arrived"] == ["src", "dst"]
+    assert listener.call(ops.PROBE_COLLECT, nonce=nonce, timeout=5)["arrived"] == ["src", "dst"]
 
     # a nonce nobody sent: nothing arrives, the probe does not report what it did not see
     other = uuid.uuid4().hex
-    listener.call("probe-listen", nic="q0", nonce=other)
-    sender.call("probe-send", nic="q0", peer_mac=mac, nonce=nonce)
-    assert listener.call("probe-collect", nonce=other, timeout=1)["arrived"] == []
+    listener.call(ops.PROBE_LISTEN, nic="q0", nonce=other)
+    sender.call(ops.PROBE_SEND, nic="q0", peer_mac=mac, nonce=nonce)
+    assert listener.call(ops.PROBE_COLLECT, nonce=other, timeout=1)["arrived"] == []
 
 
 @pytest.mark.root
@@ -308,13 +305,13 @@ def test_exec_and_errors_are_replies(pnodes: Pnodes) -> None:
     pnode = pnodes.pnode()
     agent = pnodes.agent(pnode)
     state = pnodes.track(agent, pnodes.state(pnode, per_network=1))
-    agent.call("apply", state=state.to_json())
-    out = agent.call("exec", netns=state.namespaces[0], argv=["ip", "-o", "-4", "addr"])
+    agent.call(ops.APPLY, state=state.to_json())
+    out = agent.call(ops.EXEC, netns=state.namespaces[0], argv=["ip", "-o", "-4", "addr"])
     assert out["exit_status"] == 0 and state.vifaces[0].address in out["stdout"]
-    assert agent.request("exec", netns="oa-no-such-ns", argv=["true"])["errno"] == 2
+    assert agent.request(ops.EXEC, netns="oa-no-such-ns", argv=["true"])["errno"] == 2
     assert agent.request("frobnicate")["ok"] is False
     bad_group = replace(state, group=0)
-    assert "group 0" in agent.request("teardown", state=bad_group.to_json())["error"]
+    assert "group 0" in agent.request(ops.TEARDOWN, state=bad_group.to_json())["error"]
 
 
 @pytest.mark.root
@@ -334,10 +331,10 @@ def test_agent_session_over_ssh_uploads_once_and_answers(
         known_hosts = tmp_path / "known_hosts"
         with AgentSession(endpoint, known_hosts, bundle=agent_bundle,
                           agent_dir=str(directory)) as session:
-            assert session.call("hello")["pyroute2"] == "0.9.7"
+            assert session.call(ops.HELLO)["pyroute2"] == "0.9.7"
             uploaded = remote.stat().st_mtime_ns
             empty = PnodeState(instance="t", pnode="local", group=99)
-            assert session.call("preflight", state=empty.to_json())["problems"] == []
+            assert session.call(ops.PREFLIGHT, state=empty.to_json())["problems"] == []
         assert remote.read_bytes() == agent_bundle.data
         assert stat.S_IMODE(directory.stat().st_mode) == 0o700
         assert stat.S_IMODE(remote.stat().st_mode) == 0o600

@@ -19,6 +19,7 @@ import pytest
 
 from omnibed.core.api import Omnibed
 from omnibed.core.errors import EmulatorError
+from omnibed.emulator.agent import ops
 from omnibed.emulator.bundle import Bundle, build
 from omnibed.emulator.transport import AGENT_DIR, AgentSession
 
@@ -91,7 +92,7 @@ def test_a_bundle_planted_by_another_user_is_not_run(
                         f" && {AS_NOBODY} {shlex.join(argv)}")
     try:
         with session(api, name, bundle) as agent:
-            assert agent.call("hello")["pyroute2"]
+            assert agent.call(ops.HELLO)["pyroute2"]
         assert on_pnode(api, name, f"ls -A {marks}") == "", "the planted code ran"
         assert on_pnode(api, name, f"cat {victim}") == "precious\n"
         stored = on_pnode(api, name, f"sha256sum {AGENT_DIR}/{bundle.remote_name}")
@@ -112,7 +113,7 @@ def test_a_damaged_bundle_is_replaced_before_it_runs(
     on_pnode(api, name, f"mkdir -m 700 {directory} && head -c {len(bundle.data)} /dev/zero"
                         f" > {stored}")
     with session(api, name, bundle, agent_dir=directory) as agent:
-        assert agent.call("hello")["ok"]
+        assert agent.call(ops.HELLO)["ok"]
     copied = on_pnode(api, name, f"sha256sum {stored}").split()[0]
     assert copied == bundle.sha256
     assert on_pnode(api, name, f"ls -A {directory}") == f"{bundle.remote_name}\n"

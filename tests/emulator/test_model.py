@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from omnibed.core.errors import PlatformError
+from omnibed.emulator.agent.state import Shaping
 from omnibed.emulator.model import (
     IfaceSpec,
     LinkSpec,
@@ -18,7 +19,6 @@ from omnibed.emulator.model import (
     parse_rate,
     parse_time,
 )
-from omnibed.emulator.state import Shaping
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 

@@ -11,7 +11,7 @@ import errno
 
 import pytest
 
-from omnibed.emulator import nlbatch as nl
+from omnibed.emulator.agent import nlbatch as nl
 from tests.emulator.support import in_fresh_netns
 
 

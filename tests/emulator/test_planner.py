@@ -11,6 +11,7 @@ import pytest
 
 from omnibed.core.errors import PlatformError
 from omnibed.core.types import Nic, NicRole, Node, SSHEndpoint, Tri
+from omnibed.emulator.agent.state import PnodeState, Shaping
 from omnibed.emulator.model import (
     IfaceSpec,
     LinkSpec,
@@ -28,7 +29,6 @@ from omnibed.emulator.planner import (
     plan,
     vni_base,
 )
-from omnibed.emulator.state import PnodeState, Shaping
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 

@@ -6,8 +6,13 @@ from __future__ import annotations
 import pytest
 
 from omnibed.core.errors import PreflightError
-from omnibed.emulator.preflight import MAX_NET_NAMESPACES, MEMINFO, VNODE_MEMORY_KIB, preflight
-from omnibed.emulator.state import PnodeState
+from omnibed.emulator.agent.preflight import (
+    MAX_NET_NAMESPACES,
+    MEMINFO,
+    VNODE_MEMORY_KIB,
+    preflight,
+)
+from omnibed.emulator.agent.state import PnodeState
 
 pytestmark = pytest.mark.root
 

@@ -25,11 +25,11 @@ from pyroute2.netlink import NLM_F_ACK, NLM_F_CREATE, NLM_F_REPLACE, NLM_F_REQUE
 from pyroute2.netlink.rtnl import RTM_NEWQDISC, TC_H_ROOT
 from pyroute2.netlink.rtnl.tcmsg import tcmsg
 
-from omnibed.emulator import nlbatch as nl
+from omnibed.emulator.agent import nlbatch as nl
+from omnibed.emulator.agent.preflight import kernel_missing
+from omnibed.emulator.agent.shaping import netem_limit, qdisc_request, tbf_burst
+from omnibed.emulator.agent.state import Shaping
 from omnibed.emulator.model import LinkSpec
-from omnibed.emulator.preflight import kernel_missing
-from omnibed.emulator.shaping import netem_limit, qdisc_request, tbf_burst
-from omnibed.emulator.state import Shaping
 from tests.emulator.support import in_fresh_netns
 
 U32 = 2**32 - 1

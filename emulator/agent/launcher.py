@@ -1,6 +1,6 @@
 """Install the agent bundle on a pnode where only root can change it, check it, run it.
 
-Sent as source and run by the pnode's python3 (>= 3.9, standard library only) as
+Sent as source and run by the pnode's python3 (MIN_PYTHON or newer, standard library only) as
 `python3 -I -c <this file> DIRECTORY NAME SHA256 SIZE`, by the user the agent runs as (root):
 
 - DIRECTORY is created 0700 if missing; it must be a directory, not a symlink, owned by that

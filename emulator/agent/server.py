@@ -1,21 +1,7 @@
 """The omnibed agent: runs as root on a pnode and applies PnodeStates, speaking JSON lines.
 
-Each stdin line is a request {"op": ..., ...}; each gets exactly one stdout line, either
-{"ok": true, ...} or {"ok": false, "error": text, "errno": n|null, ...}. Ops:
-
-  hello                                   -> python, pyroute2 versions, pid
-  preflight {state}                       -> problems: [sentence, ...] (nothing changed)
-  apply {state}                           -> created_namespaces, created_links; on failure
-                                             also object and rolled_back
-  teardown {state}                        -> removed_namespaces (idempotent)
-  status {state}                          -> namespaces, links, group_links, complete, absent
-  probe-listen {nic, nonce}               -> mac (the listener keeps listening)
-  probe-send {nic, peer_mac, nonce}       -> foreign_src, foreign_dst
-  probe-collect {nonce, timeout}          -> arrived: subset of ["src", "dst"]
-  exec {netns, argv, timeout?}            -> exit_status, stdout, stderr
-
-Run as `python3 -I bundle.pyz [--netns NAME]` or `python -m omnibed.emulator.agent`.
-Python 3.9 compatible; imports only the standard library, pyroute2 and its siblings.
+One reply line per request line; the ops and their fields are listed in ops.py.
+Run as `python3 -I bundle.pyz [--netns NAME]` or `python -m omnibed.emulator.agent.server`.
 """
 
 from __future__ import annotations
@@ -28,7 +14,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from . import nsutil, probe
+from . import nsutil, ops, probe
 from .netlink_apply import Applier, ApplyFailure, status, teardown
 from .preflight import preflight
 from .state import PnodeState
@@ -39,23 +25,24 @@ class Agent:
 
     def __init__(self) -> None:
         self.listeners: dict[str, probe.Listener] = {}
-        self.ops: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
-            "hello": self.hello,
-            "preflight": lambda r: {"problems": preflight(_state(r))},
-            "apply": lambda r: Applier(_state(r)).run(),
-            "teardown": lambda r: teardown(_state(r)),
-            "status": lambda r: status(_state(r)),
-            "probe-listen": self.probe_listen,
-            "probe-send": lambda r: probe.send(r["nic"], r["peer_mac"], r["nonce"]),
-            "probe-collect": self.probe_collect,
-            "exec": self.exec,
+        self.handlers: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
+            ops.HELLO: self.hello,
+            ops.PREFLIGHT: lambda r: {"problems": preflight(_state(r))},
+            ops.APPLY: lambda r: Applier(_state(r)).run(),
+            ops.TEARDOWN: lambda r: teardown(_state(r)),
+            ops.STATUS: lambda r: status(_state(r)),
+            ops.PROBE_LISTEN: self.probe_listen,
+            ops.PROBE_SEND: lambda r: probe.send(r["nic"], r["peer_mac"], r["nonce"]),
+            ops.PROBE_COLLECT: self.probe_collect,
+            ops.EXEC: self.exec,
         }
 
     def handle(self, request: dict[str, Any]) -> dict[str, Any]:
         op = request.get("op")
-        handler = self.ops.get(op) if isinstance(op, str) else None
+        handler = self.handlers.get(op) if isinstance(op, str) else None
         if handler is None:
-            return {"ok": False, "error": f"unknown op {op!r}", "errno": None}
+            known = ", ".join(ops.ALL)
+            return {"ok": False, "error": f"unknown op {op!r} (known: {known})", "errno": None}
         try:
             return {"ok": True, **handler(request)}
         except ApplyFailure as exc:

@@ -17,8 +17,8 @@ import threading
 
 from pyroute2 import IPRoute
 
+from . import MIN_PYTHON, nsutil
 from . import nlbatch as nl
-from . import nsutil
 from .netlink_apply import control_nics
 from .shaping import tbf_options
 from .state import PnodeState
@@ -33,7 +33,6 @@ FEATURES = {
     "sch_htb": ("rate limits", "CONFIG_NET_SCH_HTB"),
     "sch_netem": ("delay/jitter/loss", "CONFIG_NET_SCH_NETEM"),
 }
-MIN_PYTHON = (3, 9)
 VNODE_MEMORY_KIB = 340  # kernel and agent memory one vnode takes, measured: 250 to 340 KiB
 MEMINFO = "/proc/meminfo"
 MAX_NET_NAMESPACES = "/proc/sys/user/max_net_namespaces"
@@ -136,7 +135,8 @@ def preflight(state: PnodeState) -> list[str]:
     if os.geteuid() != 0:
         return [f"the agent runs as uid {os.geteuid()}, not root: log in as root or use sudo"]
     if sys.version_info < MIN_PYTHON:
-        problems.append(f"python {sys.version.split()[0]} is older than 3.9")
+        oldest = "{}.{}".format(*MIN_PYTHON)
+        problems.append(f"python {sys.version.split()[0]} is older than {oldest}")
     problems += capacity_problems(len(state.namespaces))
     problems += [explain(f) for f in sorted(kernel_missing(state.kernel_needs()))]
     try:
