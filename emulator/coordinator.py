@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from omnibed.core.api import Omnibed
 from omnibed.core.errors import ApplyError, EmulatorError, PreflightError, UsageError
 from omnibed.core.provider import Progress, no_progress
+from omnibed.core.reservation_access import ReservationAccess
 from omnibed.core.types import Node, SSHEndpoint
 
 from .bundle import build
@@ -55,13 +55,12 @@ class VnodeResult:
 
 
 class Emulator:
-    """The virtual platform of one reservation."""
+    """The virtual platform of one reservation (`Omnibed.access(name)` gives `access`)."""
 
-    def __init__(self, api: Omnibed, reservation: str) -> None:
-        self.api = api
-        self.reservation = reservation
-        api.entry(reservation)  # UsageError if unknown
-        self.plan_path = api.reservation_dir(reservation) / PLAN_FILE
+    def __init__(self, access: ReservationAccess) -> None:
+        self.access = access
+        self.reservation = access.name
+        self.plan_path = access.state_dir / PLAN_FILE
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -75,9 +74,9 @@ class Emulator:
                 f"`omnibed emulate down {self.reservation}` first"
             )
         progress("reading the pnodes' NICs")
-        nodes = self.api.nodes(self.reservation)
+        nodes = self.access.nodes()
         check_fits(platform, [node.id for node in nodes])  # before any agent starts
-        nics = self.api.nics(self.reservation, nodes)
+        nics = self.access.nics(nodes)
         facts = [PnodeFacts.from_node(node, nics[node.id]) for node in nodes]
         progress("starting the agent on every pnode")
         with self._sessions(nodes) as sessions:
@@ -212,7 +211,7 @@ class Emulator:
         by_pnode: dict[str, list[int]] = {}
         for index, (vnode, _) in enumerate(jobs):
             by_pnode.setdefault(vnode.pnode, []).append(index)
-        nodes = [node for node in self.api.nodes(self.reservation) if node.id in by_pnode]
+        nodes = [node for node in self.access.nodes() if node.id in by_pnode]
         with self._sessions(nodes) as sessions:
 
             def run_there(pnode: str, session: AgentConnection) -> list[VnodeResult]:
@@ -243,8 +242,7 @@ class Emulator:
 
     def _sessions(self, nodes: Sequence[Node] | None = None) -> _Sessions:
         """Agents on `nodes` (default: every pnode of the reservation)."""
-        endpoints = self.api.root_endpoints(self.reservation, nodes)
-        return _Sessions(endpoints, self.api.known_hosts(self.reservation))
+        return _Sessions(self.access.root_endpoints(nodes), self.access.known_hosts)
 
 
 class _Sessions:
