@@ -25,7 +25,7 @@ from omnibed.core.types import Node, SSHEndpoint
 from .bundle import build
 from .model import Platform
 from .modes import PnodeFacts, ProbeResult, probe_targets
-from .planner import Plan, VnodePlan, check_fits, plan
+from .planner import NetworkPlan, Plan, VnodePlan, check_fits, plan
 from .transport import AgentConnection, AgentSession, for_each
 
 PLAN_FILE = "emulation.json"
@@ -52,6 +52,81 @@ class VnodeResult:
     exit_status: int
     stdout: str
     stderr: str
+
+
+@dataclass(frozen=True)
+class PnodeStatus:
+    """What one pnode's agent found of the platform, or why it could not be asked."""
+
+    complete: bool = False
+    absent: bool = False
+    error: str | None = None
+
+    def problem(self) -> str | None:
+        """What is wrong with the platform on this pnode, for a warning; None if nothing."""
+        if self.error is not None:
+            return self.error
+        if self.absent:
+            return "its part of the platform is missing: `omnibed emulate down` then `up` again"
+        if not self.complete:
+            return "its part of the platform is incomplete: `omnibed emulate down` then `up`"
+        return None
+
+    def to_json(self) -> dict[str, Any]:
+        if self.error is not None:
+            return {"error": self.error}
+        return {"complete": self.complete, "absent": self.absent}
+
+
+@dataclass(frozen=True)
+class EmulationStatus:
+    """The platform of a reservation as planned, and what each pnode has of it."""
+
+    reservation: str
+    networks: tuple[NetworkPlan, ...]
+    vnodes: tuple[VnodePlan, ...]
+    pnodes: Mapping[str, PnodeStatus]
+
+    def to_json(self) -> dict[str, Any]:
+        """Each vnetwork's mode and why, each vnode's pnode, netns and addresses, and
+        each pnode's status (`omnibed emulate status --json`)."""
+        return {
+            "reservation": self.reservation,
+            "networks": [
+                {
+                    "name": n.name,
+                    "cidr": n.cidr,
+                    "mode": n.mode,
+                    "reason": n.reason,
+                    "mtu": n.mtu,
+                    "vni": n.vni,
+                    "port": n.port,
+                    "nics": n.nics,
+                    "unreachable_expected": n.unreachable_expected,
+                }
+                for n in self.networks
+            ],
+            "vnodes": [
+                {
+                    "name": v.name,
+                    "pnode": v.pnode,
+                    "netns": v.netns,
+                    "ifaces": {i.name: {"address": i.address, "mac": i.mac} for i in v.ifaces},
+                }
+                for v in self.vnodes
+            ],
+            "pnodes": {pnode: status.to_json() for pnode, status in self.pnodes.items()},
+        }
+
+
+@dataclass(frozen=True)
+class Reachability:
+    """Whether, in `network`, vnode `source` reached vnode `target` on another pnode."""
+
+    network: str
+    source: str
+    target: str
+    ok: bool
 
 
 class Emulator:
@@ -130,45 +205,27 @@ class Emulator:
 
     # -- inspection -------------------------------------------------------------------------
 
-    def status(self) -> dict[str, Any]:
-        """Vnodes, their pnode and addresses, and the mode of every vnetwork with its reason."""
+    def status(self) -> EmulationStatus:
+        """Vnodes, their pnode and addresses, the mode of every vnetwork with its reason,
+        and what each pnode has of the platform."""
         the_plan = self._require()
         with self._sessions() as sessions:
             present = _on_all(sessions, "status", the_plan)
-        return {
-            "reservation": self.reservation,
-            "networks": [
-                {
-                    "name": n.name,
-                    "cidr": n.cidr,
-                    "mode": n.mode,
-                    "reason": n.reason,
-                    "mtu": n.mtu,
-                    "vni": n.vni,
-                    "port": n.port,
-                    "nics": n.nics,
-                    "unreachable_expected": n.unreachable_expected,
-                }
-                for n in the_plan.networks
-            ],
-            "vnodes": [
-                {
-                    "name": v.name,
-                    "pnode": v.pnode,
-                    "netns": v.netns,
-                    "ifaces": {i.name: {"address": i.address, "mac": i.mac} for i in v.ifaces},
-                }
-                for v in the_plan.vnodes
-            ],
-            "pnodes": {
+        return EmulationStatus(
+            reservation=self.reservation,
+            networks=the_plan.networks,
+            vnodes=the_plan.vnodes,
+            pnodes={
                 pnode: (
-                    {"error": str(result)}
+                    PnodeStatus(error=str(result))
                     if isinstance(result, BaseException)
-                    else {"complete": result.get("complete"), "absent": result.get("absent")}
+                    else PnodeStatus(
+                        complete=bool(result.get("complete")), absent=bool(result.get("absent"))
+                    )
                 )
                 for pnode, result in present.items()
             },
-        }
+        )
 
     def exec(
         self, vnodes: list[str] | None, argv: list[str], *, timeout: float | None = None
@@ -179,7 +236,7 @@ class Emulator:
         results = self._run([(vnode, argv) for vnode in targets], timeout)
         return {vnode.name: result for vnode, result in zip(targets, results, strict=True)}
 
-    def connectivity(self) -> list[dict[str, Any]]:
+    def connectivity(self) -> list[Reachability]:
         """Ping, in every vnetwork, from one vnode per pnode to one vnode on each other pnode."""
         the_plan = self._require()
         probes = []
@@ -197,7 +254,7 @@ class Emulator:
             [(src, ["python3", "-I", "-c", _REACH, address]) for _, src, _, address in probes]
         )
         return [
-            {"network": network, "from": src.name, "to": dst.name, "ok": result.exit_status == 0}
+            Reachability(network, src.name, dst.name, ok=result.exit_status == 0)
             for (network, src, dst, _), result in zip(probes, results, strict=True)
         ]
 

@@ -296,27 +296,15 @@ def _warn_unreadable(entries: list[Entry]) -> None:
 def list_reservations(as_json: AsJson = False) -> None:
     """List the reservations in the ledger; rows that cannot be read are listed and warned of."""
     entries = _api().ledger.entries()
-    rows = [
-        {
-            "name": e.name,
-            "testbed": e.testbed,
-            "state": e.state.value,
-            "start": e.reservation.start.isoformat() if e.reservation else None,
-            "end": e.reservation.end.isoformat() if e.reservation else None,
-            "id": e.reservation.id if e.reservation else None,
-            "problem": e.problem,
-        }
-        for e in entries
-    ]
     _warn_unreadable(entries)
     if as_json:
-        _print_json(rows)
+        _print_json([e.to_json() for e in entries])
         return
     table = Table("name", "testbed", "state", "end (UTC)", "id")
-    for row in rows:
-        table.add_row(
-            row["name"], row["testbed"], row["state"], row["end"] or "-", row["id"] or "-"
-        )
+    for e in entries:
+        made = e.reservation
+        end, made_id = (made.end.isoformat(), made.id) if made else ("-", "-")
+        table.add_row(e.name, e.testbed, e.state.value, end, made_id)
     out.print(table)
 
 
@@ -325,18 +313,7 @@ def nodes(name: Name, as_json: AsJson = False) -> None:
     """List the nodes of a reservation and how to reach them."""
     found = _api().nodes(name)
     if as_json:
-        _print_json(
-            [
-                {
-                    "id": n.id,
-                    "hostname": n.hostname,
-                    "addresses": list(n.addresses),
-                    "ssh": n.ssh.label(),
-                    "jumps": [j.label() for j in n.ssh.jumps],
-                }
-                for n in found
-            ]
-        )
+        _print_json([n.to_json() for n in found])
         return
     table = Table("id", "hostname", "addresses", "ssh")
     for n in found:
@@ -350,25 +327,7 @@ def nics(name: Name, as_json: AsJson = False) -> None:
     """Show each node's NICs: role, MAC, MTU and whether foreign MACs and multicast pass."""
     by_node = _api().nics(name)
     if as_json:
-        _print_json(
-            {
-                node: [
-                    {
-                        "name": nic.name,
-                        "role": nic.role.value,
-                        "mac": nic.mac,
-                        "mtu": nic.mtu,
-                        "addresses": list(nic.addresses),
-                        "rate_mbps": nic.rate_mbps,
-                        "foreign_mac": nic.foreign_mac.value,
-                        "multicast": nic.multicast.value,
-                        "sources": {k: v.value for k, v in nic.sources.items()},
-                    }
-                    for nic in node_nics
-                ]
-                for node, node_nics in by_node.items()
-            }
-        )
+        _print_json({node: [nic.to_json() for nic in nics] for node, nics in by_node.items()})
         return
     table = Table("node", "nic", "role", "mac", "mtu", "foreign MACs", "multicast")
     for node, node_nics in by_node.items():

@@ -85,8 +85,8 @@ def _emulate_up(
         with _progress("checking connectivity between pnodes"):
             checks = emulator.connectivity()
         for check in checks:
-            verdict = "[green]reachable[/]" if check["ok"] else "[red]unreachable[/]"
-            out.print(f"{check['network']}: {check['from']} -> {check['to']} {verdict}")
+            verdict = "[green]reachable[/]" if check.ok else "[red]unreachable[/]"
+            out.print(f"{check.network}: {check.source} -> {check.target} {verdict}")
 
 
 def _exec_and_report(api: Omnibed, name: str, vnode: str | None, argv: list[str]) -> int:
@@ -115,22 +115,23 @@ def emulate_status(name: Name, as_json: AsJson = False) -> None:
     """Show vnodes, their pnode and addresses, and each vnetwork's mode with its reason."""
     status = _emulator(_api(), name).status()
     if as_json:
-        _print_json(status)
+        _print_json(status.to_json())
         return
-    for network in status["networks"]:
+    for network in status.networks:
         out.print(
-            f"[bold]{network['name']}[/] {network['cidr']}: {network['mode']}"
-            f" (MTU {network['mtu']}) - {network['reason']}",
+            f"[bold]{network.name}[/] {network.cidr}: {network.mode}"
+            f" (MTU {network.mtu}) - {network.reason}",
             highlight=False,
         )
     table = Table("vnode", "pnode", "addresses")
-    for vnode in status["vnodes"]:
-        addresses = ", ".join(f"{i}={a['address']}" for i, a in vnode["ifaces"].items())
-        table.add_row(vnode["name"], vnode["pnode"], addresses)
+    for vnode in status.vnodes:
+        addresses = ", ".join(f"{iface.name}={iface.address}" for iface in vnode.ifaces)
+        table.add_row(vnode.name, vnode.pnode, addresses)
     out.print(table)
-    for pnode, state in status["pnodes"].items():
-        if state.get("error") or not state.get("complete"):
-            err.print(f"[yellow]warning:[/] {pnode}: {state.get('error') or state.get('absent')}")
+    for pnode, state in status.pnodes.items():
+        problem = state.problem()
+        if problem is not None:
+            err.print(f"[yellow]warning:[/] {pnode}: {problem}")
 
 
 @emulate_app.command("exec")
