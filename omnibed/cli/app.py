@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.markup import escape
@@ -40,6 +40,7 @@ from omnibed.cli.emulate import _emulate_and_run, _platform, emulate_app
 from omnibed.core import ssh
 from omnibed.core.errors import OmnibedError, ReleaseFailed, UsageError
 from omnibed.core.ledger import Entry, process_owner
+from omnibed.core.plugins import ProviderRegistry
 from omnibed.core.provider import VERBS, implemented_verbs
 from omnibed.core.timeutil import parse_walltime, to_utc, utcnow
 from omnibed.core.types import Capability, ReservationRequest
@@ -137,37 +138,37 @@ def providers(
     if markdown:
         print(_verb_table(registry))
         return
-    rows = []
-    for name, provider_class in sorted(registry.providers.items()):
-        caps = provider_class.capabilities
-        rows.append(
-            {
-                "name": name,
-                "source": registry.sources[name],
-                "verbs": implemented_verbs(provider_class),
-                "capabilities": sorted(c.value for c in caps.supported),
-                "max_extra_nics": caps.max_extra_nics,
-                "options": dict(caps.options),
-            }
-        )
+    rows = [_provider_row(registry, name) for name in sorted(registry.providers)]
     if as_json:
         _print_json({"providers": rows, "errors": [str(e) for e in registry.errors]})
         return
-    table = Table("testbed", "from", "verbs", "capabilities", "options")
-    for row in rows:
-        table.add_row(
-            row["name"],
-            row["source"],
-            ", ".join(row["verbs"]),
-            ", ".join(row["capabilities"]) or "-",
-            ", ".join(row["options"]) or "-",
-        )
-    out.print(table)
+    for row in rows:  # one block per testbed, so that every name fits 80 columns whole
+        facts = Table.grid(padding=(0, 2))
+        facts.add_column(no_wrap=True)
+        facts.add_column()
+        for what in ("verbs", "capabilities", "options"):
+            facts.add_row(f"  {what}", ", ".join(row[what]) or "-")
+        out.print(f"[bold]{escape(row['name'])}[/]  from {escape(row['source'])}", highlight=False)
+        out.print(facts, highlight=False)
     for error in registry.errors:
         err.print(f"[yellow]warning:[/] {error}")
 
 
-def _verb_table(registry) -> str:
+def _provider_row(registry: ProviderRegistry, name: str) -> dict[str, Any]:
+    """What `omnibed providers --json` says of one testbed."""
+    provider_class = registry.providers[name]
+    caps = provider_class.capabilities
+    return {
+        "name": name,
+        "source": registry.sources[name],
+        "verbs": implemented_verbs(provider_class),
+        "capabilities": sorted(c.value for c in caps.supported),
+        "max_extra_nics": caps.max_extra_nics,
+        "options": dict(caps.options),
+    }
+
+
+def _verb_table(registry: ProviderRegistry) -> str:
     """Which verbs each testbed implements, derived from its code and capabilities."""
     header = ["testbed", *VERBS, "extra NICs", "advance reservation"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
