@@ -299,16 +299,16 @@ class _Decider:
         out: dict[str, tuple[Nic, str]] = {}
         for p in pnodes:
             facts = self.facts[p]
-            nic = next(
+            holder = next(
                 (n for n in facts.nics if facts.address in {_host(a) for a in n.addresses}),
                 None,
             ) or next((n for n in facts.nics if n.role is NicRole.CONTROL), None)
-            if nic is None:
+            if holder is None:
                 raise PlatformError(
                     f"pnode {p} lists no control NIC and no NIC holding {facts.address}; "
                     "its provider's nic_capabilities must report the control NIC"
                 )
-            out[p] = (nic, facts.address)
+            out[p] = (holder, facts.address)
         return out, "the control NIC"
 
     def vxlan(self, req: Request, why_not_bridge: str) -> Choice:
