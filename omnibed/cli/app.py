@@ -77,12 +77,15 @@ def main() -> None:
     """Console-script entry point."""
     try:
         app()
-    except UsageError as error:
-        _fail(str(error), 2)
     except OmnibedError as error:
-        _fail(str(error), 1)
+        _fail(str(error), exit_status(error))
     except KeyboardInterrupt:
         _fail("interrupted", 130)
+
+
+def exit_status(error: OmnibedError) -> int:
+    """2 for input the user can fix (a UsageError), 1 for a testbed or remote failure."""
+    return 2 if isinstance(error, UsageError) else 1
 
 
 def _options(pairs: list[str] | None) -> dict[str, str]:
