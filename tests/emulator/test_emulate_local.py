@@ -241,7 +241,7 @@ def test_forced_bridge_on_a_locked_underlay(api: Omnibed) -> None:
         try:
             assert plan.unreachable_expected == ("lan",)
             checks = emulator.connectivity()
-            assert checks and not any(check["ok"] for check in checks)
+            assert checks and not any(check.ok for check in checks)
         finally:
             emulator.down()
 
