@@ -391,10 +391,10 @@ class ProviderConformance:
     ) -> None:
         """release through omnibed leaves nothing in `omnibed ls` nor on the testbed.
 
-        Reserve, wait and release (twice) through :class:`omnibed.core.api.Omnibed` with
+        Reserve, wait and release (twice) through :class:`omnibed.api.Omnibed` with
         its own ledger; the ledger is what `omnibed ls` lists.
         """
-        from omnibed.core.api import Omnibed
+        from omnibed.api import Omnibed
         from omnibed.core.plugins import ProviderRegistry
 
         home = tmp_path / "omnibed-home"

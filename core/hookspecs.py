@@ -22,7 +22,7 @@ hookimpl = pluggy.HookimplMarker(PROJECT)
 
 
 @hookspec
-def omnibed_register_providers() -> list[type[Provider]]:
+def omnibed_register_providers() -> list[type[Provider]]:  # type: ignore[empty-body]
     """Return the provider classes this plugin contributes.
 
     Each class subclasses :class:`omnibed.core.provider.Provider`, sets a unique

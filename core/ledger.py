@@ -95,6 +95,20 @@ class Entry:
     def orphaned(self) -> bool:
         return self.owner is not None and not owner_alive(self.owner)
 
+    def to_json(self) -> dict[str, Any]:
+        """The row as `omnibed ls --json` shows it: name, testbed, state, the reservation's
+        start, end and id (None until the testbed answered), and `problem`."""
+        reservation = self.reservation
+        return {
+            "name": self.name,
+            "testbed": self.testbed,
+            "state": self.state.value,
+            "start": reservation.start.isoformat() if reservation else None,
+            "end": reservation.end.isoformat() if reservation else None,
+            "id": reservation.id if reservation else None,
+            "problem": self.problem,
+        }
+
 
 class Ledger:
     """The reservations of one omnibed home.
@@ -221,7 +235,7 @@ class Ledger:
         """Record what the testbed answered; False if no row (with `token`) is there."""
         return self._change(
             "UPDATE reservations SET state = ?, reservation = ?",
-            (reservation.state.value, json.dumps(_dump(reservation))),
+            (reservation.state.value, json.dumps(reservation.to_json())),
             reservation.name,
             token,
         )
@@ -297,32 +311,6 @@ def _command_of(pid: str) -> str:
     return command if len(command) <= 80 else command[:77] + "..."
 
 
-def _dump(reservation: Reservation) -> dict[str, Any]:
-    return {
-        "provider": reservation.provider,
-        "id": reservation.id,
-        "name": reservation.name,
-        "start": reservation.start.isoformat(),
-        "end": reservation.end.isoformat(),
-        "state": reservation.state.value,
-        "site": reservation.site,
-        "extra": dict(reservation.extra),
-    }
-
-
-def load_reservation(data: dict[str, Any]) -> Reservation:
-    return Reservation(
-        provider=data["provider"],
-        id=data["id"],
-        name=data["name"],
-        start=datetime.fromisoformat(data["start"]),
-        end=datetime.fromisoformat(data["end"]),
-        state=ReservationState(data["state"]),
-        site=data["site"],
-        extra=data["extra"],
-    )
-
-
 def _entry(row: tuple[Any, ...]) -> Entry:
     name, testbed, state, created, owner, reservation, token = row
     try:
@@ -334,7 +322,7 @@ def _entry(row: tuple[Any, ...]) -> Entry:
             state=ReservationState(state),
             created=datetime.fromisoformat(created),
             owner=owner,
-            reservation=load_reservation(json.loads(reservation)) if reservation else None,
+            reservation=Reservation.from_json(json.loads(reservation)) if reservation else None,
             token=token,
         )
     except (ValueError, KeyError, TypeError, AttributeError) as error:

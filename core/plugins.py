@@ -90,6 +90,10 @@ def load_providers(*, autoload: bool | None = None) -> ProviderRegistry:
         except Exception as error:
             registry.errors.append(PluginLoadError(impl.plugin_name, error))
             continue
+        if not isinstance(provider_classes, list | tuple):
+            why = f"its hook returned {provider_classes!r}, not a list of provider classes"
+            registry.errors.append(PluginLoadError(source, TypeError(why)))
+            continue
         for provider_class in provider_classes:
             _add(registry, provider_class, source)
     return registry

@@ -140,7 +140,9 @@ class _RecordFirstContact(paramiko.MissingHostKeyPolicy):
         self.known_hosts = known_hosts
         self.host = host
 
-    def missing_host_key(self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey):
+    def missing_host_key(
+        self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey
+    ) -> None:
         _record_host_key(self.known_hosts, hostname, key, self.host)
 
 
@@ -216,7 +218,9 @@ def _login(
         ) from exc
 
 
-def _tunnel(jump: paramiko.SSHClient, via: SSHEndpoint, target: SSHEndpoint, timeout: float):
+def _tunnel(
+    jump: paramiko.SSHClient, via: SSHEndpoint, target: SSHEndpoint, timeout: float
+) -> paramiko.Channel:
     """A direct-tcpip channel from the jump host `via` to `target`, as `ssh -J` opens."""
     transport = jump.get_transport()
     assert transport is not None  # a connected client always has one
@@ -243,11 +247,11 @@ def connect(
     `SSHError` (or `HostKeyMismatch`) saying what to check. A jump's own `jumps` are ignored.
     """
     hops = [*endpoint.jumps, endpoint]
-    clients: list[paramiko.SSHClient] = []
+    clients: list[_ChainedClient] = []
     try:
         for index, hop in enumerate(hops):
             sock = _tunnel(clients[-1], hops[index - 1], hop, timeout) if clients else None
-            client = _ChainedClient() if index == len(hops) - 1 else paramiko.SSHClient()
+            client = _ChainedClient()
             clients.append(client)
             _login(client, hop, known_hosts, sock, timeout)
     except BaseException:
@@ -255,7 +259,7 @@ def connect(
             client.close()
         raise
     final = clients.pop()
-    final.jump_clients = clients
+    final.jump_clients = list(clients)
     return final
 
 
@@ -445,7 +449,9 @@ def _hop_options(endpoint: SSHEndpoint, known_hosts: Path) -> list[str]:
     return options
 
 
-def _proxy_option(jumps: tuple[SSHEndpoint, ...], target: SSHEndpoint, known_hosts: Path):
+def _proxy_option(
+    jumps: tuple[SSHEndpoint, ...], target: SSHEndpoint, known_hosts: Path
+) -> list[str]:
     """`-o ProxyCommand=ssh ... -W target jump` reaching `target` through the last of `jumps`."""
     if not jumps:
         return []

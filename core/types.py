@@ -100,6 +100,16 @@ class SSHEndpoint:
         """`user@host:port` for messages (never a secret)."""
         return f"{self.user}@{self.host}:{self.port}"
 
+    def to_json(self) -> dict[str, Any]:
+        """Host, port, user, key file (a path, never a key) and jumps, as JSON values."""
+        return {
+            "host": self.host,
+            "port": self.port,
+            "user": self.user,
+            "key_file": self.key_file,
+            "jumps": [jump.to_json() for jump in self.jumps],
+        }
+
 
 @dataclass(frozen=True, slots=True)
 class Nic:
@@ -118,6 +128,20 @@ class Nic:
     def __post_init__(self) -> None:
         object.__setattr__(self, "sources", _frozen(self.sources))
 
+    def to_json(self) -> dict[str, Any]:
+        """Every fact of the NIC, enums as their values, `sources` by fact name."""
+        return {
+            "name": self.name,
+            "role": self.role.value,
+            "mac": self.mac,
+            "mtu": self.mtu,
+            "addresses": list(self.addresses),
+            "rate_mbps": self.rate_mbps,
+            "foreign_mac": self.foreign_mac.value,
+            "multicast": self.multicast.value,
+            "sources": {fact: source.value for fact, source in self.sources.items()},
+        }
+
 
 @dataclass(frozen=True, slots=True)
 class Node:
@@ -131,6 +155,18 @@ class Node:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "extra", _frozen(self.extra))
+
+    def to_json(self) -> dict[str, Any]:
+        """The node and how to reach it: `ssh` and `jumps` as `user@host:port` labels,
+        `endpoint` whole (the provider's `extra` is left out: it need not be JSON)."""
+        return {
+            "id": self.id,
+            "hostname": self.hostname,
+            "addresses": list(self.addresses),
+            "ssh": self.ssh.label(),
+            "jumps": [jump.label() for jump in self.ssh.jumps],
+            "endpoint": self.ssh.to_json(),
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,3 +235,32 @@ class Reservation:
         require_utc(self.start)
         require_utc(self.end)
         object.__setattr__(self, "extra", _frozen(self.extra))
+
+    def to_json(self) -> dict[str, Any]:
+        """Every field, times in ISO 8601; :meth:`from_json` reads it back (the ledger keeps
+        reservations this way, so a field is only ever added, with a default)."""
+        return {
+            "provider": self.provider,
+            "id": self.id,
+            "name": self.name,
+            "start": self.start.isoformat(),
+            "end": self.end.isoformat(),
+            "state": self.state.value,
+            "site": self.site,
+            "extra": dict(self.extra),
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Reservation:
+        """The reservation :meth:`to_json` wrote; KeyError, ValueError or TypeError if
+        `data` is not one."""
+        return cls(
+            provider=data["provider"],
+            id=data["id"],
+            name=data["name"],
+            start=datetime.fromisoformat(data["start"]),
+            end=datetime.fromisoformat(data["end"]),
+            state=ReservationState(data["state"]),
+            site=data["site"],
+            extra=data["extra"],
+        )

@@ -17,16 +17,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from omnibed.core.api import Omnibed
 from omnibed.core.errors import ApplyError, EmulatorError, PreflightError, UsageError
 from omnibed.core.provider import Progress, no_progress
+from omnibed.core.reservation_access import ReservationAccess
 from omnibed.core.types import Node, SSHEndpoint
 
 from .agent import ops
 from .bundle import build
 from .model import Platform
 from .modes import PnodeFacts, ProbeResult, probe_targets
-from .planner import Plan, VnodePlan, check_fits, plan
+from .planner import NetworkPlan, Plan, VnodePlan, check_fits, plan
 from .transport import AgentConnection, AgentSession, for_each
 
 PLAN_FILE = "emulation.json"
@@ -55,14 +55,88 @@ class VnodeResult:
     stderr: str
 
 
-class Emulator:
-    """The virtual platform of one reservation."""
+@dataclass(frozen=True)
+class PnodeStatus:
+    """What one pnode's agent found of the platform, or why it could not be asked."""
 
-    def __init__(self, api: Omnibed, reservation: str) -> None:
-        self.api = api
-        self.reservation = reservation
-        api.entry(reservation)  # UsageError if unknown
-        self.plan_path = api.reservation_dir(reservation) / PLAN_FILE
+    complete: bool = False
+    absent: bool = False
+    error: str | None = None
+
+    def problem(self) -> str | None:
+        """What is wrong with the platform on this pnode, for a warning; None if nothing."""
+        if self.error is not None:
+            return self.error
+        if self.absent:
+            return "its part of the platform is missing: `omnibed emulate down` then `up` again"
+        if not self.complete:
+            return "its part of the platform is incomplete: `omnibed emulate down` then `up`"
+        return None
+
+    def to_json(self) -> dict[str, Any]:
+        if self.error is not None:
+            return {"error": self.error}
+        return {"complete": self.complete, "absent": self.absent}
+
+
+@dataclass(frozen=True)
+class EmulationStatus:
+    """The platform of a reservation as planned, and what each pnode has of it."""
+
+    reservation: str
+    networks: tuple[NetworkPlan, ...]
+    vnodes: tuple[VnodePlan, ...]
+    pnodes: Mapping[str, PnodeStatus]
+
+    def to_json(self) -> dict[str, Any]:
+        """Each vnetwork's mode and why, each vnode's pnode, netns and addresses, and
+        each pnode's status (`omnibed emulate status --json`)."""
+        return {
+            "reservation": self.reservation,
+            "networks": [
+                {
+                    "name": n.name,
+                    "cidr": n.cidr,
+                    "mode": n.mode,
+                    "reason": n.reason,
+                    "mtu": n.mtu,
+                    "vni": n.vni,
+                    "port": n.port,
+                    "nics": n.nics,
+                    "unreachable_expected": n.unreachable_expected,
+                }
+                for n in self.networks
+            ],
+            "vnodes": [
+                {
+                    "name": v.name,
+                    "pnode": v.pnode,
+                    "netns": v.netns,
+                    "ifaces": {i.name: {"address": i.address, "mac": i.mac} for i in v.ifaces},
+                }
+                for v in self.vnodes
+            ],
+            "pnodes": {pnode: status.to_json() for pnode, status in self.pnodes.items()},
+        }
+
+
+@dataclass(frozen=True)
+class Reachability:
+    """Whether, in `network`, vnode `source` reached vnode `target` on another pnode."""
+
+    network: str
+    source: str
+    target: str
+    ok: bool
+
+
+class Emulator:
+    """The virtual platform of one reservation (`Omnibed.access(name)` gives `access`)."""
+
+    def __init__(self, access: ReservationAccess) -> None:
+        self.access = access
+        self.reservation = access.name
+        self.plan_path = access.state_dir / PLAN_FILE
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -76,9 +150,9 @@ class Emulator:
                 f"`omnibed emulate down {self.reservation}` first"
             )
         progress("reading the pnodes' NICs")
-        nodes = self.api.nodes(self.reservation)
+        nodes = self.access.nodes()
         check_fits(platform, [node.id for node in nodes])  # before any agent starts
-        nics = self.api.nics(self.reservation, nodes)
+        nics = self.access.nics(nodes)
         facts = [PnodeFacts.from_node(node, nics[node.id]) for node in nodes]
         progress("starting the agent on every pnode")
         with self._sessions(nodes) as sessions:
@@ -132,45 +206,27 @@ class Emulator:
 
     # -- inspection -------------------------------------------------------------------------
 
-    def status(self) -> dict[str, Any]:
-        """Vnodes, their pnode and addresses, and the mode of every vnetwork with its reason."""
+    def status(self) -> EmulationStatus:
+        """Vnodes, their pnode and addresses, the mode of every vnetwork with its reason,
+        and what each pnode has of the platform."""
         the_plan = self._require()
         with self._sessions() as sessions:
             present = _on_all(sessions, ops.STATUS, the_plan)
-        return {
-            "reservation": self.reservation,
-            "networks": [
-                {
-                    "name": n.name,
-                    "cidr": n.cidr,
-                    "mode": n.mode,
-                    "reason": n.reason,
-                    "mtu": n.mtu,
-                    "vni": n.vni,
-                    "port": n.port,
-                    "nics": n.nics,
-                    "unreachable_expected": n.unreachable_expected,
-                }
-                for n in the_plan.networks
-            ],
-            "vnodes": [
-                {
-                    "name": v.name,
-                    "pnode": v.pnode,
-                    "netns": v.netns,
-                    "ifaces": {i.name: {"address": i.address, "mac": i.mac} for i in v.ifaces},
-                }
-                for v in the_plan.vnodes
-            ],
-            "pnodes": {
+        return EmulationStatus(
+            reservation=self.reservation,
+            networks=the_plan.networks,
+            vnodes=the_plan.vnodes,
+            pnodes={
                 pnode: (
-                    {"error": str(result)}
+                    PnodeStatus(error=str(result))
                     if isinstance(result, BaseException)
-                    else {"complete": result.get("complete"), "absent": result.get("absent")}
+                    else PnodeStatus(
+                        complete=bool(result.get("complete")), absent=bool(result.get("absent"))
+                    )
                 )
                 for pnode, result in present.items()
             },
-        }
+        )
 
     def exec(
         self, vnodes: list[str] | None, argv: list[str], *, timeout: float | None = None
@@ -181,7 +237,7 @@ class Emulator:
         results = self._run([(vnode, argv) for vnode in targets], timeout)
         return {vnode.name: result for vnode, result in zip(targets, results, strict=True)}
 
-    def connectivity(self) -> list[dict[str, Any]]:
+    def connectivity(self) -> list[Reachability]:
         """Ping, in every vnetwork, from one vnode per pnode to one vnode on each other pnode."""
         the_plan = self._require()
         probes = []
@@ -199,7 +255,7 @@ class Emulator:
             [(src, ["python3", "-I", "-c", _REACH, address]) for _, src, _, address in probes]
         )
         return [
-            {"network": network, "from": src.name, "to": dst.name, "ok": result.exit_status == 0}
+            Reachability(network, src.name, dst.name, ok=result.exit_status == 0)
             for (network, src, dst, _), result in zip(probes, results, strict=True)
         ]
 
@@ -213,7 +269,7 @@ class Emulator:
         by_pnode: dict[str, list[int]] = {}
         for index, (vnode, _) in enumerate(jobs):
             by_pnode.setdefault(vnode.pnode, []).append(index)
-        nodes = [node for node in self.api.nodes(self.reservation) if node.id in by_pnode]
+        nodes = [node for node in self.access.nodes() if node.id in by_pnode]
         with self._sessions(nodes) as sessions:
 
             def run_there(pnode: str, session: AgentConnection) -> list[VnodeResult]:
@@ -244,8 +300,7 @@ class Emulator:
 
     def _sessions(self, nodes: Sequence[Node] | None = None) -> _Sessions:
         """Agents on `nodes` (default: every pnode of the reservation)."""
-        endpoints = self.api.root_endpoints(self.reservation, nodes)
-        return _Sessions(endpoints, self.api.known_hosts(self.reservation))
+        return _Sessions(self.access.root_endpoints(nodes), self.access.known_hosts)
 
 
 class _Sessions:

@@ -169,14 +169,15 @@ def _check_name(name: object, what: str) -> str:
 
 def _check_ifname(name: object) -> None:
     """Refuse what Linux refuses as an interface name, measured in bytes as the kernel does."""
+    text = name if isinstance(name, str) else ""
     try:
-        size = len(name.encode()) if isinstance(name, str) else 0
+        size = len(text.encode())
     except UnicodeEncodeError:  # a lone surrogate
         size = 0
     if (
         not 0 < size <= IFNAME_MAX_BYTES
-        or name in (".", "..", "lo")
-        or any(c in "/:" or c.isspace() or not c.isprintable() for c in name)  # type: ignore[union-attr]
+        or text in (".", "..", "lo")
+        or any(c in "/:" or c.isspace() or not c.isprintable() for c in text)
     ):
         raise PlatformError(
             f"iface name {show(name)} is not a valid Linux interface name: 1 to "
@@ -405,8 +406,8 @@ class Platform:
             for k, iface in enumerate(node.ifaces):
                 place = f"nodes[{n}].ifaces[{k}]"
                 where = f"vnode {node.name!r} iface {iface.name!r}"
-                net = by_name.get(iface.network)
-                if net is None:
+                joined = by_name.get(iface.network)
+                if joined is None:
                     known = ", ".join(repr(n) for n in by_name) or "none defined"
                     raise PlatformError(
                         f"{where}: unknown vnetwork {show(iface.network)} (known: {known})",
@@ -415,14 +416,16 @@ class Platform:
                 if iface.address == "auto":
                     continue
                 ip = ipaddress.ip_address(iface.address)
-                if ip not in net.network:
+                if ip not in joined.network:
                     raise PlatformError(
-                        f"{where}: address {ip} is outside vnetwork {net.name!r} ({net.cidr})",
+                        f"{where}: address {ip} is outside vnetwork {joined.name!r}"
+                        f" ({joined.cidr})",
                         where=f"{place}.address",
                     )
-                if ip in reserved(net.network):
+                if ip in reserved(joined.network):
                     raise PlatformError(
-                        f"{where}: address {ip} is the network or broadcast address of {net.cidr}",
+                        f"{where}: address {ip} is the network or broadcast address of"
+                        f" {joined.cidr}",
                         where=f"{place}.address",
                     )
                 if str(ip) in addresses:

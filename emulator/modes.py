@@ -24,7 +24,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-from omnibed.core.errors import PlatformError
+from omnibed.core.errors import EmulatorError, PlatformError
 from omnibed.core.types import Nic, NicRole, Node, Tri
 
 LOCAL_MTU = 1500
@@ -50,8 +50,8 @@ class PnodeFacts:
         else the node's first address (never the SSH host, which may be a forwarded IP)."""
         control = [a for n in nics if n.role is NicRole.CONTROL for a in n.addresses]
         candidates = control or list(node.addresses)
-        if not candidates:
-            raise PlatformError(
+        if not candidates:  # the provider's report falls short, not the user's platform
+            raise EmulatorError(
                 f"pnode {node.id} reports no address on its control NIC; the provider's "
                 "nic_capabilities must give one for VXLAN"
             )
@@ -299,16 +299,16 @@ class _Decider:
         out: dict[str, tuple[Nic, str]] = {}
         for p in pnodes:
             facts = self.facts[p]
-            nic = next(
+            holder = next(
                 (n for n in facts.nics if facts.address in {_host(a) for a in n.addresses}),
                 None,
             ) or next((n for n in facts.nics if n.role is NicRole.CONTROL), None)
-            if nic is None:
-                raise PlatformError(
+            if holder is None:  # the provider's report falls short, not the user's platform
+                raise EmulatorError(
                     f"pnode {p} lists no control NIC and no NIC holding {facts.address}; "
                     "its provider's nic_capabilities must report the control NIC"
                 )
-            out[p] = (nic, facts.address)
+            out[p] = (holder, facts.address)
         return out, "the control NIC"
 
     def vxlan(self, req: Request, why_not_bridge: str) -> Choice:

@@ -16,7 +16,7 @@ import subprocess
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import IO, Any, Self, TypeVar
+from typing import Any, Protocol, Self, TypeVar
 
 import paramiko
 
@@ -43,10 +43,20 @@ class AgentError(EmulatorError):
         self.reply = dict(reply)
 
 
+class ByteStream(Protocol):
+    """One end of an agent's channel: a pipe, or a file of an SSH channel."""
+
+    def write(self, data: bytes, /) -> object: ...
+
+    def flush(self) -> object: ...
+
+    def readline(self) -> bytes: ...
+
+
 class AgentConnection:
     """One running agent reached through a pair of byte streams."""
 
-    def __init__(self, label: str, writer: IO[bytes], reader: IO[bytes]) -> None:
+    def __init__(self, label: str, writer: ByteStream, reader: ByteStream) -> None:
         self.label = label
         self._writer = writer
         self._reader = reader
@@ -138,7 +148,9 @@ class AgentSession(AgentConnection):
         label = endpoint.label()
         try:
             _check_python(self.client, label)
-            self.channel = self.client.get_transport().open_session()
+            transport = self.client.get_transport()
+            assert transport is not None  # a connected client always has one
+            self.channel = transport.open_session()
             writer, reader = self.channel.makefile("wb"), self.channel.makefile("rb")
             super().__init__(label, writer, reader)
             self._launch(bundle, agent_dir)

@@ -223,3 +223,20 @@ def test_a_locked_ledger_is_one_line_from_the_cli(tmp_path: Path) -> None:
     finally:
         holder.communicate("")
     assert f"locked by pid {holder.pid}" in line and str(path) in line, line
+
+
+def test_an_entry_is_listed_as_json_before_and_after_the_testbed_answered(
+    tmp_path: Path,
+) -> None:
+    ledger = Ledger(tmp_path / "ledger.sqlite")
+    ledger.record_pending("exp1", "local")
+    assert ledger.get("exp1").to_json() == {
+        "name": "exp1", "testbed": "local", "state": "pending",
+        "start": None, "end": None, "id": None, "problem": None,
+    }
+    ledger.update(_reservation("exp1", START + timedelta(hours=1)))
+    assert json.loads(json.dumps(ledger.get("exp1").to_json())) == {
+        "name": "exp1", "testbed": "local", "state": "ready",
+        "start": "2026-11-25T12:00:00+00:00", "end": "2026-11-25T13:00:00+00:00",
+        "id": "abc", "problem": None,
+    }

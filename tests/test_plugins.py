@@ -127,3 +127,15 @@ def test_duplicate_testbed_name_is_refused(tmp_path: Path) -> None:
     local = next(p for p in listing["providers"] if p["name"] == "local")
     assert local["source"] == "omnibed (built-in)"
     assert any("already taken" in e for e in listing["errors"])
+
+
+def test_a_hook_that_returns_a_class_instead_of_a_list_is_reported(tmp_path: Path) -> None:
+    """Found by mypy: the hook's answer was iterated unchecked, so omnibed crashed."""
+    source = PLUGIN.format(cls="LoneProvider", name="lone").replace(
+        "return [LoneProvider]", "return LoneProvider"
+    )
+    site = _install_distribution(tmp_path, "omnibed-lone", "omnibed_lone", source)
+    listing = _providers_json(site)
+    assert any(p["name"] == "local" for p in listing["providers"])
+    assert not any(p["name"] == "lone" for p in listing["providers"])
+    assert any("omnibed-lone" in e and "not a list" in e for e in listing["errors"]), listing

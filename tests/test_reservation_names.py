@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from omnibed.core.api import Omnibed
+from omnibed.api import Omnibed
 from omnibed.core.errors import UsageError
 from omnibed.core.ledger import Ledger
 from omnibed.core.types import ReservationRequest

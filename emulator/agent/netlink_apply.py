@@ -281,9 +281,9 @@ def _lookup(batch: nl.Batch, names: list[str], netns: str) -> dict[str, int]:
     seqs = {name: batch.get_link(name, f"lookup {name}@{netns}") for name in names}
     replies = batch.flush() if seqs else {}
     return {
-        name: nl.link_index(replies[seq])
+        name: nl.link_index(reply)
         for name, seq in seqs.items()
-        if replies.get(seq) is not None
+        if (reply := replies.get(seq)) is not None
     }
 
 

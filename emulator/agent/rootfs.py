@@ -16,6 +16,7 @@ import os
 import posixpath
 import shutil
 import tarfile
+from typing import Any
 
 ROOTFS_TOP = ("bin", "usr")  # what every root filesystem has at its top
 
@@ -95,7 +96,9 @@ def unpack(tarball: str, sha256: str, images_dir: str) -> str:
             members = checked_members(archive)
             # the members were checked above: tarfile's own filters would drop setuid bits
             # and absolute symlinks, which a root filesystem needs
-            trusted = {"filter": "fully_trusted"} if hasattr(tarfile, "data_filter") else {}
+            trusted: dict[str, Any] = (
+                {"filter": "fully_trusted"} if hasattr(tarfile, "data_filter") else {}
+            )
             archive.extractall(
                 os.path.join(partial, "rootfs"), members=members, numeric_owner=True, **trusted
             )

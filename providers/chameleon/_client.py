@@ -13,6 +13,7 @@ from typing import Any
 import openstack
 from openstack import exceptions as sdk
 
+from omnibed.core.errors import CredentialsError
 from omnibed.providers.chameleon._credentials import Credentials
 from omnibed.providers.chameleon._errors import map_sdk_errors
 
@@ -40,9 +41,9 @@ class ChameleonClient:
             elif credentials.use_environment:
                 conn = openstack.connect(region_name=site, api_timeout=api_timeout)
             else:
-                conn = openstack.connect(load_yaml_config=False, load_envvars=False,
-                                         **{**credentials.settings, "region_name": site,
-                                            "api_timeout": api_timeout})
+                settings: dict[str, Any] = {**credentials.settings, "region_name": site,
+                                            "api_timeout": api_timeout}
+                conn = openstack.connect(load_yaml_config=False, load_envvars=False, **settings)
             conn.authorize()
         self.conn = conn
 
@@ -163,4 +164,10 @@ class ChameleonClient:
     def token(self) -> str:
         """A token for tools run on the nodes (cc-snapshot); never log it."""
         with map_sdk_errors("get a token"):
-            return self.conn.auth_token
+            token = self.conn.auth_token
+        if not token:
+            raise CredentialsError(
+                "Chameleon gave no token for these credentials: check them with"
+                " `omnibed doctor -t chameleon`"
+            )
+        return token

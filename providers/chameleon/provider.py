@@ -16,6 +16,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -346,17 +347,21 @@ class ChameleonProvider(Provider):
     def list_nodes(self, reservation: Reservation) -> list[Node]:
         record = self._record(reservation)
         client = self._client(record)
+        gateway = record.fip_address
+        if gateway is None:
+            raise ProviderError(f"{record.name!r} has no floating IP yet, so its nodes cannot"
+                                " be reached: release it and reserve again", provider=self.name)
         nodes = []
         for index, server_id in enumerate(record.server_ids):
             server = client.server(server_id)
             if server is None:
                 continue
             address, mac = _convert.fixed_address(server["addresses"])
-            host = record.fip_address if index == 0 else address
+            host = gateway if index == 0 else address
             nodes.append(Node(
                 id=server_id, hostname=server["name"],
-                ssh=_convert.login(host, record.fip_address, None),
-                addresses=(address, *((record.fip_address,) if index == 0 else ())),
+                ssh=_convert.login(host, gateway, None),
+                addresses=(address, *((gateway,) if index == 0 else ())),
                 extra={"fixed_ip": address, "mac": mac, "gateway": index == 0,
                        "site": record.site},
             ))
@@ -446,6 +451,9 @@ class ChameleonProvider(Provider):
         record = self._record(reservation)
         if record.kvm:
             raise NotSupported(self.name, "extend", "KVM@TACC servers have no lease to extend")
+        if record.lease_id is None:
+            raise ProviderError(f"{record.name!r} has no lease recorded to extend",
+                                provider=self.name)
         lease = self._client(record).update_lease(
             record.lease_id, {"end_date": _convert.blazar_date(end)})
         record.end = _convert.parse_blazar_date(lease["end_date"]).isoformat()
@@ -470,12 +478,12 @@ class ChameleonProvider(Provider):
         fips = {*([record.fip_id] if record.fip_id else []),
                 *client.floating_ips_described(f"{TAG}={record.id}")}
         for fip_id in fips:
-            attempt(f"floating IP {fip_id}", lambda f=fip_id: client.delete_floating_ip(f))
+            attempt(f"floating IP {fip_id}", partial(client.delete_floating_ip, fip_id))
         servers = {*record.server_ids, *client.servers_tagged(TAG, record.id)}
         for server_id in servers:
-            attempt(f"server {server_id}", lambda s=server_id: client.delete_server(s))
+            attempt(f"server {server_id}", partial(client.delete_server, server_id))
         if record.keypair:
-            attempt(f"key pair {record.keypair}", lambda: client.delete_keypair(record.keypair))
+            attempt(f"key pair {record.keypair}", partial(client.delete_keypair, record.keypair))
         leases = {record.lease_id} if record.lease_id else set()
         if not record.kvm and not leases:  # the create answer was lost: made since the record
             made = datetime.fromisoformat(record.start) - timedelta(minutes=5)
@@ -483,7 +491,7 @@ class ChameleonProvider(Provider):
                       if x.get("status") != "TERMINATED"
                       and _convert.parse_blazar_date(x["created_at"]) >= made}
         for lease_id in leases:
-            attempt(f"lease {lease_id}", lambda x=lease_id: client.delete_lease(x))
+            attempt(f"lease {lease_id}", partial(client.delete_lease, lease_id))
         if failures:
             raise ProviderError(f"could not release all of {record.name!r}; run "
                                 "`omnibed release` again: " + "; ".join(failures),

@@ -172,9 +172,9 @@ class CloudLabClient:
         for path in self._user_keys:
             user.addKey(str(Path(path).expanduser()))
         for key in public_keys:
-            path = datadir / f"sshkey-{hashlib.sha256(key.encode()).hexdigest()[:16]}.pub"
-            path.write_text(key.strip() + "\n")
-            user.addKey(str(path))
+            key_path = datadir / f"sshkey-{hashlib.sha256(key.encode()).hexdigest()[:16]}.pub"
+            key_path.write_text(key.strip() + "\n")
+            user.addKey(str(key_path))
         context.addUser(user)
         return context
 

@@ -150,7 +150,7 @@ def to_nics(manifest: Any, client_id: str) -> list[Nic]:
     ]
     extra = _extra_interfaces(manifest)
     for iface in sorted(node.interfaces, key=lambda i: i.client_id or ""):
-        address = ()
+        address: tuple[str, ...] = ()
         if iface.address_info and iface.address_info[0]:
             address = (_with_prefix(*iface.address_info),)
         nics.append(

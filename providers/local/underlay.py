@@ -32,7 +32,7 @@ from omnibed.providers.local.profiles import Profile
 from omnibed.providers.local.shell import run
 from omnibed.providers.local.state import NodeRecord, Record
 
-UNDERLAY = ipaddress.ip_network("10.231.0.0/16")
+UNDERLAY = ipaddress.IPv4Network("10.231.0.0/16")
 HOST_OCTET = 254
 MAX_NODES = HOST_OCTET - 1
 PREFIX = "obl"

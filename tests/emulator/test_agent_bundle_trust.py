@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from omnibed.core.api import Omnibed
+from omnibed.api import Omnibed
 from omnibed.core.errors import EmulatorError
 from omnibed.emulator.agent import ops
 from omnibed.emulator.bundle import Bundle, build

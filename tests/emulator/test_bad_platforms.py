@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from omnibed.core.api import Omnibed
+from omnibed.api import Omnibed
 from omnibed.emulator.coordinator import PLAN_FILE
 from omnibed.emulator.planner import instance_tag, link_group
 

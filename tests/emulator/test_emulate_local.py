@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from omnibed.core.api import Omnibed
+from omnibed.api import Omnibed
 from omnibed.core.errors import ApplyError, PlatformError, PreflightError
 from omnibed.emulator.coordinator import PLAN_FILE, Emulator
 from omnibed.emulator.model import load_platform
@@ -108,7 +108,7 @@ def test_mode_reachability_and_clean_down(
     api: Omnibed, profile: str, extra_nics: int, pnodes: int, mode: str
 ) -> None:
     with reserved(api, pnodes, profile, extra_nics) as name:
-        emulator = Emulator(api, name)
+        emulator = Emulator(api.access(name))
         plan = emulator.up(load_platform(TWO_PER_PNODE))
         try:
             assert [n.mode for n in plan.networks] == [mode], plan.summary()
@@ -157,7 +157,7 @@ nodes:
         input: {{rate: {rate_mbit}mbit}}
 """)
     with reserved(api, 2, "baremetal") as name:
-        emulator = Emulator(api, name)
+        emulator = Emulator(api.access(name))
         plan = emulator.up(platform)
         try:
             a, b = (v.name for v in plan.vnodes)
@@ -172,7 +172,7 @@ def test_delay_fails_preflight_without_netem_and_changes_nothing(api: Omnibed) -
     if netem_available():
         pytest.skip("this kernel has sch_netem: the refusal cannot be shown here")
     with reserved(api, 2, "baremetal") as name:
-        emulator = Emulator(api, name)
+        emulator = Emulator(api.access(name))
         with pytest.raises(PreflightError) as refused:
             emulator.up(load_platform(EXAMPLES / "delay.yaml"))
         assert set(refused.value.missing) == {"pnode-1", "pnode-2"}
@@ -187,7 +187,7 @@ def test_delay_fails_preflight_without_netem_and_changes_nothing(api: Omnibed) -
 def test_failure_on_one_pnode_rolls_back_every_pnode(api: Omnibed) -> None:
     platform = load_platform(TWO_PER_PNODE)
     with reserved(api, 2, "baremetal") as name:
-        emulator = Emulator(api, name)
+        emulator = Emulator(api.access(name))
         plan = emulator.up(platform)
         emulator.down()
         # The second pnode already holds a non-bridge link under the bridge's name.
@@ -232,7 +232,7 @@ nodes:
 def test_forced_bridge_on_a_locked_underlay(api: Omnibed) -> None:
     """Refused with the reason; with force, built and reported unreachable."""
     with reserved(api, 2, "kvm") as name:
-        emulator = Emulator(api, name)
+        emulator = Emulator(api.access(name))
         with pytest.raises(PlatformError, match="foreign MAC") as refused:
             emulator.up(load_platform(FORCED_BRIDGE))
         assert "--force" in str(refused.value)
@@ -241,7 +241,7 @@ def test_forced_bridge_on_a_locked_underlay(api: Omnibed) -> None:
         try:
             assert plan.unreachable_expected == ("lan",)
             checks = emulator.connectivity()
-            assert checks and not any(check["ok"] for check in checks)
+            assert checks and not any(check.ok for check in checks)
         finally:
             emulator.down()
 

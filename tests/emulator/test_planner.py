@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from omnibed.core.errors import PlatformError
+from omnibed.cli.app import exit_status
+from omnibed.core.errors import OmnibedError, PlatformError
 from omnibed.core.types import Nic, NicRole, Node, SSHEndpoint, Tri
 from omnibed.emulator.agent.state import PnodeState, Shaping
 from omnibed.emulator.model import (
@@ -599,7 +600,7 @@ def test_pnode_facts_from_a_provider_node() -> None:
     assert with_control.address == "10.0.0.5"  # the control NIC's, never the forwarded SSH host
     assert PnodeFacts.from_node(node, []).address == "198.51.100.7"
     bare = Node("n2", "n2", SSHEndpoint("192.0.2.1"))
-    with pytest.raises(PlatformError, match="no address on its control NIC"):
+    with pytest.raises(OmnibedError, match="no address on its control NIC"):
         PnodeFacts.from_node(bare, [])
 
 
@@ -627,3 +628,19 @@ def test_check_fits_before_the_pnode_ids_are_known() -> None:
     assert refused.value.where == "nodes[1].pnode"
     with pytest.raises(PlatformError, match="'pnode-9' is not one of the reserved pnodes"):
         check_fits(platform, ["p0", "p1", "p2", "p3"])
+
+
+def test_a_pnode_without_a_control_address_is_a_testbed_failure_not_bad_input() -> None:
+    """The provider gave too little (exit status 1), the user's platform is not at fault."""
+    node = Node("p0", "p0.example", SSHEndpoint("192.0.2.1"))
+    with pytest.raises(OmnibedError, match="no address on its control NIC") as caught:
+        PnodeFacts.from_node(node, [Nic("eth0", "52:54:00:00:00:01", NicRole.CONTROL)])
+    assert exit_status(caught.value) == 1
+
+
+def test_a_pnode_without_a_control_nic_is_a_testbed_failure_not_bad_input() -> None:
+    bare = PnodeFacts("p0", "10.0.0.1", (nic("eth1", 0, NicRole.EXTRA, Tri.NO),))
+    other = PnodeFacts("p1", "10.0.0.2", (nic("eth1", 1, NicRole.EXTRA, Tri.NO),))
+    with pytest.raises(OmnibedError, match="lists no control NIC") as caught:
+        plan(simple(), [bare, other], "bare")
+    assert exit_status(caught.value) == 1

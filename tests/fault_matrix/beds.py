@@ -22,7 +22,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from omnibed.core.api import Omnibed
+from omnibed.api import Omnibed
 from omnibed.core.ledger import Ledger
 from tests.fakes.faults import Faults
 from tests.fakes.grid5000 import FakeGrid5000

@@ -10,7 +10,7 @@ from __future__ import annotations
 import secrets
 import shutil
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -19,6 +19,7 @@ from omnibed.core.errors import OmnibedError, ReleaseFailed, ReservationNotFound
 from omnibed.core.ledger import Entry, Ledger, omnibed_home, process_owner
 from omnibed.core.plugins import ProviderRegistry, load_providers
 from omnibed.core.provider import Progress, Provider, no_progress
+from omnibed.core.reservation_access import ReservationAccess
 from omnibed.core.timeutil import utcnow
 from omnibed.core.types import (
     Capability,
@@ -272,6 +273,11 @@ class Omnibed:
         provider, reservation = self.reservation(name)
         return provider, reservation, provider.list_nodes(reservation) if nodes is None else nodes
 
+    def access(self, name: str) -> ReservationAccess:
+        """The reservation `name` as the emulator uses it (UsageError if it is unknown)."""
+        self.entry(name)
+        return _Access(self, name)
+
     def _key_file(self, name: str) -> str:
         return str(self.keypair(name).private_path)
 
@@ -333,7 +339,7 @@ class Omnibed:
         from omnibed.emulator.coordinator import PLAN_FILE, Emulator
 
         if _is_folder_name(name) and (self.reservation_dir(name) / PLAN_FILE).exists():
-            Emulator(self, name).down()
+            Emulator(self.access(name)).down()
 
     def gc(self) -> list[tuple[str, str]]:
         """Release what is expired or whose owning process is gone; (name, why) of each."""
@@ -358,6 +364,32 @@ class Omnibed:
                 return node
         known = ", ".join(node.id for node in nodes)
         raise UsageError(f"no node {node_id!r} in {reservation.name}; its nodes: {known}")
+
+
+@dataclass(frozen=True)
+class _Access:
+    """One reservation of an :class:`Omnibed`, as a
+    :class:`~omnibed.core.reservation_access.ReservationAccess`."""
+
+    api: Omnibed
+    name: str
+
+    @property
+    def state_dir(self) -> Path:
+        return self.api.reservation_dir(self.name)
+
+    @property
+    def known_hosts(self) -> Path:
+        return self.api.known_hosts(self.name)
+
+    def nodes(self) -> list[Node]:
+        return self.api.nodes(self.name)
+
+    def nics(self, nodes: Sequence[Node]) -> dict[str, list[Nic]]:
+        return self.api.nics(self.name, nodes)
+
+    def root_endpoints(self, nodes: Sequence[Node] | None = None) -> dict[str, SSHEndpoint]:
+        return self.api.root_endpoints(self.name, nodes)
 
 
 def _is_folder_name(name: str) -> bool:

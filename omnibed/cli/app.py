@@ -1,37 +1,50 @@
-"""The `omnibed` command line: parse, call :class:`omnibed.core.api.Omnibed`, render.
+"""The `omnibed` application: testbeds, reservations, running commands; `main` runs it.
 
-Errors the user can fix are one line on stderr and exit status 2; testbed failures exit 1.
+`omnibed emulate` lives in :mod:`omnibed.cli.emulate`.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import shlex
 import signal
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, NoReturn
+from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from omnibed.api import Omnibed
+from omnibed.cli.common import (
+    AsJson,
+    Command,
+    Name,
+    Shell,
+    _api,
+    _argv,
+    _fail,
+    _print_exit_table,
+    _print_json,
+    _print_line,
+    _progress,
+    _uninterruptible,
+    err,
+    out,
+)
+from omnibed.cli.emulate import _emulate_and_run, _platform, emulate_app
+from omnibed.cli.image import image_app
 from omnibed.core import ssh
-from omnibed.core.api import Omnibed
 from omnibed.core.errors import OmnibedError, ReleaseFailed, UsageError
-from omnibed.core.image_cli import image_app
 from omnibed.core.ledger import Entry, process_owner
+from omnibed.core.plugins import ProviderRegistry
 from omnibed.core.provider import VERBS, implemented_verbs
 from omnibed.core.timeutil import parse_walltime, to_utc, utcnow
 from omnibed.core.types import Capability, ReservationRequest
-
-if TYPE_CHECKING:
-    from omnibed.emulator.model import Platform as PlatformSpec
 
 app = typer.Typer(
     help="Reserve machines on research testbeds, run commands on them as root, and emulate "
@@ -41,9 +54,6 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-out = Console()
-err = Console(stderr=True)
-
 Testbed = Annotated[
     str, typer.Option("--testbed", "-t", help="Testbed name: see `omnibed providers`.")
 ]
@@ -51,7 +61,6 @@ Nodes = Annotated[int, typer.Option("--nodes", "-n", help="How many nodes to res
 Walltime = Annotated[
     str, typer.Option(help="How long to keep the nodes: 30m, 1h, 1h30m, 2d, 01:30:00.")
 ]
-Name = Annotated[str, typer.Argument(help="Reservation name, as `omnibed ls` shows it.")]
 ExtraNics = Annotated[
     int, typer.Option("--extra-nics", help="Extra links per node, if the testbed offers them.")
 ]
@@ -63,44 +72,21 @@ Options = Annotated[
         help="Testbed option KEY=VALUE (repeatable); `omnibed providers` lists them.",
     ),
 ]
-AsJson = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
-Command = Annotated[
-    list[str] | None,
-    typer.Argument(
-        help="The program and its arguments, after `--`: each word reaches the program as it "
-        "is (omnibed quotes it for the node's shell), e.g. -- python3 -c \"print('y')\".",
-        show_default=False,
-    ),
-]
-Shell = Annotated[
-    str | None,
-    typer.Option(
-        "--shell",
-        help="Run this string with `sh -c` instead of words after `--`, for pipes, globs, "
-        "variables and `;`: --shell 'id -u; hostname -I'.",
-    ),
-]
 
 
 def main() -> None:
     """Console-script entry point."""
     try:
         app()
-    except UsageError as error:
-        _fail(str(error), 2)
     except OmnibedError as error:
-        _fail(str(error), 1)
+        _fail(str(error), exit_status(error))
     except KeyboardInterrupt:
         _fail("interrupted", 130)
 
 
-def _fail(message: str, code: int) -> NoReturn:
-    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
-    raise SystemExit(code)
-
-
-def _api() -> Omnibed:
-    return Omnibed()
+def exit_status(error: OmnibedError) -> int:
+    """2 for input the user can fix (a UsageError), 1 for a testbed or remote failure."""
+    return 2 if isinstance(error, UsageError) else 1
 
 
 def _options(pairs: list[str] | None) -> dict[str, str]:
@@ -129,16 +115,6 @@ def _start(text: str | None) -> datetime | None:
         raise UsageError(f"--start {text!r} is not an ISO date such as 2026-12-01T08:00Z") from None
 
 
-def _print_json(data: Any) -> None:
-    print(json.dumps(data, indent=2, default=str))
-
-
-@contextmanager
-def _progress(what: str) -> Iterator[Callable[[str], None]]:
-    with err.status(what) as status:
-        yield lambda line: status.update(f"{what}: {line}")
-
-
 @contextmanager
 def _sigterm_as_interrupt() -> Iterator[None]:
     """SIGTERM interrupts like Ctrl-C, so `finally` blocks release what was reserved."""
@@ -151,17 +127,6 @@ def _sigterm_as_interrupt() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
-
-
-@contextmanager
-def _uninterruptible() -> Iterator[None]:
-    """Hold Ctrl-C and SIGTERM while releasing, so a second signal cannot leak nodes."""
-    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
 
 
 # -- providers and doctor ---------------------------------------------------------------
@@ -177,37 +142,37 @@ def providers(
     if markdown:
         print(_verb_table(registry))
         return
-    rows = []
-    for name, provider_class in sorted(registry.providers.items()):
-        caps = provider_class.capabilities
-        rows.append(
-            {
-                "name": name,
-                "source": registry.sources[name],
-                "verbs": implemented_verbs(provider_class),
-                "capabilities": sorted(c.value for c in caps.supported),
-                "max_extra_nics": caps.max_extra_nics,
-                "options": dict(caps.options),
-            }
-        )
+    rows = [_provider_row(registry, name) for name in sorted(registry.providers)]
     if as_json:
         _print_json({"providers": rows, "errors": [str(e) for e in registry.errors]})
         return
-    table = Table("testbed", "from", "verbs", "capabilities", "options")
-    for row in rows:
-        table.add_row(
-            row["name"],
-            row["source"],
-            ", ".join(row["verbs"]),
-            ", ".join(row["capabilities"]) or "-",
-            ", ".join(row["options"]) or "-",
-        )
-    out.print(table)
+    for row in rows:  # one block per testbed, so that every name fits 80 columns whole
+        facts = Table.grid(padding=(0, 2))
+        facts.add_column(no_wrap=True)
+        facts.add_column()
+        for what in ("verbs", "capabilities", "options"):
+            facts.add_row(f"  {what}", ", ".join(row[what]) or "-")
+        out.print(f"[bold]{escape(row['name'])}[/]  from {escape(row['source'])}", highlight=False)
+        out.print(facts, highlight=False)
     for error in registry.errors:
         err.print(f"[yellow]warning:[/] {error}")
 
 
-def _verb_table(registry) -> str:
+def _provider_row(registry: ProviderRegistry, name: str) -> dict[str, Any]:
+    """What `omnibed providers --json` says of one testbed."""
+    provider_class = registry.providers[name]
+    caps = provider_class.capabilities
+    return {
+        "name": name,
+        "source": registry.sources[name],
+        "verbs": implemented_verbs(provider_class),
+        "capabilities": sorted(c.value for c in caps.supported),
+        "max_extra_nics": caps.max_extra_nics,
+        "options": dict(caps.options),
+    }
+
+
+def _verb_table(registry: ProviderRegistry) -> str:
     """Which verbs each testbed implements, derived from its code and capabilities."""
     header = ["testbed", *VERBS, "extra NICs", "advance reservation"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -336,27 +301,15 @@ def _warn_unreadable(entries: list[Entry]) -> None:
 def list_reservations(as_json: AsJson = False) -> None:
     """List the reservations in the ledger; rows that cannot be read are listed and warned of."""
     entries = _api().ledger.entries()
-    rows = [
-        {
-            "name": e.name,
-            "testbed": e.testbed,
-            "state": e.state.value,
-            "start": e.reservation.start.isoformat() if e.reservation else None,
-            "end": e.reservation.end.isoformat() if e.reservation else None,
-            "id": e.reservation.id if e.reservation else None,
-            "problem": e.problem,
-        }
-        for e in entries
-    ]
     _warn_unreadable(entries)
     if as_json:
-        _print_json(rows)
+        _print_json([e.to_json() for e in entries])
         return
     table = Table("name", "testbed", "state", "end (UTC)", "id")
-    for row in rows:
-        table.add_row(
-            row["name"], row["testbed"], row["state"], row["end"] or "-", row["id"] or "-"
-        )
+    for e in entries:
+        made = e.reservation
+        end, made_id = (made.end.isoformat(), made.id) if made else ("-", "-")
+        table.add_row(e.name, e.testbed, e.state.value, end, made_id)
     out.print(table)
 
 
@@ -365,18 +318,7 @@ def nodes(name: Name, as_json: AsJson = False) -> None:
     """List the nodes of a reservation and how to reach them."""
     found = _api().nodes(name)
     if as_json:
-        _print_json(
-            [
-                {
-                    "id": n.id,
-                    "hostname": n.hostname,
-                    "addresses": list(n.addresses),
-                    "ssh": n.ssh.label(),
-                    "jumps": [j.label() for j in n.ssh.jumps],
-                }
-                for n in found
-            ]
-        )
+        _print_json([n.to_json() for n in found])
         return
     table = Table("id", "hostname", "addresses", "ssh")
     for n in found:
@@ -390,25 +332,7 @@ def nics(name: Name, as_json: AsJson = False) -> None:
     """Show each node's NICs: role, MAC, MTU and whether foreign MACs and multicast pass."""
     by_node = _api().nics(name)
     if as_json:
-        _print_json(
-            {
-                node: [
-                    {
-                        "name": nic.name,
-                        "role": nic.role.value,
-                        "mac": nic.mac,
-                        "mtu": nic.mtu,
-                        "addresses": list(nic.addresses),
-                        "rate_mbps": nic.rate_mbps,
-                        "foreign_mac": nic.foreign_mac.value,
-                        "multicast": nic.multicast.value,
-                        "sources": {k: v.value for k, v in nic.sources.items()},
-                    }
-                    for nic in node_nics
-                ]
-                for node, node_nics in by_node.items()
-            }
-        )
+        _print_json({node: [nic.to_json() for nic in nics] for node, nics in by_node.items()})
         return
     table = Table("node", "nic", "role", "mac", "mtu", "foreign MACs", "multicast")
     for node, node_nics in by_node.items():
@@ -429,34 +353,6 @@ def _run_and_report(api: Omnibed, name: str, argv: list[str]) -> int:
     """Run `argv` on every node, output prefixed by node; return how many nodes failed."""
     results = api.run(name, shlex.join(argv), on_line=_print_line)
     return _print_exit_table("node", {node: r.exit_status for node, r in results.items()})
-
-
-def _argv(words: list[str] | None, shell: str | None) -> list[str]:
-    """What to run: the words after `--` as they are, or `sh -c STRING` for --shell."""
-    if words and shell is not None:
-        raise UsageError("give the command either as words after `--` or as --shell 'STRING',"
-                         " not both")
-    if shell is not None:
-        return ["sh", "-c", shell]
-    if not words:
-        raise UsageError("no command given: put it after `--` (e.g. `-- id -u`), or give "
-                         "--shell 'STRING' for pipes and globs")
-    return words
-
-
-def _print_line(who: str, stream: str, line: str) -> None:
-    console = err if stream == "stderr" else out
-    console.print(f"[cyan]\\[{who}][/] {line}", highlight=False, markup=True)
-
-
-def _print_exit_table(kind: str, statuses: dict[str, int]) -> int:
-    """Print each node's exit status on stderr; return how many failed."""
-    failed = sum(1 for status in statuses.values() if status != 0)
-    table = Table(kind, "exit status", title=f"{len(statuses) - failed}/{len(statuses)} succeeded")
-    for who, status in statuses.items():
-        table.add_row(who, f"[{'green' if status == 0 else 'red'}]{status}[/]")
-    err.print(table)
-    return failed
 
 
 @app.command()
@@ -572,133 +468,5 @@ def reserve_and_run(
     raise typer.Exit(1 if failed else 0)
 
 
-def _emulate_and_run(
-    api: Omnibed, name: str, platform: PlatformSpec, label: str, argv: list[str]
-) -> int:
-    """Build the platform, run `argv` in every vnode, tear it down; how many vnodes failed."""
-    _emulate_up(api, name, platform, label, force=False)
-    try:
-        return _exec_and_report(api, name, None, argv)
-    finally:
-        with _uninterruptible(), _progress("tearing the platform down"):
-            _emulator(api, name).down()
-
-
-# -- emulation --------------------------------------------------------------------------
-
-emulate_app = typer.Typer(
-    help="Build a virtual platform (vnodes and vnetworks, Distem-style) on a reservation.",
-    no_args_is_help=True,
-)
 app.add_typer(emulate_app, name="emulate")
 app.add_typer(image_app, name="image")
-Platform = Annotated[Path, typer.Argument(help="Platform description (YAML), see examples/.")]
-
-
-def _emulator(api: Omnibed, name: str):
-    from omnibed.emulator.coordinator import Emulator
-
-    return Emulator(api, name)
-
-
-def _platform(platform_file: Path, pnodes: int | None = None) -> PlatformSpec:
-    """The platform in `platform_file`, checked to fit `pnodes` pnodes when given; a
-    PlatformError (exit status 2) names the file, line, column and field at fault."""
-    from omnibed.emulator.model import load_platform
-    from omnibed.emulator.planner import check_fits
-
-    if not platform_file.is_file():
-        raise UsageError(f"platform file {platform_file} does not exist (see examples/*.yaml)")
-    platform = load_platform(platform_file)
-    if pnodes is not None:
-        check_fits(platform, pnodes)
-    return platform
-
-
-def _emulate_up(
-    api: Omnibed, name: str, platform: PlatformSpec, label: str, *, force: bool
-) -> None:
-    from omnibed.core.errors import PlatformError
-
-    emulator = _emulator(api, name)
-    try:
-        with _progress(f"building {label} on {name}") as progress:
-            built = emulator.up(platform, force=force, progress=progress)
-    except PlatformError as error:  # the plan does not fit the pnodes: name the file
-        raise error if error.origin else error.located(label) from None
-    out.print(built.summary(), highlight=False)
-    if len(built.pnodes) > 1:
-        with _progress("checking connectivity between pnodes"):
-            checks = emulator.connectivity()
-        for check in checks:
-            verdict = "[green]reachable[/]" if check["ok"] else "[red]unreachable[/]"
-            out.print(f"{check['network']}: {check['from']} -> {check['to']} {verdict}")
-
-
-def _exec_and_report(api: Omnibed, name: str, vnode: str | None, argv: list[str]) -> int:
-    results = _emulator(api, name).exec([vnode] if vnode else None, argv)
-    for result in results.values():
-        for stream in ("stdout", "stderr"):
-            for line in getattr(result, stream).splitlines():
-                _print_line(result.vnode, stream, line)
-    return _print_exit_table("vnode", {v: r.exit_status for v, r in results.items()})
-
-
-@emulate_app.command("up")
-def emulate_up(
-    name: Name,
-    platform: Platform,
-    force: Annotated[
-        bool, typer.Option(help="Build `mode: bridge` even where foreign MACs are dropped.")
-    ] = False,
-) -> None:
-    """Build a platform; prints the mode chosen for every vnetwork and why."""
-    _emulate_up(_api(), name, _platform(platform), str(platform), force=force)
-
-
-@emulate_app.command("status")
-def emulate_status(name: Name, as_json: AsJson = False) -> None:
-    """Show vnodes, their pnode and addresses, and each vnetwork's mode with its reason."""
-    status = _emulator(_api(), name).status()
-    if as_json:
-        _print_json(status)
-        return
-    for network in status["networks"]:
-        out.print(
-            f"[bold]{network['name']}[/] {network['cidr']}: {network['mode']}"
-            f" (MTU {network['mtu']}) - {network['reason']}",
-            highlight=False,
-        )
-    table = Table("vnode", "pnode", "addresses")
-    for vnode in status["vnodes"]:
-        addresses = ", ".join(f"{i}={a['address']}" for i, a in vnode["ifaces"].items())
-        table.add_row(vnode["name"], vnode["pnode"], addresses)
-    out.print(table)
-    for pnode, state in status["pnodes"].items():
-        if state.get("error") or not state.get("complete"):
-            err.print(f"[yellow]warning:[/] {pnode}: {state.get('error') or state.get('absent')}")
-
-
-@emulate_app.command("exec")
-def emulate_exec(
-    name: Name,
-    vnode: Annotated[str, typer.Argument(help="Vnode name, or `all`.")],
-    command: Command = None,
-    shell: Shell = None,
-) -> None:
-    """Run a command in a vnode (or `all`): `omnibed emulate exec NAME VNODE -- PROGRAM ARGS`.
-
-    The same rule as `omnibed run`: the words after `--` reach PROGRAM as they are;
-    `--shell 'STRING'` runs STRING with `sh -c`.
-    """
-    argv = _argv(command, shell)
-    failed = _exec_and_report(_api(), name, None if vnode == "all" else vnode, argv)
-    raise typer.Exit(1 if failed else 0)
-
-
-@emulate_app.command("down")
-def emulate_down(name: Name) -> None:
-    """Remove the platform from every pnode (the reservation stays)."""
-    with _uninterruptible(), _progress(f"tearing down the platform of {name}"):
-        removed = _emulator(_api(), name).down()
-    out.print(f"removed {len(removed)} vnodes" if removed else "no platform to remove")

@@ -1,6 +1,6 @@
 """`omnibed image`: build, list and remove the root filesystem images of container vnodes.
 
-Errors propagate to `omnibed.core.cli.main`, which prints them as one line.
+Errors propagate to `omnibed.cli.main`, which prints them as one line.
 """
 
 from __future__ import annotations

@@ -1,0 +1,98 @@
+"""What every `omnibed` command shares: the consoles, the common arguments, error exit,
+progress, and the printing of per-node output and exit statuses."""
+
+from __future__ import annotations
+
+import json
+import signal
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Annotated, Any, NoReturn
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from omnibed.api import Omnibed
+from omnibed.core.errors import UsageError
+
+out = Console()
+err = Console(stderr=True)
+
+Name = Annotated[str, typer.Argument(help="Reservation name, as `omnibed ls` shows it.")]
+AsJson = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+Command = Annotated[
+    list[str] | None,
+    typer.Argument(
+        help="The program and its arguments, after `--`: each word reaches the program as it "
+        "is (omnibed quotes it for the node's shell), e.g. -- python3 -c \"print('y')\".",
+        show_default=False,
+    ),
+]
+Shell = Annotated[
+    str | None,
+    typer.Option(
+        "--shell",
+        help="Run this string with `sh -c` instead of words after `--`, for pipes, globs, "
+        "variables and `;`: --shell 'id -u; hostname -I'.",
+    ),
+]
+
+
+def _fail(message: str, code: int) -> NoReturn:
+    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+    raise SystemExit(code)
+
+
+def _api() -> Omnibed:
+    return Omnibed()
+
+
+def _print_json(data: Any) -> None:
+    print(json.dumps(data, indent=2, default=str))
+
+
+@contextmanager
+def _progress(what: str) -> Iterator[Callable[[str], None]]:
+    with err.status(what) as status:
+        yield lambda line: status.update(f"{what}: {line}")
+
+
+@contextmanager
+def _uninterruptible() -> Iterator[None]:
+    """Hold Ctrl-C and SIGTERM while releasing, so a second signal cannot leak nodes."""
+    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _argv(words: list[str] | None, shell: str | None) -> list[str]:
+    """What to run: the words after `--` as they are, or `sh -c STRING` for --shell."""
+    if words and shell is not None:
+        raise UsageError("give the command either as words after `--` or as --shell 'STRING',"
+                         " not both")
+    if shell is not None:
+        return ["sh", "-c", shell]
+    if not words:
+        raise UsageError("no command given: put it after `--` (e.g. `-- id -u`), or give "
+                         "--shell 'STRING' for pipes and globs")
+    return words
+
+
+def _print_line(who: str, stream: str, line: str) -> None:
+    console = err if stream == "stderr" else out
+    console.print(f"[cyan]\\[{who}][/] {line}", highlight=False, markup=True)
+
+
+def _print_exit_table(kind: str, statuses: dict[str, int]) -> int:
+    """Print each node's exit status on stderr; return how many failed."""
+    failed = sum(1 for status in statuses.values() if status != 0)
+    table = Table(kind, "exit status", title=f"{len(statuses) - failed}/{len(statuses)} succeeded")
+    for who, status in statuses.items():
+        table.add_row(who, f"[{'green' if status == 0 else 'red'}]{status}[/]")
+    err.print(table)
+    return failed
