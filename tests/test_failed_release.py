@@ -54,8 +54,10 @@ def listed(env: dict[str, str]) -> list[tuple[str, str | None]]:
 
 def test_reserve_whose_answer_is_lost_and_whose_release_fails(fake, env) -> None:
     """The job is made but its answer comes too late; deleting it fails too."""
-    fake.delay("POST", r"/jobs$", CLIENT_TIMEOUT + 1)
-    fake.fail("DELETE", r"/jobs/\d+$", 503, "OAR server unreachable", times=2)
+    fake.faults.delay("POST", r"/jobs$", CLIENT_TIMEOUT + 1)
+    fake.faults.fail(
+        "DELETE", r"/jobs/\d+$", status=503, message="OAR server unreachable", times=2
+    )
     result = omnibed(env, "reserve", "--testbed", "grid5000", *NANCY, "--name", "g5k-lost")
     assert_told_still_live(result, "g5k-lost")
     [job] = fake.live_jobs()
@@ -67,7 +69,7 @@ def test_reserve_whose_answer_is_lost_and_whose_release_fails(fake, env) -> None
 
 def test_wait_and_release_both_fail_then_gc_releases(fake, env) -> None:
     """The testbed answers 503 while waiting and while releasing: `gc` releases it later."""
-    fake.fail("GET", r"/jobs/\d+$", 503, "OAR server unreachable", times=2)
+    fake.faults.fail("GET", r"/jobs/\d+$", status=503, message="OAR server unreachable", times=2)
     result = omnibed(env, "reserve", "--testbed", "grid5000", *NANCY, "--name", "g5k-stuck")
     assert_told_still_live(result, "g5k-stuck")
     [job] = fake.live_jobs()
