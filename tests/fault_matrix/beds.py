@@ -406,6 +406,6 @@ def appeared(path: Path, then: Callable[[], None] = lambda: None) -> Watch:
     return _watch(path.exists, then)
 
 
-def logged(log: Path, text: str) -> Watch:
-    """A watch set once `text` is in the file `log`."""
-    return _watch(lambda: text in log.read_text())
+def logged(log: Path, text: str, then: Callable[[], None] = lambda: None) -> Watch:
+    """A watch set once `text` is in the file `log`, after doing `then()`."""
+    return _watch(lambda: text in log.read_text(), then)

@@ -45,14 +45,15 @@ _WHAT_TO_DO = re.compile(r"retry|again|release|check|fix|download|wait|raise|res
 
 def not_applicable(testbed: str, step: str, fault: str) -> str | None:
     """Why the cell cannot exist, or None."""
-    ssh_fault = step in ("root access", "run") and fault == "dropped connection"
+    ssh_fault = fault == "dropped connection" and (
+        step in ("root access", "run") or (testbed == "grid5000" and step == "snapshot"))
     if testbed == "local" and step == "root access" and ssh_fault:
         return "local root access writes the pnode's authorized_keys here: no connection"
     if testbed == "local" and fault in _API_FAULTS and not ssh_fault:
         return "the local testbed's steps are local commands (namespaces, sshd): no API"
     if step in ("root access", "run") and fault in _API_FAULTS and not ssh_fault:
         return f"{step} {_SSH_STEP}"
-    if testbed == "grid5000" and step == "snapshot" and fault in _API_FAULTS:
+    if testbed == "grid5000" and step == "snapshot" and fault in _API_FAULTS and not ssh_fault:
         return f"a Grid'5000 snapshot (tgz-g5k, kaenv3 on the frontend) {_SSH_STEP}"
     if testbed == "local" and step == "wait":
         return "the local testbed builds its pnodes in reserve: wait only reads the record"
@@ -102,12 +103,15 @@ def _arm(bed: Bed, step: str, fault: str, name: str, marks: Path):
 
 
 def _arm_ssh(bed: Bed, step: str, fault: str, name: str, marks: Path):
-    """Over SSH, a dropped connection is the node's sshd killed (with its sessions): before
-    root access logs in, or while the command of `run` runs (it left its mark). SIGKILL
-    comes once the node saw root access log in, once the command runs, or once the
-    Grid'5000 frontend ran tgz-g5k."""
-    if step == "snapshot":
-        assert fault == "SIGKILL + gc" and bed.tools_log is not None
+    """Over SSH, a dropped connection is the sshd of the node (or Grid'5000 frontend) killed
+    with its sessions: before root access logs in, while the command of `run` runs (it left
+    its mark), once the frontend ran tgz-g5k. SIGKILL comes once the node saw root access
+    log in, once the command runs, or once the frontend ran tgz-g5k."""
+    if step == "snapshot":  # the Grid'5000 frontend, once it ran tgz-g5k
+        assert bed.tools_log is not None and bed.node_sshd is not None
+        if fault == "dropped connection":
+            frontend = bed.node_sshd(name, "nancy")
+            return beds.logged(bed.tools_log, "tgz-g5k", then=lambda: beds.kill_sshd(frontend))
         return beds.logged(bed.tools_log, "tgz-g5k")
     sshd = bed.sshd_of(name)
     if step == "root access":
@@ -144,8 +148,8 @@ def _arm_local(bed: Bed, step: str, fault: str, name: str, marks: Path):
 def _step_args(bed: Bed, step: str, name: str, marks: Path, by_reserve_and_run: bool
                ) -> list[str]:
     if by_reserve_and_run:
-        return ["reserve-and-run", "--testbed", "local", "--nodes", "1", "--name", name, "--",
-                f"touch {marks}/ran; exec sleep 300"]
+        return ["reserve-and-run", "--testbed", "local", "--nodes", "1", "--name", name,
+                "--shell", f"touch {marks}/ran; exec sleep 300"]
     if step == "run" and over_ssh(bed.testbed, step):
         return ["run", name, "--shell", f"touch {marks}/ran; exec sleep 300"]
     if step in ("run", "root access"):  # root access is the first part of `run`
@@ -219,16 +223,18 @@ def test_cell(testbed: str, step: str, fault: str, tmp_path: Path, pki: PKI,
         else:
             result = bed.omnibed(*args)
             assert armed.arrived.is_set(), f"the fault was never met:\n{result.stderr}"
-            recovered = result.returncode == 0 and fault in ("500", "late answer",
-                                                             "dropped connection")
+            recovered = result.returncode == 0 and fault in (
+                "500", "late answer", "dropped connection") and not over_ssh(testbed, step)
             if not recovered:
                 assert result.returncode == 1, result.stderr
                 if step == "run":
                     assert_node_lines(result.stderr)
                 else:
                     told = assert_one_line(result.stderr)
-                    if over_ssh(testbed, step):
-                        assert any(n in told for n in bed.names_of_first_node(name)), told
+                    if over_ssh(testbed, step):  # names the machine
+                        machines = {"nancy"} if step == "snapshot" else (
+                            bed.names_of_first_node(name))
+                        assert any(machine in told for machine in machines), told
         assert_nothing_forgotten(bed, name)
         bed.faults.clear()
         collected = bed.omnibed("gc")
