@@ -12,6 +12,7 @@ from __future__ import annotations
 import codecs
 import contextlib
 import fcntl
+import logging
 import os
 import select
 import shlex
@@ -33,6 +34,10 @@ KEY_NAME = "id_ed25519"
 UNREACHABLE = 255  # exit status of a node that could not be reached, as with OpenSSH's `ssh`
 
 LineCallback = Callable[[str, str, str], None]  # (node, "stdout" | "stderr", line)
+
+# paramiko logs what omnibed reports itself (e.g. "Secsh channel 0 open FAILED"): without a
+# handler of its own, Python would print those records on the user's terminal.
+logging.getLogger("paramiko").addHandler(logging.NullHandler())
 
 
 @dataclass(frozen=True)
@@ -154,7 +159,10 @@ class _ChainedClient(paramiko.SSHClient):
         self.jump_clients: list[paramiko.SSHClient] = []
 
     def close(self) -> None:
+        transport = self.get_transport()
         super().close()
+        if transport is not None:  # its thread still closes its channel through the jumps
+            transport.join(timeout=5)
         for jump in reversed(self.jump_clients):
             jump.close()
         self.jump_clients = []
@@ -343,9 +351,13 @@ def _execute(
     out.feed(b"", final=True)
     err.feed(b"", final=True)
     stderr = err.text()
-    if status == -1:  # the session ended without an exit status (e.g. killed by a signal)
+    if status == -1:  # the session ended without an exit status
         status = UNREACHABLE
-        stderr += f"{endpoint.label()} returned no exit status (killed by a signal?)\n"
+        why = (f"no exit status from {endpoint.label()}: the command was killed or the"
+               " connection dropped; check the node and run it again")
+        stderr += why + "\n"
+        if on_line is not None:
+            on_line(node, "stderr", why)
     return CommandResult(node=node, exit_status=status, stdout=out.text(), stderr=stderr)
 
 
@@ -361,8 +373,26 @@ def run(
     """Run `command` on `endpoint`; stream lines to `on_line(node, stream, line)` as they come.
 
     `timeout` bounds the command (the login has its own 30 s). Raises `SSHError` when the
-    node cannot be reached, the login is refused or the command outlives `timeout`.
+    node cannot be reached, the login is refused or the command outlives `timeout`; its
+    message starts with `node` when given.
     """
+    try:
+        return _run(endpoint, command, known_hosts, node, timeout, on_line)
+    except SSHError as exc:
+        if not node:
+            raise
+        raise type(exc)(f"{node}: {exc}", host=exc.host) from exc
+
+
+def _run(
+    endpoint: SSHEndpoint,
+    command: str,
+    known_hosts: Path,
+    node: str,
+    timeout: float | None,
+    on_line: LineCallback | None,
+) -> CommandResult:
+    """`run`, with errors that do not name the node (`run_many` prefixes its lines with it)."""
     client = connect(endpoint, known_hosts)
     try:
         return _execute(client, endpoint, command, node or endpoint.host, timeout, on_line)
@@ -399,8 +429,7 @@ def run_many(
     def one(node: str, endpoint: SSHEndpoint) -> CommandResult:
         callback = None if on_line is None else emit
         try:
-            return run(endpoint, command, known_hosts, node=node, timeout=timeout,
-                       on_line=callback)
+            return _run(endpoint, command, known_hosts, node, timeout, callback)
         except SSHError as exc:
             if callback is not None:
                 callback(node, "stderr", str(exc))

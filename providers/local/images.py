@@ -49,13 +49,18 @@ def unpack(archive: Path, destination: Path) -> None:
         tar.extractall(destination, filter="data")
 
 
-def pack(source: Path, state_dir: Path, name: str) -> str:
-    """Save the contents of `source` as image `name` (replacing it atomically); return `name`."""
+def pack(source: Path, state_dir: Path, name: str, work_dir: Path) -> str:
+    """Save the contents of `source` as image `name` (replacing it atomically); return `name`.
+
+    The archive is written in `work_dir` (the reservation's directory, on the same file
+    system as `state_dir`) until complete: a process killed meanwhile leaves it there, where
+    releasing the reservation removes it, never a partial image among the images.
+    """
     check_name(name)
     directory = images_dir(state_dir)
     directory.mkdir(parents=True, exist_ok=True)
     target = directory / f"{name}{SUFFIX}"
-    temporary = directory / f".{name}.{os.getpid()}.tmp"
+    temporary = work_dir / f".{name}.{os.getpid()}.tmp"
     try:
         with tarfile.open(temporary, "w:gz") as tar:
             tar.add(source, arcname=".")

@@ -267,7 +267,8 @@ class LocalProvider(Provider):
 
     def snapshot(self, reservation: Reservation, node: Node, image: str, key_file: str) -> str:
         pnode = self._pnode(reservation, node)
-        return images.pack(Path(pnode.dir) / "root", self.state_dir, image)
+        return images.pack(Path(pnode.dir) / "root", self.state_dir, image,
+                           work_dir=self.state_dir / reservation.id)
 
     def extend(self, reservation: Reservation, end: datetime) -> Reservation:
         require_utc(end)

@@ -3,7 +3,14 @@
 A bed starts its fake, writes the credentials and settings that point omnibed at it (with
 client timeouts of one second, so that a late answer is late after `LATE` seconds), and
 says which request each step of a reservation makes on the testbed, so that a fault can be
-aimed at that step.
+aimed at that step. With `nodes=True`, the fake's nodes are real sshd servers (network
+namespaces for CloudLab and Chameleon, sshd on 127.0.0.1 behind a fake access machine for
+Grid'5000), for the steps that go over SSH: `sshd_of(name)` is the sshd of a reservation's
+first node, which a cell kills to drop the node's connections.
+
+A local command has no request to aim at: `kill_at(syscall, path)` makes the next command
+run under strace, which SIGKILLs it when it makes that system call on that path (e.g. when
+it opens a pnode's authorized_keys during root access).
 """
 
 from __future__ import annotations
@@ -23,11 +30,16 @@ from pathlib import Path
 from typing import Any
 
 from omnibed.api import Omnibed
+from omnibed.core import ssh
 from omnibed.core.ledger import Ledger
+from omnibed.providers.local import cgroups
 from tests.fakes.faults import Faults
-from tests.fakes.grid5000 import FakeGrid5000
+from tests.fakes.grid5000 import FakeGrid5000, G5kSSHD, write_tools
 from tests.fakes.openstack import FakeOpenStack
 from tests.fakes.protogeni import AM_PATH, PKI, FakeProtoGENI
+from tests.fakes.protogeni_nodes import SSHNodes
+from tests.fakes.sshd import FakeSSHD
+from tests.providers.chameleon.nodes import NetnsNodes
 
 OMNIBED = str(Path(sys.executable).with_name("omnibed"))
 CLIENT_TIMEOUT = 1.0  # seconds every testbed client waits for one answer, in these tests
@@ -54,6 +66,9 @@ class Bed:
     options: list[str]
     targets: dict[str, Target]
     setup_options: dict[str, list[str]] = field(default_factory=dict)
+    node_sshd: Callable[[str, str], FakeSSHD] | None = None  # (name, node id) -> its sshd
+    tools_log: Path | None = None  # Grid'5000: what the fake sudo-g5k, tgz-g5k, kaenv3 did
+    prefix: list[str] = field(default_factory=list)  # what the next command runs under
 
     @property
     def faults(self) -> Faults:
@@ -74,8 +89,28 @@ class Bed:
                               timeout=timeout)
 
     def popen(self, *args: str) -> subprocess.Popen:
-        return subprocess.Popen([OMNIBED, *args], env=self.env, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True)
+        return subprocess.Popen([*self.prefix, OMNIBED, *args], env=self.env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def kill_at(self, syscalls: str, path: Path) -> Watch:
+        """Run the next command under strace, which SIGKILLs it (the omnibed process, or a
+        process it spawned) on entering one of `syscalls` on `path`; the watch is set once
+        it was killed there."""
+        log = self.home.parent / "strace.log"
+        self.prefix = ["strace", "-f", "-q", "-e", "signal=none", "-o", str(log), "-P",
+                       str(path), "-e", f"trace={syscalls}", "-e",
+                       f"inject={syscalls}:signal=SIGKILL"]
+        return _watch(lambda: log.exists() and ") = ?" in log.read_text())  # died in it
+
+    def sshd_of(self, name: str) -> FakeSSHD:
+        """The sshd of the first node of reservation `name`."""
+        assert self.node_sshd is not None, f"the {self.testbed} bed has no sshd-backed nodes"
+        return self.node_sshd(name, self.first_node(name))
+
+    def root_access_here(self, name: str) -> None:
+        """Give root on every node through the Python API (the set-up of a `run` cell)."""
+        with self._environment():
+            Omnibed(home=self.home).root_endpoints(name)
 
     def reserve_args(self, name: str, step: str = "") -> list[str]:
         options = self.setup_options.get(step, self.options)
@@ -92,6 +127,18 @@ class Bed:
                                        name=name, options=options)
             api.reserve(self.testbed, request)
             api.wait(name, timeout=60)
+
+    def record(self, name: str) -> dict[str, Any]:
+        """The local testbed's record of reservation `name`."""
+        state = self.home / "providers" / "local"
+        return next(record for path in state.glob("*/reservation.json")
+                    if (record := json.loads(path.read_text()))["name"] == name)
+
+    def names_of_first_node(self, name: str) -> set[str]:
+        """The id and host name of the first node of reservation `name`."""
+        with self._environment():
+            node = Omnibed(home=self.home).nodes(name)[0]
+        return {node.id, node.hostname}
 
     def first_node(self, name: str) -> str:
         with self._environment():
@@ -120,22 +167,64 @@ def _base_env(home: Path) -> dict[str, str]:
 
 
 @contextmanager
-def grid5000(tmp_path: Path) -> Iterator[Bed]:
-    with FakeGrid5000(step=0.1) as fake:
+def grid5000(tmp_path: Path, nodes: bool = False) -> Iterator[Bed]:
+    envs = tmp_path / "environments"
+    envs.mkdir()
+    with FakeGrid5000(step=0.1, nodes_per_cluster=1, environments_dir=envs) as fake, \
+            _g5k_machines(tmp_path, fake, envs, nodes) as (ssh_map, sshds, tools_log):
         home = tmp_path / "home"
         config = fake.write_config(tmp_path / "python-grid5000.yaml", timeout=CLIENT_TIMEOUT)
-        env = {**_base_env(home), "OMNIBED_GRID5000_CONFIG": str(config)}
-        yield Bed("grid5000", home, env, fake, ["poll=0.1"], {
+        env = {**_base_env(home), "OMNIBED_GRID5000_CONFIG": str(config),
+               **({"OMNIBED_GRID5000_SSH_MAP": str(ssh_map)} if nodes else {})}
+        options = ["poll=0.1", *(["site=nancy", "cluster=gros"] if nodes else [])]
+        yield Bed("grid5000", home, env, fake, options, {
             "reserve": Target("POST", r"/sites/\w+/jobs$"),
             "wait": Target("GET", r"/sites/\w+/jobs/\d+$"),
             "extend": Target("POST", r"/jobs/\d+/walltime$"),
             "release": Target("DELETE", r"/jobs/\d+$"),
-        })
+        }, setup_options={"snapshot": [*options, "image=debian12-min"]},
+            node_sshd=lambda name, node: sshds[node], tools_log=tools_log)
 
 
 @contextmanager
-def cloudlab(tmp_path: Path, pki: PKI) -> Iterator[Bed]:
-    with FakeProtoGENI(pki) as fake:
+def _g5k_machines(tmp_path: Path, fake: FakeGrid5000, envs: Path, wanted: bool
+                  ) -> Iterator[tuple[Path, dict[str, FakeSSHD], Path]]:
+    """The nancy gros node, the nancy frontend and access.grid5000.fr as real sshd (when
+    `wanted`), named in an $OMNIBED_GRID5000_SSH_MAP file."""
+    tools_log = tmp_path / "g5k-tools.log"
+    ssh_map = tmp_path / "ssh-map.json"
+    if not wanted:
+        yield ssh_map, {}, tools_log
+        return
+    tools_log.touch()
+    tools = write_tools(tmp_path / "tools")
+    user_key = ssh.ensure_keypair(tmp_path / "g5k-user-key")
+    ssh.ensure_keypair(tmp_path / "frontend-home" / ".ssh")
+    keys = [user_key.public_openssh]
+    machines: dict[str, FakeSSHD] = {
+        "gros-1.nancy.grid5000.fr": G5kSSHD(keys, tools, tools_log, envs),
+        "nancy": G5kSSHD(keys, tools, tools_log, envs, home=tmp_path / "frontend-home"),
+        "access.grid5000.fr": FakeSSHD(keys),
+    }
+    try:
+        for machine in machines.values():
+            machine.start()
+        ssh_map.write_text(json.dumps({
+            name: {"host": m.host, "port": m.port, "user": "root",
+                   "key_file": str(user_key.private_path)} for name, m in machines.items()}))
+        node = machines["gros-1.nancy.grid5000.fr"]
+        assert isinstance(node, G5kSSHD)
+        fake.node_keys["gros-1.nancy.grid5000.fr"] = node.authorized_keys_file
+        yield ssh_map, machines, tools_log
+    finally:
+        for machine in machines.values():
+            machine.stop()
+
+
+@contextmanager
+def cloudlab(tmp_path: Path, pki: PKI, nodes: bool = False) -> Iterator[Bed]:
+    machines = SSHNodes() if nodes else None
+    with _closing(machines), FakeProtoGENI(pki, backend=machines) as fake:
         home = tmp_path / "home"
         fake.write_config(home / "providers" / "cloudlab", poll=0.05, timeout=CLIENT_TIMEOUT)
         env = {**_base_env(home), "OMNIBED_CLOUDLAB_PASSPHRASE": pki.passphrase}
@@ -145,7 +234,21 @@ def cloudlab(tmp_path: Path, pki: PKI) -> Iterator[Bed]:
             "snapshot": Target("CreateImage", AM_PATH),
             "extend": Target("RenewSliver", AM_PATH),
             "release": Target("DeleteSliver", AM_PATH),
-        })
+        }, node_sshd=lambda name, node: _sshd(machines.node(name, node).sshd))
+
+
+def _sshd(sshd: FakeSSHD | None) -> FakeSSHD:
+    assert sshd is not None
+    return sshd
+
+
+@contextmanager
+def _closing(machines: SSHNodes | NetnsNodes | None) -> Iterator[None]:
+    try:
+        yield
+    finally:
+        if machines is not None:
+            machines.close()
 
 
 CLOUDS_YAML = """\
@@ -162,8 +265,10 @@ clouds:
 
 
 @contextmanager
-def chameleon(tmp_path: Path) -> Iterator[Bed]:
-    with FakeOpenStack() as fake:
+def chameleon(tmp_path: Path, nodes: bool = False) -> Iterator[Bed]:
+    unix_socket = str(tmp_path / "cloud.sock")
+    machines = NetnsNodes(unix_socket) if nodes else None
+    with _closing(machines), FakeOpenStack(backer=machines, unix_socket=unix_socket) as fake:
         home = tmp_path / "home"
         clouds = tmp_path / "clouds.yaml"
         clouds.write_text(CLOUDS_YAML.format(auth_url=fake.auth_url))
@@ -175,7 +280,8 @@ def chameleon(tmp_path: Path) -> Iterator[Bed]:
             "snapshot": Target("POST", r"/compute/v2.1/servers/[\w-]+/action$"),
             "extend": Target("PUT", r"/reservation/v1/leases/[\w-]+$"),
             "release": Target("DELETE", r"/reservation/v1/leases/[\w-]+$"),
-        }, setup_options={"snapshot": [*options, "site=KVM@TACC"]})
+        }, setup_options={"snapshot": [*options, "site=KVM@TACC"]},
+            node_sshd=lambda name, node: machines.nodes[node][1])
 
 
 class LocalTestbed:
@@ -192,13 +298,16 @@ class LocalTestbed:
         return self.seen
 
     def live(self) -> list[str]:
-        """Reservation records and namespaces of every reservation met so far."""
+        """Reservation records and namespaces of every reservation met so far, and image
+        archives left half-written."""
         ids = self._ids()
         found = subprocess.run(["ip", "-j", "netns", "list"], capture_output=True, text=True)
         namespaces = [n["name"] for n in json.loads(found.stdout or "[]")]
         return [*(f"record {path.parent.name}"
                   for path in self.state_dir.glob("*/reservation.json")),
-                *(f"netns {name}" for name in namespaces if name.startswith(tuple(ids)))]
+                *(f"netns {name}" for name in namespaces if name.startswith(tuple(ids))),
+                *(f"partial image {path.name}"
+                  for path in self.state_dir.glob("images/.*.tmp"))]
 
     def under_way(self, condition: Callable[[], bool]) -> Watch:
         """A watch whose `arrived` is set once `condition()` holds (checked every 20 ms)."""
@@ -219,6 +328,24 @@ class Watch:
     """Like a fault of the fakes: `arrived` is set once the step is under way."""
 
     arrived: threading.Event = field(default_factory=threading.Event)
+
+
+def _watch(condition: Callable[[], bool], then: Callable[[], None] = lambda: None,
+           give_up: float = 120) -> Watch:
+    """A watch set once `condition()` holds (checked every 20 ms for `give_up` seconds),
+    after doing `then()`."""
+    watch = Watch()
+    deadline = time.monotonic() + give_up
+
+    def poll() -> None:
+        while not watch.arrived.is_set() and time.monotonic() < deadline:
+            if condition():
+                then()
+                watch.arrived.set()
+            time.sleep(0.02)
+
+    threading.Thread(target=poll, daemon=True).start()
+    return watch
 
 
 class _Watches:
@@ -254,3 +381,31 @@ def local(tmp_path: Path) -> Iterator[Bed]:
         if (home / "ledger.sqlite").exists():
             for name in bed.ledger():
                 bed.release_here(name)
+
+
+def kill_sshd(sshd: FakeSSHD) -> None:
+    """Kill a fake node's sshd and every session it forked: its connections drop."""
+    cgroups.kill_all(sshd.cgroup_id)
+
+
+def done() -> Watch:
+    """A watch already set (the fault is in place before the step)."""
+    watch = Watch()
+    watch.arrived.set()
+    return watch
+
+
+def sshd_saw_login(sshd: FakeSSHD) -> Watch:
+    """A watch set once a client logs in to `sshd` (it logs "Accepted publickey") after now."""
+    before = sshd.log().count("Accepted publickey")
+    return _watch(lambda: sshd.log().count("Accepted publickey") > before)
+
+
+def appeared(path: Path, then: Callable[[], None] = lambda: None) -> Watch:
+    """A watch set once `path` exists, after doing `then()`."""
+    return _watch(path.exists, then)
+
+
+def logged(log: Path, text: str, then: Callable[[], None] = lambda: None) -> Watch:
+    """A watch set once `text` is in the file `log`, after doing `then()`."""
+    return _watch(lambda: text in log.read_text(), then)

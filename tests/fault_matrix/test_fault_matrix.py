@@ -45,35 +45,26 @@ _WHAT_TO_DO = re.compile(r"retry|again|release|check|fix|download|wait|raise|res
 
 def not_applicable(testbed: str, step: str, fault: str) -> str | None:
     """Why the cell cannot exist, or None."""
-    ssh_fault = step in ("root access", "run") and fault == "dropped connection"
+    ssh_fault = fault == "dropped connection" and (
+        step in ("root access", "run") or (testbed == "grid5000" and step == "snapshot"))
     if testbed == "local" and step == "root access" and ssh_fault:
         return "local root access writes the pnode's authorized_keys here: no connection"
     if testbed == "local" and fault in _API_FAULTS and not ssh_fault:
         return "the local testbed's steps are local commands (namespaces, sshd): no API"
     if step in ("root access", "run") and fault in _API_FAULTS and not ssh_fault:
         return f"{step} {_SSH_STEP}"
-    if testbed == "grid5000" and step == "snapshot" and fault in _API_FAULTS:
+    if testbed == "grid5000" and step == "snapshot" and fault in _API_FAULTS and not ssh_fault:
         return f"a Grid'5000 snapshot (tgz-g5k, kaenv3 on the frontend) {_SSH_STEP}"
     if testbed == "local" and step == "wait":
         return "the local testbed builds its pnodes in reserve: wait only reads the record"
     return None
 
 
-_LOCAL_CELLS = {("reserve", "SIGKILL + gc"), ("run", "SIGKILL + gc"),
-                ("run", "dropped connection")}
-
-
-def not_yet(testbed: str, step: str, fault: str) -> str | None:
-    """Cells the matrix does not drive yet (reported as such, never as passed)."""
-    if testbed == "local":
-        if (step, fault) in _LOCAL_CELLS:
-            return None
-        return "no hook yet to stop a local command at that step"
-    if step in ("root access", "run"):
-        return "needs sshd-backed nodes on the fake"
-    if testbed == "grid5000" and step == "snapshot":
-        return "needs the sshd-backed Grid'5000 frontend"
-    return None
+def over_ssh(testbed: str, step: str) -> bool:
+    """Whether the step logs in to the testbed's machines (its nodes, a frontend)."""
+    remote = testbed != "local"
+    return remote and (step in ("root access", "run")
+                       or (testbed == "grid5000" and step == "snapshot"))
 
 
 @pytest.fixture(scope="module")
@@ -81,15 +72,20 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> PKI:
     return make_pki(tmp_path_factory.mktemp("cloudlab-pki"))
 
 
-def _bed(testbed: str, tmp_path: Path, pki: PKI):
+def _bed(testbed: str, step: str, tmp_path: Path, pki: PKI):
+    if testbed == "local":
+        return beds.local(tmp_path)
+    nodes = over_ssh(testbed, step)
     if testbed == "cloudlab":
-        return beds.cloudlab(tmp_path, pki)
-    return getattr(beds, testbed)(tmp_path)
+        return beds.cloudlab(tmp_path, pki, nodes)
+    return getattr(beds, testbed)(tmp_path, nodes)
 
 
 def _arm(bed: Bed, step: str, fault: str, name: str, marks: Path):
     if bed.testbed == "local":
         return _arm_local(bed, step, fault, name, marks)
+    if over_ssh(bed.testbed, step):
+        return _arm_ssh(bed, step, fault, name, marks)
     target = bed.targets[step]
     faults = bed.faults
     if fault == "500":
@@ -106,6 +102,28 @@ def _arm(bed: Bed, step: str, fault: str, name: str, marks: Path):
     return faults.delay(target.method, target.path, 60, skip=target.skip)
 
 
+def _arm_ssh(bed: Bed, step: str, fault: str, name: str, marks: Path):
+    """Over SSH, a dropped connection is the sshd of the node (or Grid'5000 frontend) killed
+    with its sessions: before root access logs in, while the command of `run` runs (it left
+    its mark), once the frontend ran tgz-g5k. SIGKILL comes once the node saw root access
+    log in, once the command runs, or once the frontend ran tgz-g5k."""
+    if step == "snapshot":  # the Grid'5000 frontend, once it ran tgz-g5k
+        assert bed.tools_log is not None and bed.node_sshd is not None
+        if fault == "dropped connection":
+            frontend = bed.node_sshd(name, "nancy")
+            return beds.logged(bed.tools_log, "tgz-g5k", then=lambda: beds.kill_sshd(frontend))
+        return beds.logged(bed.tools_log, "tgz-g5k")
+    sshd = bed.sshd_of(name)
+    if step == "root access":
+        if fault == "dropped connection":
+            beds.kill_sshd(sshd)
+            return beds.done()
+        return beds.sshd_saw_login(sshd)
+    if fault == "dropped connection":
+        return beds.appeared(marks / "ran", then=lambda: beds.kill_sshd(sshd))
+    return beds.appeared(marks / "ran")
+
+
 def _arm_local(bed: Bed, step: str, fault: str, name: str, marks: Path):
     testbed = bed.fake
     if fault == "dropped connection":  # the pnode's sshd is gone
@@ -113,12 +131,23 @@ def _arm_local(bed: Bed, step: str, fault: str, name: str, marks: Path):
         return testbed.under_way(lambda: True)
     if step == "reserve":  # killed while it builds the pnodes
         return testbed.under_way(lambda: testbed.live() != [])
-    return testbed.under_way(lambda: _running(f"mark-{name}"))  # killed while CMD runs
+    if step == "run":  # killed while CMD runs
+        return testbed.under_way(lambda: _running(f"mark-{name}"))
+    record = bed.record(name)
+    state = bed.home / "providers" / "local"
+    if step == "root access":  # as it reads the pnode's authorized_keys
+        return bed.kill_at("openat", Path(record["nodes"][0]["dir"]) / "authorized_keys")
+    if step == "extend":  # as it writes the record's new end
+        return bed.kill_at("openat", state / record["id"] / ".reservation.json.tmp")
+    if step == "snapshot":  # the archive made, as it reads the pnode's files into it
+        return bed.kill_at("openat", Path(record["nodes"][0]["dir"]) / "root")
+    assert step == "release"  # pnodes gone, as it removes the reservation's directory
+    return bed.kill_at("unlinkat", state / record["id"])
 
 
 def _running(word: str) -> bool:
-    """Whether a process of this machine has `word` among its arguments (pnodes share the
-    host's process table, not its files)."""
+    """Whether a process of this machine has `word` among its arguments (local pnodes share
+    the host's process table, not its files)."""
     for entry in Path("/proc").iterdir():
         try:
             if word.encode() in (entry / "cmdline").read_bytes().split(b"\0"):
@@ -133,7 +162,9 @@ def _step_args(bed: Bed, step: str, name: str, marks: Path, by_reserve_and_run: 
     if by_reserve_and_run:
         return ["reserve-and-run", "--testbed", "local", "--nodes", "1", "--name", name, "--",
                 "python3", "-c", "import time; time.sleep(300)", f"mark-{name}"]
-    if step == "run":
+    if step == "run" and over_ssh(bed.testbed, step):
+        return ["run", name, "--shell", f"touch {marks}/ran; exec sleep 300"]
+    if step in ("run", "root access"):  # root access is the first part of `run`
         return ["run", name, "--", "true"]
     if step in ("reserve", "wait"):
         return bed.reserve_args(name)
@@ -184,16 +215,15 @@ def test_cell(testbed: str, step: str, fault: str, tmp_path: Path, pki: PKI,
     if reason:
         record_property("not_applicable", reason)
         pytest.skip(f"not applicable: {reason}")
-    reason = not_yet(testbed, step, fault)
-    if reason:
-        pytest.skip(f"not driven: {reason}")
     name = f"fm{uuid.uuid4().hex[:8]}"
     marks = tmp_path / "marks"
     marks.mkdir()
     by_reserve_and_run = testbed == "local" and step == "run" and fault == "SIGKILL + gc"
-    with _bed(testbed, tmp_path, pki) as bed:
+    with _bed(testbed, step, tmp_path, pki) as bed:
         if step not in ("reserve", "wait") and not by_reserve_and_run:
             bed.reserve_here(name, step)
+        if step == "run" and over_ssh(testbed, step):
+            bed.root_access_here(name)
         args = _step_args(bed, step, name, marks, by_reserve_and_run)
         armed = _arm(bed, step, fault, name, marks)
         recovered = False
@@ -205,14 +235,18 @@ def test_cell(testbed: str, step: str, fault: str, tmp_path: Path, pki: PKI,
         else:
             result = bed.omnibed(*args)
             assert armed.arrived.is_set(), f"the fault was never met:\n{result.stderr}"
-            recovered = result.returncode == 0 and fault in ("500", "late answer",
-                                                             "dropped connection")
+            recovered = result.returncode == 0 and fault in (
+                "500", "late answer", "dropped connection") and not over_ssh(testbed, step)
             if not recovered:
                 assert result.returncode == 1, result.stderr
                 if step == "run":
                     assert_node_lines(result.stderr)
                 else:
-                    assert_one_line(result.stderr)
+                    told = assert_one_line(result.stderr)
+                    if over_ssh(testbed, step):  # names the machine
+                        machines = {"nancy"} if step == "snapshot" else (
+                            bed.names_of_first_node(name))
+                        assert any(machine in told for machine in machines), told
         assert_nothing_forgotten(bed, name)
         bed.faults.clear()
         collected = bed.omnibed("gc")
