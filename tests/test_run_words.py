@@ -29,8 +29,8 @@ nodes:
 """
 
 
-def omnibed(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "OMNIBED_HOME": str(home), "COLUMNS": "400"}
+def omnibed(home: Path, *args: str, columns: int = 400) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "OMNIBED_HOME": str(home), "COLUMNS": str(columns)}
     return subprocess.run([OMNIBED, *args], env=env, capture_output=True, text=True, timeout=300)
 
 
@@ -77,6 +77,19 @@ def test_python_c_with_quotes_runs_through_both(platform: tuple[Path, str]) -> N
                        "print('y')")
     assert (ran.returncode, lines_of(ran, "pnode-1")) == (0, ["y"]), ran.stderr
     assert (executed.returncode, lines_of(executed, "vnode-0")) == (0, ["y"]), executed.stderr
+
+
+@pytest.mark.root
+def test_remote_lines_are_printed_as_they_are(platform: tuple[Path, str]) -> None:
+    """Lines that look like terminal markup or are wider than the terminal come back whole."""
+    home, name = platform
+    lines = ["[/] [red]not markup[/red] [bold]", "x" * 150]
+    program = f"print({lines[0]!r}); print({lines[1]!r})"
+    ran = omnibed(home, "run", name, "--", "python3", "-c", program, columns=80)
+    executed = omnibed(home, "emulate", "exec", name, "vnode-0", "--", "python3", "-c",
+                       program, columns=80)
+    assert (ran.returncode, lines_of(ran, "pnode-1")) == (0, lines), ran.stderr
+    assert (executed.returncode, lines_of(executed, "vnode-0")) == (0, lines), executed.stderr
 
 
 @pytest.mark.root

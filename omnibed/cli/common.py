@@ -85,7 +85,7 @@ def _argv(words: list[str] | None, shell: str | None) -> list[str]:
 
 def _print_line(who: str, stream: str, line: str) -> None:
     console = err if stream == "stderr" else out
-    console.print(f"[cyan]\\[{who}][/] {line}", highlight=False, markup=True)
+    console.print(f"[cyan]\\[{who}][/] {escape(line)}", highlight=False, soft_wrap=True)
 
 
 def _print_exit_table(kind: str, statuses: dict[str, int]) -> int:
