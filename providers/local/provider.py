@@ -44,6 +44,7 @@ from omnibed.providers.local.profiles import (
 )
 from omnibed.providers.local.shell import run
 from omnibed.providers.local.state import (
+    LOCK_TIMEOUT,
     NodeRecord,
     Record,
     load_record,
@@ -76,6 +77,7 @@ class LocalProvider(Provider):
         max_extra_nics=1,
         options=OPTIONS,
     )
+    lock_timeout = LOCK_TIMEOUT  # s a reserve waits for another one before giving up
 
     @classmethod
     def doctor(cls, state_dir: Path) -> list[Check]:
@@ -108,7 +110,7 @@ class LocalProvider(Provider):
         profile, image = self._check_request(request)
         if os.geteuid() != 0:
             raise UsageError(NOT_ROOT)
-        with machine_lock():
+        with machine_lock(self.lock_timeout):
             existing = self._record_named(request.name)
             if existing is not None and existing.state == ReservationState.READY.value:
                 return existing.to_reservation()

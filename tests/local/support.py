@@ -92,3 +92,37 @@ def _alive(pid: int) -> bool:
     except OSError:
         return False
     return "\nState:\tZ" not in status
+
+
+RESERVE_ONE = """
+import sys
+from datetime import timedelta
+from omnibed.core.errors import OmnibedError
+from omnibed.core.types import ReservationRequest
+from omnibed.providers.local import LocalProvider
+provider = LocalProvider(__import__("pathlib").Path(sys.argv[1]))
+provider.lock_timeout = float(sys.argv[3])
+try:
+    reservation = provider.reserve(
+        ReservationRequest(name=sys.argv[2], nodes=1, duration=timedelta(hours=1))
+    )
+except OmnibedError as error:
+    print(error)
+    sys.exit(1)
+print("reserved", reservation.id)
+provider.release(reservation)
+"""
+
+
+def reserve_in_child(
+    state_dir: Path, name: str, lock_timeout: float, timeout: float = 60
+) -> subprocess.CompletedProcess:
+    """Reserve one pnode and release it in a child process (killed after `timeout` s);
+    stdout is `reserved <id>` or the one-line error."""
+    try:
+        return subprocess.run(
+            [sys.executable, "-c", RESERVE_ONE, str(state_dir), name, str(lock_timeout)],
+            capture_output=True, text=True, timeout=timeout,
+        )
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"reserving {name} still hung after {timeout:.0f} s")
