@@ -56,6 +56,7 @@ OPTIONS = {
     "profile": "underlay behaviour: " + ", ".join(PROFILES) + f" (default {DEFAULT_PROFILE})",
     "image": "start every pnode's directory from an image made by `omnibed snapshot`",
 }
+KNOWN_HOSTS = "known_hosts"  # beside the reservation's key file (see omnibed.core.api)
 NOT_ROOT = "the local testbed needs root: run omnibed with sudo"
 _FACTS = {"mac": Source.API, "mtu": Source.API, "addresses": Source.API,
           "foreign_mac": Source.TABLE, "multicast": Source.TABLE}
@@ -234,8 +235,11 @@ class LocalProvider(Provider):
         ]
 
     def root_access(self, reservation: Reservation, node: Node, key_file: str) -> SSHEndpoint:
+        """Authorize `key_file` and record the pnode's host key in the reservation's
+        known_hosts (`known_hosts` beside `key_file`, where omnibed keeps it)."""
         pnode = self._pnode(reservation, node)
         sshd.authorize(Path(pnode.dir), ssh.public_key_of(key_file))
+        sshd.record_host_key(Path(pnode.dir), pnode.address, Path(key_file).with_name(KNOWN_HOSTS))
         return SSHEndpoint(host=pnode.address, port=sshd.PORT, user="root", key_file=key_file)
 
     def nic_capabilities(self, reservation: Reservation, node: Node, key_file: str) -> list[Nic]:
