@@ -19,6 +19,7 @@ from omnibed.core.errors import (
     ReservationNotFound,
     UsageError,
 )
+from omnibed.core.ledger import process_owner
 from omnibed.core.provider import Check, Progress, Provider, no_progress
 from omnibed.core.timeutil import require_utc, utcnow
 from omnibed.core.types import (
@@ -47,6 +48,7 @@ from omnibed.providers.local.state import (
     LOCK_TIMEOUT,
     NodeRecord,
     Record,
+    command_of,
     load_record,
     load_records,
     machine_lock,
@@ -115,7 +117,8 @@ class LocalProvider(Provider):
             existing = self._record_named(request.name)
             if existing is not None and existing.state == ReservationState.READY.value:
                 return existing.to_reservation()
-            if existing is not None:  # left half-made by a process that died
+            if existing is not None:  # left half-made by a process that died or failed
+                self._refuse_if_being_made(existing)
                 self._undo(existing)
             record = self._new_record(request, profile, image)
             record.save(self.state_dir)
@@ -175,6 +178,7 @@ class LocalProvider(Provider):
             extra_nics=request.extra_nics,
             image=image.name if image else None,
             nodes=nodes,
+            owner=process_owner(),
             **switch,
         )
 
@@ -287,6 +291,7 @@ class LocalProvider(Provider):
             raise UsageError(f"{reservation.id!r} is not a local reservation id")
         record = load_record(self.state_dir, reservation.id)
         if record is not None:
+            self._refuse_if_being_made(record)
             self._undo(record)
             return
         namespaces = list(reservation.extra.get("netns", []))
@@ -295,6 +300,16 @@ class LocalProvider(Provider):
         self._undo_objects(reservation.id, namespaces, host_link)
 
     # helpers -----------------------------------------------------------------------------
+
+    def _refuse_if_being_made(self, record: Record) -> None:
+        """Only the process making a reservation may undo it while it is being made."""
+        if record.being_made_elsewhere():
+            pid = record.owner.partition(":")[0]
+            raise ReservationError(
+                f"the local reservation {record.name!r} ({record.id}) is being made by "
+                f"process {pid} ({command_of(pid)}); release it once that process has finished",
+                provider=self.name,
+            )
 
     def _undo(self, record: Record) -> None:
         """Remove everything `record` made: processes, namespaces, host link, directory."""

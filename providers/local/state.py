@@ -20,6 +20,7 @@ from datetime import datetime
 from pathlib import Path
 
 from omnibed.core.errors import ProviderError, ReservationError
+from omnibed.core.ledger import owner_alive, process_owner
 from omnibed.core.types import Reservation, ReservationState
 
 RECORD_FILE = "reservation.json"
@@ -58,6 +59,16 @@ class Record:
     extra_nics: int = 0
     image: str | None = None
     nodes: list[NodeRecord] = field(default_factory=list)
+    owner: str = ""  # the reserving process, as omnibed.core.ledger.process_owner() gives it
+
+    def being_made_elsewhere(self) -> bool:
+        """True while another live process is still making this reservation."""
+        return (
+            self.state == ReservationState.PENDING.value
+            and bool(self.owner)
+            and self.owner != process_owner()
+            and owner_alive(self.owner)
+        )
 
     @property
     def namespaces(self) -> list[str]:
@@ -181,11 +192,12 @@ def lock_holder(fd: int) -> str:
             fields = line.split()
             if "->" not in fields and len(fields) > 5 and fields[5] == device:
                 pid = fields[4]
-                return f"process {pid} ({_command(pid)})"
+                return f"process {pid} ({command_of(pid)})"
     return "another process"
 
 
-def _command(pid: str) -> str:
+def command_of(pid: str) -> str:
+    """The command line of process `pid` on one line (at most 120 characters)."""
     try:
         words = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except OSError:
