@@ -35,7 +35,7 @@ from omnibed.core.types import (
     SSHEndpoint,
     Tri,
 )
-from omnibed.providers.local import cgroups, images, sshd, underlay
+from omnibed.providers.local import cgroups, images, rootfs, sshd, underlay
 from omnibed.providers.local.profiles import (
     DEFAULT_PROFILE,
     PROFILES,
@@ -89,6 +89,7 @@ class LocalProvider(Provider):
         major, minor = (int(part) for part in version.groups()) if version else (0, 0)
         tools = [
             ("ip", "iproute2"), ("bridge", "iproute2"), ("ssh-keygen", "openssh-client"),
+            ("unshare", "util-linux"), ("pivot_root", "util-linux"),
         ]
         return [
             Check("running as root", os.geteuid() == 0, fix="run omnibed with sudo"),
@@ -100,6 +101,8 @@ class LocalProvider(Provider):
             ),
             Check("network namespaces", Path("/proc/self/ns/net").exists(),
                   fix="use a kernel built with CONFIG_NET_NS"),
+            Check("overlayfs (each pnode's own root filesystem)", rootfs.overlay_available(),
+                  fix="modprobe overlay, or use a kernel built with CONFIG_OVERLAY_FS"),
             Check(f"kernel {release} can lock bridge ports (5.18+, for xen/kvm/nomcast)",
                   (major, minor) >= (5, 18), fix="use a Linux kernel 5.18 or newer"),
             Check("writable cgroup2 hierarchy (release also kills processes that left a pnode)",
@@ -191,8 +194,9 @@ class LocalProvider(Provider):
             underlay.build_pnode(record, node, profile)
             node_dir = Path(node.dir)
             sshd.prepare(node_dir, node.address, public_key)
+            upper = rootfs.prepare(node_dir)
             if image is not None:
-                images.unpack(image, node_dir / "root")
+                images.unpack(image, upper)
             sshd.start(node.netns, node_dir, prefix)
         for node in record.nodes:
             sshd.wait_accepting(node.address, Path(node.dir))
@@ -231,7 +235,7 @@ class LocalProvider(Provider):
                 addresses=(node.address,),
                 extra={
                     "netns": node.netns,
-                    "node_dir": str(Path(node.dir) / "root"),
+                    "node_dir": str(rootfs.upper(Path(node.dir))),
                     "host_key": sshd.host_public_key(Path(node.dir)),
                 },
             )
@@ -276,8 +280,9 @@ class LocalProvider(Provider):
     # changes -----------------------------------------------------------------------------
 
     def snapshot(self, reservation: Reservation, node: Node, image: str, key_file: str) -> str:
+        """Save the pnode's writable layer (what it wrote or changed) as image `image`."""
         pnode = self._pnode(reservation, node)
-        return images.pack(Path(pnode.dir) / "root", self.state_dir, image)
+        return images.pack(rootfs.upper(Path(pnode.dir)), self.state_dir, image)
 
     def extend(self, reservation: Reservation, end: datetime) -> Reservation:
         require_utc(end)
@@ -318,6 +323,7 @@ class LocalProvider(Provider):
     def _undo_objects(self, reservation_id: str, namespaces: list[str], host_link: str) -> None:
         cgroups.kill_all(reservation_id)
         underlay.teardown(namespaces, host_link)
+        rootfs.unmount_under(self.state_dir / reservation_id)
         shutil.rmtree(self.state_dir / reservation_id, ignore_errors=True)
 
     def _record_named(self, name: str) -> Record | None:

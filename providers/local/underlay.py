@@ -168,8 +168,8 @@ def teardown(namespaces: list[str], host_link: str) -> None:
 
     Only names of the local testbed's own pattern are taken from `namespaces`; missing ones
     are skipped. A named namespace one of their links leads to (made from a pnode, e.g. an
-    emulator vnode with a veth into the pnode) goes with them: sshd shares the host's mount
-    namespace, so it would outlive the reservation.
+    emulator vnode with a veth into the pnode) goes with them: a pnode's /run/netns is the
+    host's, so it would outlive the reservation.
     """
     ours = [name for name in namespaces if OUR_NAME.match(name) and netns_exists(name)]
     doomed = [*attached(ours), *ours]
