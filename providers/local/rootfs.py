@@ -11,7 +11,9 @@ the host's too, and the other way round.
 
 This contains mistakes (a `rm` or `touch` as root on a pnode), not a hostile root: the pnode
 keeps every capability and sees the host's processes in /proc. The lower layer is the
-filesystem mounted on `/` only, not other filesystems mounted below it.
+filesystem mounted on `/` only, not other filesystems mounted below it, and overlayfs does
+not expect it to change: a file the host creates or deletes while a pnode runs may stay
+unseen, or seen, by the pnode.
 """
 
 from __future__ import annotations
