@@ -47,8 +47,13 @@ def holding(argv: list[str]) -> Iterator[subprocess.Popen]:
 def test_another_user_holding_the_old_lock_path_does_not_block_reserve(tmp_path: Path) -> None:
     hold = ["flock", "--nonblock", "--no-fork", str(OLD_LOCK), "sh", "-c",
             "echo held; exec sleep 600"]
-    with holding([*NOBODY, *hold]):
-        done = reserve_in_child(tmp_path / "state", f"t-lock-{uuid.uuid4().hex[:6]}", 30)
+    planted = not OLD_LOCK.exists()
+    try:
+        with holding([*NOBODY, *hold]):
+            done = reserve_in_child(tmp_path / "state", f"t-lock-{uuid.uuid4().hex[:6]}", 30)
+    finally:
+        if planted:
+            OLD_LOCK.unlink(missing_ok=True)
     assert done.returncode == 0, done.stdout + done.stderr
     assert done.stdout.startswith("reserved obl"), done.stdout
 
