@@ -123,9 +123,9 @@ def test_run_reports_failing_nodes(tmp_path: Path) -> None:
     assert json.loads(omnibed(tmp_path, "ls", "--json").stdout) == []
 
 
-def _start_long_run(home: Path, marks: Path) -> tuple[subprocess.Popen, str, str]:
+def _start_long_run(home: Path) -> tuple[subprocess.Popen, str, str]:
     seconds = str(3000 + uuid.uuid4().int % 1000)  # a unique sleep to find its processes
-    command = f"touch {marks}/$$; exec sleep {seconds}"
+    command = f"exec sleep {seconds}"  # a pnode's files are its own: watch its processes
     env = {**os.environ, "OMNIBED_HOME": str(home)}
     process = subprocess.Popen(
         [OMNIBED, "reserve-and-run", "--testbed", "local", "--nodes", "3", "--shell", command],
@@ -135,7 +135,7 @@ def _start_long_run(home: Path, marks: Path) -> tuple[subprocess.Popen, str, str
         text=True,
     )
     deadline = time.monotonic() + 120
-    while len(list(marks.iterdir())) < 3:
+    while len(processes_matching(f"^sleep {seconds}$")) < 3:  # not the CLI's own argv
         assert process.poll() is None, process.communicate()
         assert time.monotonic() < deadline, "the command never started on 3 nodes"
         time.sleep(0.2)
@@ -143,9 +143,7 @@ def _start_long_run(home: Path, marks: Path) -> tuple[subprocess.Popen, str, str
 
 
 def test_sigint_while_the_command_runs_releases_everything(tmp_path: Path) -> None:
-    marks = tmp_path / "marks"
-    marks.mkdir()
-    process, marker, made = _start_long_run(tmp_path / "home", marks)
+    process, marker, made = _start_long_run(tmp_path / "home")
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=120)
     assert process.returncode != 0
@@ -154,9 +152,7 @@ def test_sigint_while_the_command_runs_releases_everything(tmp_path: Path) -> No
 
 
 def test_sigterm_releases_everything(tmp_path: Path) -> None:
-    marks = tmp_path / "marks"
-    marks.mkdir()
-    process, marker, made = _start_long_run(tmp_path / "home", marks)
+    process, marker, made = _start_long_run(tmp_path / "home")
     process.terminate()
     _, stderr = process.communicate(timeout=120)
     assert "released" in stderr
@@ -164,10 +160,8 @@ def test_sigterm_releases_everything(tmp_path: Path) -> None:
 
 
 def test_sigkill_then_gc_releases_everything(tmp_path: Path) -> None:
-    marks = tmp_path / "marks"
-    marks.mkdir()
     home = tmp_path / "home"
-    process, marker, made = _start_long_run(home, marks)
+    process, marker, made = _start_long_run(home)
     process.kill()
     process.communicate(timeout=60)
     listed = json.loads(omnibed(home, "ls", "--json").stdout)

@@ -1,4 +1,9 @@
-"""Local testbed images: a pnode's own directory saved as `state_dir/images/<name>.tar.gz`."""
+"""Local testbed images: a pnode's writable layer saved as `state_dir/images/<name>.tar.gz`.
+
+An image holds the files a pnode wrote or changed (with their modes and owners); files it
+deleted from the host's filesystem are not recorded (overlayfs marks them with device files,
+which images leave out).
+"""
 
 from __future__ import annotations
 
@@ -43,10 +48,22 @@ def require(state_dir: Path, name: str) -> Path:
 
 
 def unpack(archive: Path, destination: Path) -> None:
-    """Fill `destination` with the files of `archive` (no path may escape it)."""
+    """Fill `destination` with the files of `archive`, modes and owners kept (no path may
+    escape it; absolute symlinks are kept, they point inside the pnode's filesystem)."""
     destination.mkdir(parents=True, exist_ok=True)
     with tarfile.open(archive, "r:gz") as tar:
-        tar.extractall(destination, filter="data")
+        tar.extractall(destination, filter=_inside_keeping_modes)
+
+
+def _inside_keeping_modes(member: tarfile.TarInfo, destination: str) -> tarfile.TarInfo:
+    """tarfile's `tar` filter (nothing outside `destination`) without its mode changes:
+    a pnode's /tmp stays 1777 and its setuid programs setuid."""
+    return tarfile.tar_filter(member, destination).replace(mode=member.mode, deep=False)
+
+
+def _files_only(member: tarfile.TarInfo) -> tarfile.TarInfo | None:
+    """Leave out device files, FIFOs and sockets (overlayfs deletion marks among them)."""
+    return member if member.isfile() or member.isdir() or member.issym() or member.islnk() else None
 
 
 def pack(source: Path, state_dir: Path, name: str, work_dir: Path) -> str:
@@ -63,7 +80,7 @@ def pack(source: Path, state_dir: Path, name: str, work_dir: Path) -> str:
     temporary = work_dir / f".{name}.{os.getpid()}.tmp"
     try:
         with tarfile.open(temporary, "w:gz") as tar:
-            tar.add(source, arcname=".")
+            tar.add(source, arcname=".", filter=_files_only)
         os.replace(temporary, target)
     finally:
         temporary.unlink(missing_ok=True)

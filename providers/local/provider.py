@@ -19,6 +19,7 @@ from omnibed.core.errors import (
     ReservationNotFound,
     UsageError,
 )
+from omnibed.core.ledger import process_owner
 from omnibed.core.provider import Check, Progress, Provider, no_progress
 from omnibed.core.timeutil import require_utc, utcnow
 from omnibed.core.types import (
@@ -34,7 +35,7 @@ from omnibed.core.types import (
     SSHEndpoint,
     Tri,
 )
-from omnibed.providers.local import cgroups, images, sshd, underlay
+from omnibed.providers.local import cgroups, images, rootfs, sshd, underlay
 from omnibed.providers.local.profiles import (
     DEFAULT_PROFILE,
     PROFILES,
@@ -44,8 +45,10 @@ from omnibed.providers.local.profiles import (
 )
 from omnibed.providers.local.shell import run
 from omnibed.providers.local.state import (
+    LOCK_TIMEOUT,
     NodeRecord,
     Record,
+    command_of,
     load_record,
     load_records,
     machine_lock,
@@ -55,6 +58,7 @@ OPTIONS = {
     "profile": "underlay behaviour: " + ", ".join(PROFILES) + f" (default {DEFAULT_PROFILE})",
     "image": "start every pnode's directory from an image made by `omnibed snapshot`",
 }
+KNOWN_HOSTS = "known_hosts"  # beside the reservation's key file (see omnibed.core.api)
 NOT_ROOT = "the local testbed needs root: run omnibed with sudo"
 _FACTS = {"mac": Source.API, "mtu": Source.API, "addresses": Source.API,
           "foreign_mac": Source.TABLE, "multicast": Source.TABLE}
@@ -76,6 +80,7 @@ class LocalProvider(Provider):
         max_extra_nics=1,
         options=OPTIONS,
     )
+    lock_timeout = LOCK_TIMEOUT  # s a reserve waits for another one before giving up
 
     @classmethod
     def doctor(cls, state_dir: Path) -> list[Check]:
@@ -84,6 +89,7 @@ class LocalProvider(Provider):
         major, minor = (int(part) for part in version.groups()) if version else (0, 0)
         tools = [
             ("ip", "iproute2"), ("bridge", "iproute2"), ("ssh-keygen", "openssh-client"),
+            ("unshare", "util-linux"), ("pivot_root", "util-linux"),
         ]
         return [
             Check("running as root", os.geteuid() == 0, fix="run omnibed with sudo"),
@@ -95,6 +101,8 @@ class LocalProvider(Provider):
             ),
             Check("network namespaces", Path("/proc/self/ns/net").exists(),
                   fix="use a kernel built with CONFIG_NET_NS"),
+            Check("overlayfs (each pnode's own root filesystem)", rootfs.overlay_available(),
+                  fix="modprobe overlay, or use a kernel built with CONFIG_OVERLAY_FS"),
             Check(f"kernel {release} can lock bridge ports (5.18+, for xen/kvm/nomcast)",
                   (major, minor) >= (5, 18), fix="use a Linux kernel 5.18 or newer"),
             Check("writable cgroup2 hierarchy (release also kills processes that left a pnode)",
@@ -108,11 +116,12 @@ class LocalProvider(Provider):
         profile, image = self._check_request(request)
         if os.geteuid() != 0:
             raise UsageError(NOT_ROOT)
-        with machine_lock():
+        with machine_lock(self.lock_timeout):
             existing = self._record_named(request.name)
             if existing is not None and existing.state == ReservationState.READY.value:
                 return existing.to_reservation()
-            if existing is not None:  # left half-made by a process that died
+            if existing is not None:  # left half-made by a process that died or failed
+                self._refuse_if_being_made(existing)
                 self._undo(existing)
             record = self._new_record(request, profile, image)
             record.save(self.state_dir)
@@ -172,6 +181,7 @@ class LocalProvider(Provider):
             extra_nics=request.extra_nics,
             image=image.name if image else None,
             nodes=nodes,
+            owner=process_owner(),
             **switch,
         )
 
@@ -184,8 +194,9 @@ class LocalProvider(Provider):
             underlay.build_pnode(record, node, profile)
             node_dir = Path(node.dir)
             sshd.prepare(node_dir, node.address, public_key)
+            upper = rootfs.prepare(node_dir)
             if image is not None:
-                images.unpack(image, node_dir / "root")
+                images.unpack(image, upper)
             sshd.start(node.netns, node_dir, prefix)
         for node in record.nodes:
             sshd.wait_accepting(node.address, Path(node.dir))
@@ -224,7 +235,7 @@ class LocalProvider(Provider):
                 addresses=(node.address,),
                 extra={
                     "netns": node.netns,
-                    "node_dir": str(Path(node.dir) / "root"),
+                    "node_dir": str(rootfs.upper(Path(node.dir))),
                     "host_key": sshd.host_public_key(Path(node.dir)),
                 },
             )
@@ -232,8 +243,11 @@ class LocalProvider(Provider):
         ]
 
     def root_access(self, reservation: Reservation, node: Node, key_file: str) -> SSHEndpoint:
+        """Authorize `key_file` and record the pnode's host key in the reservation's
+        known_hosts (`known_hosts` beside `key_file`, where omnibed keeps it)."""
         pnode = self._pnode(reservation, node)
         sshd.authorize(Path(pnode.dir), ssh.public_key_of(key_file))
+        sshd.record_host_key(Path(pnode.dir), pnode.address, Path(key_file).with_name(KNOWN_HOSTS))
         return SSHEndpoint(host=pnode.address, port=sshd.PORT, user="root", key_file=key_file)
 
     def nic_capabilities(self, reservation: Reservation, node: Node, key_file: str) -> list[Nic]:
@@ -266,8 +280,9 @@ class LocalProvider(Provider):
     # changes -----------------------------------------------------------------------------
 
     def snapshot(self, reservation: Reservation, node: Node, image: str, key_file: str) -> str:
+        """Save the pnode's writable layer (what it wrote or changed) as image `image`."""
         pnode = self._pnode(reservation, node)
-        return images.pack(Path(pnode.dir) / "root", self.state_dir, image,
+        return images.pack(rootfs.upper(Path(pnode.dir)), self.state_dir, image,
                            work_dir=self.state_dir / reservation.id)
 
     def extend(self, reservation: Reservation, end: datetime) -> Reservation:
@@ -282,6 +297,7 @@ class LocalProvider(Provider):
             raise UsageError(f"{reservation.id!r} is not a local reservation id")
         record = load_record(self.state_dir, reservation.id)
         if record is not None:
+            self._refuse_if_being_made(record)
             self._undo(record)
             return
         namespaces = list(reservation.extra.get("netns", []))
@@ -291,6 +307,16 @@ class LocalProvider(Provider):
 
     # helpers -----------------------------------------------------------------------------
 
+    def _refuse_if_being_made(self, record: Record) -> None:
+        """Only the process making a reservation may undo it while it is being made."""
+        if record.being_made_elsewhere():
+            pid = record.owner.partition(":")[0]
+            raise ReservationError(
+                f"the local reservation {record.name!r} ({record.id}) is being made by "
+                f"process {pid} ({command_of(pid)}); release it once that process has finished",
+                provider=self.name,
+            )
+
     def _undo(self, record: Record) -> None:
         """Remove everything `record` made: processes, namespaces, host link, directory."""
         self._undo_objects(record.id, record.namespaces, record.host_link)
@@ -298,6 +324,7 @@ class LocalProvider(Provider):
     def _undo_objects(self, reservation_id: str, namespaces: list[str], host_link: str) -> None:
         cgroups.kill_all(reservation_id)
         underlay.teardown(namespaces, host_link)
+        rootfs.unmount_under(self.state_dir / reservation_id)
         shutil.rmtree(self.state_dir / reservation_id, ignore_errors=True)
 
     def _record_named(self, name: str) -> Record | None:

@@ -1,28 +1,30 @@
 """The real OpenSSH server of each pnode, run inside the pnode's namespaces.
 
 Everything it needs lives in the pnode's directory: host key, authorized keys, config, pid
-file and log. Root logs in with a key only; the session gets `OMNIBED_NODE_DIR` set to the
-pnode's own writable directory (`<node dir>/root`).
+file and log. Root logs in with a key only; the session gets `OMNIBED_NODE_DIR=/`, the root
+of the pnode's own filesystem (see :mod:`.rootfs`), kept for scripts written when a pnode
+had a writable directory only.
 
-sshd joins the pnode's network namespace and gets a UTS namespace of its own (hostname = the
-pnode's namespace name); it shares the host's mount namespace, so a namespace a session
-mounts under /run/netns (an emulator vnode) is one the host can enter too. Hence /sys seen
-from a pnode is the host's (sysfs shows the network namespace that mounted it): read a
-pnode's links with netlink (`ip`), not /sys/class/net.
+sshd joins the pnode's network namespace, gets a UTS namespace of its own (hostname = the
+pnode's namespace name) and a mount namespace whose root is the pnode's own filesystem;
+/run/netns there is the host's, so a namespace a session makes (an emulator vnode) is one
+the host can enter too.
 """
 
 from __future__ import annotations
 
+import fcntl
+import os
 import socket
 import time
 from pathlib import Path
 
 from omnibed.core.errors import ProviderError
+from omnibed.providers.local import rootfs
 from omnibed.providers.local.shell import run
 from omnibed.providers.local.underlay import NETNS_DIR
 
 SSHD = Path("/usr/sbin/sshd")
-PRIVSEP_DIR = Path("/run/sshd")
 HOST_KEY = "ssh_host_ed25519_key"
 AUTHORIZED_KEYS = "authorized_keys"
 CONFIG = "sshd_config"
@@ -34,7 +36,6 @@ PORT = 22
 def prepare(node_dir: Path, address: str, public_key: str | None) -> Path:
     """Write host key, authorized keys and sshd_config into `node_dir`; return the config."""
     node_dir.mkdir(parents=True, exist_ok=True)
-    (node_dir / "root").mkdir(exist_ok=True)
     run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"omnibed-local {address}",
         "-f", str(node_dir / HOST_KEY))
     keys = node_dir / AUTHORIZED_KEYS
@@ -58,7 +59,7 @@ def prepare(node_dir: Path, address: str, public_key: str | None) -> Path:
                 "PrintMotd no",
                 "MaxStartups 100:30:200",
                 "MaxSessions 100",
-                f'SetEnv "OMNIBED_NODE_DIR={node_dir / "root"}"',
+                'SetEnv "OMNIBED_NODE_DIR=/"',
                 "Subsystem sftp internal-sftp",
                 "",
             ]
@@ -84,14 +85,33 @@ def host_public_key(node_dir: Path) -> str:
     return " ".join((node_dir / f"{HOST_KEY}.pub").read_text().split()[:2])
 
 
+def record_host_key(node_dir: Path, address: str, known_hosts: Path) -> None:
+    """Make `known_hosts` hold the pnode's host key for `address`, and no other key for it.
+
+    The provider made that key, so omnibed never has to trust the first key it is shown.
+    The file (0600, never a symlink) is locked while rewritten, as omnibed's SSH client does.
+    """
+    ours = f"{address} {host_public_key(node_dir)}"
+    fd = os.open(known_hosts, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    with os.fdopen(fd, "r+") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        os.fchmod(fd, 0o600)
+        lines = handle.read().splitlines()
+        kept = [line for line in lines if address not in line.split(" ", 1)[0].split(",")]
+        if len(lines) - len(kept) != 1 or ours not in lines:
+            handle.seek(0)
+            handle.truncate()
+            handle.write("".join(line + "\n" for line in [*kept, ours]))
+
+
 def start(netns: str, node_dir: Path, prefix: list[str]) -> None:
-    """Start sshd in `netns`, hostname `netns`, as a daemon (it outlives this process).
+    """Start sshd in `netns`, hostname `netns`, on the pnode's own root filesystem (made by
+    `rootfs.prepare`), as a daemon (it outlives this process).
 
     `prefix` is put before the command (e.g. to enter the reservation's cgroup).
     """
-    PRIVSEP_DIR.mkdir(mode=0o755, exist_ok=True)
     run(*prefix, "nsenter", f"--net={NETNS_DIR / netns}", "unshare", "--uts",
-        "sh", "-c", 'hostname "$0" && exec "$@"', netns,
+        *rootfs.enter(node_dir), "sh", "-c", 'hostname "$0" && exec "$@"', netns,
         str(SSHD), "-f", str(node_dir / CONFIG), "-E", str(node_dir / LOG))
 
 

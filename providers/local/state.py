@@ -2,7 +2,8 @@
 
 The record is written before the first network object is made and rewritten when the
 reservation is complete, so `release` can undo a reservation a crashed process left half-made.
-A machine-wide lock serialises reservations so two processes never pick the same subnet.
+A machine-wide lock serialises reservations so two processes never pick the same subnet; it
+lives in a directory only root can create and write, so no other user can hold it.
 """
 
 from __future__ import annotations
@@ -10,16 +11,22 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import stat
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
 
+from omnibed.core.errors import ProviderError, ReservationError
+from omnibed.core.ledger import owner_alive, process_owner
 from omnibed.core.types import Reservation, ReservationState
 
 RECORD_FILE = "reservation.json"
-LOCK_FILE = Path("/run/lock/omnibed-local.lock")
+LOCK_DIR = Path("/run/omnibed")
+LOCK_NAME = "local.lock"
+LOCK_TIMEOUT = 600.0
 
 
 @dataclass
@@ -52,6 +59,16 @@ class Record:
     extra_nics: int = 0
     image: str | None = None
     nodes: list[NodeRecord] = field(default_factory=list)
+    owner: str = ""  # the reserving process, as omnibed.core.ledger.process_owner() gives it
+
+    def being_made_elsewhere(self) -> bool:
+        """True while another live process is still making this reservation."""
+        return (
+            self.state == ReservationState.PENDING.value
+            and bool(self.owner)
+            and self.owner != process_owner()
+            and owner_alive(self.owner)
+        )
 
     @property
     def namespaces(self) -> list[str]:
@@ -111,12 +128,79 @@ def load_record(state_dir: Path, reservation_id: str) -> Record | None:
 
 
 @contextmanager
-def machine_lock() -> Iterator[None]:
-    """Hold the machine-wide lock of the local testbed (released even if the process dies)."""
-    LOCK_FILE.parent.mkdir(parents=True, exist_ok=True)
-    with open(LOCK_FILE, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+def machine_lock(timeout: float = LOCK_TIMEOUT, directory: Path = LOCK_DIR) -> Iterator[None]:
+    """Hold the machine-wide lock of the local testbed (released even if the process dies).
+
+    The lock file lives in `directory`, a root-owned 0700 directory (made if missing, checked
+    otherwise; neither it nor the file may be a symlink). After `timeout` s a ReservationError
+    names the process holding the lock.
+    """
+    fd = _open_lock(directory)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise ReservationError(
+                        f"the local testbed is busy: {lock_holder(fd)} has held "
+                        f"{directory / LOCK_NAME} for more than {timeout:.0f} s; "
+                        "wait for it to finish or stop it",
+                        provider="local",
+                    ) from None
+                time.sleep(0.1)
+        yield
+    finally:
+        os.close(fd)  # closing the only descriptor releases the lock
+
+
+def _open_lock(directory: Path) -> int:
+    """Open (creating) the lock file in `directory` after checking only root controls it."""
+    try:
+        directory.mkdir(mode=0o700)
+    except FileExistsError:
+        pass
+    refused = f"{directory} must be a directory owned by root with mode 0700"
+    fix = "remove it (omnibed makes it again)"
+    try:
+        dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as error:
+        raise ProviderError(f"{refused} ({error.strerror}): {fix}", provider="local") from None
+    try:
+        info = os.fstat(dir_fd)
+        if info.st_uid != 0 or stat.S_IMODE(info.st_mode) & 0o077:
+            raise ProviderError(
+                f"{refused}, not uid {info.st_uid} mode {stat.S_IMODE(info.st_mode):o}: {fix}",
+                provider="local",
+            )
+        return os.open(
+            LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
+            dir_fd=dir_fd,
+        )
+    finally:
+        os.close(dir_fd)
+
+
+def lock_holder(fd: int) -> str:
+    """`process PID (command)` holding a flock on the file of `fd`, from /proc/locks."""
+    info = os.fstat(fd)
+    device = f"{os.major(info.st_dev):02x}:{os.minor(info.st_dev):02x}:{info.st_ino}"
+    with open("/proc/locks") as locks:
+        for line in locks:
+            fields = line.split()
+            if "->" not in fields and len(fields) > 5 and fields[5] == device:
+                pid = fields[4]
+                return f"process {pid} ({command_of(pid)})"
+    return "another process"
+
+
+def command_of(pid: str) -> str:
+    """The command line of process `pid` on one line (at most 120 characters)."""
+    try:
+        words = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return "gone"
+    command = " ".join(word.decode(errors="replace") for word in words)
+    return " ".join(command.split())[:120]  # one line, however the command was spelled

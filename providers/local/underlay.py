@@ -27,7 +27,7 @@ import signal
 import time
 from pathlib import Path
 
-from omnibed.core.errors import ReservationError
+from omnibed.core.errors import ProviderError, ReservationError
 from omnibed.providers.local.profiles import Profile
 from omnibed.providers.local.shell import run
 from omnibed.providers.local.state import NodeRecord, Record
@@ -168,8 +168,8 @@ def teardown(namespaces: list[str], host_link: str) -> None:
 
     Only names of the local testbed's own pattern are taken from `namespaces`; missing ones
     are skipped. A named namespace one of their links leads to (made from a pnode, e.g. an
-    emulator vnode with a veth into the pnode) goes with them: sshd shares the host's mount
-    namespace, so it would outlive the reservation.
+    emulator vnode with a veth into the pnode) goes with them: a pnode's /run/netns is the
+    host's, so it would outlive the reservation.
     """
     ours = [name for name in namespaces if OUR_NAME.match(name) and netns_exists(name)]
     doomed = [*attached(ours), *ours]
@@ -178,8 +178,11 @@ def teardown(namespaces: list[str], host_link: str) -> None:
     if OUR_NAME.match(host_link) and link_exists(host_link):
         run("ip", "link", "del", host_link)
     for name in doomed:
-        if netns_exists(name):
+        try:
             run("ip", "netns", "del", name)
+        except ProviderError:
+            if netns_exists(name):  # else gone meanwhile, e.g. removed by a dying vnode agent
+                raise
 
 
 def attached(namespaces: list[str]) -> list[str]:

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import pytest
 
+from omnibed.providers.local import rootfs
 from tests.fakes.protogeni import PKI, make_pki
 from tests.fault_matrix import beds
 from tests.fault_matrix.beds import LATE, Bed
@@ -140,7 +141,7 @@ def _arm_local(bed: Bed, step: str, fault: str, name: str, marks: Path):
     if step == "extend":  # as it writes the record's new end
         return bed.kill_at("openat", state / record["id"] / ".reservation.json.tmp")
     if step == "snapshot":  # the archive made, as it reads the pnode's files into it
-        return bed.kill_at("openat", Path(record["nodes"][0]["dir"]) / "root")
+        return bed.kill_at("openat", rootfs.upper(Path(record["nodes"][0]["dir"])))
     assert step == "release"  # pnodes gone, as it removes the reservation's directory
     return bed.kill_at("unlinkat", state / record["id"])
 

@@ -92,3 +92,49 @@ def _alive(pid: int) -> bool:
     except OSError:
         return False
     return "\nState:\tZ" not in status
+
+
+RESERVE_ONE = """
+import sys
+from datetime import timedelta
+from omnibed.core.errors import OmnibedError
+from omnibed.core.types import ReservationRequest
+from omnibed.providers.local import LocalProvider
+provider = LocalProvider(__import__("pathlib").Path(sys.argv[1]))
+provider.lock_timeout = float(sys.argv[3])
+try:
+    reservation = provider.reserve(
+        ReservationRequest(name=sys.argv[2], nodes=int(sys.argv[4]), duration=timedelta(hours=1))
+    )
+except OmnibedError as error:
+    print(error)
+    sys.exit(1)
+print("reserved", reservation.id)
+provider.release(reservation)
+"""
+
+
+def reserve_in_child(
+    state_dir: Path, name: str, lock_timeout: float, timeout: float = 60
+) -> subprocess.CompletedProcess:
+    """Reserve one pnode and release it in a child process (killed after `timeout` s);
+    stdout is `reserved <id>` or the one-line error."""
+    child = start_reserve(state_dir, name, lock_timeout)
+    try:
+        out, err = child.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        child.kill()
+        child.wait()
+        pytest.fail(f"reserving {name} still hung after {timeout:.0f} s")
+    return subprocess.CompletedProcess(child.args, child.returncode, out, err)
+
+
+def start_reserve(
+    state_dir: Path, name: str, lock_timeout: float = 60, nodes: int = 1
+) -> subprocess.Popen:
+    """A child process that reserves `nodes` pnodes, prints `reserved <id>` (or the
+    one-line error) and releases them."""
+    return subprocess.Popen(
+        [sys.executable, "-c", RESERVE_ONE, str(state_dir), name, str(lock_timeout), str(nodes)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )

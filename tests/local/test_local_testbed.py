@@ -207,7 +207,7 @@ def test_host_enters_namespaces_made_on_a_pnode_and_hostnames_differ(
     provider: LocalProvider, reserve: Callable[..., Reservation], keypair: ssh.KeyPair,
     tmp_path: Path,
 ) -> None:
-    """A pnode shares the host's mount namespace (its sessions' named namespaces, e.g. the
+    """A pnode shares the host's /run/netns (its sessions' named namespaces, e.g. the
     emulator's vnodes, are the host's too) but has a hostname of its own."""
     host_name = socket.gethostname()
     vnode, unrelated = (f"lt-{uuid.uuid4().hex[:8]}" for _ in range(2))
@@ -342,3 +342,5 @@ def test_doctor_reports_root_and_tools(tmp_path: Path) -> None:
     assert checks["running as root"].ok
     assert checks["/usr/sbin/sshd"].ok
     assert checks["`ip` command"].ok and checks["`bridge` command"].ok
+    assert checks["`unshare` command"].ok and checks["`pivot_root` command"].ok
+    assert checks["overlayfs (each pnode's own root filesystem)"].ok

@@ -1,0 +1,76 @@
+"""Each local pnode has its own root filesystem: root on a pnode never writes the host's files."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from omnibed.core import ssh
+from omnibed.core.types import Reservation
+from omnibed.providers.local import LocalProvider
+from tests.local.support import leftovers, needs_root, netns_pids
+
+pytestmark = [pytest.mark.root, needs_root]
+
+
+def _on(provider: LocalProvider, reservation: Reservation, node_id: str, key: ssh.KeyPair,
+        command: str) -> ssh.CommandResult:
+    node = {node.id: node for node in provider.list_nodes(reservation)}[node_id]
+    endpoint = provider.root_access(reservation, node, str(key.private_path))
+    return ssh.run(endpoint, command, key.private_path.with_name("known_hosts"))
+
+
+def _mounts_under(directory: Path) -> list[str]:
+    with open("/proc/self/mountinfo") as mounts:
+        return [line.split()[4] for line in mounts if line.split()[4].startswith(str(directory))]
+
+
+def test_root_on_a_pnode_changes_only_that_pnode_and_snapshot_keeps_it(
+    provider: LocalProvider, reserve: Callable[..., Reservation], keypair: ssh.KeyPair
+) -> None:
+    token = uuid.uuid4().hex[:12]
+    written = Path(f"/root/omnibed-pnode-{token}")
+    host_file = Path(f"/var/tmp/omnibed-host-{token}")
+    host_file.write_text("the host's\n")
+    try:
+        first = reserve(nodes=2)
+        wrote = _on(provider, first, "pnode-1", keypair,
+                    f"echo {token} > {written} && rm {host_file} && cat {written}")
+        assert (wrote.exit_status, wrote.stdout.strip()) == (0, token), wrote.stderr
+        assert not written.exists()  # not on the host
+        assert host_file.read_text() == "the host's\n"  # and the host's file is still there
+        other = _on(provider, first, "pnode-2", keypair, f"cat {written}; cat {host_file}")
+        assert other.stdout.split() == ["the", "host's"], other.stderr  # not on the other pnode
+
+        image = f"rootfs-{token}"
+        assert provider.snapshot(first, provider.list_nodes(first)[0], image,
+                                 str(keypair.private_path)) == image
+        second = reserve(nodes=2, image=image)
+        for node_id in ("pnode-1", "pnode-2"):
+            seen = _on(provider, second, node_id, keypair, f"cat {written}")
+            assert (seen.exit_status, seen.stdout.strip()) == (0, token), seen.stderr
+        assert not written.exists()
+
+        for reservation in (first, second):
+            pids = netns_pids(reservation)
+            provider.release(reservation)
+            assert leftovers(reservation, provider.state_dir, pids) == []
+        assert _mounts_under(provider.state_dir) == []
+    finally:
+        host_file.unlink(missing_ok=True)
+        written.unlink(missing_ok=True)
+
+
+def test_a_pnode_sees_its_own_network_in_sys_and_mounts_nothing_on_the_host(
+    provider: LocalProvider, reserve: Callable[..., Reservation], keypair: ssh.KeyPair
+) -> None:
+    reservation = reserve(nodes=1)
+    links = _on(provider, reservation, "pnode-1", keypair, "ls /sys/class/net")
+    assert links.stdout.split() == ["eth0", "lo"], links.stderr
+    # the pnode's overlay, /proc, /sys... live in its mount namespace: the host has only the
+    # tmpfs holding its writable layer
+    node_dir = provider.state_dir / reservation.id / "pnode-1"
+    assert _mounts_under(provider.state_dir) == [str(node_dir / "fs")]
