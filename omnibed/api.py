@@ -341,10 +341,15 @@ class Omnibed:
         if _is_folder_name(name) and (self.reservation_dir(name) / PLAN_FILE).exists():
             Emulator(self.access(name)).down()
 
-    def gc(self) -> list[tuple[str, str]]:
-        """Release what is expired or whose owning process is gone; (name, why) of each."""
+    def gc(self) -> tuple[list[tuple[str, str]], list[tuple[str, OmnibedError]]]:
+        """Release what is expired or whose owning process is gone.
+
+        Returns (name, why) of each released and (name, error) of each that could not be:
+        one failing release does not stop the others, and what failed stays in the ledger.
+        """
         now = utcnow()
-        released = []
+        released: list[tuple[str, str]] = []
+        failed: list[tuple[str, OmnibedError]] = []
         for entry in self.ledger.entries():
             if entry.expired(now):
                 why = "expired"
@@ -352,9 +357,13 @@ class Omnibed:
                 why = "its reserve-and-run process is gone"
             else:
                 continue
-            self.release(entry.name)
-            released.append((entry.name, why))
-        return released
+            try:
+                self.release(entry.name)
+            except OmnibedError as error:
+                failed.append((entry.name, error))
+            else:
+                released.append((entry.name, why))
+        return released, failed
 
     @staticmethod
     def _node(provider: Provider, reservation: Reservation, node_id: str) -> Node:

@@ -77,3 +77,21 @@ def test_wait_and_release_both_fail_then_gc_releases(fake, env) -> None:
     collected = omnibed(env, "gc")
     assert "released g5k-stuck" in collected.stdout, collected.stderr
     assert fake.live_jobs() == [] and listed(env) == []
+
+
+def test_gc_goes_on_past_a_reservation_it_cannot_release(fake, env) -> None:
+    """One testbed refusing one release must not keep `gc` from collecting the others."""
+    for name in ("g5k-a", "g5k-b"):
+        fake.faults.fail("GET", r"/jobs/\d+$", status=503, message="OAR down", times=2)
+        assert_told_still_live(
+            omnibed(env, "reserve", "--testbed", "grid5000", *NANCY, "--name", name), name)
+    jobs = dict(listed(env))
+    fake.faults.fail("DELETE", rf"/jobs/{jobs['g5k-a']}$", status=503, message="OAR down",
+                     times=None)
+    collected = omnibed(env, "gc")
+    assert collected.returncode == 1, collected.stderr
+    assert "released g5k-b" in collected.stdout, collected.stdout
+    [line] = collected.stderr.strip().splitlines()
+    assert line.startswith("error:") and "g5k-a" in line and "omnibed gc" in line, line
+    assert listed(env) == [("g5k-a", jobs["g5k-a"])]
+    assert fake.live_jobs() == [int(jobs["g5k-a"])]

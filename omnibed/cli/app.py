@@ -413,15 +413,27 @@ def release(name: Name) -> None:
 
 @app.command()
 def gc() -> None:
-    """Release reservations that are expired or whose reserve-and-run process died."""
+    """Release reservations that are expired or whose reserve-and-run process died.
+
+    A reservation that cannot be released is reported (exit status 1) and kept in the
+    ledger; the others are released all the same.
+    """
     api = _api()
     with _uninterruptible():
-        released = api.gc()
+        released, failed = api.gc()
     for name, why in released:
         out.print(f"released {name} ({why})")
-    if not released:
+    if not released and not failed:
         out.print("nothing to release")
     _warn_unreadable(api.ledger.entries())
+    for name, error in failed:
+        err.print(
+            f"[bold red]error:[/] {escape(name)} is still live: {escape(str(error))};"
+            " `omnibed gc` again later",
+            highlight=False, soft_wrap=True,
+        )
+    if failed:
+        raise typer.Exit(1)
 
 
 @app.command("reserve-and-run", context_settings={"allow_interspersed_args": False})
