@@ -16,6 +16,7 @@ from pathlib import Path
 
 from omnibed.core import ssh
 from omnibed.core.errors import OmnibedError, ReleaseFailed, ReservationNotFound, UsageError
+from omnibed.core.kit import check_options
 from omnibed.core.ledger import Entry, Ledger, omnibed_home, process_owner
 from omnibed.core.plugins import ProviderRegistry, load_providers
 from omnibed.core.provider import Progress, Provider, no_progress
@@ -93,12 +94,7 @@ class Omnibed:
         provider = self.provider(testbed)
         caps = provider.capabilities
         options = dict(options or {})
-        unknown = sorted(set(options) - set(caps.options))
-        if unknown:
-            known = ", ".join(f"{k} ({v})" for k, v in caps.options.items()) or "none"
-            raise UsageError(
-                f"unknown option(s) {', '.join(unknown)} for {testbed}; known: {known}"
-            )
+        check_options(options, caps.options, testbed)
         if nodes < 1:
             raise UsageError(f"--nodes must be at least 1, not {nodes}")
         if extra_nics < 0:

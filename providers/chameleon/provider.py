@@ -8,10 +8,8 @@ exactly it. A `reserve` or `wait` that fails releases what it made before raisin
 
 from __future__ import annotations
 
-import json
 import shlex
 import time
-import urllib.parse
 import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -25,12 +23,12 @@ from omnibed.core.errors import (
     NotSupported,
     OmnibedError,
     ProviderError,
-    ProviderTimeout,
     ReservationError,
     ReservationNotFound,
     SSHError,
     UsageError,
 )
+from omnibed.core.kit import RESERVATIONS, Pending, RecordStore, check_options, poll_until
 from omnibed.core.provider import Check, Progress, Provider, no_progress
 from omnibed.core.timeutil import utcnow
 from omnibed.core.types import (
@@ -134,20 +132,16 @@ class ChameleonProvider(Provider):
         return checks
 
     # -- records ----------------------------------------------------------------------------
-    def _path(self, name: str) -> Path:
-        return self.state_dir / "reservations" / (urllib.parse.quote(name, safe="") + ".json")
+    @property
+    def records(self) -> RecordStore:
+        return RecordStore(self.state_dir / RESERVATIONS)
 
     def _load(self, name: str) -> _Record | None:
-        path = self._path(name)
-        return _Record(**json.loads(path.read_text())) if path.exists() else None
+        fields = self.records.load(name)
+        return _Record(**fields) if fields is not None else None
 
     def _save(self, record: _Record) -> None:
-        path = self._path(record.name)
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(asdict(record), indent=1))
-        tmp.chmod(0o600)
-        tmp.replace(path)
+        self.records.save(record.name, asdict(record))
 
     def _client(self, record: _Record) -> ChameleonClient:
         from omnibed.providers.chameleon._client import ChameleonClient
@@ -178,10 +172,7 @@ class ChameleonProvider(Provider):
     # -- reserve / find ---------------------------------------------------------------------
     def reserve(self, request: ReservationRequest) -> Reservation:
         options = dict(request.extra)
-        unknown = sorted(set(options) - set(OPTIONS))
-        if unknown:
-            raise UsageError(f"unknown Chameleon option(s) {', '.join(unknown)}; known: "
-                             f"{', '.join(OPTIONS)}")
+        check_options(options, OPTIONS, self.name)
         site = request.site or options.get("site") or "CHI@UC"
         if site not in SITES:
             raise UsageError(f"unknown Chameleon site {site!r}: use -o site= one of "
@@ -240,7 +231,7 @@ class ChameleonProvider(Provider):
                 self._save(record)
         lease = client.get_lease(record.lease_id) if record.lease_id else None
         if lease is None and not (record.server_ids or record.fip_id or record.keypair):
-            self._path(name).unlink(missing_ok=True)
+            self.records.delete(name)
             return None
         status = lease["status"] if lease else "ERROR"
         return self._reservation(record, _convert.LEASE_STATES.get(
@@ -264,29 +255,31 @@ class ChameleonProvider(Provider):
         progress(f"{record.name}: {record.nodes} node(s) ACTIVE, gateway {record.fip_address}")
         return self._reservation(record, ReservationState.READY)
 
-    def _sleep(self, record: _Record, deadline: float, what: str) -> None:
-        if time.monotonic() >= deadline:
-            raise ProviderTimeout(f"{what} on {record.site} did not finish in time: wait "
-                                  "longer (bare metal takes 10 to 20 minutes)",
-                                  provider=self.name)
-        time.sleep(min(float(record.options.get("poll", 10)),
-                       max(0.0, deadline - time.monotonic())))
+    def _poll(self, record: _Record, deadline: float, what: str,
+              check: Callable[[], bool | Pending]) -> None:
+        """Poll `check` until it is done or `deadline` (a time.monotonic() value) passes."""
+        poll_until(check, timeout=max(0.0, deadline - time.monotonic()),
+                   interval=float(record.options.get("poll", 10)),
+                   what=f"{what} on {record.site}",
+                   fix="wait longer (bare metal takes 10 to 20 minutes)", provider=self.name)
 
     def _wait_lease(self, record: _Record, client: ChameleonClient, deadline: float,
                     progress: Progress) -> None:
-        while True:
+        def lease_active() -> bool | Pending:
             lease = client.get_lease(record.lease_id) if record.lease_id else None
             if lease is None:
                 raise ReservationError(f"the lease {record.lease_id} of {record.name!r} is "
                                        "gone from Blazar", provider=self.name)
             progress(f"lease {record.name}: {lease['status']}")
             if lease["status"] == "ACTIVE":
-                return
+                return True
             if lease["status"] in ("ERROR", "TERMINATED", "TERMINATING", "DELETING"):
                 words = lease.get("status_reason") or f"lease status {lease['status']}"
                 raise ReservationError(f"Blazar could not start the lease {record.name!r}: "
                                        f"{words}", provider=self.name, testbed_message=words)
-            self._sleep(record, deadline, f"the lease {record.name!r}")
+            return Pending(lease["status"])
+
+        self._poll(record, deadline, f"the lease {record.name!r}", lease_active)
 
     def _launch(self, record: _Record, client: ChameleonClient) -> None:
         if len(record.server_ids) >= record.nodes:
@@ -312,7 +305,7 @@ class ChameleonProvider(Provider):
 
     def _wait_servers(self, record: _Record, client: ChameleonClient, deadline: float,
                       progress: Progress) -> None:
-        while True:
+        def servers_active() -> bool | Pending:
             states = []
             for server_id in record.server_ids:
                 server = client.server(server_id)
@@ -327,8 +320,10 @@ class ChameleonProvider(Provider):
                 states.append(f"{server['name']} {server['status']} {server['progress'] or 0}%")
             progress("servers: " + ", ".join(states))
             if all(" ACTIVE " in state for state in states):
-                return
-            self._sleep(record, deadline, f"the servers of {record.name!r}")
+                return True
+            return Pending(", ".join(states))
+
+        self._poll(record, deadline, f"the servers of {record.name!r}", servers_active)
 
     def _attach_gateway(self, record: _Record, client: ChameleonClient) -> None:
         if record.fip_id is None:
@@ -496,7 +491,7 @@ class ChameleonProvider(Provider):
             raise ProviderError(f"could not release all of {record.name!r}; run "
                                 "`omnibed release` again: " + "; ".join(failures),
                                 provider=self.name)
-        self._path(record.name).unlink(missing_ok=True)
+        self.records.delete(record.name)
 
     def _rollback(self, record: _Record, cause: BaseException) -> None:
         """Release what a failed reserve/wait made; a failure to do so is noted on `cause`."""

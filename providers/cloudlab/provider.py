@@ -9,10 +9,8 @@ geni-lib is imported only inside methods (see `_client`).
 from __future__ import annotations
 
 import contextlib
-import json
 import re
 import shlex
-import time
 from dataclasses import replace
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -21,11 +19,11 @@ from omnibed.core.errors import (
     CredentialsError,
     OmnibedError,
     ProviderError,
-    ProviderTimeout,
     ReservationNotFound,
     SSHError,
     UsageError,
 )
+from omnibed.core.kit import RESERVATIONS, Pending, RecordStore, check_options, poll_until
 from omnibed.core.provider import Check, Progress, Provider, no_progress
 from omnibed.core.timeutil import utcnow
 from omnibed.core.types import (
@@ -80,17 +78,15 @@ class CloudLabProvider(Provider):
 
     # -- the local record of where each reservation lives ----------------------------
 
-    def _record_path(self, name: str) -> Path:
-        return self.state_dir / "reservations" / f"{name}.json"
+    @property
+    def records(self) -> RecordStore:
+        return RecordStore(self.state_dir / RESERVATIONS)
 
     def _record(self, name: str) -> dict | None:
-        path = self._record_path(name)
-        return json.loads(path.read_text()) if path.exists() else None
+        return self.records.load(name)
 
     def _write_record(self, name: str, site: str, start: datetime) -> None:
-        path = self._record_path(name)
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        path.write_text(json.dumps({"site": site, "start": start.isoformat()}))
+        self.records.save(name, {"site": site, "start": start.isoformat()})
 
     def _reservation(
         self, name: str, site: str, start: datetime, status: dict, end: datetime
@@ -113,12 +109,7 @@ class CloudLabProvider(Provider):
                 f"{request.name!r} cannot name a CloudLab slice: use 1-19 lowercase letters,"
                 " digits or hyphens, starting with a letter"
             )
-        unknown = sorted(set(request.extra) - set(self.capabilities.options))
-        if unknown:
-            raise UsageError(
-                f"unknown option(s) {', '.join(unknown)} for cloudlab; known: "
-                + ", ".join(sorted(self.capabilities.options))
-            )
+        check_options(request.extra, self.capabilities.options, self.name)
         if request.extra.get("vm", "xen") != "xen":
             raise UsageError(f"-o vm= takes only xen, not {request.extra['vm']!r}")
         existing = self.find(request.name)
@@ -144,7 +135,7 @@ class CloudLabProvider(Provider):
             # may have left a sliver: delete it, keeping the original error.
             with contextlib.suppress(OmnibedError):
                 client.delete_sliver(site, request.name)
-            self._record_path(request.name).unlink(missing_ok=True)
+            self.records.delete(request.name)
             raise
         return self._reservation(request.name, site, start, status, end)
 
@@ -152,9 +143,8 @@ class CloudLabProvider(Provider):
         self, reservation: Reservation, *, timeout: float = 3600, progress: Progress = no_progress
     ) -> Reservation:
         site = reservation.site or DEFAULT_SITE
-        poll = self.client.settings.poll_interval
-        deadline = time.monotonic() + timeout
-        while True:
+
+        def sliver_ready() -> Reservation | Pending:
             status = self.client.status(site, reservation.name)
             if status is None:
                 raise ReservationNotFound(
@@ -175,14 +165,13 @@ class CloudLabProvider(Provider):
                     provider=PROVIDER,
                     testbed_message=message,
                 )
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise ProviderTimeout(
-                    f"{reservation.name} was not ready at {site} after {timeout:g}s"
-                    f" ({_convert.progress_line(status)}); `omnibed release` it or wait again",
-                    provider=PROVIDER,
-                )
-            time.sleep(min(poll, remaining))
+            return Pending(_convert.progress_line(status))
+
+        return poll_until(
+            sliver_ready, timeout=timeout, interval=self.client.settings.poll_interval,
+            what=f"{reservation.name} at {site}", fix="`omnibed release` it or wait again",
+            provider=PROVIDER,
+        )
 
     def find(self, name: str) -> Reservation | None:
         record = self._record(name)
@@ -266,7 +255,7 @@ class CloudLabProvider(Provider):
         record = self._record(reservation.name)
         site = (record or {}).get("site") or reservation.site or DEFAULT_SITE
         self.client.delete_sliver(site, reservation.name)
-        self._record_path(reservation.name).unlink(missing_ok=True)
+        self.records.delete(reservation.name)
 
     # -- doctor -------------------------------------------------------------------------
 

@@ -135,10 +135,6 @@ class Client:
         with self._errors(f"put {', '.join(addresses)} in KaVLAN {vlan}"):
             return dict(self._site(site).vlans[vlan].nodes.submit(addresses))
 
-    def vlan_members(self, site: str, vlan: str) -> list[str]:
-        with self._errors(f"list KaVLAN {vlan} at {site}"):
-            return [str(n.uid) for n in self._site(site).vlans[vlan].nodes.list()]
-
     def deploy(self, site: str, body: Mapping[str, Any]) -> dict[str, Any]:
         with self._errors(f"start a deployment at {site}"):
             return self._site(site).deployments.create(dict(body)).to_dict()

@@ -2,7 +2,8 @@
 
 python-grid5000 is imported lazily (in `_client`), so listing providers needs no SDK.
 What omnibed must remember about a job beyond what OAR keeps (its options, the image asked,
-deployment results, which NICs went into the KaVLAN) is in ``<state_dir>/jobs/<name>.json``,
+deployment results, which NICs went into the KaVLAN) is in
+``<state_dir>/reservations/<name>.json`` (a :class:`~omnibed.core.kit.RecordStore`),
 written before the job is submitted.
 
 SSH: nodes are reached through ``access.grid5000.fr`` unless this machine is inside
@@ -18,7 +19,6 @@ import json
 import os
 import re
 import shlex
-import time
 from collections.abc import Mapping
 from dataclasses import replace
 from datetime import datetime
@@ -31,11 +31,11 @@ from omnibed.core.errors import (
     CredentialsError,
     NotSupported,
     ProviderError,
-    ProviderTimeout,
     ReservationError,
     ReservationNotFound,
     UsageError,
 )
+from omnibed.core.kit import RESERVATIONS, Pending, RecordStore, check_options, poll_until
 from omnibed.core.provider import Check, Progress, Provider, no_progress
 from omnibed.core.timeutil import format_walltime
 from omnibed.core.types import (
@@ -122,17 +122,15 @@ class Grid5000Provider(Provider):
 
     # -- the record omnibed keeps per job --------------------------------------------------
 
-    def _record_path(self, name: str) -> Path:
-        return self.state_dir / "jobs" / f"{name}.json"
+    @property
+    def records(self) -> RecordStore:
+        return RecordStore(self.state_dir / RESERVATIONS)
 
     def _record(self, name: str) -> dict[str, Any]:
-        path = self._record_path(name)
-        return json.loads(path.read_text()) if path.exists() else {}
+        return self.records.load(name) or {}
 
     def _save(self, name: str, record: Mapping[str, Any]) -> None:
-        path = self._record_path(name)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(record, indent=1, sort_keys=True))
+        self.records.save(name, record)
 
     def _view(self, job: Mapping[str, Any], record: Mapping[str, Any]) -> Reservation:
         base = _convert.reservation(job, record["site"])
@@ -154,10 +152,7 @@ class Grid5000Provider(Provider):
 
     def reserve(self, request: ReservationRequest) -> Reservation:
         options = dict(request.extra)
-        unknown = sorted(set(options) - set(OPTIONS))
-        if unknown:
-            raise UsageError(f"unknown grid5000 option(s) {', '.join(unknown)}; known:"
-                             f" {', '.join(OPTIONS)}")
+        check_options(options, OPTIONS, self.name)
         image = request.image or options.get("image")
         request = replace(request, image=image)
         try:
@@ -174,11 +169,11 @@ class Grid5000Provider(Provider):
         try:
             job = self.client.submit_job(site, body)
         except (ReservationError, CredentialsError):  # refused: no job was made
-            self._record_path(request.name).unlink(missing_ok=True)
+            self.records.delete(request.name)
             raise
         except BaseException:
             self._remove_leftovers(site, request.name)  # an unanswered POST may have made one
-            self._record_path(request.name).unlink(missing_ok=True)  # kept if that failed
+            self.records.delete(request.name)  # kept if that failed
             raise
         self._save(request.name, {**record, "uid": str(job["uid"])})
         return self._view(job, record)
@@ -207,23 +202,14 @@ class Grid5000Provider(Provider):
     ) -> Reservation:
         record = self._record(reservation.name) or {"name": reservation.name,
                                                     "site": reservation.site}
-        poll = float(record.get("options", {}).get("poll", 10))
-        deadline = time.monotonic() + timeout
-        said = ""
-        while True:
+        said = [""]
+
+        def job_ready() -> Reservation | Pending:
             current = self._view(self._job(reservation), record)
             line = f"job {current.id} at {current.site}: {current.extra['oar_state']}"
-            if line != said:
+            if line != said[0]:
                 progress(line)
-                said = line
-            if current.state is ReservationState.READY:
-                self._attach_extra_nics(current, record, progress)
-                if "deploy" in current.extra["types"] and record.get("public_key") and (
-                    "deployment" not in record
-                ):
-                    progress(f"kadeploy {record.get('image')} on {current.extra['assigned_nodes']}")
-                    self._deploy(current, record, record["public_key"])
-                return current
+                said[0] = line
             if current.state in (ReservationState.ERROR, ReservationState.RELEASED):
                 message = current.extra["message"]
                 raise ProviderError(
@@ -232,14 +218,22 @@ class Grid5000Provider(Provider):
                     provider=self.name,
                     testbed_message=message,
                 )
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise ProviderTimeout(
-                    f"OAR job {current.id} at {current.site} is still"
-                    f" {current.extra['oar_state']} after {timeout:g}s: wait again or release it",
-                    provider=self.name,
-                )
-            time.sleep(min(poll, left))
+            if current.state is ReservationState.READY:
+                return current
+            return Pending(current.extra["oar_state"])
+
+        current = poll_until(
+            job_ready, timeout=timeout, interval=float(record.get("options", {}).get("poll", 10)),
+            what=f"OAR job {reservation.id} at {reservation.site}",
+            fix="wait again or release it", provider=self.name,
+        )
+        self._attach_extra_nics(current, record, progress)
+        if "deploy" in current.extra["types"] and record.get("public_key") and (
+            "deployment" not in record
+        ):
+            progress(f"kadeploy {record.get('image')} on {current.extra['assigned_nodes']}")
+            self._deploy(current, record, record["public_key"])
+        return current
 
     def _attach_extra_nics(
         self, reservation: Reservation, record: dict[str, Any], progress: Progress
@@ -371,15 +365,18 @@ class Grid5000Provider(Provider):
             "key": f"{public_key}\n{frontend_keys.strip()}\n",
         })
         uid = str(started["uid"])
-        deadline = time.monotonic() + float(options.get("deploy_timeout", 1800))
-        deployment = started
-        while deployment.get("status") not in ("terminated", "error", "canceled"):
-            if time.monotonic() > deadline:
-                raise ProviderTimeout(f"deployment {uid} at {site} is still"
-                                      f" {deployment.get('status')}: check it, then retry",
-                                      provider=self.name)
-            time.sleep(float(options.get("poll", 10)))
-            deployment = self.client.deployment(site, uid)
+
+        def deployment_over() -> dict[str, Any] | Pending:
+            deployment: dict[str, Any] = self.client.deployment(site, uid)
+            if deployment.get("status") in ("terminated", "error", "canceled"):
+                return deployment
+            return Pending(str(deployment.get("status")))
+
+        deployment = poll_until(
+            deployment_over, timeout=float(options.get("deploy_timeout", 1800)),
+            interval=float(options.get("poll", 10)), what=f"deployment {uid} at {site}",
+            fix="check it, then retry", provider=self.name,
+        )
         if deployment["status"] == "terminated":
             ok, ko = _convert.deployment_outcome(deployment.get("result") or {})
         else:
@@ -474,7 +471,7 @@ class Grid5000Provider(Provider):
             except ProviderError:  # e.g. a lost answer, and the retried DELETE found it gone
                 if _live(self.client.job(site, reservation.id)):
                     raise
-        self._record_path(reservation.name).unlink(missing_ok=True)
+        self.records.delete(reservation.name)
 
 
 def _live(job: Mapping[str, Any] | None) -> bool:

@@ -7,18 +7,17 @@ import os
 import platform
 import re
 import shutil
-import time
 from datetime import datetime
 from pathlib import Path
 
 from omnibed.core import ssh
 from omnibed.core.errors import (
     OmnibedError,
-    ProviderTimeout,
     ReservationError,
     ReservationNotFound,
     UsageError,
 )
+from omnibed.core.kit import Pending, check_options, poll_until
 from omnibed.core.ledger import process_owner
 from omnibed.core.provider import Check, Progress, Provider, no_progress
 from omnibed.core.timeutil import require_utc, utcnow
@@ -141,12 +140,7 @@ class LocalProvider(Provider):
         return record.to_reservation()
 
     def _check_request(self, request: ReservationRequest) -> tuple[Profile, Path | None]:
-        unknown = sorted(set(request.extra) - set(OPTIONS))
-        if unknown:
-            raise UsageError(
-                f"unknown option(s) for the local testbed: {', '.join(unknown)}; "
-                f"known: {', '.join(OPTIONS)}"
-            )
+        check_options(request.extra, OPTIONS, self.name)
         if request.nodes > underlay.MAX_NODES:
             raise UsageError(
                 f"the local testbed makes at most {underlay.MAX_NODES} pnodes per reservation, "
@@ -206,20 +200,20 @@ class LocalProvider(Provider):
     def wait(
         self, reservation: Reservation, *, timeout: float = 3600, progress: Progress = no_progress
     ) -> Reservation:
-        deadline = time.monotonic() + timeout
-        while True:
+
+        def built() -> Reservation | Pending:
             record = self._record(reservation)
             if record.state == ReservationState.READY.value:
                 progress(f"{len(record.nodes)} pnode(s) ready on {record.subnet}")
                 return record.to_reservation()
-            if time.monotonic() >= deadline:
-                raise ProviderTimeout(
-                    f"the local reservation {reservation.name!r} was not ready after "
-                    f"{timeout:.0f} s; release it with omnibed release {reservation.name}",
-                    provider=self.name,
-                )
             progress(f"{reservation.name}: being built by another process")
-            time.sleep(0.2)
+            return Pending("being built by another process")
+
+        return poll_until(
+            built, timeout=timeout, interval=0.2,
+            what=f"the local reservation {reservation.name!r}",
+            fix=f"release it with omnibed release {reservation.name}", provider=self.name,
+        )
 
     def find(self, name: str) -> Reservation | None:
         record = self._record_named(name)

@@ -20,6 +20,7 @@ from datetime import datetime
 from pathlib import Path
 
 from omnibed.core.errors import ProviderError, ReservationError
+from omnibed.core.kit import write_json
 from omnibed.core.ledger import owner_alive, process_owner
 from omnibed.core.types import Reservation, ReservationState
 
@@ -94,12 +95,8 @@ class Record:
         )
 
     def save(self, state_dir: Path) -> None:
-        """Write the record atomically to `state_dir/<id>/reservation.json`."""
-        directory = state_dir / self.id
-        directory.mkdir(parents=True, exist_ok=True)
-        temporary = directory / f".{RECORD_FILE}.tmp"
-        temporary.write_text(json.dumps(asdict(self), indent=2))
-        os.replace(temporary, directory / RECORD_FILE)
+        """Write the record atomically, 0600, to `state_dir/<id>/reservation.json`."""
+        write_json(state_dir / self.id / RECORD_FILE, asdict(self))
 
     @classmethod
     def load(cls, path: Path) -> Record:

@@ -1,14 +1,14 @@
-"""Which hosts are claimed by which reservation: a JSON file guarded by an flock."""
+"""Which hosts are claimed by which reservation: state shared between reservations, kept in
+omnibed's record store (atomic 0600 writes under a lock)."""
 
 from __future__ import annotations
 
-import fcntl
-import json
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+from omnibed.core.kit import RecordStore
 
 
 @dataclass
@@ -29,27 +29,16 @@ class Claim:
 class ClaimBook:
     """`with book.locked() as claims:` reads the claims by name and saves them on exit."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
+    def __init__(self, state_dir: Path) -> None:
+        self.store = RecordStore(state_dir / "shared")
 
     @contextmanager
     def locked(self) -> Iterator[dict[str, Claim]]:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        lock = os.open(self.path.with_suffix(".lock"), os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            claims = {
-                name: Claim(**fields)
-                for name, fields in (
-                    json.loads(self.path.read_text()) if self.path.exists() else {}
-                ).items()
-            }
+        with self.store.edit("claims") as record:
+            claims = {name: Claim(**fields) for name, fields in record.items()}
             yield claims
-            temporary = self.path.with_suffix(".tmp")
-            temporary.write_text(json.dumps({n: asdict(c) for n, c in claims.items()}, indent=1))
-            temporary.replace(self.path)
-        finally:
-            os.close(lock)
+            record.clear()
+            record.update({name: asdict(claim) for name, claim in claims.items()})
 
     def get(self, name: str) -> Claim | None:
         with self.locked() as claims:

@@ -11,7 +11,6 @@ import json
 import os
 import shlex
 import socket
-import time
 import uuid
 from datetime import datetime
 from pathlib import Path
@@ -19,12 +18,12 @@ from pathlib import Path
 from omnibed.core.errors import (
     NotSupported,
     ProviderError,
-    ProviderTimeout,
     ReservationError,
     ReservationNotFound,
     SSHError,
     UsageError,
 )
+from omnibed.core.kit import Pending, check_options, poll_until
 from omnibed.core.provider import Check, Progress, Provider, no_progress
 from omnibed.core.ssh import run
 from omnibed.core.timeutil import require_utc, utcnow
@@ -66,7 +65,7 @@ class StaticHostsProvider(Provider):
         self.inventory = inventory or Path(
             os.environ.get(INVENTORY_ENV) or state_dir / "inventory.yaml"
         )
-        self.claims = ClaimBook(state_dir / "claims.json")
+        self.claims = ClaimBook(state_dir)
         self.known_hosts = state_dir / "known_hosts"
 
     @classmethod
@@ -82,11 +81,7 @@ class StaticHostsProvider(Provider):
     # reserve ---------------------------------------------------------------------------
 
     def reserve(self, request: ReservationRequest) -> Reservation:
-        unknown = sorted(set(request.extra) - set(self.capabilities.options))
-        if unknown:
-            raise UsageError(
-                f"unknown option(s) for statichosts: {', '.join(unknown)}; known: hosts"
-            )
+        check_options(request.extra, self.capabilities.options, self.name)
         if request.start is not None:
             raise NotSupported(self.name, "advance reservation", "claims start at once")
         if request.image is not None:
@@ -141,8 +136,8 @@ class StaticHostsProvider(Provider):
         self, reservation: Reservation, *, timeout: float = 3600, progress: Progress = no_progress
     ) -> Reservation:
         """READY once every host accepts SSH and holds the key; a refused login is an error."""
-        deadline = time.monotonic() + timeout
-        while True:
+
+        def hosts_ready() -> Reservation | Pending:
             claim = self._claim(reservation)
             if claim.ready:
                 return self._reservation(claim)
@@ -158,15 +153,14 @@ class StaticHostsProvider(Provider):
                     claim = claims[claim.name]
                 progress(f"{reservation.name}: {len(hosts)} host(s) ready")
                 return self._reservation(claim)
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise ProviderTimeout(
-                    f"{', '.join(down)} did not accept SSH within {timeout:g} s: start them, "
-                    f"or release {reservation.name} and reserve other hosts",
-                    provider=self.name,
-                )
             progress(f"{reservation.name}: waiting for {', '.join(down)} to accept SSH")
-            time.sleep(min(POLL, remaining))
+            return Pending(f"waiting for {', '.join(down)} to accept SSH")
+
+        return poll_until(
+            hosts_ready, timeout=timeout, interval=POLL, what=reservation.name,
+            fix=f"start the hosts, or release {reservation.name} and reserve other hosts",
+            provider=self.name,
+        )
 
     def _install_key(self, host: Host, claim: Claim) -> None:
         command = "id -u"

@@ -180,7 +180,7 @@ def test_wait_times_out(pki, tmp_path: Path, passphrase: str) -> None:
         slow.write_config(tmp_path / "state")
         provider = CloudLabProvider(tmp_path / "state")
         reservation = provider.reserve(request("slow"))
-        with pytest.raises(ProviderTimeout, match="not ready"):
+        with pytest.raises(ProviderTimeout, match="is still .* after 0.3 s"):
             provider.wait(reservation, timeout=0.3)
         provider.release(reservation)
 

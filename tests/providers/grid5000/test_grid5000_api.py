@@ -183,7 +183,7 @@ def test_a_refused_reserve_leaves_no_job_record(provider, fake, status):
     fake.faults.fail("POST", r"/jobs$", status=status, message="refused")
     with pytest.raises(ProviderError):
         provider.reserve(ask("g5k-norecord"))
-    assert list(provider.state_dir.glob("jobs/*.json")) == []
+    assert list(provider.state_dir.glob("reservations/*.json")) == []
     assert provider.find("g5k-norecord") is None
 
 
@@ -194,7 +194,7 @@ def test_an_unanswered_submit_leaves_no_job_record(provider, fake, tmp_path, mon
     with pytest.raises(ProviderError):
         Grid5000Provider(provider.state_dir).reserve(ask("g5k-lostrecord"))
     assert fake.live_jobs() == []
-    assert list(provider.state_dir.glob("jobs/*.json")) == []
+    assert list(provider.state_dir.glob("reservations/*.json")) == []
 
 
 def test_a_release_whose_answer_is_lost_is_done(provider, fake, tmp_path, monkeypatch):
@@ -204,7 +204,7 @@ def test_a_release_whose_answer_is_lost_is_done(provider, fake, tmp_path, monkey
     fake.faults.delay("DELETE", r"/jobs/\d+$", 2.0)  # deleted, answered too late
     Grid5000Provider(provider.state_dir).release(reservation)
     assert fake.live_jobs() == []
-    assert list(provider.state_dir.glob("jobs/*.json")) == []
+    assert list(provider.state_dir.glob("reservations/*.json")) == []
 
 
 @pytest.mark.parametrize("status", [500, 502, 503])
@@ -268,5 +268,5 @@ def test_state_records_hold_no_password(provider, fake):
     for path in provider.state_dir.rglob("*"):
         if path.is_file():
             assert fake.password not in path.read_text()
-    record = json.loads((provider.state_dir / "jobs" / "g5k-records.json").read_text())
+    record = json.loads((provider.state_dir / "reservations" / "g5k-records.json").read_text())
     assert (record["site"], record["uid"]) == ("nancy", "4001")
