@@ -124,7 +124,9 @@ class Grid5000Provider(Provider):
 
     @property
     def records(self) -> RecordStore:
-        return RecordStore(self.state_dir / RESERVATIONS)
+        store = RecordStore(self.state_dir / RESERVATIONS)
+        _adopt_old_records(self.state_dir / "jobs", store)
+        return store
 
     def _record(self, name: str) -> dict[str, Any]:
         return self.records.load(name) or {}
@@ -478,3 +480,16 @@ def _live(job: Mapping[str, Any] | None) -> bool:
     """Whether the OAR job still holds (or waits for) nodes."""
     return job is not None and _convert.STATE_MAP.get(str(job.get("state")).lower()) in (
         ReservationState.WAITING, ReservationState.READY)
+
+
+def _adopt_old_records(old: Path, store: RecordStore) -> None:
+    """Move the records an earlier omnibed kept in `jobs/` into `store`, so that the jobs
+    they name are still found and released."""
+    if not old.is_dir() or old.is_symlink():
+        return
+    with store.locked():
+        for path in old.glob("*.json"):
+            if store.load(path.stem) is None:
+                store.save(path.stem, json.loads(path.read_text()))
+            path.unlink()
+        old.rmdir()

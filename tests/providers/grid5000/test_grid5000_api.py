@@ -80,6 +80,18 @@ def test_reserving_twice_under_one_name_reuses_the_job(provider, fake):
     assert Grid5000Provider(provider.state_dir).find("g5k-twice").id == first.id
 
 
+def test_a_job_recorded_by_an_earlier_omnibed_is_still_found_and_released(provider, fake):
+    """Records kept in `jobs/` before the tables were named `reservations/` are not lost."""
+    reservation = provider.reserve(ask("g5k-old"))
+    (provider.state_dir / "jobs").mkdir()
+    (provider.state_dir / "reservations" / "g5k-old.json").rename(
+        provider.state_dir / "jobs" / "g5k-old.json")
+    upgraded = Grid5000Provider(provider.state_dir)
+    assert upgraded.find("g5k-old").id == reservation.id
+    upgraded.release(upgraded.find("g5k-old"))
+    assert fake.live_jobs() == [] and upgraded.find("g5k-old") is None
+
+
 @pytest.mark.parametrize("zone", ["UTC", "Europe/Paris", "America/Chicago"])
 @pytest.mark.parametrize(("start", "paris"), [
     (datetime(2030, 3, 31, 0, 30, tzinfo=UTC), "2030-03-31 01:30:00"),  # before the DST change
