@@ -295,6 +295,7 @@ class LocalProvider(Provider):
         self._undo_objects(record.id, record.namespaces, record.host_link)
 
     def _undo_objects(self, reservation_id: str, namespaces: list[str], host_link: str) -> None:
+        _remove_containers(reservation_id)
         cgroups.kill_all(reservation_id)
         underlay.teardown(namespaces, host_link)
         shutil.rmtree(self.state_dir / reservation_id, ignore_errors=True)
@@ -325,3 +326,13 @@ class LocalProvider(Provider):
                 return pnode
         raise UsageError(f"{reservation.name} has no node {node.id!r}")
 
+
+def _remove_containers(reservation_id: str) -> None:
+    """Remove the reservation's container vnodes: they live in cgroups of their own, out of
+    the reservation's, and the emulator names them `<reservation id>-<vnode>`."""
+    if shutil.which("runc") is None:
+        return
+    from omnibed.emulator.agent.containers import Runtime
+
+    runtime = Runtime()
+    runtime.remove([n for n in runtime.names() if n.startswith(f"{reservation_id}-")])
