@@ -734,7 +734,7 @@ def _container_cells(vnode: dict[str, Any], boxes: bool) -> list[str]:
     return [box["image"], box["state"], ", ".join(limits) or "none", oom]
 
 
-@emulate_app.command("ssh", context_settings={"allow_interspersed_args": False})
+@emulate_app.command("ssh")
 def emulate_ssh(
     name: Name,
     vnode: Annotated[str, typer.Argument(help="Vnode name (an `ssh: true` container vnode).")],
