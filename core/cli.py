@@ -744,3 +744,15 @@ def emulate_ssh(
     a shell, or the words after `--` as one command (quoted for the vnode's shell)."""
     argv = _emulator(_api(), name).ssh_command(vnode, shlex.join(command) if command else None)
     os.execvp(argv[0], argv)
+
+
+@emulate_app.command("cp")
+def emulate_cp(
+    name: Name,
+    source: Annotated[str, typer.Argument(help="A local file, or VNODE:PATH.")],
+    target: Annotated[str, typer.Argument(help="VNODE:PATH, or a local file.")],
+) -> None:
+    """Copy a file to or from an `ssh: true` vnode: `omnibed emulate cp NAME LOCAL VNODE:PATH`
+    or `omnibed emulate cp NAME VNODE:PATH LOCAL` (SFTP through its pnode)."""
+    vnode = _emulator(_api(), name).copy(source, target)
+    out.print(f"copied {source} -> {target} ({vnode})", highlight=False)

@@ -323,6 +323,42 @@ class Emulator:
         )
         return argv if command is None else [*argv, command]
 
+    def copy(self, source: str, target: str) -> str:
+        """Copy a file between here and an `ssh: true` vnode over SFTP through its pnode; one
+        of `source` and `target` is `VNODE:PATH`. Returns the vnode's name."""
+        the_plan = self._require()
+        remote = [side for side in (source, target) if _vnode_side(side)]
+        if len(remote) != 1:
+            raise UsageError(
+                f"give exactly one side as VNODE:PATH (e.g. vnode-0:/root/data), not "
+                f"{source!r} and {target!r}"
+            )
+        name, path = remote[0].split(":", 1)
+        vnode = the_plan.vnode(name)
+        if not vnode.ssh:
+            raise UsageError(f"vnode {name} runs no sshd: copying needs ssh: true")
+        local = target if remote[0] == source else source
+        if remote[0] == target and not Path(local).is_file():
+            raise UsageError(f"no file {local} to copy")
+        known_hosts = self.api.known_hosts(self.reservation)
+        pnode = ssh.connect(self.api.root_endpoint(self.reservation, vnode.pnode), known_hosts)
+        try:
+            key = str(self.api.keypair(self.reservation).private_path)
+            client = vnode_ssh.connect(pnode, vnode, known_hosts, key)
+            try:
+                with client.open_sftp() as sftp:
+                    if remote[0] == source:
+                        sftp.get(path, local)
+                    else:
+                        sftp.put(local, path)
+            except OSError as exc:
+                raise EmulatorError(f"copying {source} to {target} failed: {exc}") from exc
+            finally:
+                client.close()
+        finally:
+            pnode.close()
+        return name
+
     def connectivity(self) -> list[dict[str, Any]]:
         """Ping, in every vnetwork, from one vnode per pnode to one vnode on each other pnode."""
         the_plan = self._require()
@@ -462,6 +498,12 @@ def _preflight(sessions: Mapping[str, AgentConnection], the_plan: Plan) -> None:
     missing = {pnode: problems for pnode, problems in missing.items() if problems}
     if missing:
         raise PreflightError(missing)
+
+
+def _vnode_side(text: str) -> bool:
+    """Whether `text` is `VNODE:PATH` (a local path with a ':' is written ./a:b)."""
+    head, colon, _ = text.partition(":")
+    return bool(colon) and "/" not in head and head != ""
 
 
 def _upload(

@@ -8,6 +8,7 @@ line and exit status 2, nothing started."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -185,6 +186,23 @@ def test_ssh_as_root_through_paramiko_with_the_recorded_host_key(
     ))  # fmt: skip
     with pytest.raises(paramiko.SSHException, match="not found in known_hosts"):
         login(without)
+
+
+def test_cp_to_and_from_a_vnode(platform: dict, tmp_path: Path) -> None:
+    sent = tmp_path / "sent"
+    sent.write_bytes(os.urandom(100_000))
+    put = omnibed(platform["home"], "emulate", "cp", platform["name"], str(sent),
+                  "vnode-2:/root/data")  # fmt: skip
+    assert put.returncode == 0, put.stderr
+    seen = _exec(platform, "vnode-2", "sha256sum", "/root/data")
+    assert hashlib.sha256(sent.read_bytes()).hexdigest() in seen.stdout
+    back = tmp_path / "back"
+    got = omnibed(platform["home"], "emulate", "cp", platform["name"], "vnode-2:/root/data",
+                  str(back))  # fmt: skip
+    assert got.returncode == 0, got.stderr
+    assert back.read_bytes() == sent.read_bytes()
+    both = omnibed(platform["home"], "emulate", "cp", platform["name"], "vnode-0:/a", "vnode-1:/b")
+    assert both.returncode == 2 and "exactly one side" in both.stderr
 
 
 def test_down_leaves_no_container_mount_cgroup_or_process(platform: dict) -> None:
