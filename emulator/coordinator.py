@@ -74,6 +74,9 @@ class Emulator:
         self.reservation = reservation
         api.entry(reservation)  # UsageError if unknown
         self.plan_path = api.reservation_dir(reservation) / PLAN_FILE
+        # seconds from the start of the last `up` until its container vnodes ran and every
+        # `ssh: true` one answered SSH; None without container vnodes
+        self.reachable_after: float | None = None
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -82,7 +85,7 @@ class Emulator:
     ) -> Plan:
         """Build `platform`; on any failure nothing is left on any pnode."""
         started = time.monotonic()
-        self.reachable_after: float | None = None
+        self.reachable_after = None
         if self.plan_path.exists():
             raise UsageError(
                 f"{self.reservation} already runs a platform: "
