@@ -286,3 +286,6 @@ def test_release_removes_the_containers_even_without_the_plan(
     assert _leftovers(f"{reservation_id}-") == {
         "containers": [], "mounts": [], "cgroups": [], "processes": []
     }  # fmt: skip
+    # the vnode's network namespace is the emulator's, which the lost plan named: not the
+    # testbed's to find (a known gap of release without the plan)
+    subprocess.run(["ip", "netns", "del", f"ob-{instance_tag(name)}-p0-lone"], check=False)
