@@ -30,7 +30,22 @@ class ReservationAccess(Protocol):
 
     @property
     def known_hosts(self) -> Path:
-        """The known_hosts file that checks the nodes' host keys."""
+        """The known_hosts file that checks the nodes' host keys (and container vnodes')."""
+        ...
+
+    @property
+    def reservation_id(self) -> str:
+        """The testbed's id of the reservation (names what the emulator makes on pnodes)."""
+        ...
+
+    @property
+    def key_file(self) -> Path:
+        """The reservation's private SSH key (container vnodes authorise its public half)."""
+        ...
+
+    @property
+    def public_key(self) -> str:
+        """The public half of `key_file`, in OpenSSH's one-line format."""
         ...
 
     def nodes(self) -> list[Node]:
@@ -44,4 +59,8 @@ class ReservationAccess(Protocol):
     def root_endpoints(self, nodes: Sequence[Node] | None = None) -> dict[str, SSHEndpoint]:
         """Node id -> an endpoint that logs in as root with the reservation's key, for
         `nodes` (default: every node of the reservation)."""
+        ...
+
+    def root_endpoint(self, node_id: str) -> SSHEndpoint:
+        """An endpoint that logs in as root to node `node_id` only."""
         ...

@@ -6,27 +6,46 @@ probes whether the underlay passes foreign MACs, plans, runs the preflight every
 parallel; a failure anywhere tears down every pnode and raises ApplyError naming what
 failed where. The plan is kept in the reservation's directory so `status`, `exec` and `down`
 work from another process, and so `omnibed release` can tear the platform down first.
+
+Container vnodes (docs/containers.md): after the network, each pnode gets the images its
+vnodes use (uploaded over SFTP unless the pnode has that sha256 already), starts their
+containers, and `up` returns once every `ssh: true` vnode accepted a root login through its
+pnode with its recorded host key (:mod:`.vnode_ssh`); `reachable_after` is how long `up`
+took until then. A failure at any step removes everything from every pnode.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import secrets
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from omnibed.core import ssh
 from omnibed.core.errors import ApplyError, EmulatorError, PreflightError, UsageError
 from omnibed.core.provider import Progress, no_progress
 from omnibed.core.reservation_access import ReservationAccess
 from omnibed.core.types import Node, SSHEndpoint
 
+from . import vnode_ssh
 from .agent import ops
 from .bundle import build
+from .image_refs import ImageRef, resolve
 from .model import Platform
 from .modes import PnodeFacts, ProbeResult, probe_targets
-from .planner import NetworkPlan, Plan, VnodePlan, check_fits, plan
+from .planner import (
+    Containers,
+    NetworkPlan,
+    Plan,
+    VnodePlan,
+    check_fits,
+    container_prefix,
+    plan,
+)
 from .transport import AgentConnection, AgentSession, for_each
 
 PLAN_FILE = "emulation.json"
@@ -62,6 +81,7 @@ class PnodeStatus:
     complete: bool = False
     absent: bool = False
     error: str | None = None
+    containers_error: str | None = None  # the agent could not report its containers
 
     def problem(self) -> str | None:
         """What is wrong with the platform on this pnode, for a warning; None if nothing."""
@@ -71,12 +91,17 @@ class PnodeStatus:
             return "its part of the platform is missing: `omnibed emulate down` then `up` again"
         if not self.complete:
             return "its part of the platform is incomplete: `omnibed emulate down` then `up`"
+        if self.containers_error is not None:
+            return f"its containers could not be listed: {self.containers_error}"
         return None
 
     def to_json(self) -> dict[str, Any]:
         if self.error is not None:
             return {"error": self.error}
-        return {"complete": self.complete, "absent": self.absent}
+        report: dict[str, Any] = {"complete": self.complete, "absent": self.absent}
+        if self.containers_error is not None:
+            report["containers_error"] = self.containers_error
+        return report
 
 
 @dataclass(frozen=True)
@@ -87,6 +112,21 @@ class EmulationStatus:
     networks: tuple[NetworkPlan, ...]
     vnodes: tuple[VnodePlan, ...]
     pnodes: Mapping[str, PnodeStatus]
+    containers: Mapping[str, Mapping[str, Any]]  # container name -> what its runtime reports
+
+    def container(self, vnode: VnodePlan) -> dict[str, Any] | None:
+        """A container vnode's image, limits and runtime state; None for a netns-only one."""
+        if vnode.container is None:
+            return None
+        return {
+            "name": vnode.container,
+            "image": vnode.image,
+            "cpus": list(vnode.cpus),
+            "share": vnode.share,
+            "memory": vnode.memory,
+            "ssh": vnode.ssh,
+            **self.containers.get(vnode.container, {"state": "unknown"}),
+        }
 
     def to_json(self) -> dict[str, Any]:
         """Each vnetwork's mode and why, each vnode's pnode, netns and addresses, and
@@ -113,6 +153,7 @@ class EmulationStatus:
                     "pnode": v.pnode,
                     "netns": v.netns,
                     "ifaces": {i.name: {"address": i.address, "mac": i.mac} for i in v.ifaces},
+                    "container": self.container(v),
                 }
                 for v in self.vnodes
             ],
@@ -137,6 +178,9 @@ class Emulator:
         self.access = access
         self.reservation = access.name
         self.plan_path = access.state_dir / PLAN_FILE
+        # seconds from the start of the last `up` until its container vnodes ran and every
+        # `ssh: true` one answered SSH; None without container vnodes
+        self.reachable_after: float | None = None
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -144,11 +188,14 @@ class Emulator:
         self, platform: Platform, *, force: bool = False, progress: Progress = no_progress
     ) -> Plan:
         """Build `platform`; on any failure nothing is left on any pnode."""
+        started = time.monotonic()
+        self.reachable_after = None
         if self.plan_path.exists():
             raise UsageError(
                 f"{self.reservation} already runs a platform: "
                 f"`omnibed emulate down {self.reservation}` first"
             )
+        images = resolve(platform)  # before any agent starts: bad images are bad input
         progress("reading the pnodes' NICs")
         nodes = self.access.nodes()
         check_fits(platform, [node.id for node in nodes])  # before any agent starts
@@ -158,18 +205,94 @@ class Emulator:
         with self._sessions(nodes) as sessions:
             progress("probing whether the underlay passes foreign MACs")
             probe = _probe(sessions, facts)
-            the_plan = plan(platform, facts, self.reservation, probe=probe, force=force)
+            containers = self._containers(sessions, images) if images else None
+            the_plan = plan(
+                platform, facts, self.reservation, probe=probe, force=force, containers=containers
+            )
             progress("preflight on every pnode")
             _preflight(sessions, the_plan)
             self._save(the_plan)
-            progress(f"building {len(the_plan.vnodes)} vnodes")
-            failures = _errors(_on_all(sessions, ops.APPLY, the_plan))
-            if failures:
+            known_hosts = self.access.known_hosts
+            vnode_ssh.record_host_keys(known_hosts, the_plan)
+            try:
+                self._build(sessions, the_plan, images, progress)
+            except BaseException as failure:
                 rollback = _errors(_on_all(sessions, ops.TEARDOWN, the_plan))
                 if not rollback:
                     self.plan_path.unlink()
-                raise ApplyError(failures, rolled_back=not rollback)
+                    vnode_ssh.forget_host_keys(known_hosts)
+                elif isinstance(failure, ApplyError):
+                    raise ApplyError(failure.failures, rolled_back=False) from None
+                raise
+        if any(v.container for v in the_plan.vnodes):
+            self.reachable_after = time.monotonic() - started
         return the_plan
+
+    def _containers(
+        self, sessions: Mapping[str, AgentConnection], images: Mapping[str, ImageRef]
+    ) -> Containers:
+        """What the planner needs for container vnodes, from each pnode's agent."""
+        hello = for_each(sessions, lambda _, session: session.call(ops.HELLO))
+        problems = {p: [str(r)] for p, r in hello.items() if isinstance(r, BaseException)}
+        if problems:
+            raise PreflightError(problems)
+        return Containers(
+            images=images,
+            cores={pnode: int(reply["cpus"]) for pnode, reply in hello.items()},  # type: ignore[index]
+            prefix=container_prefix(self.access.reservation_id),
+            authorized_keys=self.access.public_key,
+            new_host_key=vnode_ssh.new_host_key,
+        )
+
+    def _build(
+        self,
+        sessions: Mapping[str, AgentConnection],
+        the_plan: Plan,
+        images: Mapping[str, ImageRef],
+        progress: Progress,
+    ) -> None:
+        """Network, images, containers, SSH: raises (ApplyError, ...) at the first failure."""
+        boxes = {s.pnode: s for s in the_plan.states if s.containers}
+        if boxes:
+            progress("uploading images to the pnodes that lack them")
+            by_sha = {ref.sha256: ref for ref in images.values()}
+            endpoints = self.access.root_endpoints()
+            known_hosts = self.access.known_hosts
+            failures = _errors(
+                for_each(
+                    boxes,
+                    lambda p, state: _upload(
+                        sessions[p], endpoints[p], known_hosts,
+                        [by_sha[sha] for sha in sorted({c.sha256 for c in state.containers})],
+                    ),
+                )
+            )  # fmt: skip
+            if failures:
+                raise ApplyError(failures, rolled_back=True)
+        progress(f"building {len(the_plan.vnodes)} vnodes")
+        failures = _errors(_on_all(sessions, ops.APPLY, the_plan))
+        if failures:
+            raise ApplyError(failures, rolled_back=True)
+        if not boxes:
+            return
+        progress("starting the container vnodes (unpacking each image once per pnode)")
+        failures = _errors(
+            for_each(
+                {p: sessions[p] for p in boxes},
+                lambda p, s: s.call(ops.CONTAINERS_START, state=boxes[p].to_json()),
+            )
+        )
+        if failures:
+            raise ApplyError(failures, rolled_back=True)
+        with_ssh = [v for v in the_plan.vnodes if v.ssh]
+        if with_ssh:
+            progress(f"waiting until {len(with_ssh)} vnodes answer SSH")
+            vnode_ssh.wait_reachable(
+                self.access.root_endpoints(),
+                with_ssh,
+                self.access.known_hosts,
+                str(self.access.key_file),
+            )
 
     def down(self) -> list[str]:
         """Remove the platform from every pnode; idempotent; the vnodes that were removed."""
@@ -184,6 +307,7 @@ class Emulator:
                 + "\n  ".join(f"{p}: {why}" for p, why in failures.items())
             )
         self.plan_path.unlink()
+        vnode_ssh.forget_host_keys(self.access.known_hosts)
         return [v.name for v in the_plan.vnodes]
 
     def load(self) -> Plan | None:
@@ -192,8 +316,12 @@ class Emulator:
         return Plan.from_json(json.loads(self.plan_path.read_text()))
 
     def _save(self, the_plan: Plan) -> None:
+        """Write the plan 0600: it holds the vnodes' SSH host keys."""
         self.plan_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self.plan_path.write_text(json.dumps(the_plan.to_json()))
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
+        with os.fdopen(os.open(self.plan_path, flags, 0o600), "w") as file:
+            os.fchmod(file.fileno(), 0o600)
+            file.write(json.dumps(the_plan.to_json()))
 
     def _require(self) -> Plan:
         the_plan = self.load()
@@ -208,24 +336,36 @@ class Emulator:
 
     def status(self) -> EmulationStatus:
         """Vnodes, their pnode and addresses, the mode of every vnetwork with its reason,
-        and what each pnode has of the platform."""
+        each container vnode's state, and what each pnode has of the platform."""
         the_plan = self._require()
         with self._sessions() as sessions:
             present = _on_all(sessions, ops.STATUS, the_plan)
+            boxed = {p: sessions[p] for p in sessions if the_plan.state(p).containers}
+            running = for_each(
+                boxed,
+                lambda p, s: s.call(ops.CONTAINERS_STATUS, state=the_plan.state(p).to_json()),
+            )
+        containers: dict[str, dict[str, Any]] = {}
+        for reply in running.values():
+            if not isinstance(reply, BaseException):
+                containers.update(reply["containers"])
+        pnodes = {}
+        for pnode, result in present.items():
+            if isinstance(result, BaseException):
+                pnodes[pnode] = PnodeStatus(error=str(result))
+                continue
+            listing = running.get(pnode)
+            pnodes[pnode] = PnodeStatus(
+                complete=bool(result.get("complete")),
+                absent=bool(result.get("absent")),
+                containers_error=str(listing) if isinstance(listing, BaseException) else None,
+            )
         return EmulationStatus(
             reservation=self.reservation,
             networks=the_plan.networks,
             vnodes=the_plan.vnodes,
-            pnodes={
-                pnode: (
-                    PnodeStatus(error=str(result))
-                    if isinstance(result, BaseException)
-                    else PnodeStatus(
-                        complete=bool(result.get("complete")), absent=bool(result.get("absent"))
-                    )
-                )
-                for pnode, result in present.items()
-            },
+            pnodes=pnodes,
+            containers=containers,
         )
 
     def exec(
@@ -236,6 +376,60 @@ class Emulator:
         targets = [the_plan.vnode(name) for name in vnodes] if vnodes else list(the_plan.vnodes)
         results = self._run([(vnode, argv) for vnode in targets], timeout)
         return {vnode.name: result for vnode, result in zip(targets, results, strict=True)}
+
+    def ssh_command(self, vnode: str, command: str | None = None) -> list[str]:
+        """The OpenSSH argv of a root login to container vnode `vnode` through its pnode,
+        with its recorded host key; `command` (a shell string) runs instead of a shell."""
+        the_plan = self._require()
+        target = the_plan.vnode(vnode)
+        if not target.ssh:
+            raise UsageError(
+                f"vnode {vnode} runs no sshd (give it ssh: true and an image with "
+                f"openssh-server): `omnibed emulate exec {self.reservation} {vnode} -- CMD`"
+            )
+        argv = vnode_ssh.command_line(
+            self.access.root_endpoint(target.pnode),
+            target,
+            self.access.known_hosts,
+            str(self.access.key_file),
+        )
+        return argv if command is None else [*argv, command]
+
+    def copy(self, source: str, target: str) -> str:
+        """Copy a file between here and an `ssh: true` vnode over SFTP through its pnode; one
+        of `source` and `target` is `VNODE:PATH`. Returns the vnode's name."""
+        the_plan = self._require()
+        remote = [side for side in (source, target) if _vnode_side(side)]
+        if len(remote) != 1:
+            raise UsageError(
+                f"give exactly one side as VNODE:PATH (e.g. vnode-0:/root/data), not "
+                f"{source!r} and {target!r}"
+            )
+        name, path = remote[0].split(":", 1)
+        vnode = the_plan.vnode(name)
+        if not vnode.ssh:
+            raise UsageError(f"vnode {name} runs no sshd: copying needs ssh: true")
+        local = target if remote[0] == source else source
+        if remote[0] == target and not Path(local).is_file():
+            raise UsageError(f"no file {local} to copy")
+        known_hosts = self.access.known_hosts
+        pnode = ssh.connect(self.access.root_endpoint(vnode.pnode), known_hosts)
+        try:
+            key = str(self.access.key_file)
+            client = vnode_ssh.connect(pnode, vnode, known_hosts, key)
+            try:
+                with client.open_sftp() as sftp:
+                    if remote[0] == source:
+                        sftp.get(path, local)
+                    else:
+                        sftp.put(local, path)
+            except OSError as exc:
+                raise EmulatorError(f"copying {source} to {target} failed: {exc}") from exc
+            finally:
+                client.close()
+        finally:
+            pnode.close()
+        return name
 
     def connectivity(self) -> list[Reachability]:
         """Ping, in every vnetwork, from one vnode per pnode to one vnode on each other pnode."""
@@ -251,8 +445,9 @@ class Emulator:
                 for dst_pnode, (dst, address) in firsts.items():
                     if dst_pnode != src_pnode:
                         probes.append((network.name, src, dst, address))
-        results = self._run(
-            [(src, ["python3", "-I", "-c", _REACH, address]) for _, src, _, address in probes]
+        results = self._run(  # the pnode's python3 in the vnode's netns: images may lack it
+            [(src, ["python3", "-I", "-c", _REACH, address]) for _, src, _, address in probes],
+            inside=False,
         )
         return [
             Reachability(network, src.name, dst.name, ok=result.exit_status == 0)
@@ -260,10 +455,15 @@ class Emulator:
         ]
 
     def _run(
-        self, jobs: list[tuple[VnodePlan, list[str]]], timeout: float | None = None
+        self,
+        jobs: list[tuple[VnodePlan, list[str]]],
+        timeout: float | None = None,
+        *,
+        inside: bool = True,
     ) -> list[VnodeResult]:
-        """Each job's argv in its vnode, in order per pnode and in parallel across pnodes, over
-        one agent per pnode; a pnode that fails gives exit status 255 to its jobs."""
+        """Each job's argv in its vnode (inside its container if it has one and `inside`,
+        else in its network namespace), in order per pnode and in parallel across pnodes,
+        over one agent per pnode; a pnode that fails gives exit status 255 to its jobs."""
         if not jobs:
             return []
         by_pnode: dict[str, list[int]] = {}
@@ -276,7 +476,14 @@ class Emulator:
                 results = []
                 for index in by_pnode[pnode]:
                     vnode, argv = jobs[index]
-                    reply = session.call(ops.EXEC, netns=vnode.netns, argv=argv, timeout=timeout)
+                    if inside and vnode.container:
+                        reply = session.call(
+                            ops.CONTAINERS_EXEC, name=vnode.container, argv=argv, timeout=timeout
+                        )
+                    else:
+                        reply = session.call(
+                            ops.EXEC, netns=vnode.netns, argv=argv, timeout=timeout
+                        )
                     results.append(
                         VnodeResult(
                             vnode.name, reply["exit_status"], reply["stdout"], reply["stderr"]
@@ -300,7 +507,8 @@ class Emulator:
 
     def _sessions(self, nodes: Sequence[Node] | None = None) -> _Sessions:
         """Agents on `nodes` (default: every pnode of the reservation)."""
-        return _Sessions(self.access.root_endpoints(nodes), self.access.known_hosts)
+        endpoints = self.access.root_endpoints(nodes)
+        return _Sessions(endpoints, self.access.known_hosts)
 
 
 class _Sessions:
@@ -346,14 +554,54 @@ def _errors(outcome: Mapping[str, Any]) -> dict[str, str]:
 
 
 def _preflight(sessions: Mapping[str, AgentConnection], the_plan: Plan) -> None:
-    outcome = _on_all(sessions, ops.PREFLIGHT, the_plan)
+    def check(pnode: str, session: AgentConnection) -> list[str]:
+        state = the_plan.state(pnode).to_json()
+        problems = session.call(ops.PREFLIGHT, state=state)["problems"]
+        if the_plan.state(pnode).containers:
+            reply = session.call(ops.CONTAINERS_PREFLIGHT, state=state, placed=False)
+            problems += reply["problems"]
+        return problems
+
+    outcome = for_each(sessions, check)
     missing = {
-        pnode: [str(result)] if isinstance(result, BaseException) else result["problems"]
+        pnode: [str(result)] if isinstance(result, BaseException) else result
         for pnode, result in outcome.items()
     }
     missing = {pnode: problems for pnode, problems in missing.items() if problems}
     if missing:
         raise PreflightError(missing)
+
+
+def _vnode_side(text: str) -> bool:
+    """Whether `text` is `VNODE:PATH` (a local path with a ':' is written ./a:b)."""
+    head, colon, _ = text.partition(":")
+    return bool(colon) and "/" not in head and head != ""
+
+
+def _upload(
+    session: AgentConnection, endpoint: SSHEndpoint, known_hosts: Path, refs: Sequence[ImageRef]
+) -> list[str]:
+    """Put each image of `refs` the pnode lacks into its root-only image directory, over
+    SFTP as root (a partial name, renamed once whole; the agent checks its sha256 before
+    unpacking); the names of those uploaded."""
+    sent = []
+    for ref in refs:
+        reply = session.call(ops.CONTAINERS_IMAGE, sha256=ref.sha256)
+        if reply["present"]:
+            continue
+        partial = f"{reply['path']}.partial-{secrets.token_hex(4)}"
+        with ssh.open_sftp(endpoint, known_hosts) as sftp:
+            try:
+                sftp.put(str(ref.path), partial)
+                sftp.posix_rename(partial, reply["path"])
+            except BaseException:
+                try:
+                    sftp.remove(partial)
+                except OSError:
+                    pass
+                raise
+        sent.append(ref.name)
+    return sent
 
 
 def _probe(

@@ -10,7 +10,12 @@ no duplicate keys, at most MAX_YAML_NODES nodes once aliases are expanded (alias
 refused before they are built) and MAX_YAML_DEPTH levels, a file of at most MAX_FILE_BYTES.
 
 Units: rates are bit/s (`100mbit`, `1gbit`, `512kbit`, or a number of bit/s), times are
-milliseconds (`10ms`, `1s`, `500us`, or a number of ms), loss is a percentage (`1%` or 1).
+milliseconds (`10ms`, `1s`, `500us`, or a number of ms), loss is a percentage (`1%` or 1),
+sizes are bytes (`512MiB`, `1GiB`, `64MB`, or a number of bytes).
+
+A vnode with `image` is a container vnode (docs/containers.md): `images:` maps a name to a
+`source` (a rootfs tarball, `file:///...` or a path); a name not listed there is an image of
+`omnibed image ls`. Which images exist is checked by :mod:`omnibed.emulator.image_refs`.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from typing import Any
 import yaml
 
 from omnibed.core.errors import PlatformError
+from omnibed.emulator.agent.containers import MIN_MEMORY
 from omnibed.emulator.agent.state import Shaping
 
 MODES = ("auto", "bridge", "vxlan")
@@ -55,6 +61,13 @@ _RATE_UNITS = {
     "gibit": 2**30,
     "tibit": 2**40,
 }
+_SIZE_UNITS = {
+    "": 1, "b": 1,
+    "k": 2**10, "kib": 2**10, "kb": 10**3,
+    "m": 2**20, "mib": 2**20, "mb": 10**6,
+    "g": 2**30, "gib": 2**30, "gb": 10**9,
+    "t": 2**40, "tib": 2**40, "tb": 10**12,
+}  # fmt: skip
 _TIME_UNITS = {"": 1.0, "ms": 1.0, "msec": 1.0, "us": 1e-3, "usec": 1e-3, "s": 1e3, "sec": 1e3}
 _SHOW = reprlib.Repr()
 _SHOW.maxstring = _SHOW.maxother = 40
@@ -115,6 +128,20 @@ def parse_time(value: object, what: str = "delay") -> float:
     if number * _TIME_UNITS[unit] > MAX_TIME_MS:
         raise PlatformError(f"{what} {show(value)} is too long: at most 3600s")
     return number * _TIME_UNITS[unit]
+
+
+def parse_size(value: object, what: str = "memory") -> int:
+    """Bytes from `512MiB`, `1GiB`, `64MB`, `128M` (binary, as the kernel counts) or a number
+    of bytes."""
+    number, unit = _number(value, what)
+    if unit not in _SIZE_UNITS:
+        raise PlatformError(
+            f"{what} {show(value)} has an unknown unit {show(unit)}; use e.g. 512MiB or 1GiB"
+        )
+    size = round(number * _SIZE_UNITS[unit])
+    if size < 1:
+        raise PlatformError(f"{what} {show(value)} must be at least 1 byte")
+    return size
 
 
 def parse_loss(value: object) -> float:
@@ -270,17 +297,81 @@ class IfaceSpec:
 
 
 @dataclass(frozen=True)
+class CpuSpec:
+    """A container vnode's CPU: `cores` pinned from its pnode (cpuset), `share` of them
+    (a CFS quota, 0 < share <= 1; of one core when `cores` is not given)."""
+
+    cores: int | None = None
+    share: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.cores is not None and (
+            isinstance(self.cores, bool) or not isinstance(self.cores, int) or self.cores < 1
+        ):
+            raise PlatformError(
+                f"cores {show(self.cores)} must be a whole number of at least 1", where="cores"
+            )
+        if self.share is not None:
+            if isinstance(self.share, bool) or not isinstance(self.share, int | float):
+                raise PlatformError(
+                    f"share {show(self.share)} must be a number in (0, 1]", where="share"
+                )
+            if not 0 < self.share <= 1:
+                raise PlatformError(
+                    f"share {show(self.share)} must be more than 0 and at most 1 "
+                    "(a fraction of the pinned cores)",
+                    where="share",
+                )
+
+
+@dataclass(frozen=True)
+class ImageSource:
+    """An image a platform names: `source` is a rootfs tarball (`file:///path` or a path)."""
+
+    name: str
+    source: str
+
+    def __post_init__(self) -> None:
+        _check_name(self.name, "image")
+        if not isinstance(self.source, str) or not self.source:
+            raise PlatformError(
+                f"image {self.name!r}: source {show(self.source)} must be a file path or a "
+                "file:// URL of a rootfs tarball",
+                where="source",
+            )
+        if "://" in self.source and not self.source.startswith("file://"):
+            raise PlatformError(
+                f"image {self.name!r}: source {show(self.source)} is not a file: only "
+                "file:// URLs and paths are read (copy the tarball here first)",
+                where="source",
+            )
+
+    @property
+    def path(self) -> Path:
+        return Path(self.source.removeprefix("file://"))
+
+
+@dataclass(frozen=True)
 class VNodeSpec:
     """One vnode, or `per_pnode` vnodes on every pnode (`{i}` in the name is their index).
 
     Placement: `per_pnode=N` puts N on each pnode; `pnode=` an index or a node id puts one
     there; neither puts one on the pnode holding the fewest vnodes so far.
+
+    With `image`, each vnode is a container started from that image: `shared` (an overlay
+    on one copy per pnode; else a private copy), `cpu`, `memory` (bytes, or a size such as
+    '512MiB'), `ssh` (an sshd inside, the reservation's key authorised for root).
     """
 
     name: str
     per_pnode: int | None = None
     pnode: int | str | None = None
     ifaces: Sequence[IfaceSpec] = ()
+    image: str | None = None
+    shared: bool = True
+    cpu: CpuSpec | None = None
+    memory: int | str | None = None
+    ssh: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str):
@@ -347,6 +438,42 @@ class VNodeSpec:
                     f"given to {self.per_pnode} vnodes per pnode; use 'auto' or one vnode",
                     where=f"{where}.address",
                 )
+        self._check_container()
+
+    def _check_container(self) -> None:
+        if self.image is not None and not valid_name(self.image):
+            raise PlatformError(
+                f"vnode {show(self.name)}: image {show(self.image)} is not an image name: "
+                f"{NAME_RULE}",
+                where="image",
+            )
+        for key in ("shared", "ssh"):
+            if not isinstance(getattr(self, key), bool):
+                raise PlatformError(
+                    f"vnode {show(self.name)}: {key} {show(getattr(self, key))} must be true "
+                    "or false",
+                    where=key,
+                )
+        if self.cpu is not None and not isinstance(self.cpu, CpuSpec):
+            raise PlatformError(f"vnode {show(self.name)}: cpu must be a CpuSpec", where="cpu")
+        if self.memory is not None:
+            memory = _at("memory", parse_size, self.memory)
+            if memory < MIN_MEMORY:
+                raise PlatformError(
+                    f"vnode {show(self.name)}: memory {show(self.memory)} is below the "
+                    f"{MIN_MEMORY >> 20}MiB a container needs to start",
+                    where="memory",
+                )
+            object.__setattr__(self, "memory", memory)
+        wants = [key for key in ("cpu", "memory") if getattr(self, key) is not None]
+        wants += ["ssh"] if self.ssh else []
+        wants += ["shared"] if not self.shared else []
+        if self.image is None and wants:
+            raise PlatformError(
+                f"vnode {show(self.name)}: {wants[0]} needs a container vnode: give it an "
+                "image (`omnibed image build NAME`, then `image: NAME`)",
+                where=wants[0],
+            )
 
     def expand(self, i: int) -> str:
         return self.name.replace("{i}", str(i))
@@ -359,10 +486,19 @@ class Platform:
     networks: Sequence[Network] = ()
     nodes: Sequence[VNodeSpec] = ()
     vxlan_port: int = DEFAULT_VXLAN_PORT
+    images: Sequence[ImageSource] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "networks", tuple(self.networks))
         object.__setattr__(self, "nodes", tuple(self.nodes))
+        object.__setattr__(self, "images", tuple(self.images))
+        named: set[str] = set()
+        for n, source in enumerate(self.images):
+            if not isinstance(source, ImageSource):
+                raise PlatformError("images must be ImageSource objects", where=f"images[{n}]")
+            if source.name in named:
+                raise PlatformError(f"two images are called {source.name!r}", where="images")
+            named.add(source.name)
         if (
             isinstance(self.vxlan_port, bool)
             or not isinstance(self.vxlan_port, int)
@@ -438,9 +574,11 @@ class Platform:
 
 # --- YAML / mapping loader -------------------------------------------------------------
 
-_TOP_KEYS = ("networks", "nodes", "vxlan_port")
+_TOP_KEYS = ("images", "networks", "nodes", "vxlan_port")
 _NETWORK_KEYS = ("name", "cidr", "mode")
-_NODE_KEYS = ("name", "per_pnode", "pnode", "ifaces")
+_NODE_KEYS = ("name", "per_pnode", "pnode", "ifaces", "image", "shared", "cpu", "memory", "ssh")
+_CPU_KEYS = ("cores", "share")
+_IMAGE_KEYS = ("source",)
 _IFACE_KEYS = ("name", "network", "address", "output", "input")
 _LINK_KEYS = ("rate", "delay", "jitter", "loss")
 _YAML_TAGS = {  # what plain YAML resolves to; any other tag is refused
@@ -513,9 +651,23 @@ def platform_from_dict(data: object) -> Platform:
             for direction in ("output", "input"):
                 ifields[direction] = _link(ifields.get(direction), f"{iw}.{direction}")
             ifaces.append(_at(iw, IfaceSpec, **ifields))
+        if fields.get("cpu") is not None:
+            cw = f"{where}.cpu"
+            fields["cpu"] = _at(cw, CpuSpec, **_fields(fields["cpu"], cw, _CPU_KEYS))
         nodes.append(_at(where, VNodeSpec, ifaces=ifaces, **fields))
+    images = []
+    raw_images = top.get("images") or {}
+    if not isinstance(raw_images, Mapping):
+        raise PlatformError(
+            f"expected a mapping of image names to {{source: FILE}}, got {show(raw_images)}",
+            where="images",
+        )
+    for name, item in raw_images.items():
+        where = f"images.{name}"
+        fields = _fields(item, where, _IMAGE_KEYS, ("source",))
+        images.append(_at(where, ImageSource, name=name, **fields))
     port = top.get("vxlan_port", DEFAULT_VXLAN_PORT)
-    return Platform(networks=networks, nodes=nodes, vxlan_port=port)
+    return Platform(networks=networks, nodes=nodes, vxlan_port=port, images=images)
 
 
 def _is_path(text: str) -> bool:

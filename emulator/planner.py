@@ -12,6 +12,11 @@ netns `ob-<tag>-p<pnode index>-<vnode>` (unique on a machine shared by pnodes), 
 locally administered unicast, from sha256(instance, vnode, iface), unique in the plan.
 VNI = per-instance base (a multiple of 256 from the instance hash) + vnetwork index.
 
+Container vnodes (those with an image) get a container named `<prefix>-<vnode>` (the
+prefix is the reservation's id, so a testbed's release finds its containers), cores of
+their pnode taken in turn (a vnode's own cores distinct; vnodes share cores only when there
+are more of them than cores), and an SSH host key of their own when they run sshd.
+
 `check_fits(platform, pnodes)` refuses, by counting alone, a platform that cannot fit the
 pnodes (vnodes per pnode, ports per bridge, addresses per cidr, link names); `plan` calls it
 before expanding anything, and the CLI calls it before reserving or building.
@@ -21,12 +26,16 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
-from collections.abc import Mapping, Sequence
+import re
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from omnibed.core.errors import PlatformError, UsageError
+from omnibed.emulator.agent import nsutil
+from omnibed.emulator.agent.containers import ContainerSpec, tarball_path
 from omnibed.emulator.agent.state import Bridge, PnodeState, Shaping, Viface, Vxlan
+from omnibed.emulator.image_refs import ImageRef
 from omnibed.emulator.model import (
     IFNAME_MAX_BYTES,
     MAX_VNODES_PER_PNODE,
@@ -95,6 +104,12 @@ class VnodePlan:
     pnode: str
     netns: str
     ifaces: tuple[VifacePlan, ...] = ()
+    container: str | None = None  # the container's name on its pnode; None: a netns only
+    image: str | None = None
+    cpus: tuple[int, ...] = ()
+    share: float | None = None
+    memory: int | None = None
+    ssh: bool = False
 
 
 @dataclass(frozen=True)
@@ -185,7 +200,11 @@ class Plan:
             networks=tuple(NetworkPlan(**n) for n in data["networks"]),
             vnodes=tuple(
                 VnodePlan(
-                    **{**v, "ifaces": tuple(VifacePlan(**i) for i in v["ifaces"])},
+                    **{
+                        **v,
+                        "ifaces": tuple(VifacePlan(**i) for i in v["ifaces"]),
+                        "cpus": tuple(v.get("cpus", ())),
+                    },
                 )
                 for v in data["vnodes"]
             ),
@@ -375,6 +394,69 @@ def _mac(instance: str, vnode: str, iface: str, used: set[str]) -> str:
         salt += 1
 
 
+@dataclass(frozen=True)
+class Containers:
+    """What the planner needs for container vnodes: the images (`image_refs.resolve`),
+    each pnode's core count, the container name prefix (the reservation's id), the
+    authorised keys of root and a maker of SSH host keys (OpenSSH private key text)."""
+
+    images: Mapping[str, ImageRef]
+    cores: Mapping[str, int]
+    prefix: str
+    authorized_keys: str
+    new_host_key: Callable[[], str]
+
+
+def container_prefix(reservation_id: str) -> str:
+    """A container name prefix from a reservation id: its safe characters, at most 40."""
+    cleaned = re.sub(r"[^A-Za-z0-9_.-]", "_", reservation_id)[:40]
+    return cleaned if cleaned[:1].isalnum() else f"r{cleaned}"[:40]
+
+
+def _containers(
+    vnodes: list[tuple[str, int, VNodeSpec]], ids: Sequence[str], netns_of: list[str],
+    given: Containers | None,
+) -> dict[int, ContainerSpec]:
+    """{vnode index: its ContainerSpec} of the vnodes with an image."""
+    out: dict[int, ContainerSpec] = {}
+    if not any(spec.image for _, _, spec in vnodes):
+        return out
+    if given is None:
+        raise PlatformError("container vnodes need their images resolved (image_refs.resolve)")
+    next_core = {p: 0 for p in ids}
+    for k, (name, p_index, spec) in enumerate(vnodes):
+        if spec.image is None:
+            continue
+        pnode, image = ids[p_index], given.images[spec.image]
+        cores = given.cores.get(pnode, 1)
+        cpus: tuple[int, ...] = ()
+        wanted = spec.cpu.cores if spec.cpu and spec.cpu.cores else 0
+        if wanted > cores:
+            raise PlatformError(
+                f"vnode {name!r} wants {wanted} cores but pnode {pnode} has {cores}: "
+                f"ask for at most {cores}"
+            )
+        if wanted:
+            cpus = tuple(sorted((next_core[pnode] + j) % cores for j in range(wanted)))
+            next_core[pnode] = (next_core[pnode] + wanted) % cores
+        out[k] = ContainerSpec(
+            name=f"{given.prefix}-{name}",
+            hostname=name,
+            netns=nsutil.path(netns_of[k]),
+            image=tarball_path(image.sha256),
+            sha256=image.sha256,
+            arch=image.arch,
+            shared=spec.shared,
+            cpus=cpus,
+            share=spec.cpu.share if spec.cpu else None,
+            memory=spec.memory,  # type: ignore[arg-type]  # parsed to bytes by the model
+            ssh=spec.ssh,
+            host_key=given.new_host_key() if spec.ssh else "",
+            authorized_keys=given.authorized_keys if spec.ssh else "",
+        )
+    return out
+
+
 def plan(
     platform: Platform,
     pnodes: Sequence[PnodeFacts],
@@ -382,6 +464,7 @@ def plan(
     *,
     probe: Mapping[str, ProbeResult] | None = None,
     force: bool = False,
+    containers: Containers | None = None,
 ) -> Plan:
     """The desired state of every pnode; PlatformError (nothing changed) when impossible."""
     if not instance or not isinstance(instance, str):
@@ -444,12 +527,15 @@ def plan(
         )
 
     mtu_of = {net.name: choices[net.name].mtu for net in platform.networks}
+    netns_of = [f"ob-{tag}-p{p_index}-{name}" for name, p_index, _ in vnodes]
+    container_of = _containers(vnodes, ids, netns_of, containers)
+    container_specs: dict[str, list[ContainerSpec]] = {p: [] for p in ids}
     vnode_plans = []
     namespaces: dict[str, list[str]] = {p: [] for p in ids}
     vifaces: dict[str, list[Viface]] = {p: [] for p in ids}
     for k, (name, p_index, spec) in enumerate(vnodes):
         p = ids[p_index]
-        netns = f"ob-{tag}-p{p_index}-{name}"
+        netns = netns_of[k]
         namespaces[p].append(netns)
         iface_plans = []
         for j, iface in enumerate(spec.ifaces):
@@ -471,7 +557,20 @@ def plan(
                     input=iface.input.shaping() if iface.input else Shaping(),
                 )
             )
-        vnode_plans.append(VnodePlan(name, p, netns, tuple(iface_plans)))
+        box = container_of.get(k)
+        if box is not None:
+            container_specs[p].append(box)
+        vnode_plans.append(
+            VnodePlan(
+                name, p, netns, tuple(iface_plans),
+                container=box.name if box else None,
+                image=spec.image,
+                cpus=box.cpus if box else (),
+                share=box.share if box else None,
+                memory=box.memory if box else None,
+                ssh=spec.ssh,
+            )
+        )  # fmt: skip
 
     states = tuple(
         PnodeState(
@@ -482,6 +581,7 @@ def plan(
             bridges=tuple(bridges[p]),
             vxlans=tuple(vxlans[p]),
             vifaces=tuple(vifaces[p]),
+            containers=tuple(container_specs[p]),
         )
         for p in ids
     )

@@ -387,6 +387,18 @@ class _Access:
     def known_hosts(self) -> Path:
         return self.api.known_hosts(self.name)
 
+    @property
+    def reservation_id(self) -> str:
+        return self.api.reservation(self.name)[1].id
+
+    @property
+    def key_file(self) -> Path:
+        return self.api.keypair(self.name).private_path
+
+    @property
+    def public_key(self) -> str:
+        return self.api.keypair(self.name).public_openssh
+
     def nodes(self) -> list[Node]:
         return self.api.nodes(self.name)
 
@@ -395,6 +407,9 @@ class _Access:
 
     def root_endpoints(self, nodes: Sequence[Node] | None = None) -> dict[str, SSHEndpoint]:
         return self.api.root_endpoints(self.name, nodes)
+
+    def root_endpoint(self, node_id: str) -> SSHEndpoint:
+        return self.api.root_endpoint(self.name, node_id)
 
 
 def _is_folder_name(name: str) -> bool:

@@ -39,6 +39,11 @@ _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}\Z")
 _SHA256 = re.compile(r"[0-9a-f]{64}\Z")
 
 
+def tarball_path(sha256: str, root: str = ROOT) -> str:
+    """Where image `sha256`'s tarball is kept on a pnode (a root-only directory)."""
+    return os.path.join(root, "images", f"{sha256}.tar")
+
+
 class ContainerError(RuntimeError):
     """A container could not be started; `name` is the container, the message runc's."""
 
@@ -127,10 +132,18 @@ class Runtime:
     def bundle(self, name: str) -> str:
         return os.path.join(self.containers_dir, name)
 
+    def has_image(self, sha256: str) -> bool:
+        """Whether image `sha256` is here, as a tarball or unpacked."""
+        return os.path.isfile(tarball_path(sha256, self.root)) or os.path.isdir(
+            os.path.join(self.images_dir, sha256, "rootfs")
+        )
+
     # -- preflight ------------------------------------------------------------------------
 
-    def preflight(self, specs: Sequence[ContainerSpec]) -> list[str]:
-        """Everything that stops `specs` from starting here, as sentences; nothing changed."""
+    def preflight(self, specs: Sequence[ContainerSpec], placed: bool = True) -> list[str]:
+        """Everything that stops `specs` from starting here, as sentences; nothing changed.
+        `placed=False` skips what only exists once omnibed placed it: the network namespaces
+        and the images."""
         problems: list[str] = []
         if os.geteuid() != 0:
             return [f"container vnodes need root, the agent runs as uid {os.geteuid()}"]
@@ -155,7 +168,7 @@ class Runtime:
         problems += self._missing_controllers(specs)
         if any(s.shared for s in specs) and not _has_filesystem("overlay"):
             problems.append("the overlay filesystem is missing: modprobe overlay, or shared: false")
-        for spec in specs:
+        for spec in specs if placed else ():
             if not os.path.exists(spec.netns):
                 problems.append(f"network namespace {spec.netns} of {spec.hostname} does not exist")
             if not os.path.isfile(spec.image):

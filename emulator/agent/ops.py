@@ -13,6 +13,18 @@ Each stdin line is a request {"op": NAME, ...}; each gets exactly one stdout lin
   probe-send {nic, peer_mac, nonce}       -> foreign_src, foreign_dst
   probe-collect {nonce, timeout}          -> arrived: subset of ["src", "dst"]
   exec {netns, argv, timeout?}            -> exit_status, stdout, stderr
+  containers-preflight {state, placed}    -> problems: [sentence, ...] for its container
+                                             vnodes (placed: false before the network and
+                                             the images are there)
+  containers-image {sha256}               -> present (tarball or unpacked), path to upload
+                                             the tarball to (in a root-only directory)
+  containers-start {state}                -> started: {name: {pid}}; on failure none runs
+  containers-status {state}               -> containers: {name: {state, pid, oom_kills,
+                                             cpu_usage_ns, ...}}
+  containers-exec {name, argv, timeout?}  -> exit_status, stdout, stderr (inside it)
+  containers-remove {names}               -> removed: the names that existed
+
+teardown removes the state's containers before its network.
 """
 
 from __future__ import annotations
@@ -26,5 +38,15 @@ PROBE_LISTEN = "probe-listen"
 PROBE_SEND = "probe-send"
 PROBE_COLLECT = "probe-collect"
 EXEC = "exec"
+CONTAINERS_PREFLIGHT = "containers-preflight"
+CONTAINERS_IMAGE = "containers-image"
+CONTAINERS_START = "containers-start"
+CONTAINERS_STATUS = "containers-status"
+CONTAINERS_EXEC = "containers-exec"
+CONTAINERS_REMOVE = "containers-remove"
 
-ALL = (HELLO, PREFLIGHT, APPLY, TEARDOWN, STATUS, PROBE_LISTEN, PROBE_SEND, PROBE_COLLECT, EXEC)
+ALL = (
+    HELLO, PREFLIGHT, APPLY, TEARDOWN, STATUS, PROBE_LISTEN, PROBE_SEND, PROBE_COLLECT, EXEC,
+    CONTAINERS_PREFLIGHT, CONTAINERS_IMAGE, CONTAINERS_START, CONTAINERS_STATUS,
+    CONTAINERS_EXEC, CONTAINERS_REMOVE,
+)  # fmt: skip

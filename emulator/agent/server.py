@@ -9,12 +9,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Callable
 from typing import Any
 
 from . import nsutil, ops, probe
+from .containers import ContainerError, Runtime, tarball_path
 from .netlink_apply import Applier, ApplyFailure, status, teardown
 from .preflight import preflight
 from .state import PnodeState
@@ -25,16 +27,29 @@ class Agent:
 
     def __init__(self) -> None:
         self.listeners: dict[str, probe.Listener] = {}
+        self.runtime = Runtime()
         self.handlers: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
             ops.HELLO: self.hello,
             ops.PREFLIGHT: lambda r: {"problems": preflight(_state(r))},
             ops.APPLY: lambda r: Applier(_state(r)).run(),
-            ops.TEARDOWN: lambda r: teardown(_state(r)),
+            ops.TEARDOWN: self.teardown,
             ops.STATUS: lambda r: status(_state(r)),
             ops.PROBE_LISTEN: self.probe_listen,
             ops.PROBE_SEND: lambda r: probe.send(r["nic"], r["peer_mac"], r["nonce"]),
             ops.PROBE_COLLECT: self.probe_collect,
             ops.EXEC: self.exec,
+            ops.CONTAINERS_PREFLIGHT: lambda r: {
+                "problems": self.runtime.preflight(_state(r).containers, bool(r["placed"]))
+            },
+            ops.CONTAINERS_IMAGE: self.containers_image,
+            ops.CONTAINERS_START: lambda r: {"started": self.runtime.start(_state(r).containers)},
+            ops.CONTAINERS_STATUS: lambda r: {
+                "containers": self.runtime.status([c.name for c in _state(r).containers])
+            },
+            ops.CONTAINERS_EXEC: lambda r: self.runtime.exec(
+                r["name"], [str(a) for a in r["argv"]], r.get("timeout")
+            ),
+            ops.CONTAINERS_REMOVE: lambda r: {"removed": self.runtime.remove(r["names"])},
         }
 
     def handle(self, request: dict[str, Any]) -> dict[str, Any]:
@@ -53,6 +68,8 @@ class Agent:
                 "object": exc.what,
                 "rolled_back": exc.rolled_back,
             }
+        except ContainerError as exc:
+            return {"ok": False, "error": str(exc), "errno": None, "object": exc.name}
         except (OSError, KeyError, ValueError, TypeError, subprocess.SubprocessError) as exc:
             return {"ok": False, "error": f"{op}: {exc!r}", "errno": getattr(exc, "errno", None)}
 
@@ -64,7 +81,24 @@ class Agent:
             "pyroute2": getattr(pyroute2, "__version__", "unknown"),
             "pid": os.getpid(),
             "euid": os.geteuid(),
+            "cpus": os.cpu_count() or 1,
+            "machine": os.uname().machine,
         }
+
+    def teardown(self, request: dict[str, Any]) -> dict[str, Any]:
+        """The state's containers first (they hold its namespaces), then its network."""
+        state = _state(request)
+        removed = self.runtime.remove([c.name for c in state.containers])
+        return {**teardown(state), "removed_containers": removed}
+
+    def containers_image(self, request: dict[str, Any]) -> dict[str, Any]:
+        sha256 = request["sha256"]
+        if not isinstance(sha256, str) or not re.fullmatch("[0-9a-f]{64}", sha256):
+            raise ValueError(f"bad image sha256 {sha256!r}")
+        os.makedirs(self.runtime.images_dir, mode=0o700, exist_ok=True)
+        os.chmod(self.runtime.root, 0o700)
+        os.chmod(self.runtime.images_dir, 0o700)
+        return {"present": self.runtime.has_image(sha256), "path": tarball_path(sha256)}
 
     def probe_listen(self, request: dict[str, Any]) -> dict[str, Any]:
         listener = probe.Listener(request["nic"], request["nonce"])

@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from .containers import ContainerSpec
+
 
 @dataclass(frozen=True)
 class Shaping:
@@ -80,6 +82,7 @@ class PnodeState:
     bridges: tuple[Bridge, ...] = ()
     vxlans: tuple[Vxlan, ...] = ()
     vifaces: tuple[Viface, ...] = ()
+    containers: tuple[ContainerSpec, ...] = ()  # container vnodes, started after the network
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -103,6 +106,7 @@ class PnodeState:
             bridges=tuple(Bridge(**b) for b in data["bridges"]),
             vxlans=tuple(Vxlan(**{**v, "remotes": tuple(v["remotes"])}) for v in data["vxlans"]),
             vifaces=tuple(viface(v) for v in data["vifaces"]),
+            containers=tuple(ContainerSpec.from_json(c) for c in data.get("containers", ())),
         )
 
     def kernel_needs(self) -> set[str]:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import shlex
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.table import Table
@@ -56,8 +58,11 @@ def _emulator(api: Omnibed, name: str) -> Emulator:
 
 
 def _platform(platform_file: Path, pnodes: int | None = None) -> PlatformSpec:
-    """The platform in `platform_file`, checked to fit `pnodes` pnodes when given; a
-    PlatformError (exit status 2) names the file, line, column and field at fault."""
+    """The platform in `platform_file`, checked to fit `pnodes` pnodes when given and its
+    images checked; a PlatformError (exit status 2) names the file, line, column and field
+    at fault."""
+    from omnibed.core.errors import PlatformError
+    from omnibed.emulator.image_refs import resolve
     from omnibed.emulator.model import load_platform
     from omnibed.emulator.planner import check_fits
 
@@ -66,6 +71,10 @@ def _platform(platform_file: Path, pnodes: int | None = None) -> PlatformSpec:
     platform = load_platform(platform_file)
     if pnodes is not None:
         check_fits(platform, pnodes)
+    try:
+        resolve(platform)  # unknown images, bad tarballs, ssh without sshd: before reserving
+    except PlatformError as error:
+        raise error.located(str(platform_file)) from None
     return platform
 
 
@@ -81,6 +90,8 @@ def _emulate_up(
     except PlatformError as error:  # the plan does not fit the pnodes: name the file
         raise error if error.origin else error.located(label) from None
     out.print(built.summary(), highlight=False)
+    if emulator.reachable_after is not None:
+        out.print(f"vnodes reachable in {emulator.reachable_after:.1f} s", highlight=False)
     if len(built.pnodes) > 1:
         with _progress("checking connectivity between pnodes"):
             checks = emulator.connectivity()
@@ -123,10 +134,13 @@ def emulate_status(name: Name, as_json: AsJson = False) -> None:
             f" (MTU {network.mtu}) - {network.reason}",
             highlight=False,
         )
-    table = Table("vnode", "pnode", "addresses")
+    boxes = any(vnode.container for vnode in status.vnodes)
+    columns = ("image", "state", "limits", "OOM kills") if boxes else ()
+    table = Table("vnode", "pnode", "addresses", *columns)
     for vnode in status.vnodes:
         addresses = ", ".join(f"{iface.name}={iface.address}" for iface in vnode.ifaces)
-        table.add_row(vnode.name, vnode.pnode, addresses)
+        cells = _container_cells(status.container(vnode)) if boxes else []
+        table.add_row(vnode.name, vnode.pnode, addresses, *cells)
     out.print(table)
     for pnode, state in status.pnodes.items():
         problem = state.problem()
@@ -157,3 +171,43 @@ def emulate_down(name: Name) -> None:
     with _uninterruptible(), _progress(f"tearing down the platform of {name}"):
         removed = _emulator(_api(), name).down()
     out.print(f"removed {len(removed)} vnodes" if removed else "no platform to remove")
+
+
+def _container_cells(box: dict[str, Any] | None) -> list[str]:
+    """image, state, limits and OOM kills of a vnode's status row."""
+    if box is None:
+        return ["-", "netns only", "-", "-"]
+    limits = []
+    if box["cpus"]:
+        limits.append("cores " + ",".join(str(c) for c in box["cpus"]))
+    if box["share"] is not None:
+        limits.append(f"share {box['share']:g}")
+    if box["memory"] is not None:
+        limits.append(f"memory {box['memory'] / 2**20:g}MiB")
+    kills = box.get("oom_kills")
+    oom = "-" if kills is None else f"[red]{kills}[/]" if kills else "0"
+    return [box["image"], box["state"], ", ".join(limits) or "none", oom]
+
+
+@emulate_app.command("ssh")
+def emulate_ssh(
+    name: Name,
+    vnode: Annotated[str, typer.Argument(help="Vnode name (an `ssh: true` container vnode).")],
+    command: Command = None,
+) -> None:
+    """Log in as root to a vnode through its pnode (OpenSSH, the vnode's host key checked):
+    a shell, or the words after `--` as one command (quoted for the vnode's shell)."""
+    argv = _emulator(_api(), name).ssh_command(vnode, shlex.join(command) if command else None)
+    os.execvp(argv[0], argv)
+
+
+@emulate_app.command("cp")
+def emulate_cp(
+    name: Name,
+    source: Annotated[str, typer.Argument(help="A local file, or VNODE:PATH.")],
+    target: Annotated[str, typer.Argument(help="VNODE:PATH, or a local file.")],
+) -> None:
+    """Copy a file to or from an `ssh: true` vnode: `omnibed emulate cp NAME LOCAL VNODE:PATH`
+    or `omnibed emulate cp NAME VNODE:PATH LOCAL` (SFTP through its pnode)."""
+    vnode = _emulator(_api(), name).copy(source, target)
+    out.print(f"copied {source} -> {target} ({vnode})", highlight=False)

@@ -73,3 +73,22 @@ def kill_all(reservation_id: str, grace: float = 5.0) -> None:
 
 def _pids(path: Path) -> list[int]:
     return [int(pid) for pid in (path / "cgroup.procs").read_text().split()]
+
+
+def one_per_mount_namespace(reservation_id: str) -> list[int]:
+    """One process of the reservation's cgroup per mount namespace other than this
+    process's (one per local pnode)."""
+    path = path_for(reservation_id)
+    if path is None or not path.is_dir():
+        return []
+    seen = {os.readlink("/proc/self/ns/mnt")}
+    chosen = []
+    for pid in _pids(path):
+        try:
+            namespace = os.readlink(f"/proc/{pid}/ns/mnt")
+        except OSError:
+            continue
+        if namespace not in seen:
+            seen.add(namespace)
+            chosen.append(pid)
+    return chosen

@@ -7,6 +7,7 @@ import os
 import platform
 import re
 import shutil
+import subprocess
 from datetime import datetime
 from pathlib import Path
 
@@ -59,6 +60,8 @@ OPTIONS = {
 }
 KNOWN_HOSTS = "known_hosts"  # beside the reservation's key file (see omnibed.core.api)
 NOT_ROOT = "the local testbed needs root: run omnibed with sudo"
+# where the emulator's agent keeps runc's state on a pnode (omnibed.emulator.agent.containers)
+EMULATOR_RUNC_ROOT = "/run/omnibed/runc"
 _FACTS = {"mac": Source.API, "mtu": Source.API, "addresses": Source.API,
           "foreign_mac": Source.TABLE, "multicast": Source.TABLE}
 
@@ -316,6 +319,7 @@ class LocalProvider(Provider):
         self._undo_objects(record.id, record.namespaces, record.host_link)
 
     def _undo_objects(self, reservation_id: str, namespaces: list[str], host_link: str) -> None:
+        _remove_containers(reservation_id)
         cgroups.kill_all(reservation_id)
         underlay.teardown(namespaces, host_link)
         rootfs.unmount_under(self.state_dir / reservation_id)
@@ -347,3 +351,15 @@ class LocalProvider(Provider):
                 return pnode
         raise UsageError(f"{reservation.name} has no node {node.id!r}")
 
+
+def _remove_containers(reservation_id: str) -> None:
+    """Remove the container vnodes the emulator's agent started on the reservation's pnodes
+    with runc (in cgroups of their own, which killing the reservation's cgroup misses): in
+    each pnode's mount namespace, where runc keeps their state."""
+    if shutil.which("runc") is None:
+        return
+    for pid in cgroups.one_per_mount_namespace(reservation_id):
+        enter = ["nsenter", f"--target={pid}", "--mount", "runc", "--root", EMULATOR_RUNC_ROOT]
+        listed = subprocess.run([*enter, "list", "-q"], capture_output=True, text=True)
+        for name in listed.stdout.split():
+            subprocess.run([*enter, "delete", "--force", name], capture_output=True)

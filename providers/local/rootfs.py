@@ -3,11 +3,14 @@
 The pnode's writes land in its writable layer, `<node dir>/fs/upper`, on a tmpfs of its own
 (overlayfs refuses an upper layer on the filesystem of its lower one, here the host's `/`);
 the host's files stay untouched. In the pnode's mount namespace /proc, /sys (showing the
-pnode's network namespace), /dev (the host's, as a slave) and a fresh /run are mounted, and
-the pnode's directory is bound at its own path (sshd reads its config and key there and writes
-its pid file and log where the host sees them). The host's /run/netns is bound into the pnode
-with shared propagation, so a namespace a pnode session mounts there (an emulator vnode) is
-the host's too, and the other way round.
+pnode's network namespace, with the host's cgroup hierarchies as on a testbed node), /dev (the
+host's, as a slave) and a fresh /run are mounted, and the pnode's directory is bound at its own
+path (sshd reads its config and key there and writes its pid file and log where the host sees
+them). /var/lib/omnibed, where the emulator's agent keeps its bundle, images and container
+layers, is a directory of the pnode's tmpfs, not of the overlay: overlayfs refuses an overlay
+(a container vnode's) whose upper layer is on one. The host's /run/netns is bound into the
+pnode with shared propagation, so a namespace a pnode session mounts there (an emulator vnode)
+is the host's too, and the other way round.
 
 This contains mistakes (a `rm` or `touch` as root on a pnode), not a hostile root: the pnode
 keeps every capability and sees the host's processes in /proc. The lower layer is the
@@ -37,6 +40,7 @@ mount --make-private /
 mount -t overlay overlay -o "lowerdir=/,upperdir=$fs/upper,workdir=$fs/work" "$root"
 mount -t proc proc "$root/proc"
 mount -t sysfs sysfs "$root/sys"
+mount --rbind /sys/fs/cgroup "$root/sys/fs/cgroup"
 mount --rbind /dev "$root/dev"
 mount --make-rslave "$root/dev"
 mount -t tmpfs -o mode=0755 tmpfs "$root/run"
@@ -44,6 +48,8 @@ mkdir -m 0755 "$root/run/sshd" "$root/run/netns" "$root/run/old-root"
 mount --rbind "$netns_dir" "$root/run/netns"
 mkdir -p "$root$node"
 mount --bind "$node" "$root$node"
+mkdir -p -m 0700 "$fs/omnibed" "$root/var/lib/omnibed"
+mount --bind "$fs/omnibed" "$root/var/lib/omnibed"
 cd "$root"
 pivot_root . run/old-root
 mount --make-rprivate /run/old-root

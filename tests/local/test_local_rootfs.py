@@ -74,3 +74,11 @@ def test_a_pnode_sees_its_own_network_in_sys_and_mounts_nothing_on_the_host(
     # tmpfs holding its writable layer
     node_dir = provider.state_dir / reservation.id / "pnode-1"
     assert _mounts_under(provider.state_dir) == [str(node_dir / "fs")]
+
+
+def test_the_local_testbed_knows_where_the_emulator_keeps_runc_state() -> None:
+    """Release removes container vnodes through runc's state on each pnode: one place."""
+    from omnibed.emulator.agent.containers import RUNC_ROOT
+    from omnibed.providers.local.provider import EMULATOR_RUNC_ROOT
+
+    assert EMULATOR_RUNC_ROOT == RUNC_ROOT

@@ -1,0 +1,304 @@
+"""Container vnodes end to end on the local testbed, through the `omnibed` command: Listing 1
+(examples/listing1-containers.yaml) on 2 pnodes with 2 vnodes each, from the image
+`omnibed image build` made for the session. Each vnode runs the image as / with its name as
+hostname, reaches every other across pnodes, accepts root over SSH through `emulate ssh`
+and through paramiko with the reservation's key and the host key recorded for it, and
+`emulate down` leaves no container, mount, cgroup or process. Bad input is refused with one
+line and exit status 2, nothing started."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import tarfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import paramiko
+import pytest
+
+from omnibed.core import ssh
+from omnibed.core.types import SSHEndpoint
+from omnibed.emulator.agent import cgroups
+from omnibed.emulator.agent.containers import ROOT, RUNC_ROOT
+from omnibed.emulator.coordinator import PLAN_FILE
+from omnibed.emulator.planner import VnodePlan, instance_tag
+from omnibed.emulator.vnode_ssh import relay_command
+from omnibed.providers.local import cgroups as local_cgroups
+from tests.containers.conftest import omnibed
+
+pytestmark = [pytest.mark.root, pytest.mark.slow]
+
+EXAMPLE = Path(__file__).parents[2] / "examples" / "listing1-containers.yaml"
+VNODES = [f"vnode-{i}" for i in range(4)]
+
+
+def _reserve(home: Path, nodes: int) -> tuple[str, str]:
+    """A local reservation of `nodes` pnodes: its name and id."""
+    done = omnibed(home, "reserve", "--testbed", "local", "--nodes", str(nodes))
+    assert done.returncode == 0, done.stderr
+    name = done.stdout.split()[-1]
+    rows = json.loads(omnibed(home, "ls", "--json").stdout)
+    return name, next(r["id"] for r in rows if r["name"] == name)
+
+
+def _pnodes(prefix: str) -> list[int]:
+    """One process per live local pnode of the reservation `prefix` names (`<id>-`): each
+    pnode has its own mount namespace, where its containers' mounts and runc state are."""
+    return local_cgroups.one_per_mount_namespace(prefix.removesuffix("-"))
+
+
+def _leftovers(prefix: str) -> dict[str, list[str]]:
+    """Containers, mounts, cgroups and processes of container names starting with `prefix`."""
+    mounts, containers = [], []
+    for pid in _pnodes(prefix):
+        for line in Path(f"/proc/{pid}/mountinfo").read_text().splitlines():
+            if f"/containers/{prefix}" in line.split()[4]:
+                mounts.append(line.split()[4])
+        listed = subprocess.run(
+            ["nsenter", f"--target={pid}", "--mount", "runc", "--root", RUNC_ROOT, "list", "-q"],
+            capture_output=True, text=True, check=True,
+        )
+        containers += [n for n in listed.stdout.split() if n.startswith(prefix)]
+    cgroup_dirs = [
+        str(path)
+        for mount in cgroups.hierarchies().values()
+        for path in Path(mount).glob(f"{cgroups.PREFIX}{prefix}*")
+    ]
+    processes = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            exited = "\nState:\tZ" in (proc / "status").read_text()  # to be reaped by init
+            if not exited and f"{cgroups.PREFIX}{prefix}" in (proc / "cgroup").read_text():
+                processes.append(proc.name)
+        except OSError:
+            continue
+    found = {"containers": containers, "mounts": mounts, "cgroups": cgroup_dirs}
+    return {**found, "processes": processes}
+
+
+@pytest.fixture(scope="module")
+def platform(image_home: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
+    """Listing 1 up on 2 local pnodes, 2 vnodes each; released at the end."""
+    text = EXAMPLE.read_text().replace("per_pnode: 4", "per_pnode: 2")
+    text = text.replace("image: debian-ssh", "image: vnode")
+    path = tmp_path_factory.mktemp("platform") / "listing1.yaml"
+    path.write_text(text)
+    name, reservation_id = _reserve(image_home, 2)
+    try:
+        up = omnibed(image_home, "emulate", "up", name, str(path))
+        yield {"name": name, "id": reservation_id, "up": up, "home": image_home}
+    finally:
+        omnibed(image_home, "release", name)
+
+
+def _exec(info: dict, vnode: str, *argv: str) -> subprocess.CompletedProcess:
+    return omnibed(info["home"], "emulate", "exec", info["name"], vnode, "--", *argv)
+
+
+def test_up_returns_once_every_vnode_answers_ssh(platform: dict) -> None:
+    up = platform["up"]
+    assert up.returncode == 0, up.stderr
+    assert re.search(r"vnodes reachable in \d+\.\d s", up.stdout), up.stdout
+    status = json.loads(omnibed(platform["home"], "emulate", "status", platform["name"],
+                                "--json").stdout)  # fmt: skip
+    boxes = {v["name"]: v["container"] for v in status["vnodes"]}
+    assert sorted(boxes) == VNODES
+    for box in boxes.values():
+        assert box["state"] == "running" and box["image"] == "vnode"
+        assert box["memory"] == 256 << 20 and box["share"] == 0.5 and box["oom_kills"] == 0
+
+
+def test_each_vnode_runs_the_image_as_root_with_its_name(platform: dict) -> None:
+    host_only = str(platform["home"])  # a directory of this machine, not of the image
+    for vnode in VNODES:
+        script = f'hostname; cat /proc/1/comm; if test -e "{host_only}"; then echo host; fi'
+        seen = _exec(platform, vnode, "sh", "-c", script)
+        assert seen.returncode == 0, seen.stderr
+        assert [line.split("] ", 1)[1] for line in seen.stdout.splitlines()] == [vnode, "sshd"]
+
+
+def test_every_vnode_reaches_every_other_across_pnodes(platform: dict) -> None:
+    status = json.loads(
+        omnibed(platform["home"], "emulate", "status", platform["name"], "--json").stdout
+    )
+    address = {v["name"]: v["ifaces"]["if0"]["address"].split("/")[0] for v in status["vnodes"]}
+    pnode = {v["name"]: v["pnode"] for v in status["vnodes"]}
+    assert len(set(pnode.values())) == 2
+    for src in VNODES:
+        others = [address[dst] for dst in VNODES if dst != src]
+        script = (
+            "import socket, sys\n"
+            "for a in sys.argv[1:]:\n"
+            "    s = socket.create_connection((a, 22), timeout=5)\n"
+            "    print(a, s.recv(7).decode())\n"
+        )
+        seen = _exec(platform, src, "python3", "-c", script, *others)
+        assert seen.returncode == 0, seen.stdout + seen.stderr
+        assert seen.stdout.count("SSH-2.0") == 3, seen.stdout
+
+
+def test_ssh_as_root_through_emulate_ssh(platform: dict) -> None:
+    for vnode in ("vnode-0", "vnode-3"):
+        done = omnibed(platform["home"], "emulate", "ssh", platform["name"], vnode, "--",
+                       "echo", "$(id -u)@$(hostname)", "'a b'")  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.split("\n")[0] == "$(id -u)@$(hostname) 'a b'"  # words kept as given
+        done = omnibed(platform["home"], "emulate", "ssh", platform["name"], vnode, "--",
+                       "sh", "-c", "echo $(id -u)@$(hostname)")  # fmt: skip
+        assert done.stdout.strip() == f"0@{vnode}", done.stderr
+
+
+def _pnode_endpoint(platform: dict, pnode: str) -> tuple[SSHEndpoint, Path, Path]:
+    folder = platform["home"] / "reservations" / platform["name"]
+    nodes = json.loads(omnibed(platform["home"], "nodes", platform["name"], "--json").stdout)
+    login = next(n["ssh"] for n in nodes if n["id"] == pnode)  # user@host:port
+    user, rest = login.split("@")
+    host, port = rest.rsplit(":", 1)
+    key = folder / "id_ed25519"
+    return SSHEndpoint(host, int(port), user, str(key)), folder / "known_hosts", key
+
+
+def test_ssh_as_root_through_paramiko_with_the_recorded_host_key(
+    platform: dict, tmp_path: Path
+) -> None:
+    plan = json.loads((platform["home"] / "reservations" / platform["name"] / PLAN_FILE)
+                      .read_text())  # fmt: skip
+    vnode = VnodePlan(**{**plan["vnodes"][3], "ifaces": ()})
+    endpoint, known_hosts, key = _pnode_endpoint(platform, vnode.pnode)
+
+    def login(hosts: Path) -> str:
+        pnode = ssh.connect(endpoint, known_hosts)
+        try:
+            channel = pnode.get_transport().open_session()
+            channel.exec_command(relay_command(vnode))
+            client = paramiko.SSHClient()
+            client.load_host_keys(str(hosts))
+            client.set_missing_host_key_policy(paramiko.RejectPolicy())
+            client.connect(
+                f"{vnode.name}.vnode.omnibed", username="root", sock=channel,
+                key_filename=str(key), allow_agent=False, look_for_keys=False,
+            )  # fmt: skip
+            _, out, _ = client.exec_command("id -u; hostname")
+            text = out.read().decode()
+            client.close()
+            return text
+        finally:
+            pnode.close()
+
+    assert login(known_hosts).split() == ["0", vnode.name]
+    without = tmp_path / "known_hosts"
+    without.write_text("".join(
+        line + "\n" for line in known_hosts.read_text().splitlines() if ".vnode.omnibed" not in line
+    ))  # fmt: skip
+    with pytest.raises(paramiko.SSHException, match="not found in known_hosts"):
+        login(without)
+
+
+def test_cp_to_and_from_a_vnode(platform: dict, tmp_path: Path) -> None:
+    sent = tmp_path / "sent"
+    sent.write_bytes(os.urandom(100_000))
+    put = omnibed(platform["home"], "emulate", "cp", platform["name"], str(sent),
+                  "vnode-2:/root/data")  # fmt: skip
+    assert put.returncode == 0, put.stderr
+    seen = _exec(platform, "vnode-2", "sha256sum", "/root/data")
+    assert hashlib.sha256(sent.read_bytes()).hexdigest() in seen.stdout
+    back = tmp_path / "back"
+    got = omnibed(platform["home"], "emulate", "cp", platform["name"], "vnode-2:/root/data",
+                  str(back))  # fmt: skip
+    assert got.returncode == 0, got.stderr
+    assert back.read_bytes() == sent.read_bytes()
+    both = omnibed(platform["home"], "emulate", "cp", platform["name"], "vnode-0:/a", "vnode-1:/b")
+    assert both.returncode == 2 and "exactly one side" in both.stderr
+
+
+def test_down_leaves_no_container_mount_cgroup_or_process(platform: dict) -> None:
+    prefix = f"{platform['id']}-"
+    assert len(_leftovers(prefix)["containers"]) == 4
+    down = omnibed(platform["home"], "emulate", "down", platform["name"])
+    assert down.returncode == 0, down.stderr
+    assert _leftovers(prefix) == {"containers": [], "mounts": [], "cgroups": [], "processes": []}
+    known_hosts = platform["home"] / "reservations" / platform["name"] / "known_hosts"
+    assert ".vnode.omnibed" not in known_hosts.read_text()
+
+
+# -- bad input --------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def idle(image_home: Path) -> Iterator[tuple[str, str]]:
+    """A one-pnode local reservation that runs no platform."""
+    name, reservation_id = _reserve(image_home, 1)
+    try:
+        yield name, reservation_id
+    finally:
+        omnibed(image_home, "release", name)
+
+
+def _image_without_sshd(path: Path) -> Path:
+    with tarfile.open(path, "w") as archive:
+        for directory in ("bin", "usr", "usr/bin"):
+            info = tarfile.TarInfo(directory)
+            info.type, info.mode = tarfile.DIRTYPE, 0o755
+            archive.addfile(info)
+        archive.add(shutil.which("true"), "usr/bin/true")
+    return path
+
+
+@pytest.mark.parametrize(
+    ("node", "says"),
+    [
+        ("image: nope", "unknown image 'nope'"),
+        ("image: vnode, memory: 12parsecs", "unknown unit"),
+        ("image: vnode, memory: 1MiB", "below the 16MiB"),
+        (f"image: vnode, cpu: {{cores: {(os.cpu_count() or 1) + 1}}}", "cores but pnode"),
+        ("image: bare, ssh: true", "has no /usr/sbin/sshd"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2_and_starts_nothing(
+    image_home: Path, idle: tuple[str, str], tmp_path: Path, node: str, says: str
+) -> None:
+    name, reservation_id = idle
+    bare = _image_without_sshd(tmp_path / "bare.tar")
+    path = tmp_path / "platform.yaml"
+    path.write_text(
+        f"images: {{bare: {{source: {bare}}}}}\n"
+        "networks: [{name: lan, cidr: 10.9.0.0/24}]\n"
+        f"nodes: [{{name: v, {node}, ifaces: [{{name: if0, network: lan}}]}}]\n"
+    )
+    done = omnibed(image_home, "emulate", "up", name, str(path))
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1 and says in done.stderr, done.stderr
+    assert not (image_home / "reservations" / name / PLAN_FILE).exists()
+    assert _leftovers(f"{reservation_id}-")["containers"] == []
+    assert not [n for n in os.listdir("/run/netns") if n.startswith(f"ob-{instance_tag(name)}-")]
+    [pnode] = _pnodes(f"{reservation_id}-")
+    bundle = f"/proc/{pnode}/root{ROOT}/containers/{reservation_id}-v"
+    assert not os.path.isdir(bundle)
+
+
+def test_release_removes_the_containers_even_without_the_plan(
+    image_home: Path, tmp_path: Path
+) -> None:
+    """The local testbed's release finds a reservation's containers by their names, also
+    when the emulator's plan is lost and `emulate down` cannot run."""
+    name, reservation_id = _reserve(image_home, 1)
+    try:
+        path = tmp_path / "one.yaml"
+        path.write_text("nodes: [{name: lone, image: vnode, memory: 64MiB}]\n")
+        up = omnibed(image_home, "emulate", "up", name, str(path))
+        assert up.returncode == 0, up.stderr
+        assert _leftovers(f"{reservation_id}-")["containers"] == [f"{reservation_id}-lone"]
+        (image_home / "reservations" / name / PLAN_FILE).unlink()
+    finally:
+        omnibed(image_home, "release", name)
+    assert _leftovers(f"{reservation_id}-") == {
+        "containers": [], "mounts": [], "cgroups": [], "processes": []
+    }  # fmt: skip
+    # the vnode's network namespace is the emulator's, which the lost plan named: not the
+    # testbed's to find (a known gap of release without the plan)
+    subprocess.run(["ip", "netns", "del", f"ob-{instance_tag(name)}-p0-lone"], check=False)
