@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.fakes.sshd import FakeSSHD
+
 pytestmark = pytest.mark.root
 
 OMNIBED = str(Path(sys.executable).with_name("omnibed"))
@@ -240,12 +242,21 @@ def test_ssh_from_a_home_with_a_space_checks_the_host_key(tmp_path: Path) -> Non
         [recorded] = known_hosts.read_text().splitlines()
         assert os.stat(known_hosts).st_mode & 0o777 == 0o600
         assert sorted(p.name for p in tmp_path.iterdir()) == ["my omnibed home"]
-        host = recorded.split()[0]
-        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f",
-                        str(tmp_path / "other")], check=True)
-        forged = (tmp_path / "other.pub").read_text().split()[:2]
-        known_hosts.write_text(f"{host} {' '.join(forged)}\n")
-        refused = login()
+        # an impostor takes the pnode's address: the key the local testbed recorded for it,
+        # at this path with a space, is what refuses it
+        [record] = [json.loads(path.read_text())
+                    for path in (home / "providers" / "local").glob("*/reservation.json")]
+        [pnode] = record["nodes"]
+        sshd_pid = int((Path(pnode["dir"]) / "sshd.pid").read_text())
+        os.kill(sshd_pid, signal.SIGTERM)
+        while Path(f"/proc/{sshd_pid}").exists():  # it frees the address when gone
+            time.sleep(0.05)
+        impostor = FakeSSHD([], address=pnode["address"], netns=pnode["netns"]).start()
+        try:
+            assert impostor.host_key.split()[1] not in recorded
+            refused = login()
+        finally:
+            impostor.stop()
         assert refused.returncode == 255
         assert "HOST IDENTIFICATION HAS CHANGED" in refused.stderr
     finally:

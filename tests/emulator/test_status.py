@@ -27,6 +27,7 @@ def test_status_json_lists_networks_vnodes_and_pnodes() -> None:
         networks=the_plan.networks,
         vnodes=the_plan.vnodes,
         pnodes={"p0": PnodeStatus(complete=True), "p1": PnodeStatus(error="p1: ssh refused")},
+        containers={},
     )
     data = json.loads(json.dumps(status.to_json()))
     (network,) = data["networks"]
