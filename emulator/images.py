@@ -10,7 +10,6 @@ Images carry no SSH host keys: each container vnode gets its own.
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import json
 import os
 import re
@@ -23,6 +22,7 @@ from pathlib import Path
 
 from omnibed.core.errors import OmnibedError, UsageError
 from omnibed.core.ledger import omnibed_home
+from omnibed.emulator.agent.rootfs import sha256_of
 
 # Debian architecture -> what `uname -m` says on a machine that runs it
 ARCHES = {"amd64": "x86_64", "arm64": "aarch64", "ppc64el": "ppc64le"}
@@ -95,7 +95,7 @@ def build(
         _mmdebstrap(partial, packages, suite, arch, progress)
         progress("hashing")
         os.chmod(partial, 0o600)
-        sha256 = _sha256(partial)
+        sha256 = sha256_of(str(partial))
         size = partial.stat().st_size
         partial.rename(directory / f"{sha256}{SUFFIX}")
     finally:
@@ -184,14 +184,6 @@ def _remove_stale_partials(directory: Path) -> None:
         pid = partial.name.split("-")[1]
         if pid.isdigit() and not Path(f"/proc/{pid}").exists():
             partial.unlink(missing_ok=True)
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        for block in iter(lambda: file.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _image(name: str, entry: dict) -> Image:
