@@ -40,6 +40,7 @@ from tests.fakes.protogeni import AM_PATH, PKI, FakeProtoGENI
 from tests.fakes.protogeni_nodes import SSHNodes
 from tests.fakes.sshd import FakeSSHD
 from tests.providers.chameleon.nodes import NetnsNodes
+from tests.providers.chameleon.support import CLOUDS_YAML
 
 OMNIBED = str(Path(sys.executable).with_name("omnibed"))
 CLIENT_TIMEOUT = 1.0  # seconds every testbed client waits for one answer, in these tests
@@ -249,19 +250,6 @@ def _closing(machines: SSHNodes | NetnsNodes | None) -> Iterator[None]:
     finally:
         if machines is not None:
             machines.close()
-
-
-CLOUDS_YAML = """\
-clouds:
-  fake-chameleon:
-    auth_type: v3applicationcredential
-    auth:
-      auth_url: {auth_url}
-      application_credential_id: appcred
-      application_credential_secret: appsecret
-    interface: public
-    identity_api_version: 3
-"""
 
 
 @contextmanager
