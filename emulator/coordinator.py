@@ -17,7 +17,6 @@ took until then. A failure at any step removes everything from every pnode.
 from __future__ import annotations
 
 import json
-import os
 import secrets
 import time
 from collections.abc import Mapping, Sequence
@@ -27,6 +26,7 @@ from typing import Any
 
 from omnibed.core import ssh
 from omnibed.core.errors import ApplyError, EmulatorError, PreflightError, UsageError
+from omnibed.core.kit import write_json
 from omnibed.core.provider import Progress, no_progress
 from omnibed.core.reservation_access import ReservationAccess
 from omnibed.core.types import Node, SSHEndpoint
@@ -316,12 +316,8 @@ class Emulator:
         return Plan.from_json(json.loads(self.plan_path.read_text()))
 
     def _save(self, the_plan: Plan) -> None:
-        """Write the plan 0600: it holds the vnodes' SSH host keys."""
-        self.plan_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
-        with os.fdopen(os.open(self.plan_path, flags, 0o600), "w") as file:
-            os.fchmod(file.fileno(), 0o600)
-            file.write(json.dumps(the_plan.to_json()))
+        """Write the plan 0600, atomically: it holds the vnodes' SSH host keys."""
+        write_json(self.plan_path, the_plan.to_json())
 
     def _require(self) -> Plan:
         the_plan = self.load()
