@@ -185,9 +185,16 @@ class Emulator:
     # -- lifecycle ------------------------------------------------------------------------
 
     def up(
-        self, platform: Platform, *, force: bool = False, progress: Progress = no_progress
+        self,
+        platform: Platform,
+        *,
+        force: bool = False,
+        install: bool = False,
+        progress: Progress = no_progress,
     ) -> Plan:
-        """Build `platform`; on any failure nothing is left on any pnode."""
+        """Build `platform`; on any failure nothing is left on any pnode. `install`: the
+        pnodes of container vnodes that lack runc get it from their package manager
+        before the preflight (which otherwise names them)."""
         started = time.monotonic()
         self.reachable_after = None
         if self.plan_path.exists():
@@ -209,6 +216,9 @@ class Emulator:
             the_plan = plan(
                 platform, facts, self.reservation, probe=probe, force=force, containers=containers
             )
+            if install and containers is not None:
+                progress("installing the container runtime where it is missing")
+                _install_runtime(sessions, the_plan)
             progress("preflight on every pnode")
             _preflight(sessions, the_plan)
             self._save(the_plan)
@@ -566,6 +576,20 @@ def _preflight(sessions: Mapping[str, AgentConnection], the_plan: Plan) -> None:
     missing = {pnode: problems for pnode, problems in missing.items() if problems}
     if missing:
         raise PreflightError(missing)
+
+
+def _install_runtime(sessions: Mapping[str, AgentConnection], the_plan: Plan) -> None:
+    """runc from the package manager of every pnode of container vnodes that lacks it;
+    PreflightError names the pnodes where that failed."""
+    boxed = {p: s for p, s in sessions.items() if the_plan.state(p).containers}
+    outcome = for_each(boxed, lambda _, session: session.call(ops.CONTAINERS_INSTALL))
+    failed = {
+        pnode: [str(result)] if isinstance(result, BaseException) else result["problems"]
+        for pnode, result in outcome.items()
+    }
+    failed = {pnode: problems for pnode, problems in failed.items() if problems}
+    if failed:
+        raise PreflightError(failed)
 
 
 def _vnode_side(text: str) -> bool:

@@ -34,7 +34,11 @@ RUNC_ROOT = "/run/omnibed/runc"
 MIN_MEMORY = 16 << 20  # below this, runc's own init is OOM-killed before the vnode starts
 # Debian architecture of an image -> `uname -m` of a pnode that runs it
 MACHINES = {"amd64": "x86_64", "arm64": "aarch64", "ppc64el": "ppc64le", "i386": "i686"}
-INSTALL_HINT = "apt-get install runc (`omnibed emulate up --install` does it)"
+INSTALL_HINT = "pass --install to `omnibed emulate up` (it runs apt-get install runc there)"
+# what `emulate up --install` runs where runc is missing, as distem-bootstrap installed LXC
+APT_INSTALL = ("apt-get", "install", "-y", "-q", "--no-install-recommends", "runc")
+APT_UPDATE = ("apt-get", "update", "-q")
+APT_TIMEOUT = 600
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}\Z")
 _SHA256 = re.compile(r"[0-9a-f]{64}\Z")
 
@@ -103,6 +107,23 @@ class ContainerSpec:
 def _swaps() -> bool:
     with open("/proc/swaps") as swaps:
         return len(swaps.read().splitlines()) > 1
+
+
+def _apt(argv: Sequence[str]) -> str | None:
+    """Run apt `argv` non-interactively; None when it succeeded, else its first error."""
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    try:
+        done = subprocess.run(
+            list(argv), env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+            timeout=APT_TIMEOUT,
+        )  # fmt: skip
+    except subprocess.TimeoutExpired:
+        return f"{argv[0]} {argv[1]} did not end within {APT_TIMEOUT} s"
+    if done.returncode == 0:
+        return None
+    lines = [line.strip() for line in done.stderr.splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("E:")] or lines[-1:]
+    return errors[0] if errors else f"{argv[0]} {argv[1]} exited with status {done.returncode}"
 
 
 def _runc_error(text: str) -> str:
@@ -175,6 +196,27 @@ class Runtime:
                 if not os.path.isdir(os.path.join(self.images_dir, spec.sha256)):
                     problems.append(f"image {spec.image} of {spec.hostname} is not on this pnode")
         return problems
+
+    def install(self) -> list[str]:
+        """Install runc with apt where it is missing (`emulate up --install`); nothing done
+        when it is there. Why it could not be installed, as sentences; [] when runc is
+        there afterwards. A fresh testbed image's package lists may be missing or stale:
+        when the install fails they are updated and it is tried once more."""
+        if shutil.which(self.runc) is not None:
+            return []
+        if shutil.which("apt-get") is None:
+            return ["the container runtime runc is not installed and this pnode has no "
+                    "apt-get: install runc with its package manager"]  # fmt: skip
+        failure = _apt(APT_INSTALL)
+        if failure is not None:
+            failure = _apt(APT_UPDATE) or _apt(APT_INSTALL)
+        if failure is None and shutil.which(self.runc) is None:
+            failure = f"it installed no {self.runc} on the PATH ({os.environ.get('PATH')})"
+        if failure is not None:
+            return [f"installing the container runtime with `{' '.join(APT_INSTALL)}` "
+                    f"failed: {failure}; install runc there by hand or give the pnode a "
+                    "Debian mirror"]  # fmt: skip
+        return []
 
     def _missing_controllers(self, specs: Sequence[ContainerSpec]) -> list[str]:
         needs = {

@@ -16,6 +16,8 @@ Each stdin line is a request {"op": NAME, ...}; each gets exactly one stdout lin
   containers-preflight {state, placed}    -> problems: [sentence, ...] for its container
                                              vnodes (placed: false before the network and
                                              the images are there)
+  containers-install {}                   -> problems: [sentence, ...]: why runc could not be
+                                             installed with apt where missing ([]: it is there)
   containers-image {sha256}               -> present (tarball or unpacked), path to upload
                                              the tarball to (in a root-only directory)
   containers-start {state}                -> started: {name: {pid}}; on failure none runs
@@ -39,6 +41,7 @@ PROBE_SEND = "probe-send"
 PROBE_COLLECT = "probe-collect"
 EXEC = "exec"
 CONTAINERS_PREFLIGHT = "containers-preflight"
+CONTAINERS_INSTALL = "containers-install"
 CONTAINERS_IMAGE = "containers-image"
 CONTAINERS_START = "containers-start"
 CONTAINERS_STATUS = "containers-status"
@@ -47,6 +50,6 @@ CONTAINERS_REMOVE = "containers-remove"
 
 ALL = (
     HELLO, PREFLIGHT, APPLY, TEARDOWN, STATUS, PROBE_LISTEN, PROBE_SEND, PROBE_COLLECT, EXEC,
-    CONTAINERS_PREFLIGHT, CONTAINERS_IMAGE, CONTAINERS_START, CONTAINERS_STATUS,
+    CONTAINERS_PREFLIGHT, CONTAINERS_INSTALL, CONTAINERS_IMAGE, CONTAINERS_START, CONTAINERS_STATUS,
     CONTAINERS_EXEC, CONTAINERS_REMOVE,
 )  # fmt: skip

@@ -41,6 +41,7 @@ class Agent:
             ops.CONTAINERS_PREFLIGHT: lambda r: {
                 "problems": self.runtime.preflight(_state(r).containers, bool(r["placed"]))
             },
+            ops.CONTAINERS_INSTALL: lambda r: {"problems": self.runtime.install()},
             ops.CONTAINERS_IMAGE: self.containers_image,
             ops.CONTAINERS_START: lambda r: {"started": self.runtime.start(_state(r).containers)},
             ops.CONTAINERS_STATUS: lambda r: {

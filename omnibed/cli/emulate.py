@@ -79,14 +79,20 @@ def _platform(platform_file: Path, pnodes: int | None = None) -> PlatformSpec:
 
 
 def _emulate_up(
-    api: Omnibed, name: str, platform: PlatformSpec, label: str, *, force: bool
+    api: Omnibed,
+    name: str,
+    platform: PlatformSpec,
+    label: str,
+    *,
+    force: bool,
+    install: bool = False,
 ) -> None:
     from omnibed.core.errors import PlatformError
 
     emulator = _emulator(api, name)
     try:
         with _progress(f"building {label} on {name}") as progress:
-            built = emulator.up(platform, force=force, progress=progress)
+            built = emulator.up(platform, force=force, install=install, progress=progress)
     except PlatformError as error:  # the plan does not fit the pnodes: name the file
         raise error if error.origin else error.located(label) from None
     out.print(built.summary(), highlight=False)
@@ -116,9 +122,15 @@ def emulate_up(
     force: Annotated[
         bool, typer.Option(help="Build `mode: bridge` even where foreign MACs are dropped.")
     ] = False,
+    install: Annotated[
+        bool,
+        typer.Option(
+            help="Install the container runtime (runc) with apt on the pnodes that lack it."
+        ),
+    ] = False,
 ) -> None:
     """Build a platform; prints the mode chosen for every vnetwork and why."""
-    _emulate_up(_api(), name, _platform(platform), str(platform), force=force)
+    _emulate_up(_api(), name, _platform(platform), str(platform), force=force, install=install)
 
 
 @emulate_app.command("status")

@@ -1,14 +1,20 @@
-"""Fixtures of the container vnode tests: the `omnibed` command in a session's own home, and
-one image built by `omnibed image build` for the whole session."""
+"""Fixtures of the container vnode tests: the `omnibed` command in a session's own home, one
+image built by `omnibed image build` for the whole session, local reservations, and what a
+reservation's container vnodes could leave on its pnodes."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from omnibed.emulator.agent import cgroups
+from omnibed.emulator.agent.containers import RUNC_ROOT
+from omnibed.providers.local import cgroups as local_cgroups
 
 OMNIBED = str(Path(sys.executable).with_name("omnibed"))
 IMAGE_PACKAGES = "openssh-server,python3"
@@ -27,3 +33,50 @@ def image_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     built = omnibed(home, "image", "build", "vnode", "--packages", IMAGE_PACKAGES)
     assert built.returncode == 0, built.stderr
     return home
+
+
+def reserve(home: Path, nodes: int, *options: str) -> tuple[str, str]:
+    """A local reservation of `nodes` pnodes (more `omnibed reserve` options: `options`):
+    its name and id."""
+    done = omnibed(home, "reserve", "--testbed", "local", "--nodes", str(nodes), *options)
+    assert done.returncode == 0, done.stderr
+    name = done.stdout.split()[-1]
+    rows = json.loads(omnibed(home, "ls", "--json").stdout)
+    return name, next(r["id"] for r in rows if r["name"] == name)
+
+
+def pnode_pids(prefix: str) -> list[int]:
+    """One process per live local pnode of the reservation `prefix` names (`<id>-`): each
+    pnode has its own mount namespace, where its containers' mounts and runc state are."""
+    return local_cgroups.one_per_mount_namespace(prefix.removesuffix("-"))
+
+
+def leftovers(prefix: str) -> dict[str, list[str]]:
+    """Containers, mounts, cgroups and processes of container names starting with `prefix`."""
+    mounts, containers = [], []
+    for pid in pnode_pids(prefix):
+        for line in Path(f"/proc/{pid}/mountinfo").read_text().splitlines():
+            if f"/containers/{prefix}" in line.split()[4]:
+                mounts.append(line.split()[4])
+        listed = subprocess.run(
+            ["nsenter", f"--target={pid}", "--mount", "runc", "--root", RUNC_ROOT, "list", "-q"],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        containers += [n for n in listed.stdout.split() if n.startswith(prefix)]
+    cgroup_dirs = [
+        str(path)
+        for mount in cgroups.hierarchies().values()
+        for path in Path(mount).glob(f"{cgroups.PREFIX}{prefix}*")
+    ]
+    processes = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            exited = "\nState:\tZ" in (proc / "status").read_text()  # to be reaped by init
+            if not exited and f"{cgroups.PREFIX}{prefix}" in (proc / "cgroup").read_text():
+                processes.append(proc.name)
+        except OSError:
+            continue
+    found = {"containers": containers, "mounts": mounts, "cgroups": cgroup_dirs}
+    return {**found, "processes": processes}

@@ -271,7 +271,7 @@ def test_preflight_names_what_stops_the_vnodes(runtime: Runtime, image: dict) ->
     )  # fmt: skip
     problems = Runtime(runtime.root, runtime.runc_root, runc="omnibed-no-runc").preflight([spec])
     text = "\n".join(problems)
-    assert "runc is not installed: apt-get install runc" in text
+    assert "runc is not installed: pass --install to `omnibed emulate up`" in text
     assert f"vnode-9 is arm64 (aarch64), this pnode is {os.uname().machine}" in text
     assert f"vnode-9 wants cores [0, {cores}], this pnode has {cores}" in text
     assert "network namespace /run/netns/omnibed-t-none of vnode-9 does not exist" in text

@@ -1,10 +1,15 @@
 """Container vnodes end to end on the local testbed, through the `omnibed` command: Listing 1
 (examples/listing1-containers.yaml) on 2 pnodes with 2 vnodes each, from the image
-`omnibed image build` made for the session. Each vnode runs the image as / with its name as
-hostname, reaches every other across pnodes, accepts root over SSH through `emulate ssh`
-and through paramiko with the reservation's key and the host key recorded for it, and
-`emulate down` leaves no container, mount, cgroup or process. Bad input is refused with one
-line and exit status 2, nothing started."""
+`omnibed image build` made for the session, on the baremetal profile (an extra NIC: the
+vnetwork is bridged) and on the xen profile (the vnetwork goes over VXLAN). Each vnode runs
+the image as / with its name as hostname, reaches every other across pnodes, accepts root
+over SSH through `emulate ssh` and through paramiko with the reservation's key and the host
+key recorded for it, and `emulate down` leaves no container, mount, cgroup or process. The
+same platform holds vnodes with limits: a memory limit OOM-kills an allocation beyond it
+and `emulate status` reports it, a CPU share holds a busy vnode to that share of a core,
+pinned cores are distinct (checked on baremetal only: limits do not depend on the
+vnetworks' mode). Killing the CLI during `up` and then `emulate down` leaves nothing; bad
+input is refused with one line and exit status 2, nothing started."""
 
 from __future__ import annotations
 
@@ -13,8 +18,10 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import tarfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,76 +31,54 @@ import pytest
 from omnibed.core import ssh
 from omnibed.core.types import SSHEndpoint
 from omnibed.emulator.agent import cgroups
-from omnibed.emulator.agent.containers import ROOT, RUNC_ROOT
+from omnibed.emulator.agent.containers import ROOT
 from omnibed.emulator.coordinator import PLAN_FILE
 from omnibed.emulator.planner import VnodePlan, instance_tag
 from omnibed.emulator.vnode_ssh import relay_command
 from omnibed.providers.local import cgroups as local_cgroups
-from tests.containers.conftest import omnibed
+from tests.containers.conftest import OMNIBED, leftovers, omnibed, pnode_pids, reserve
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
 EXAMPLE = Path(__file__).parents[2] / "examples" / "listing1-containers.yaml"
 VNODES = [f"vnode-{i}" for i in range(4)]
+# vnodes with limits, next to Listing 1's: on the first pnode, no vnetwork
+LIMITED = """
+  - {name: hog, pnode: 0, image: vnode, memory: 64MiB}
+  - {name: half, pnode: 0, image: vnode, cpu: {share: 0.5}}
+  - {name: "pin-{i}", per_pnode: 2, image: vnode, cpu: {cores: 1}}
+"""
+PINNED = [f"pin-{i}" for i in range(4)]
+# profile -> (`omnibed reserve` options, the vnetwork's mode)
+PROFILES = {
+    "baremetal": (("-o", "profile=baremetal", "--extra-nics", "1"), "bridge"),
+    "xen": (("-o", "profile=xen"), "vxlan"),
+}
 
 
-def _reserve(home: Path, nodes: int) -> tuple[str, str]:
-    """A local reservation of `nodes` pnodes: its name and id."""
-    done = omnibed(home, "reserve", "--testbed", "local", "--nodes", str(nodes))
-    assert done.returncode == 0, done.stderr
-    name = done.stdout.split()[-1]
-    rows = json.loads(omnibed(home, "ls", "--json").stdout)
-    return name, next(r["id"] for r in rows if r["name"] == name)
-
-
-def _pnodes(prefix: str) -> list[int]:
-    """One process per live local pnode of the reservation `prefix` names (`<id>-`): each
-    pnode has its own mount namespace, where its containers' mounts and runc state are."""
-    return local_cgroups.one_per_mount_namespace(prefix.removesuffix("-"))
-
-
-def _leftovers(prefix: str) -> dict[str, list[str]]:
-    """Containers, mounts, cgroups and processes of container names starting with `prefix`."""
-    mounts, containers = [], []
-    for pid in _pnodes(prefix):
-        for line in Path(f"/proc/{pid}/mountinfo").read_text().splitlines():
-            if f"/containers/{prefix}" in line.split()[4]:
-                mounts.append(line.split()[4])
-        listed = subprocess.run(
-            ["nsenter", f"--target={pid}", "--mount", "runc", "--root", RUNC_ROOT, "list", "-q"],
-            capture_output=True, text=True, check=True,
-        )
-        containers += [n for n in listed.stdout.split() if n.startswith(prefix)]
-    cgroup_dirs = [
-        str(path)
-        for mount in cgroups.hierarchies().values()
-        for path in Path(mount).glob(f"{cgroups.PREFIX}{prefix}*")
-    ]
-    processes = []
-    for proc in Path("/proc").glob("[0-9]*"):
-        try:
-            exited = "\nState:\tZ" in (proc / "status").read_text()  # to be reaped by init
-            if not exited and f"{cgroups.PREFIX}{prefix}" in (proc / "cgroup").read_text():
-                processes.append(proc.name)
-        except OSError:
-            continue
-    found = {"containers": containers, "mounts": mounts, "cgroups": cgroup_dirs}
-    return {**found, "processes": processes}
-
-
-@pytest.fixture(scope="module")
-def platform(image_home: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
-    """Listing 1 up on 2 local pnodes, 2 vnodes each; released at the end."""
+@pytest.fixture(scope="module", params=sorted(PROFILES))
+def platform(
+    request: pytest.FixtureRequest, image_home: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[dict]:
+    """Listing 1 up on 2 local pnodes of a profile, 2 vnodes each, and the vnodes with
+    limits; released at the end."""
     text = EXAMPLE.read_text().replace("per_pnode: 4", "per_pnode: 2")
-    text = text.replace("image: debian-ssh", "image: vnode")
+    text = text.replace("image: debian-ssh", "image: vnode") + LIMITED
     path = tmp_path_factory.mktemp("platform") / "listing1.yaml"
     path.write_text(text)
-    name, reservation_id = _reserve(image_home, 2)
+    options, mode = PROFILES[request.param]
+    name, reservation_id = reserve(image_home, 2, *options)
     try:
         up = omnibed(image_home, "emulate", "up", name, str(path))
-        yield {"name": name, "id": reservation_id, "up": up, "home": image_home}
+        yield {"name": name, "id": reservation_id, "up": up, "home": image_home, "mode": mode}
     finally:
         omnibed(image_home, "release", name)
+
+
+def _status(info: dict) -> dict:
+    done = omnibed(info["home"], "emulate", "status", info["name"], "--json")
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
 
 
 def _exec(info: dict, vnode: str, *argv: str) -> subprocess.CompletedProcess:
@@ -104,13 +89,14 @@ def test_up_returns_once_every_vnode_answers_ssh(platform: dict) -> None:
     up = platform["up"]
     assert up.returncode == 0, up.stderr
     assert re.search(r"vnodes reachable in \d+\.\d s", up.stdout), up.stdout
-    status = json.loads(omnibed(platform["home"], "emulate", "status", platform["name"],
-                                "--json").stdout)  # fmt: skip
+    status = _status(platform)
+    assert [n["mode"] for n in status["networks"]] == [platform["mode"]]
     boxes = {v["name"]: v["container"] for v in status["vnodes"]}
-    assert sorted(boxes) == VNODES
+    assert sorted(boxes) == sorted([*VNODES, "hog", "half", *PINNED])
     for box in boxes.values():
-        assert box["state"] == "running" and box["image"] == "vnode"
-        assert box["memory"] == 256 << 20 and box["share"] == 0.5 and box["oom_kills"] == 0
+        assert box["state"] == "running" and box["image"] == "vnode" and box["oom_kills"] == 0
+    for vnode in VNODES:
+        assert boxes[vnode]["memory"] == 256 << 20 and boxes[vnode]["share"] == 0.5
 
 
 def test_each_vnode_runs_the_image_as_root_with_its_name(platform: dict) -> None:
@@ -122,12 +108,10 @@ def test_each_vnode_runs_the_image_as_root_with_its_name(platform: dict) -> None
         assert [line.split("] ", 1)[1] for line in seen.stdout.splitlines()] == [vnode, "sshd"]
 
 
-def test_every_vnode_reaches_every_other_across_pnodes(platform: dict) -> None:
-    status = json.loads(
-        omnibed(platform["home"], "emulate", "status", platform["name"], "--json").stdout
-    )
-    address = {v["name"]: v["ifaces"]["if0"]["address"].split("/")[0] for v in status["vnodes"]}
-    pnode = {v["name"]: v["pnode"] for v in status["vnodes"]}
+def test_every_vnode_reaches_every_other_acrosspnode_pids(platform: dict) -> None:
+    listed = [v for v in _status(platform)["vnodes"] if v["name"] in VNODES]
+    address = {v["name"]: v["ifaces"]["if0"]["address"].split("/")[0] for v in listed}
+    pnode = {v["name"]: v["pnode"] for v in listed}
     assert len(set(pnode.values())) == 2
     for src in VNODES:
         others = [address[dst] for dst in VNODES if dst != src]
@@ -216,12 +200,68 @@ def test_cp_to_and_from_a_vnode(platform: dict, tmp_path: Path) -> None:
     assert both.returncode == 2 and "exactly one side" in both.stderr
 
 
+# -- limits (the same on every profile: checked on baremetal) ------------------------------
+
+ON_BAREMETAL = pytest.mark.parametrize("platform", ["baremetal"], indirect=True)
+
+
+@ON_BAREMETAL
+def test_memory_limit_oom_kills_and_emulate_status_reports_it(platform: dict) -> None:
+    hog = "x = bytearray(200 << 20)\nfor i in range(0, len(x), 4096): x[i] = 1"
+    killed = _exec(platform, "hog", "python3", "-c", hog)
+    assert killed.returncode == 1 and re.search(r"\bhog\b.*\b137\b", killed.stderr), killed.stderr
+    boxes = {v["name"]: v["container"] for v in _status(platform)["vnodes"]}
+    assert boxes["hog"]["oom_kills"] >= 1 and boxes["hog"]["state"] == "running"
+    assert all(box["oom_kills"] == 0 for name, box in boxes.items() if name != "hog")
+    assert all(box["state"] == "running" for box in boxes.values())
+    shown = omnibed(platform["home"], "emulate", "status", platform["name"])
+    assert re.search(r"hog .*memory 64MiB.*│ \d+ *│", shown.stdout), shown.stdout
+    assert "warning" not in shown.stderr, shown.stderr  # every pnode answered, complete
+    unharmed = _exec(platform, "all", "true")
+    assert unharmed.returncode == 0, unharmed.stdout + unharmed.stderr
+
+
+@ON_BAREMETAL
+def test_cpu_share_holds_a_busy_vnode_to_half_a_core(platform: dict) -> None:
+    box = next(v["container"] for v in _status(platform)["vnodes"] if v["name"] == "half")
+    loops = 'for i in 1 2; do timeout 12 sh -c "while :; do :; done" & done; wait'
+    # two loops: the quota, not a busy neighbour, must be what limits
+    busy = subprocess.Popen(
+        [OMNIBED, "emulate", "exec", platform["name"], "half", "--", "sh", "-c", loops],
+        env={**os.environ, "OMNIBED_HOME": str(platform["home"])},
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        time.sleep(4)  # the CLI logs in and the loops start
+        before, start = cgroups.counters(box["name"])["cpu_usage_ns"], time.monotonic()
+        time.sleep(6)
+        after, end = cgroups.counters(box["name"])["cpu_usage_ns"], time.monotonic()
+    finally:
+        busy.wait(timeout=60)
+    cores = (after - before) / 1e9 / (end - start)
+    assert 0.45 <= cores <= 0.55, f"{cores:.3f} of a core"
+
+
+@ON_BAREMETAL
+def test_pinned_vnodes_run_on_distinct_cores(platform: dict) -> None:
+    listed = [v for v in _status(platform)["vnodes"] if v["name"] in PINNED]
+    affinity = "import os; print(sorted(os.sched_getaffinity(0)))"
+    for pnode in {v["pnode"] for v in listed}:
+        cores = []
+        for vnode in (v for v in listed if v["pnode"] == pnode):
+            seen = _exec(platform, vnode["name"], "python3", "-c", affinity)
+            assert seen.returncode == 0, seen.stderr
+            assert seen.stdout.split("] ", 1)[1].strip() == str(vnode["container"]["cpus"])
+            cores += vnode["container"]["cpus"]
+        assert len(cores) == 2 and len(set(cores)) == 2, cores
+
+
 def test_down_leaves_no_container_mount_cgroup_or_process(platform: dict) -> None:
     prefix = f"{platform['id']}-"
-    assert len(_leftovers(prefix)["containers"]) == 4
+    assert len(leftovers(prefix)["containers"]) == len(VNODES) + 2 + len(PINNED)
     down = omnibed(platform["home"], "emulate", "down", platform["name"])
     assert down.returncode == 0, down.stderr
-    assert _leftovers(prefix) == {"containers": [], "mounts": [], "cgroups": [], "processes": []}
+    assert leftovers(prefix) == {"containers": [], "mounts": [], "cgroups": [], "processes": []}
     known_hosts = platform["home"] / "reservations" / platform["name"] / "known_hosts"
     assert ".vnode.omnibed" not in known_hosts.read_text()
 
@@ -232,7 +272,7 @@ def test_down_leaves_no_container_mount_cgroup_or_process(platform: dict) -> Non
 @pytest.fixture(scope="module")
 def idle(image_home: Path) -> Iterator[tuple[str, str]]:
     """A one-pnode local reservation that runs no platform."""
-    name, reservation_id = _reserve(image_home, 1)
+    name, reservation_id = reserve(image_home, 1)
     try:
         yield name, reservation_id
     finally:
@@ -274,9 +314,9 @@ def test_bad_input_is_one_line_exit_2_and_starts_nothing(
     assert done.returncode == 2, done.stdout + done.stderr
     assert len(done.stderr.strip().splitlines()) == 1 and says in done.stderr, done.stderr
     assert not (image_home / "reservations" / name / PLAN_FILE).exists()
-    assert _leftovers(f"{reservation_id}-")["containers"] == []
+    assert leftovers(f"{reservation_id}-")["containers"] == []
     assert not [n for n in os.listdir("/run/netns") if n.startswith(f"ob-{instance_tag(name)}-")]
-    [pnode] = _pnodes(f"{reservation_id}-")
+    [pnode] = pnode_pids(f"{reservation_id}-")
     bundle = f"/proc/{pnode}/root{ROOT}/containers/{reservation_id}-v"
     assert not os.path.isdir(bundle)
 
@@ -286,19 +326,74 @@ def test_release_removes_the_containers_even_without_the_plan(
 ) -> None:
     """The local testbed's release finds a reservation's containers by their names, also
     when the emulator's plan is lost and `emulate down` cannot run."""
-    name, reservation_id = _reserve(image_home, 1)
+    name, reservation_id = reserve(image_home, 1)
     try:
         path = tmp_path / "one.yaml"
         path.write_text("nodes: [{name: lone, image: vnode, memory: 64MiB}]\n")
         up = omnibed(image_home, "emulate", "up", name, str(path))
         assert up.returncode == 0, up.stderr
-        assert _leftovers(f"{reservation_id}-")["containers"] == [f"{reservation_id}-lone"]
+        assert leftovers(f"{reservation_id}-")["containers"] == [f"{reservation_id}-lone"]
         (image_home / "reservations" / name / PLAN_FILE).unlink()
     finally:
         omnibed(image_home, "release", name)
-    assert _leftovers(f"{reservation_id}-") == {
+    assert leftovers(f"{reservation_id}-") == {
         "containers": [], "mounts": [], "cgroups": [], "processes": []
     }  # fmt: skip
     # the vnode's network namespace is the emulator's, which the lost plan named: not the
     # testbed's to find (a known gap of release without the plan)
     subprocess.run(["ip", "netns", "del", f"ob-{instance_tag(name)}-p0-lone"], check=False)
+
+
+def _agents(reservation_id: str) -> list[str]:
+    """The omnibed agents running on the reservation's pnodes (`python3 -I /proc/self/fd/N`,
+    in the cgroup of the processes its pnodes' sshds start)."""
+    cgroup = local_cgroups.path_for(reservation_id)
+    assert cgroup is not None
+    found = []
+    for pid in (cgroup / "cgroup.procs").read_text().split():
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if argv[1:2] == [b"-I"] and argv[2].startswith(b"/proc/self/fd/"):
+            found.append(pid)
+    return found
+
+
+def test_cli_killed_during_up_then_down_leaves_nothing(image_home: Path, tmp_path: Path) -> None:
+    """`emulate up` killed with SIGKILL once its containers run (it waits for their sshd):
+    the agents on the pnodes end with it, and `emulate down` removes every container,
+    mount, cgroup, process and network namespace."""
+    name, reservation_id = reserve(image_home, 1)
+    prefix = f"{reservation_id}-"
+    try:
+        path = tmp_path / "three.yaml"
+        path.write_text(
+            "networks: [{name: lan, cidr: 10.9.0.0/24}]\n"
+            "nodes: [{name: \"v-{i}\", per_pnode: 3, image: vnode, memory: 64MiB, ssh: true,"
+            " ifaces: [{name: if0, network: lan}]}]\n"
+        )
+        up = subprocess.Popen(
+            [OMNIBED, "emulate", "up", name, str(path)],
+            env={**os.environ, "OMNIBED_HOME": str(image_home)},
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        deadline = time.monotonic() + 300
+        while len(leftovers(prefix)["containers"]) < 3 and up.poll() is None:
+            assert time.monotonic() < deadline, "the containers never ran"
+            time.sleep(0.05)
+        up.kill()
+        assert up.wait() == -signal.SIGKILL, "`emulate up` ended before it was killed"
+        deadline = time.monotonic() + 60
+        while _agents(reservation_id):
+            assert time.monotonic() < deadline, "the agents outlived the killed CLI"
+            time.sleep(0.1)
+        down = omnibed(image_home, "emulate", "down", name)
+        assert down.returncode == 0, down.stderr
+        assert down.stdout.strip() == "removed 3 vnodes", down.stdout
+        assert leftovers(prefix) == {"containers": [], "mounts": [], "cgroups": [], "processes": []}
+        assert not [
+            n for n in os.listdir("/run/netns") if n.startswith(f"ob-{instance_tag(name)}-")
+        ]
+    finally:
+        omnibed(image_home, "release", name)
