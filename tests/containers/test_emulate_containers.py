@@ -108,7 +108,7 @@ def test_each_vnode_runs_the_image_as_root_with_its_name(platform: dict) -> None
         assert [line.split("] ", 1)[1] for line in seen.stdout.splitlines()] == [vnode, "sshd"]
 
 
-def test_every_vnode_reaches_every_other_acrosspnode_pids(platform: dict) -> None:
+def test_every_vnode_reaches_every_other_across_pnodes(platform: dict) -> None:
     listed = [v for v in _status(platform)["vnodes"] if v["name"] in VNODES]
     address = {v["name"]: v["ifaces"]["if0"]["address"].split("/")[0] for v in listed}
     pnode = {v["name"]: v["pnode"] for v in listed}
@@ -370,7 +370,7 @@ def test_cli_killed_during_up_then_down_leaves_nothing(image_home: Path, tmp_pat
         path = tmp_path / "three.yaml"
         path.write_text(
             "networks: [{name: lan, cidr: 10.9.0.0/24}]\n"
-            "nodes: [{name: \"v-{i}\", per_pnode: 3, image: vnode, memory: 64MiB, ssh: true,"
+            'nodes: [{name: "v-{i}", per_pnode: 3, image: vnode, memory: 64MiB, ssh: true,'
             " ifaces: [{name: if0, network: lan}]}]\n"
         )
         up = subprocess.Popen(
