@@ -64,11 +64,13 @@ OPTIONS = {
     "queue": "OAR queue: default, production, testing, besteffort",
     "project": "OAR project to account the job to",
     "properties": "OAR SQL property filter, as oarsub -p",
+    "types": "more OAR job types, comma-separated, e.g. night (exotic is added by itself)",
     "image": "kadeploy environment (deploy job), e.g. debian12-min or a snapshot's name",
     "vlan": "KaVLAN type for --extra-nics: kavlan (default), kavlan-local, kavlan-global",
     "gateway": f"SSH jump host: auto ({ACCESS_HOST} unless inside Grid'5000), none, or a host",
     "poll": "seconds between two API polls while waiting (default 10)",
     "deploy_timeout": "seconds a kadeploy may take (default 1800)",
+    "extend_timeout": "seconds OAR may take to grant a walltime change (default 300)",
 }
 
 
@@ -158,13 +160,15 @@ class Grid5000Provider(Provider):
         image = request.image or options.get("image")
         request = replace(request, image=image)
         try:
-            body = _convert.job_body(request, options)
+            _convert.job_body(request, options)
         except ValueError as error:
             raise UsageError(str(error)) from error
         existing = self.find(request.name)
         if existing is not None:
             return existing
         site = request.site or options.get("site") or DEFAULT_SITE
+        exotic = self._check_cluster(site, options.get("cluster"), request.extra_nics)
+        body = _convert.job_body(request, options, exotic)
         record = {"name": request.name, "site": site, "options": options, "image": image,
                   "extra_nics": request.extra_nics, "public_key": request.public_key}
         self._save(request.name, record)
@@ -179,6 +183,27 @@ class Grid5000Provider(Provider):
             raise
         self._save(request.name, {**record, "uid": str(job["uid"])})
         return self._view(job, record)
+
+    def _check_cluster(self, site: str, cluster: str | None, extra_nics: int) -> bool:
+        """Whether `cluster` is exotic, from the Reference API; UsageError, before any job is
+        submitted, for a cluster the site lacks or one with fewer secondary Ethernet NICs
+        than `extra_nics`. Without `cluster`, OAR picks and nothing is checked here."""
+        if cluster is None:
+            return False
+        record = self.client.cluster_record(site, cluster)
+        if record is None:
+            raise UsageError(f"Grid'5000 has no cluster {cluster!r} at {site}: check"
+                             " -o cluster= and -o site= (https://www.grid5000.fr/w/Hardware)")
+        if extra_nics:
+            node = self.client.first_node_record(site, cluster) or {}
+            spare = len(_convert.extra_adapters(node))
+            if spare < extra_nics:
+                raise UsageError(
+                    f"{cluster} nodes have {spare} secondary Ethernet NIC(s), {extra_nics}"
+                    f" asked with --extra-nics: pick a cluster with {extra_nics} more Ethernet"
+                    " NIC(s) (-o cluster=) or ask fewer"
+                )
+        return bool(record.get("exotic"))
 
     def _remove_leftovers(self, site: str, name: str) -> None:
         for job in self.client.find_jobs(site, name, _convert.LIVE_STATES):
@@ -461,18 +486,43 @@ class Grid5000Provider(Provider):
             raise UsageError(f"the new end {end:%Y-%m-%d %H:%M} UTC is not after the current"
                              f" end {current.end:%Y-%m-%d %H:%M} UTC")
         site = reservation.site or DEFAULT_SITE
+        record = self._record(reservation.name)
+        options = record.get("options", {})
         self.client.change_walltime(site, reservation.id, f"+{format_walltime(delta)}")
-        return self._view(self._job(reservation), self._record(reservation.name))
+
+        def granted() -> Reservation | Pending:  # OAR grants at a later scheduling pass
+            now = self._view(self._job(reservation), record)
+            return now if now.end != current.end else Pending("pending")
+
+        return poll_until(
+            granted, timeout=float(options.get("extend_timeout", 300)),
+            interval=float(options.get("poll", 10)),
+            what=f"the walltime change of job {reservation.id} at {site}",
+            fix="OAR grants it at a later scheduling pass: see `omnibed ls` later",
+            provider=self.name,
+        )
 
     def release(self, reservation: Reservation) -> None:
+        """Delete the job and wait until OAR has killed it (a deleted job runs on for a
+        while, and a second DELETE meanwhile is refused), then forget it."""
         site = reservation.site or DEFAULT_SITE
+        poll = float(self._record(reservation.name).get("options", {}).get("poll", 10))
         job = self.client.job(site, reservation.id)
         if _live(job):
             try:
                 self.client.delete_job(site, reservation.id)
-            except ProviderError:  # e.g. a lost answer, and the retried DELETE found it gone
+            except ProviderError:  # a lost answer, and the retried DELETE found it gone
                 if _live(self.client.job(site, reservation.id)):
                     raise
+
+            def dead() -> bool | Pending:
+                job = self.client.job(site, reservation.id)
+                return True if not _live(job) else Pending(str((job or {}).get("state")))
+
+            poll_until(dead, timeout=300, interval=min(poll, 5),
+                       what=f"deleted OAR job {reservation.id} at {site}",
+                       fix=f"`omnibed release {reservation.name}` again later",
+                       provider=self.name)
         self.records.delete(reservation.name)
 
 
