@@ -90,6 +90,7 @@ class FakeOpenStack:
         self.quota: dict[str, int] = {"instances": 100, "floatingip": 100}
         self.server_fault: str | None = None  # servers go ERROR with this fault message
         self.lease_fault = False  # leases go ERROR after STARTING
+        self.missing_services: set[str] = set()  # service types left out of the catalogue
         self.state = Cloud()
         self.tokens: set[str] = set()
         self.faults = Faults()
@@ -132,6 +133,8 @@ class FakeOpenStack:
                     "reservation": "/reservation/v1"}
         catalog = []
         for kind, path in services.items():
+            if kind in self.missing_services:
+                continue
             endpoints = [{"id": uuid.uuid4().hex, "interface": "public", "region": site,
                           "region_id": site, "url": self.url + path} for site in SITES]
             catalog.append({"type": kind, "id": uuid.uuid4().hex, "name": kind,
