@@ -1,5 +1,6 @@
 """Turn openstacksdk and keystoneauth exceptions into omnibed's typed errors.
 
+    a login without a project (no catalogue)      -> CredentialsError saying to set one
     a service or region missing in the catalogue  -> ProviderError naming both
     401, auth plugin or clouds.yaml problems      -> CredentialsError
     timeouts (connect or read)                    -> ProviderTimeout
@@ -69,6 +70,11 @@ def translate(error: BaseException, action: str) -> Exception:
         return CredentialsError(
             f"Chameleon refused the credentials while trying to {action} ({words}): check "
             "that the application credential is not expired or revoked", source="credentials")
+    if "service catalog is empty" in words:  # Keystone's answer to a login without scope
+        return CredentialsError(
+            f"the login gave no service catalogue while trying to {action}: a password login"
+            " needs a project; set OS_PROJECT_NAME (and OS_PROJECT_DOMAIN_NAME), or"
+            " project_name in clouds.yaml", source="clouds.yaml")
     missing = _missing_service(words, action)
     if missing is not None:
         return missing

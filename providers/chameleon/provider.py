@@ -210,6 +210,9 @@ class ChameleonProvider(Provider):
                 record.start = _convert.parse_blazar_date(lease["start_date"]).isoformat()
                 record.end = _convert.parse_blazar_date(lease["end_date"]).isoformat()
                 self._save(record)
+        except UsageError:  # refused before anything was made (the lease name is taken)
+            self.records.delete(record.name)
+            raise
         except BaseException as error:
             self._rollback(record, error)
             raise
@@ -449,8 +452,16 @@ class ChameleonProvider(Provider):
         if record.lease_id is None:
             raise ProviderError(f"{record.name!r} has no lease recorded to extend",
                                 provider=self.name)
-        lease = self._client(record).update_lease(
-            record.lease_id, {"end_date": _convert.blazar_date(end)})
+        if end <= utcnow():
+            raise UsageError(f"the new end {end:%Y-%m-%d %H:%M} UTC must be after now")
+        client = self._client(record)
+        current = client.get_lease(record.lease_id)
+        if current is None or current["status"] in ("TERMINATING", "TERMINATED", "DELETING"):
+            raise ProviderError(
+                f"the lease of {record.name!r} has ended"
+                f" ({current['status'] if current else 'gone'}): `omnibed release"
+                f" {record.name}`, then reserve again", provider=self.name)
+        lease = client.update_lease(record.lease_id, {"end_date": _convert.blazar_date(end)})
         record.end = _convert.parse_blazar_date(lease["end_date"]).isoformat()
         self._save(record)
         return self._reservation(record, _convert.LEASE_STATES.get(
