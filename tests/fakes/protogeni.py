@@ -25,8 +25,8 @@ with CHAPI code 1 and the aggregate refuses every slice credential with code 15,
 makes the next sliver end `failed`. Error answers carry `am_type`, `am_code` and
 `protogeni_error_url` as ProtoGENI's do (geni-lib reads all three). `live()` says which
 slivers still hold nodes.
-[unverified against a live AM] `geni_expires` in SliverStatus, and CreateImage returning
-`[image_urn, image_url]`.
+SliverStatus gives the expiration as `pg_expires` (ProtoGENI's name; `geni_expires` is the
+AM API's). [unverified against a live AM] CreateImage returning `[image_urn, image_url]`.
 """
 
 from __future__ import annotations
@@ -597,7 +597,7 @@ class FakeProtoGENI:
             return self._ok({
                 "geni_urn": sliver.urn, "geni_status": sliver.status,
                 "pg_status": sliver.status, "geni_resources": resources,
-                "geni_expires": sliver.expires.strftime(CRED_TIME) + "Z",
+                "pg_expires": sliver.expires.strftime(CRED_TIME) + "Z",  # as ProtoGENI's
             })
 
     def _RenewSliver(self, slice_urn, creds, expiration, options):  # noqa: N802
