@@ -13,6 +13,7 @@ import dataclasses
 import functools
 import secrets
 import socket
+import warnings
 from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -54,6 +55,14 @@ PENDING_WAIT = 2.0
 UNKNOWN_OPTION = "omnibed-conformance-no-such-option"
 
 Failure = TypeVar("Failure", bound=BaseException)
+
+LiveResources = Callable[[Reservation], list[str]]
+"""What the testbed itself still holds for a reservation, one line per resource."""
+
+
+class LiveResourcesUnknown(UserWarning):
+    """A release rule was checked with ``find`` alone: the run gives no
+    ``omnibed_live_resources`` fixture to ask the testbed what it still holds."""
 
 
 def contract_rule(test: Callable[..., None]) -> Callable[..., None]:
@@ -124,12 +133,18 @@ class Reservations:
     """The reservations one test makes: uniquely named, released at teardown if still there."""
 
     def __init__(
-        self, provider: Provider, template: ReservationRequest, public_key: str, timeout: float
+        self,
+        provider: Provider,
+        template: ReservationRequest,
+        public_key: str,
+        timeout: float,
+        live: LiveResources | None = None,
     ) -> None:
         self.provider = provider
         self.template = template
         self.public_key = public_key
         self.timeout = timeout
+        self.live = live
         self.names: list[str] = []
 
     def request(self, base: ReservationRequest | None = None, **changes: Any) -> ReservationRequest:
@@ -152,6 +167,34 @@ class Reservations:
                 self.provider.release(left)
 
 
+def check_released(
+    provider: Provider, reservation: Reservation, live: LiveResources | None, where: str
+) -> None:
+    """Nothing of `reservation` is left `where`: find(name) is None and, when the run gives
+    `live` (``omnibed_live_resources``), the testbed lists nothing live for it either.
+
+    Without `live` a provider that forgets its records but leaves its machines running would
+    pass, so the check says (with a :class:`LiveResourcesUnknown` warning) that it could
+    only ask `find`.
+    """
+    left = provider.find(reservation.name)
+    assert left is None, f"find({reservation.name!r}) still returns {left} {where}"
+    if live is None:
+        warnings.warn(
+            LiveResourcesUnknown(
+                f"{provider.name}: whether {reservation.name!r} is gone from the testbed was "
+                "checked with find() only; define an omnibed_live_resources fixture that asks "
+                "the testbed what it still holds (docs/writing-a-provider.md)"
+            ),
+            stacklevel=2,
+        )
+        return
+    still = live(reservation)
+    assert not still, (
+        f"the testbed still holds {still} {where}, although find({reservation.name!r}) is None"
+    )
+
+
 def first_hop(node: Node) -> tuple[str, int]:
     endpoint = node.ssh.jumps[0] if node.ssh.jumps else node.ssh
     return endpoint.host, endpoint.port
@@ -162,7 +205,7 @@ class ProviderConformance:
 
     Optional fixtures (defaults in :mod:`omnibed.conformance.plugin`): ``omnibed_request``,
     ``omnibed_key``, ``omnibed_failing_request``, ``omnibed_pending_request``,
-    ``omnibed_wait_timeout``.
+    ``omnibed_wait_timeout``, ``omnibed_live_resources``.
     """
 
     @pytest.fixture
@@ -172,9 +215,14 @@ class ProviderConformance:
         omnibed_request: ReservationRequest,
         omnibed_key: Any,
         omnibed_wait_timeout: float,
+        omnibed_live_resources: LiveResources | None,
     ) -> Iterator[Reservations]:
         made = Reservations(
-            omnibed_provider, omnibed_request, omnibed_key.public_openssh, omnibed_wait_timeout
+            omnibed_provider,
+            omnibed_request,
+            omnibed_key.public_openssh,
+            omnibed_wait_timeout,
+            omnibed_live_resources,
         )
         try:
             yield made
@@ -393,12 +441,20 @@ class ProviderConformance:
     def test_release_is_idempotent_and_leaves_nothing(
         self, omnibed_provider: Provider, reservations: Reservations
     ) -> None:
-        """release is idempotent and leaves nothing: find(name) is None afterwards."""
+        """release is idempotent and leaves nothing: find(name) is None afterwards.
+
+        Nor does the testbed hold anything of it, when ``omnibed_live_resources`` can ask
+        (and lists the reservation while it is READY).
+        """
         ready = reservations.ready()
+        if reservations.live is not None:
+            assert reservations.live(ready), (
+                f"omnibed_live_resources lists nothing for {ready.name!r} while it is READY, "
+                "so it cannot show what release leaves"
+            )
         omnibed_provider.release(ready)
         omnibed_provider.release(ready)
-        left = omnibed_provider.find(ready.name)
-        assert left is None, f"find({ready.name!r}) still returns {left}"
+        check_released(omnibed_provider, ready, reservations.live, "after release")
 
     @contract_rule
     def test_release_through_omnibed_leaves_nothing_in_ls(
@@ -421,15 +477,14 @@ class ProviderConformance:
         )
         request = reservations.request()
         bed.reserve(omnibed_provider.name, request)
-        bed.wait(request.name, timeout=reservations.timeout)
+        ready = bed.wait(request.name, timeout=reservations.timeout)
         listed = [entry.name for entry in bed.ledger.entries()]
         assert listed == [request.name], f"omnibed ls lists {listed} after reserve"
         bed.release(request.name)
         bed.release(request.name)
         listed = [entry.name for entry in bed.ledger.entries()]
         assert listed == [], f"omnibed ls still lists {listed} after release"
-        left = omnibed_provider.find(request.name)
-        assert left is None, f"the testbed still has {left} after omnibed release"
+        check_released(omnibed_provider, ready, reservations.live, "after omnibed release")
 
     @contract_rule
     def test_released_reservation_raises_not_found(
