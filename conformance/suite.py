@@ -17,7 +17,7 @@ import warnings
 from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import pytest
 
@@ -41,6 +41,9 @@ from omnibed.core.types import (
     ReservationState,
     Tri,
 )
+
+if TYPE_CHECKING:
+    from omnibed.core.login import Login
 
 CLOCK_SLACK = timedelta(minutes=5)
 """How far a testbed's clock may be from ours before its times count as mislabelled."""
@@ -76,6 +79,13 @@ def contract_rule(test: Callable[..., None]) -> Callable[..., None]:
             pytest.fail(f"contract rule {rule!r} broken: {type(error).__name__}: {error}")
 
     return checked
+
+
+def reservation_login(key: Any, folder: Path) -> Login:
+    """The Login omnibed gives the verbs: `key` (an `omnibed_key`) and `folder`/known_hosts."""
+    from omnibed.core.login import Login
+
+    return Login(Path(key.private_path), key.public_openssh, folder / "known_hosts")
 
 
 def expect_raises(
@@ -340,14 +350,16 @@ class ProviderConformance:
     ) -> None:
         """root_access returns an endpoint where the reservation's key logs in as uid 0."""
         self.require(omnibed_provider, Capability.ROOT)
-        from omnibed.core.ssh import run
+        from omnibed.core.ssh import announce_host_keys, run
 
         ready = reservations.ready()
-        key_file = str(omnibed_key.private_path)
+        login = reservation_login(omnibed_key, tmp_path)
         for node in omnibed_provider.list_nodes(ready):
-            endpoint = omnibed_provider.root_access(ready, node, key_file)
-            endpoint = dataclasses.replace(endpoint, key_file=endpoint.key_file or key_file)
-            result = run(endpoint, "id -u", known_hosts=tmp_path / "known_hosts")
+            announce_host_keys(login.known_hosts, node.ssh, node.host_keys)  # as omnibed does
+            endpoint = omnibed_provider.root_access(ready, node, login)
+            endpoint = dataclasses.replace(endpoint, key_file=endpoint.key_file or
+                                           str(login.key_file))
+            result = run(endpoint, "id -u", known_hosts=login.known_hosts)
             uid = result.stdout.strip()
             assert result.exit_status == 0 and uid == "0", (
                 f"node {node.id}: `id -u` on {endpoint.label()} gave {uid!r} "
@@ -356,13 +368,14 @@ class ProviderConformance:
 
     @contract_rule
     def test_nic_capabilities_name_a_control_nic(
-        self, omnibed_provider: Provider, reservations: Reservations, omnibed_key: Any
+        self, omnibed_provider: Provider, reservations: Reservations, omnibed_key: Any,
+        tmp_path: Path,
     ) -> None:
         """nic_capabilities gives at least one CONTROL NIC and tri-state foreign_mac/multicast."""
         ready = reservations.ready()
-        key_file = str(omnibed_key.private_path)
+        login = reservation_login(omnibed_key, tmp_path)
         for node in omnibed_provider.list_nodes(ready):
-            nics = omnibed_provider.nic_capabilities(ready, node, key_file)
+            nics = omnibed_provider.nic_capabilities(ready, node, login)
             assert all(isinstance(nic, Nic) for nic in nics), f"node {node.id}: not Nic: {nics}"
             roles = [nic.role for nic in nics]
             assert all(isinstance(role, NicRole) for role in roles), f"roles {roles}"
@@ -374,14 +387,15 @@ class ProviderConformance:
 
     @contract_rule
     def test_snapshot_gives_an_image_a_new_reservation_accepts(
-        self, omnibed_provider: Provider, reservations: Reservations, omnibed_key: Any
+        self, omnibed_provider: Provider, reservations: Reservations, omnibed_key: Any,
+        tmp_path: Path,
     ) -> None:
         """snapshot returns an image id that a new reservation (image=...) accepts."""
         self.require(omnibed_provider, Capability.SNAPSHOT)
         ready = reservations.ready()
         node = omnibed_provider.list_nodes(ready)[0]
-        key_file = str(omnibed_key.private_path)
-        image = omnibed_provider.snapshot(ready, node, f"{ready.name}-image", key_file)
+        login = reservation_login(omnibed_key, tmp_path)
+        image = omnibed_provider.snapshot(ready, node, f"{ready.name}-image", login)
         assert isinstance(image, str) and image, f"snapshot returned {image!r}"
         again = reservations.ready(image=image)
         assert again.state is ReservationState.READY, f"reservation on {image} is {again.state}"
@@ -402,7 +416,8 @@ class ProviderConformance:
 
     @contract_rule
     def test_undeclared_verbs_raise_not_supported(
-        self, omnibed_provider: Provider, reservations: Reservations, omnibed_key: Any
+        self, omnibed_provider: Provider, reservations: Reservations, omnibed_key: Any,
+        tmp_path: Path,
     ) -> None:
         """a verb whose capability is not declared raises NotSupported."""
         verbs = {Capability.SNAPSHOT: "snapshot", Capability.EXTEND: "extend"}
@@ -414,7 +429,7 @@ class ProviderConformance:
         node = omnibed_provider.list_nodes(ready)[0]
         calls = {
             "snapshot": lambda: omnibed_provider.snapshot(
-                ready, node, f"{ready.name}-image", str(omnibed_key.private_path)
+                ready, node, f"{ready.name}-image", reservation_login(omnibed_key, tmp_path)
             ),
             "extend": lambda: omnibed_provider.extend(ready, ready.end + timedelta(minutes=30)),
         }
