@@ -151,6 +151,11 @@ class Node:
     provider knows them from elsewhere than the connection (it made them, or its testbed's
     API lists them); omnibed writes them to the reservation's known_hosts before it logs
     in, so they are checked rather than trusted at first contact.
+
+    `arch` is the CPU architecture as `uname -m` names it (`x86_64`, `aarch64`, `ppc64le`),
+    `hardware` the testbed's hardware type or cluster (`gros`, `d430`, `compute_skylake`),
+    `site` where the node is (a Grid'5000 site, a CloudLab aggregate, a Chameleon region);
+    each is "" when the provider does not know it.
     """
 
     id: str
@@ -159,6 +164,9 @@ class Node:
     addresses: tuple[str, ...] = ()
     extra: Mapping[str, Any] = field(default_factory=dict)
     host_keys: tuple[str, ...] = ()
+    arch: str = ""
+    hardware: str = ""
+    site: str = ""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "extra", _frozen(self.extra))
@@ -179,6 +187,9 @@ class Node:
             "jumps": [jump.label() for jump in self.ssh.jumps],
             "endpoint": self.ssh.to_json(),
             "host_keys": list(self.host_keys),
+            "arch": self.arch,
+            "hardware": self.hardware,
+            "site": self.site,
         }
 
 

@@ -92,7 +92,8 @@ def test_node_json_names_its_endpoint_and_jumps() -> None:
     gateway = SSHEndpoint("access.grid5000.fr", user="alice", key_file="/home/alice/.ssh/id")
     node = Node("n1", "paradoxe-1.rennes", SSHEndpoint("10.0.0.1", jumps=(gateway,)),
                 addresses=("10.0.0.1",), extra={"cluster": "paradoxe"},
-                host_keys=["ssh-ed25519 AAAAC3Nza"])
+                host_keys=["ssh-ed25519 AAAAC3Nza"], arch="x86_64", hardware="paradoxe",
+                site="rennes")
     data = json.loads(json.dumps(node.to_json()))
     assert data == {
         "id": "n1",
@@ -106,6 +107,9 @@ def test_node_json_names_its_endpoint_and_jumps() -> None:
                        "key_file": "/home/alice/.ssh/id", "jumps": []}],
         },
         "host_keys": ["ssh-ed25519 AAAAC3Nza"],
+        "arch": "x86_64",
+        "hardware": "paradoxe",
+        "site": "rennes",
     }
     assert node.host_keys == ("ssh-ed25519 AAAAC3Nza",)  # a tuple, so the node stays frozen
 

@@ -50,6 +50,7 @@ if TYPE_CHECKING:
 
 SITES = ("CHI@UC", "CHI@TACC", "KVM@TACC")
 TAG = "omnibed_reservation"  # server metadata key and floating-IP description prefix
+DEFAULT_NODE_TYPE = "compute_skylake"
 OPTIONS = {
     "cloud": "clouds.yaml entry to use (default: OS_CLOUD or the OS_* variables)",
     "openrc": "OpenRC file to read the credentials from",
@@ -204,7 +205,7 @@ class ChameleonProvider(Provider):
         try:
             if not kvm:
                 body = _convert.lease_body(request.name, request.nodes,
-                                           options.get("node_type", "compute_skylake"),
+                                           options.get("node_type", DEFAULT_NODE_TYPE),
                                            request.start, start + request.duration)
                 lease = client.create_lease(body)
                 record.lease_id = lease["id"]
@@ -364,6 +365,8 @@ class ChameleonProvider(Provider):
                 addresses=(address, *((gateway,) if index == 0 else ())),
                 extra={"fixed_ip": address, "mac": mac, "gateway": index == 0,
                        "site": record.site},
+                hardware=_hardware(record),
+                site=record.site,
             ))
         return nodes
 
@@ -503,6 +506,13 @@ class ChameleonProvider(Provider):
             self.release(self._reservation(record, ReservationState.ERROR))
         except OmnibedError as error:  # the record stays: `omnibed release` retries
             cause.add_note(f"and releasing what was made failed too: {error}")
+
+
+def _hardware(record: _Record) -> str:
+    """The node type of a bare-metal lease, or the flavor of KVM servers."""
+    if record.kvm:
+        return str(record.options.get("flavor", "m1.small"))
+    return str(record.options.get("node_type", DEFAULT_NODE_TYPE))
 
 
 def _is_root(endpoint: SSHEndpoint, known_hosts: Path) -> bool:

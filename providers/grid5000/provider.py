@@ -313,13 +313,19 @@ class Grid5000Provider(Provider):
         record = self._record(reservation.name)
         deploy = "deploy" in (job.get("types") or ())
         nodes = []
+        arches: dict[str, str] = {}  # a cluster's nodes share one architecture
         for fqdn in assigned:
             host, cluster, site = _convert.split_fqdn(fqdn)
             endpoint = self._endpoint(fqdn, record)
             if deploy:  # a deploy job's nodes only take root logins (after kadeploy)
                 endpoint = replace(endpoint, user="root", key_file=record.get("key_file"))
+            if cluster not in arches:
+                reference = self.client.node_record(site, cluster, host)
+                arches[cluster] = str(
+                    (reference.get("architecture") or {}).get("platform_type") or "")
             nodes.append(Node(id=fqdn, hostname=host, ssh=endpoint,
-                              extra={"cluster": cluster, "site": site}))
+                              extra={"cluster": cluster, "site": site},
+                              arch=arches[cluster], hardware=cluster, site=site))
         return nodes
 
     def _endpoint(self, name: str, record: Mapping[str, Any]) -> SSHEndpoint:

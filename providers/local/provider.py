@@ -231,6 +231,9 @@ class LocalProvider(Provider):
                 addresses=(node.address,),
                 extra={"netns": node.netns, "node_dir": str(rootfs.upper(Path(node.dir)))},
                 host_keys=(sshd.host_public_key(Path(node.dir)),),
+                arch=platform.machine(),
+                hardware=record.profile,
+                site="local",
             )
             for node in record.nodes
         ]

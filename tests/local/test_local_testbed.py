@@ -111,6 +111,8 @@ def test_wait_find_and_nodes(testbed: Testbed) -> None:
         assert node.ssh.port == 22 and node.ssh.user == "root"
         assert node.addresses == (node.ssh.host,)
         assert node.extra["netns"].startswith(reservation.id)
+        assert (node.arch, node.site) == (os.uname().machine, "local")
+        assert node.hardware == ready.extra["profile"]
 
 
 def test_nics_report_what_the_profile_does(testbed: Testbed) -> None:

@@ -56,6 +56,7 @@ def test_bare_metal_reserve_wait_list_extend_release(provider, cloud):
 
     nodes = provider.list_nodes(ready)
     assert [n.hostname for n in nodes] == ["bm1-0", "bm1-1"]
+    assert {(n.hardware, n.site) for n in nodes} == {("compute_skylake", "CHI@UC")}
     assert [n.id for n in nodes] == [n.id for n in provider.list_nodes(ready)]
     gateway, other = nodes
     fip = next(iter(cloud.state.floatingips.values()))

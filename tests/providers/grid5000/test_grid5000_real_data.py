@@ -163,3 +163,17 @@ def test_find_reads_every_page_and_checks_name_and_owner(provider: Grid5000Provi
     found = provider.find("g5k-mine")
     assert found is not None and found.id == mine.id
     provider.release(found)
+
+
+def test_nodes_say_their_architecture_cluster_and_site(provider: Grid5000Provider) -> None:
+    arm = provider.wait(provider.reserve(ask("g5k-archs", site="grenoble", cluster="sasquatch")),
+                        timeout=30)
+    node = provider.list_nodes(arm)[0]
+    assert (node.arch, node.hardware, node.site) == ("aarch64", "sasquatch", "grenoble")
+    assert node.to_json()["arch"] == "aarch64"
+    provider.release(arm)
+    x86 = provider.wait(provider.reserve(ask("g5k-archs2", 2, site="nancy", cluster="gros")),
+                        timeout=30)
+    assert {(n.arch, n.hardware, n.site) for n in provider.list_nodes(x86)} == {
+        ("x86_64", "gros", "nancy")}
+    provider.release(x86)
