@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import secrets
 import shutil
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -282,15 +282,18 @@ class Omnibed:
         name: str,
         command: str,
         *,
-        on_line: Callable[[str, str, str], None] | None = None,
+        nodes: Sequence[Node] | None = None,
+        on_output: ssh.OutputCallback | None = None,
         timeout: float | None = None,
     ) -> dict[str, ssh.CommandResult]:
-        """Run `command` as root on every node in parallel; results by node id."""
+        """Run `command` as root on every node in parallel; results by node id, in the
+        order of the reservation's nodes (`nodes`, if the caller listed them). `on_output`
+        gets each node's output bytes as they come."""
         return ssh.run_many(
-            self.root_endpoints(name),
+            self.root_endpoints(name, nodes),
             command,
             self.known_hosts(name),
-            on_line=on_line,
+            on_output=on_output,
             timeout=timeout,
         )
 
