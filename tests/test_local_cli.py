@@ -120,8 +120,8 @@ def test_run_reports_failing_nodes(tmp_path: Path) -> None:
         "exit 7",
         check=False,
     )
-    assert result.returncode == 1
-    assert "0/2 succeeded" in result.stderr
+    assert result.returncode == 7  # the first non-zero exit status
+    assert "0/2 succeeded" in result.stderr and "succeeded" not in result.stdout
     assert json.loads(omnibed(tmp_path, "ls", "--json").stdout) == []
 
 
