@@ -12,9 +12,10 @@ import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
+from functools import cached_property
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from omnibed.core import ssh
 from omnibed.core.errors import OmnibedError, ReleaseFailed, ReservationNotFound, UsageError
 from omnibed.core.kit import check_options
 from omnibed.core.ledger import Entry, Ledger, omnibed_home, process_owner
@@ -32,6 +33,9 @@ from omnibed.core.types import (
     check_reservation_name,
 )
 
+if TYPE_CHECKING:  # paramiko loads only for the commands that log in to nodes
+    from omnibed.core import ssh
+
 
 class Omnibed:
     """Reservations by name over every installed provider, recorded in the ledger."""
@@ -46,9 +50,15 @@ class Omnibed:
         from the registry (the conformance suite passes the provider under test)."""
         self.home = home or omnibed_home()
         self.home.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self.registry = registry or load_providers()
+        if registry is not None:
+            self.registry = registry
         self.ledger = Ledger(self.home / "ledger.sqlite")
         self._providers: dict[str, Provider] = dict(providers or {})
+
+    @cached_property
+    def registry(self) -> ProviderRegistry:
+        """The installed providers, found at first use (listing the ledger needs none)."""
+        return load_providers()
 
     # -- providers and paths ------------------------------------------------------------
 
@@ -75,6 +85,8 @@ class Omnibed:
         return self.reservation_dir(name) / "known_hosts"
 
     def keypair(self, name: str) -> ssh.KeyPair:
+        from omnibed.core import ssh
+
         return ssh.ensure_keypair(self.reservation_dir(name))
 
     # -- reservations -------------------------------------------------------------------
@@ -289,6 +301,8 @@ class Omnibed:
         """Run `command` as root on every node in parallel; results by node id, in the
         order of the reservation's nodes (`nodes`, if the caller listed them). `on_output`
         gets each node's output bytes as they come."""
+        from omnibed.core import ssh
+
         return ssh.run_many(
             self.root_endpoints(name, nodes),
             command,

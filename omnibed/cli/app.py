@@ -37,7 +37,6 @@ from omnibed.cli.common import (
 from omnibed.cli.emulate import _emulate_and_run, _platform, emulate_app
 from omnibed.cli.image import image_app
 from omnibed.cli.remote_output import EXIT_STATUSES_HELP, Outcome, Streams, finish
-from omnibed.core import ssh
 from omnibed.core.errors import OmnibedError, ReleaseFailed, UsageError
 from omnibed.core.ledger import Entry, process_owner
 from omnibed.core.plugins import ProviderRegistry
@@ -51,7 +50,6 @@ app = typer.Typer(
     "--nodes 3 -- id -u` (as root).",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    add_completion=False,
 )
 Testbed = Annotated[
     str, typer.Option("--testbed", "-t", help="Testbed name: see `omnibed providers`.")
@@ -71,6 +69,23 @@ Options = Annotated[
         help="Testbed option KEY=VALUE (repeatable); `omnibed providers` lists them.",
     ),
 ]
+
+
+def _print_version(asked: bool) -> None:
+    if asked:
+        from importlib.metadata import version
+
+        print(f"omnibed {version('omnibed')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _everywhere(
+    version: Annotated[bool, typer.Option(
+        "--version", callback=_print_version, is_eager=True,
+        help="Print omnibed's version and exit.")] = False,
+) -> None:
+    pass
 
 
 def main() -> None:
@@ -388,6 +403,8 @@ def ssh_login(
     name: Name, node: Annotated[str, typer.Argument(help="Node id (`omnibed nodes`).")]
 ) -> None:
     """Open an interactive root shell on one node."""
+    from omnibed.core import ssh
+
     api = _api()
     argv = ssh.ssh_command_line(api.root_endpoint(name, node), api.known_hosts(name))
     os.execvp(argv[0], argv)
