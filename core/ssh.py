@@ -1,8 +1,9 @@
 """SSH to reserved nodes with paramiko: per-reservation key and known_hosts, jump hosts, fan-out.
 
-Host keys are trusted on first contact and checked afterwards: the first key seen for
-`host` (or `[host]:port` when the port is not 22) is appended to the reservation's
-known_hosts file; a different key later raises `HostKeyMismatch`. The file uses the
+Host keys are checked against the reservation's known_hosts file: keys a provider announced
+are written there before first contact (`announce_host_keys`); otherwise the first key seen
+for `host` (or `[host]:port` when the port is not 22) is appended to it. A different key
+later raises `HostKeyMismatch`. The file uses the
 OpenSSH format, so `ssh -o UserKnownHostsFile=<file>` (see `ssh_command_line`) shares it.
 Every file written here is 0600 in directories that are 0700.
 """
@@ -16,7 +17,7 @@ import os
 import select
 import shlex
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -114,9 +115,9 @@ def public_key_of(key_file: str) -> str:
 
 def _mismatch(name: str, host: str, known_hosts: Path) -> HostKeyMismatch:
     return HostKeyMismatch(
-        f"the host key of {name} differs from the one recorded at first contact in "
-        f"{known_hosts}: if the node was reinstalled, delete its line from that file; "
-        "otherwise someone may be intercepting the connection",
+        f"the host key of {name} differs from the one recorded in {known_hosts} (announced "
+        "by the testbed, or seen at first contact): if the node was reinstalled, delete its "
+        "line from that file; otherwise someone may be intercepting the connection",
         host=host,
     )
 
@@ -147,6 +148,39 @@ def _record_host_key(known_hosts: Path, hostname: str, key: paramiko.PKey, host:
             raise _mismatch(hostname, host, known_hosts)
     finally:
         os.close(fd)
+
+
+def known_host_name(endpoint: SSHEndpoint) -> str:
+    """The name of `endpoint` in known_hosts: `host`, or `[host]:port` off port 22."""
+    return endpoint.host if endpoint.port == 22 else f"[{endpoint.host}]:{endpoint.port}"
+
+
+def announce_host_keys(known_hosts: Path, endpoint: SSHEndpoint, keys: Sequence[str]) -> None:
+    """Make `known_hosts` hold exactly `keys` (`type base64` each) for `endpoint`'s host and
+    port, so that logins there check them instead of trusting the first key shown.
+
+    For keys a provider knows from a source other than the connection (it made them, or
+    its testbed's API lists them). Without `keys` nothing changes. The file (0600, never a
+    symlink) is locked while rewritten, as first contacts lock it, and rewritten only if
+    it changes.
+    """
+    if not keys:
+        return
+    name = known_host_name(endpoint)
+    ours = [f"{name} {' '.join(key.split()[:2])}" for key in keys]
+    if not known_hosts.parent.exists():
+        _private_directory(known_hosts.parent)
+    fd = os.open(known_hosts, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    with os.fdopen(fd, "r+") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        os.fchmod(fd, 0o600)
+        lines = handle.read().splitlines()
+        wanted = [line for line in lines if name not in line.split(" ", 1)[0].split(",")]
+        wanted += ours
+        if wanted != lines:
+            handle.seek(0)
+            handle.truncate()
+            handle.write("".join(line + "\n" for line in wanted))
 
 
 class _RecordFirstContact(paramiko.MissingHostKeyPolicy):
@@ -211,8 +245,7 @@ def _login(
             channel_timeout=timeout,
         )
     except paramiko.BadHostKeyException as exc:
-        name = endpoint.host if endpoint.port == 22 else f"[{endpoint.host}]:{endpoint.port}"
-        raise _mismatch(name, endpoint.host, known_hosts) from exc
+        raise _mismatch(known_host_name(endpoint), endpoint.host, known_hosts) from exc
     except paramiko.AuthenticationException as exc:
         raise SSHError(
             f"{endpoint.label()} refused the login with {_key_words(endpoint)} ({exc}): check "

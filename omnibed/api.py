@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 from omnibed.core.errors import OmnibedError, ReleaseFailed, ReservationNotFound, UsageError
 from omnibed.core.kit import check_options
 from omnibed.core.ledger import Entry, Ledger, omnibed_home, process_owner
+from omnibed.core.login import Login
 from omnibed.core.plugins import ProviderRegistry, load_providers
 from omnibed.core.provider import Progress, Provider, no_progress
 from omnibed.core.reservation_access import ReservationAccess
@@ -88,6 +89,14 @@ class Omnibed:
         from omnibed.core import ssh
 
         return ssh.ensure_keypair(self.reservation_dir(name))
+
+    def login(self, name: str, nodes: Sequence[Node] = ()) -> Login:
+        """The reservation's Login, with the host keys that `nodes` announce written to its
+        known_hosts first, so that SSH checks them rather than trusting first contact."""
+        known_hosts = self.known_hosts(name)
+        for node in nodes:
+            ssh.announce_host_keys(known_hosts, node.ssh, node.host_keys)
+        return Login.of(self.keypair(name), known_hosts)
 
     # -- reservations -------------------------------------------------------------------
 
@@ -257,8 +266,8 @@ class Omnibed:
     def nics(self, name: str, nodes: Sequence[Node] | None = None) -> dict[str, list[Nic]]:
         """node id -> its NICs; `nodes`: the reservation's nodes, if the caller listed them."""
         provider, reservation, nodes = self._reservation_nodes(name, nodes)
-        key_file = self._key_file(name)
-        return {node.id: provider.nic_capabilities(reservation, node, key_file) for node in nodes}
+        login = self.login(name, nodes)
+        return {node.id: provider.nic_capabilities(reservation, node, login) for node in nodes}
 
     def root_endpoints(
         self, name: str, nodes: Sequence[Node] | None = None
@@ -266,14 +275,14 @@ class Omnibed:
         """node id -> an endpoint that logs in as root with the reservation's key;
         `nodes`: the reservation's nodes, if the caller listed them."""
         provider, reservation, nodes = self._reservation_nodes(name, nodes)
-        key_file = self._key_file(name)
-        return {node.id: provider.root_access(reservation, node, key_file) for node in nodes}
+        login = self.login(name, nodes)
+        return {node.id: provider.root_access(reservation, node, login) for node in nodes}
 
     def root_endpoint(self, name: str, node_id: str) -> SSHEndpoint:
         """The root endpoint of one node (root access is given to that node only)."""
         provider, reservation = self.reservation(name)
         node = self._node(provider, reservation, node_id)
-        return provider.root_access(reservation, node, self._key_file(name))
+        return provider.root_access(reservation, node, self.login(name, [node]))
 
     def _reservation_nodes(
         self, name: str, nodes: Sequence[Node] | None
@@ -285,9 +294,6 @@ class Omnibed:
         """The reservation `name` as the emulator uses it (UsageError if it is unknown)."""
         self.entry(name)
         return _Access(self, name)
-
-    def _key_file(self, name: str) -> str:
-        return str(self.keypair(name).private_path)
 
     def run(
         self,
@@ -314,7 +320,7 @@ class Omnibed:
     def snapshot(self, name: str, node_id: str, image: str) -> str:
         provider, reservation = self.reservation(name)
         node = self._node(provider, reservation, node_id)
-        return provider.snapshot(reservation, node, image, self._key_file(name))
+        return provider.snapshot(reservation, node, image, self.login(name, [node]))
 
     def extend(self, name: str, end: datetime) -> Reservation:
         provider, reservation = self.reservation(name)

@@ -84,8 +84,11 @@ class ChameleonClient:
 
     def image(self, name: str) -> dict | None:
         with map_sdk_errors(f"find the image {name!r}"):
-            found = self.conn.image.find_image(name)
-        return None if found is None else {"id": found.id, "status": found.status}
+            try:
+                found = self.conn.image.find_image(name, ignore_missing=False)
+            except sdk.NotFoundException:
+                return None
+        return {"id": found.id, "status": found.status}
 
     def flavor_id(self, name: str) -> str:
         with map_sdk_errors(f"find the flavor {name!r} (-o flavor=)"):
@@ -115,9 +118,10 @@ class ChameleonClient:
 
     def server(self, server_id: str) -> dict | None:
         with map_sdk_errors(f"read the server {server_id}"):
-            found = self.conn.compute.find_server(server_id, ignore_missing=True)
-        if found is None:
-            return None
+            try:
+                found = self.conn.compute.find_server(server_id, ignore_missing=False)
+            except sdk.NotFoundException:
+                return None
         return {"id": found.id, "name": found.name, "status": found.status,
                 "progress": found.progress, "fault": found.fault or {},
                 "addresses": found.addresses or {}, "metadata": found.metadata or {}}

@@ -10,17 +10,16 @@ from __future__ import annotations
 
 import contextlib
 import re
-import shlex
 from dataclasses import replace
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from omnibed.core.errors import (
     CredentialsError,
     OmnibedError,
     ProviderError,
     ReservationNotFound,
-    SSHError,
     UsageError,
 )
 from omnibed.core.kit import RESERVATIONS, Pending, RecordStore, check_options, poll_until
@@ -40,6 +39,9 @@ from omnibed.providers.cloudlab import _convert
 from omnibed.providers.cloudlab._client import SITES, CloudLabClient
 from omnibed.providers.cloudlab._errors import PROVIDER
 from omnibed.providers.cloudlab._settings import load_settings
+
+if TYPE_CHECKING:
+    from omnibed.core.login import Login
 
 DEFAULT_SITE = "utah"
 SLICE_MARGIN = timedelta(hours=1)  # the slice outlives its sliver by this much
@@ -187,40 +189,27 @@ class CloudLabProvider(Provider):
         manifest = self.client.manifest(reservation.site or DEFAULT_SITE, reservation.name)
         return _convert.to_nodes(manifest, self.client.username)
 
-    def root_access(self, reservation: Reservation, node: Node, key_file: str) -> SSHEndpoint:
-        """Log in as the CloudLab user with `key_file`; passwordless sudo adds it for root."""
-        from omnibed.core import ssh
+    def root_access(self, reservation: Reservation, node: Node, login: Login) -> SSHEndpoint:
+        """Log in as the CloudLab user with the reservation's key; passwordless sudo adds it
+        for root."""
+        from omnibed.core.login import authorise_root
 
-        quoted = shlex.quote(ssh.public_key_of(key_file))
-        script = (
-            "umask 077 && mkdir -p ~root/.ssh && touch ~root/.ssh/authorized_keys && "
-            f"(grep -qxF {quoted} ~root/.ssh/authorized_keys"
-            f" || echo {quoted} >> ~root/.ssh/authorized_keys)"
-        )
-        known_hosts = Path(key_file).parent / "known_hosts"
-        as_user = replace(node.ssh, key_file=key_file)
-        result = ssh.run(as_user, f"sudo -n sh -c {shlex.quote(script)}", known_hosts,
-                         node=node.id, timeout=120)
-        if result.exit_status != 0:
-            raise SSHError(
-                f"installing the reservation key for root on {node.id} ({as_user.label()})"
-                f" failed: {result.stderr.strip() or result.exit_status}; the CloudLab user"
-                " needs passwordless sudo (the standard CloudLab images give it)",
-                host=node.ssh.host,
-            )
-        return replace(node.ssh, user="root", key_file=key_file)
+        authorise_root(login.endpoint(node.ssh), login.public_key, login.known_hosts,
+                       node=node.id, fix="the CloudLab user needs passwordless sudo (the"
+                       " standard CloudLab images give it)")
+        return login.endpoint(node.ssh, user="root")
 
-    def nic_capabilities(self, reservation: Reservation, node: Node, key_file: str) -> list[Nic]:
-        """From the sliver's manifest: `key_file` is unused."""
+    def nic_capabilities(self, reservation: Reservation, node: Node, login: Login) -> list[Nic]:
+        """From the sliver's manifest: `login` is unused."""
         manifest = self.client.manifest(reservation.site or DEFAULT_SITE, reservation.name)
         return _convert.to_nics(manifest, node.id)
 
-    def snapshot(self, reservation: Reservation, node: Node, image: str, key_file: str) -> str:
+    def snapshot(self, reservation: Reservation, node: Node, image: str, login: Login) -> str:
         """ProtoGENI CreateImage of the node's disk; returns the URN `-o image=` takes.
 
         CloudLab image names are alphanumeric: other characters of `image` are dropped
         (`web-v2` becomes `webv2`); the returned URN holds the name actually used. CloudLab
-        images the disk itself: `key_file` is unused.
+        images the disk itself: `login` is unused.
         """
         image = "".join(char for char in image if char.isascii() and char.isalnum())
         if not _IMAGE_NAME.match(image):

@@ -7,16 +7,16 @@ deployment results, which NICs went into the KaVLAN) is in
 written before the job is submitted.
 
 SSH: nodes are reached through ``access.grid5000.fr`` unless this machine is inside
-Grid'5000 (``-o gateway=auto|none|<host>``). ``$OMNIBED_GRID5000_SSH_MAP`` may name a JSON
-file ``{"<host name>": {"host": ..., "port": ..., "user": ..., "key_file": ...}}`` that says
-how to log in to a Grid'5000 host name (node FQDN, ``<site>`` frontend, gateway); tests use it
-to point node names at local sshd servers. Without it, host names are used as they are.
+Grid'5000 (``-o gateway=auto|none|<host>``). ``<state_dir>/hosts.json`` (optional,
+``{"<host name>": {"host": ..., "port": ..., "user": ..., "key_file": ...}}``, each field
+optional) says how to log in to a Grid'5000 host name (node FQDN, ``<site>`` frontend,
+gateway) otherwise than by that name as your Grid'5000 user: through your own tunnel or
+VPN address, with another user or key. Without it, host names are used as they are.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import re
 import shlex
 from collections.abc import Mapping
@@ -51,11 +51,13 @@ from omnibed.core.types import (
 from omnibed.providers.grid5000 import _convert
 
 if TYPE_CHECKING:
+    from omnibed.core.login import Login
     from omnibed.providers.grid5000._client import Client
 
 DEFAULT_SITE = "rennes"
 ACCESS_HOST = "access.grid5000.fr"
-SSH_MAP_ENV = "OMNIBED_GRID5000_SSH_MAP"
+HOSTS_FILE = "hosts.json"  # in state_dir: how to log in to a host name (see above)
+ROOT_KEYS = "/root/.ssh/authorized_keys"  # the file sudo-g5k's documentation gives root
 _IMAGE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 OPTIONS = {
@@ -306,8 +308,9 @@ class Grid5000Provider(Provider):
         return replace(self._resolve(name), jumps=jumps)
 
     def _resolve(self, name: str) -> SSHEndpoint:
-        path = os.environ.get(SSH_MAP_ENV)
-        entry = json.loads(Path(path).read_text()).get(name, {}) if path else {}
+        """How to log in to host `name`: `<state_dir>/hosts.json`'s entry, else `name`."""
+        hosts = self.state_dir / HOSTS_FILE
+        entry = json.loads(hosts.read_text()).get(name, {}) if hosts.exists() else {}
         return SSHEndpoint(
             host=entry.get("host", name),
             port=int(entry.get("port", 22)),
@@ -315,16 +318,16 @@ class Grid5000Provider(Provider):
             key_file=entry.get("key_file"),
         )
 
-    def root_access(self, reservation: Reservation, node: Node, key_file: str) -> SSHEndpoint:
-        from omnibed.core import ssh
+    def root_access(self, reservation: Reservation, node: Node, login: Login) -> SSHEndpoint:
+        from omnibed.core.login import authorise_root
 
         record = self._record(reservation.name)
-        root = replace(node.ssh, user="root", key_file=key_file)
+        root = login.endpoint(node.ssh, user="root")
         if node.id in record.get("root", []):
             return root
-        public_key = ssh.public_key_of(key_file)
         if "deploy" in reservation.extra.get("types", ()):
-            deployment = record.get("deployment") or self._deploy(reservation, record, public_key)
+            deployment = (record.get("deployment")
+                          or self._deploy(reservation, record, login.public_key))
             failed = deployment["ko"]
             if node.id in failed:
                 raise ProviderError(
@@ -335,20 +338,12 @@ class Grid5000Provider(Provider):
                     testbed_message=json.dumps(failed),
                 )
         else:
-            command = (f"printf '%s\\n' {shlex.quote(public_key)}"
-                       " | sudo-g5k tee -a /root/.ssh/authorized_keys >/dev/null")
-            result = ssh.run(node.ssh, command, Path(key_file).parent / "known_hosts",
-                             node=node.id, timeout=120)
-            if result.exit_status != 0:
-                raise ProviderError(
-                    f"sudo-g5k could not give root on {node.id} (exit {result.exit_status}):"
-                    f" {result.stderr.strip()}",
-                    provider=self.name,
-                    testbed_message=result.stderr,
-                )
+            authorise_root(node.ssh, login.public_key, login.known_hosts, become="sudo-g5k",
+                           authorized_keys=ROOT_KEYS, node=node.id,
+                           fix="sudo-g5k gives root on the nodes of a default job")
         record = self._record(reservation.name)
         record["root"] = sorted({*record.get("root", []), node.id})
-        record["key_file"] = key_file
+        record["key_file"] = str(login.key_file)
         self._save(reservation.name, record)
         return root
 
@@ -405,8 +400,8 @@ class Grid5000Provider(Provider):
                                 provider=self.name, testbed_message=result.stderr)
         return result.stdout
 
-    def nic_capabilities(self, reservation: Reservation, node: Node, key_file: str) -> list[Nic]:
-        """From the Reference API's network_adapters and the job's VLAN: `key_file` is unused."""
+    def nic_capabilities(self, reservation: Reservation, node: Node, login: Login) -> list[Nic]:
+        """From the Reference API's network_adapters and the job's VLAN: `login` is unused."""
         host, cluster, site = _convert.split_fqdn(node.id)
         record = self._record(reservation.name)
         vlans = reservation.extra.get("vlans") or ()
@@ -416,9 +411,9 @@ class Grid5000Provider(Provider):
             vlan=vlans[0] if vlans else None,
         )
 
-    def snapshot(self, reservation: Reservation, node: Node, image: str, key_file: str) -> str:
+    def snapshot(self, reservation: Reservation, node: Node, image: str, login: Login) -> str:
         """tgz-g5k of the node and a kaenv3 registration on the site's frontend (tgz-g5k logs
-        in to the node with the frontend keys kadeploy installed, so `key_file` is unused)."""
+        in to the node with the frontend keys kadeploy installed, so `login` is unused)."""
 
         if not _IMAGE_NAME.match(image):
             raise UsageError(f"image name {image!r}: use letters, digits, '.', '_' and '-'")

@@ -420,9 +420,11 @@ def _load_reference(copies: int) -> dict[str, dict[str, dict[str, dict[str, Any]
 
 _SUDO_G5K = """#!/bin/sh
 echo "sudo-g5k $*" >> "$FAKE_G5K_LOG"
-if [ "$1 $2 $3" = "tee -a /root/.ssh/authorized_keys" ]; then
-  exec tee -a "$FAKE_AUTHORIZED_KEYS"
-fi
+for arg do  # root's authorized_keys on a fake node is its sshd's
+  shift
+  [ "$arg" = /root/.ssh/authorized_keys ] && arg="$FAKE_AUTHORIZED_KEYS"
+  set -- "$@" "$arg"
+done
 exec "$@"
 """
 _TGZ_G5K = """#!/bin/sh

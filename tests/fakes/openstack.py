@@ -121,7 +121,7 @@ class FakeOpenStack:
             return [*(f"lease {x['name']!r} ({x['status']})" for x in state.leases.values()
                       if x["status"] != "TERMINATED"),
                     *(f"server {x['name']!r}" for x in state.servers.values()),
-                    *(f"floating IP {x['floating_ip_address']}"
+                    *(f"floating IP {x['floating_ip_address']} ({x['description']})"
                       for x in state.floatingips.values()),
                     *(f"key pair {name!r}" for name in state.keypairs)]
 

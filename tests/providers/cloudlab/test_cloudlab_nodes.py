@@ -17,6 +17,7 @@ import pytest
 
 from omnibed.core import ssh
 from omnibed.core.errors import SSHError
+from omnibed.core.login import Login
 from omnibed.core.types import ReservationRequest
 from omnibed.providers.cloudlab import CloudLabProvider
 from tests.fakes.protogeni import FakeProtoGENI
@@ -68,9 +69,10 @@ def test_root_through_user_login_and_sudo(
         as_user = ssh.run(node.ssh.__class__(node.ssh.host, 22, "alice", key_file),
                           "id -un", known_hosts)
         assert as_user.stdout.strip() == "alice"
-        endpoint = provider.root_access(reservation, node, key_file)
+        endpoint = provider.root_access(reservation, node, Login.of(keys, known_hosts))
         assert endpoint.user == "root" and endpoint.port == 22
-        assert provider.root_access(reservation, node, key_file) == endpoint  # idempotent
+        again = provider.root_access(reservation, node, Login.of(keys, known_hosts))
+        assert again == endpoint  # idempotent
         result = ssh.run(endpoint, "id -u; hostname", known_hosts)
         uid, hostname = result.stdout.split()
         assert uid == "0"
@@ -95,7 +97,7 @@ def test_xen_vms_are_reached_on_forwarded_ports(
         node.ssh.port for node in listed
     }
     endpoints = {
-        node.id: provider.root_access(reservation, node, str(keys.private_path))
+        node.id: provider.root_access(reservation, node, Login.of(keys, known_hosts))
         for node in listed
     }
     results = ssh.run_many(endpoints, "id -u; cat /proc/net/dev | grep -c eth0", known_hosts)
