@@ -93,6 +93,8 @@ class Omnibed:
     def login(self, name: str, nodes: Sequence[Node] = ()) -> Login:
         """The reservation's Login, with the host keys that `nodes` announce written to its
         known_hosts first, so that SSH checks them rather than trusting first contact."""
+        from omnibed.core import ssh
+
         known_hosts = self.known_hosts(name)
         for node in nodes:
             ssh.announce_host_keys(known_hosts, node.ssh, node.host_keys)
