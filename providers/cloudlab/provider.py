@@ -186,8 +186,9 @@ class CloudLabProvider(Provider):
         return self._reservation(name, record["site"], start, status, start)
 
     def list_nodes(self, reservation: Reservation) -> list[Node]:
-        manifest = self.client.manifest(reservation.site or DEFAULT_SITE, reservation.name)
-        return _convert.to_nodes(manifest, self.client.username)
+        site = reservation.site or DEFAULT_SITE
+        manifest = self.client.manifest(site, reservation.name)
+        return _convert.to_nodes(manifest, self.client.username, site)
 
     def root_access(self, reservation: Reservation, node: Node, login: Login) -> SSHEndpoint:
         """Log in as the CloudLab user with the reservation's key; passwordless sudo adds it
