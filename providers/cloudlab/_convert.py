@@ -8,6 +8,7 @@ CloudLab the manifest's host name, the login host and the node's own `hostname` 
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
@@ -220,3 +221,49 @@ def _with_prefix(address: str, netmask: str | None) -> str:
         return address
     bits = sum(bin(int(part)).count("1") for part in netmask.split("."))
     return f"{address}/{bits}"
+
+
+def on_node(nics: list[Nic], links: list[dict[str, Any]], routes: list[dict[str, Any]]
+            ) -> list[Nic]:
+    """The manifest's NICs named as the node names them, from its `ip -j addr` (`links`)
+    and `ip -j route show default` (`routes`).
+
+    The control NIC is the device carrying the default route, with the addresses the node
+    gives it (a Xen VM on a forwarded port often has no host IPv4 in the manifest);
+    failing a default route, the device holding the manifest's control address. Every
+    other NIC is the device with its MAC; a NIC whose MAC the node does not have (or the
+    manifest does not give) is left out, so that only names that exist are handed on.
+    """
+    by_mac = {str(link.get("address", "")).lower(): link for link in links}
+    by_name = {link.get("ifname"): link for link in links}
+    control, *others = nics
+    device = next((by_name[r["dev"]] for r in routes if r.get("dev") in by_name), None)
+    source = Source.PROBE
+    if device is None:
+        device = next((link for link in links
+                       if set(control.addresses) & set(_addresses(link, bare=True))), None)
+        source = Source.API
+    if device is None:
+        raise ProviderError(
+            "the node has no default route and no device holding its control address"
+            f" {', '.join(control.addresses) or '(none in the manifest)'}: check its network"
+            " configuration", provider=PROVIDER)
+    found = [replace(control, name=device["ifname"], mac=str(device.get("address", "")),
+                     mtu=int(device.get("mtu", control.mtu)), addresses=_addresses(device),
+                     sources={**control.sources, "role": source, "mac": Source.PROBE})]
+    for nic in others:
+        link = by_mac.get(nic.mac) if nic.mac else None
+        if link is None or link is device:
+            continue
+        found.append(replace(nic, name=link["ifname"], mtu=int(link.get("mtu", nic.mtu)),
+                             addresses=_addresses(link) or nic.addresses))
+    return found
+
+
+def _addresses(link: dict[str, Any], bare: bool = False) -> tuple[str, ...]:
+    """The global addresses of one `ip -j addr` device, `a.b.c.d/len` (or bare)."""
+    return tuple(
+        info["local"] if bare else f"{info['local']}/{info['prefixlen']}"
+        for info in link.get("addr_info", [])
+        if info.get("scope") == "global" and info.get("local")
+    )
