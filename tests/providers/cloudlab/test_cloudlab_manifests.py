@@ -104,3 +104,24 @@ def test_non_pc_nodes_and_zero_macs_are_left_out() -> None:
     (zeroed,) = [nic for node in ids for nic in _convert.to_nics(manifest, node)
                  if nic.name == "interface-7"]  # mac_address="000000000000" in the file
     assert zeroed.mac == ""
+
+
+def _device(name: str, mac: str, *addresses: str) -> dict:
+    """One device as `ip -j addr show` prints it."""
+    return {"ifname": name, "address": mac, "mtu": 1500, "addr_info": [
+        {"family": "inet", "local": a.split("/")[0], "prefixlen": int(a.split("/")[1]),
+         "scope": "global"} for a in addresses]}
+
+
+def test_without_a_default_route_the_control_nic_holds_the_manifest_address() -> None:
+    manifest = Manifest(xml=(FIXTURES / "manifest_utah_c6525-100g_2node_link.xml").read_text())
+    nics = _convert.to_nics(manifest, "node0")
+    links = [_device("lo", "00:00:00:00:00:00"),
+             _device("eno1", "0c:42:a1:00:00:01", "128.110.219.180/21"),
+             _device("ens1f0", "0c:42:a1:8b:31:78", "10.10.1.1/24")]
+    control, experiment = _convert.on_node(nics, links, [])
+    assert (control.name, control.addresses) == ("eno1", ("128.110.219.180/21",))
+    assert (experiment.name, experiment.addresses) == ("ens1f0", ("10.10.1.1/24",))
+    assert _convert.on_node(nics, links[:2], []) == [control]  # its MAC is not on the node
+    with pytest.raises(ProviderError, match="no default route"):
+        _convert.on_node(nics, links[2:], [])
