@@ -12,10 +12,13 @@ from __future__ import annotations
 import shlex
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from omnibed.core import ssh
 from omnibed.core.errors import SSHError
 from omnibed.core.types import SSHEndpoint
+
+if TYPE_CHECKING:  # paramiko is imported by the helpers that log in, not by `omnibed --help`
+    from omnibed.core import ssh
 
 ROOT_AUTHORIZED_KEYS = "~root/.ssh/authorized_keys"
 
@@ -71,6 +74,8 @@ def authorise_root(
     `authorized_keys` names another file than root's. Raises SSHError, ending with `fix`,
     when the login or the command fails.
     """
+    from omnibed.core import ssh
+
     blob = public_key.split()[1]
     command = shlex.join(["sh", "-c", _AUTHORISE, "sh", public_key.strip(), blob,
                           authorized_keys])
@@ -92,6 +97,8 @@ def verify_root(endpoint: SSHEndpoint, known_hosts: Path, *, node: str = "", fix
     Otherwise raise SSHError, ending with `fix`; a refused or unreachable login raises the
     SSHError of :func:`omnibed.core.ssh.run`, a changed host key its HostKeyMismatch.
     """
+    from omnibed.core import ssh
+
     result = ssh.run(endpoint, "id -u", known_hosts, node=node, timeout=60)
     uid = result.stdout.strip()
     if result.exit_status != 0 or uid != "0":

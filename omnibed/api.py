@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import secrets
 import shutil
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
+from functools import cached_property
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from omnibed.core import ssh
 from omnibed.core.errors import OmnibedError, ReleaseFailed, ReservationNotFound, UsageError
 from omnibed.core.kit import check_options
 from omnibed.core.ledger import Entry, Ledger, omnibed_home, process_owner
@@ -33,6 +34,9 @@ from omnibed.core.types import (
     check_reservation_name,
 )
 
+if TYPE_CHECKING:  # paramiko loads only for the commands that log in to nodes
+    from omnibed.core import ssh
+
 
 class Omnibed:
     """Reservations by name over every installed provider, recorded in the ledger."""
@@ -47,9 +51,15 @@ class Omnibed:
         from the registry (the conformance suite passes the provider under test)."""
         self.home = home or omnibed_home()
         self.home.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self.registry = registry or load_providers()
+        if registry is not None:
+            self.registry = registry
         self.ledger = Ledger(self.home / "ledger.sqlite")
         self._providers: dict[str, Provider] = dict(providers or {})
+
+    @cached_property
+    def registry(self) -> ProviderRegistry:
+        """The installed providers, found at first use (listing the ledger needs none)."""
+        return load_providers()
 
     # -- providers and paths ------------------------------------------------------------
 
@@ -76,11 +86,15 @@ class Omnibed:
         return self.reservation_dir(name) / "known_hosts"
 
     def keypair(self, name: str) -> ssh.KeyPair:
+        from omnibed.core import ssh
+
         return ssh.ensure_keypair(self.reservation_dir(name))
 
     def login(self, name: str, nodes: Sequence[Node] = ()) -> Login:
         """The reservation's Login, with the host keys that `nodes` announce written to its
         known_hosts first, so that SSH checks them rather than trusting first contact."""
+        from omnibed.core import ssh
+
         known_hosts = self.known_hosts(name)
         for node in nodes:
             ssh.announce_host_keys(known_hosts, node.ssh, node.host_keys)
@@ -288,15 +302,20 @@ class Omnibed:
         name: str,
         command: str,
         *,
-        on_line: Callable[[str, str, str], None] | None = None,
+        nodes: Sequence[Node] | None = None,
+        on_output: ssh.OutputCallback | None = None,
         timeout: float | None = None,
     ) -> dict[str, ssh.CommandResult]:
-        """Run `command` as root on every node in parallel; results by node id."""
+        """Run `command` as root on every node in parallel; results by node id, in the
+        order of the reservation's nodes (`nodes`, if the caller listed them). `on_output`
+        gets each node's output bytes as they come."""
+        from omnibed.core import ssh
+
         return ssh.run_many(
-            self.root_endpoints(name),
+            self.root_endpoints(name, nodes),
             command,
             self.known_hosts(name),
-            on_line=on_line,
+            on_output=on_output,
             timeout=timeout,
         )
 

@@ -9,17 +9,20 @@ geni-lib is imported only inside methods (see `_client`).
 from __future__ import annotations
 
 import contextlib
+import json
 import re
 from dataclasses import replace
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from omnibed.core import ssh
 from omnibed.core.errors import (
     CredentialsError,
     OmnibedError,
     ProviderError,
     ReservationNotFound,
+    SSHError,
     UsageError,
 )
 from omnibed.core.kit import RESERVATIONS, Pending, RecordStore, check_options, poll_until
@@ -47,6 +50,8 @@ DEFAULT_SITE = "utah"
 SLICE_MARGIN = timedelta(hours=1)  # the slice outlives its sliver by this much
 _SLICE_NAME = re.compile(r"^[a-z][a-z0-9-]{0,18}$")
 _IMAGE_NAME = re.compile(r"^[A-Za-z0-9]{1,64}$")
+# every device with its MAC and addresses, a blank line, then the default routes
+_LIST_DEVICES = "ip -j addr show && echo && ip -j route show default"
 
 
 class CloudLabProvider(Provider):
@@ -186,8 +191,9 @@ class CloudLabProvider(Provider):
         return self._reservation(name, record["site"], start, status, start)
 
     def list_nodes(self, reservation: Reservation) -> list[Node]:
-        manifest = self.client.manifest(reservation.site or DEFAULT_SITE, reservation.name)
-        return _convert.to_nodes(manifest, self.client.username)
+        site = reservation.site or DEFAULT_SITE
+        manifest = self.client.manifest(site, reservation.name)
+        return _convert.to_nodes(manifest, self.client.username, site)
 
     def root_access(self, reservation: Reservation, node: Node, login: Login) -> SSHEndpoint:
         """Log in as the CloudLab user with the reservation's key; passwordless sudo adds it
@@ -200,9 +206,25 @@ class CloudLabProvider(Provider):
         return login.endpoint(node.ssh, user="root")
 
     def nic_capabilities(self, reservation: Reservation, node: Node, login: Login) -> list[Nic]:
-        """From the sliver's manifest: `login` is unused."""
+        """The sliver manifest's NICs, named as on the node: logged in as the CloudLab user
+        with the reservation's key, `ip -j addr` gives each MAC's device (the manifest names
+        NICs by RSpec ids such as `node0:if0`) and the default route the control NIC and
+        its address (see `_convert.on_node`)."""
         manifest = self.client.manifest(reservation.site or DEFAULT_SITE, reservation.name)
-        return _convert.to_nics(manifest, node.id)
+        nics = _convert.to_nics(manifest, node.id)
+        result = ssh.run(login.endpoint(node.ssh), _LIST_DEVICES, login.known_hosts,
+                         node=node.id, timeout=60)
+        try:
+            if result.exit_status != 0:
+                raise ValueError(result.stderr.strip() or f"exit {result.exit_status}")
+            links, routes = (json.loads(part.strip() or "[]")
+                             for part in result.stdout.split("\n\n", 1))
+        except ValueError as error:
+            raise SSHError(
+                f"listing the network devices of {node.id} failed ({error}); omnibed reads"
+                " them with `ip -j` (iproute2 4.14 or later, as in every current CloudLab"
+                " image)", host=node.ssh.host) from None
+        return _convert.on_node(nics, links, routes)
 
     def snapshot(self, reservation: Reservation, node: Node, image: str, login: Login) -> str:
         """ProtoGENI CreateImage of the node's disk; returns the URN `-o image=` takes.
