@@ -132,8 +132,8 @@ def _login(node: Any, username: str) -> Any:
 def to_node(node: Any, username: str, site: str = "") -> Node:
     """One manifest node as an omnibed Node logging in as the CloudLab user (not yet root).
 
-    `extra` holds the sliver's ids and type, the granted `hardware_type` and the `site`
-    (aggregate) it runs at."""
+    `extra` holds the sliver's ids and type; `hardware` is the granted hardware type and
+    `site` the aggregate it runs at (the manifest does not say the CPU architecture)."""
     login = _login(node, username)
     addresses = tuple(
         iface.address_info[0] for iface in node.interfaces if iface.address_info
@@ -149,9 +149,9 @@ def to_node(node: Any, username: str, site: str = "") -> Node:
             "component_id": node.component_id,
             "sliver_id": node.sliver_id,
             "sliver_type": sliver_type(node),
-            "hardware_type": hardware_type(node),
-            "site": site,
         },
+        hardware=hardware_type(node),
+        site=site,
     )
 
 

@@ -63,8 +63,8 @@ def test_nodes_and_nics_agree_with_the_file(name: str) -> None:
         assert node.addresses == tuple(host_ipv4 + ips)
         assert node.hostname == host.get("name")
         vnode = element.find("e:vnode", NS)
-        assert node.extra["hardware_type"] == vnode.get("hardware_type")
-        assert node.extra["site"] == "wisc"
+        assert node.hardware == vnode.get("hardware_type")
+        assert node.site == "wisc"
 
         control, *experiment = _convert.to_nics(manifest, node.id)
         assert control.role is NicRole.CONTROL
