@@ -9,7 +9,10 @@ override a fixture by defining one of the same name in their conftest.py or test
 - ``omnibed_key``: the reservation's key pair (``private_path``, ``public_openssh``);
 - ``omnibed_failing_request``: a request the testbed puts into its error state;
 - ``omnibed_pending_request``: a request that stays not-READY for a while;
-- ``omnibed_wait_timeout``: the longest the suite waits for a reservation (seconds).
+- ``omnibed_wait_timeout``: the longest the suite waits for a reservation (seconds);
+- ``omnibed_live_resources``: a callable listing what the testbed still holds for a
+  reservation, asked of the testbed itself; ``None`` (the default) leaves the release rules
+  with ``find`` alone, and they say so with a warning.
 """
 
 from __future__ import annotations
@@ -68,3 +71,11 @@ def omnibed_pending_request() -> Any:
 def omnibed_wait_timeout() -> float:
     """The longest the suite waits for a reservation to become READY, in seconds."""
     return 1800.0
+
+
+@pytest.fixture
+def omnibed_live_resources() -> Any:
+    """``reservation -> list[str]``: what the testbed still holds for that reservation (one
+    line per machine, lease, key...), found by asking the testbed, never the provider's own
+    records; None when the run cannot ask, and the release rules then check ``find`` only."""
+    return None

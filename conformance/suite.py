@@ -13,10 +13,11 @@ import dataclasses
 import functools
 import secrets
 import socket
+import warnings
 from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import pytest
 
@@ -41,6 +42,9 @@ from omnibed.core.types import (
     Tri,
 )
 
+if TYPE_CHECKING:
+    from omnibed.core.login import Login
+
 CLOCK_SLACK = timedelta(minutes=5)
 """How far a testbed's clock may be from ours before its times count as mislabelled."""
 
@@ -51,6 +55,14 @@ PENDING_WAIT = 2.0
 UNKNOWN_OPTION = "omnibed-conformance-no-such-option"
 
 Failure = TypeVar("Failure", bound=BaseException)
+
+LiveResources = Callable[[Reservation], list[str]]
+"""What the testbed itself still holds for a reservation, one line per resource."""
+
+
+class LiveResourcesUnknown(UserWarning):
+    """A release rule was checked with ``find`` alone: the run gives no
+    ``omnibed_live_resources`` fixture to ask the testbed what it still holds."""
 
 
 def contract_rule(test: Callable[..., None]) -> Callable[..., None]:
@@ -67,6 +79,13 @@ def contract_rule(test: Callable[..., None]) -> Callable[..., None]:
             pytest.fail(f"contract rule {rule!r} broken: {type(error).__name__}: {error}")
 
     return checked
+
+
+def reservation_login(key: Any, folder: Path) -> Login:
+    """The Login omnibed gives the verbs: `key` (an `omnibed_key`) and `folder`/known_hosts."""
+    from omnibed.core.login import Login
+
+    return Login(Path(key.private_path), key.public_openssh, folder / "known_hosts")
 
 
 def expect_raises(
@@ -114,12 +133,18 @@ class Reservations:
     """The reservations one test makes: uniquely named, released at teardown if still there."""
 
     def __init__(
-        self, provider: Provider, template: ReservationRequest, public_key: str, timeout: float
+        self,
+        provider: Provider,
+        template: ReservationRequest,
+        public_key: str,
+        timeout: float,
+        live: LiveResources | None = None,
     ) -> None:
         self.provider = provider
         self.template = template
         self.public_key = public_key
         self.timeout = timeout
+        self.live = live
         self.names: list[str] = []
 
     def request(self, base: ReservationRequest | None = None, **changes: Any) -> ReservationRequest:
@@ -142,6 +167,34 @@ class Reservations:
                 self.provider.release(left)
 
 
+def check_released(
+    provider: Provider, reservation: Reservation, live: LiveResources | None, where: str
+) -> None:
+    """Nothing of `reservation` is left `where`: find(name) is None and, when the run gives
+    `live` (``omnibed_live_resources``), the testbed lists nothing live for it either.
+
+    Without `live` a provider that forgets its records but leaves its machines running would
+    pass, so the check says (with a :class:`LiveResourcesUnknown` warning) that it could
+    only ask `find`.
+    """
+    left = provider.find(reservation.name)
+    assert left is None, f"find({reservation.name!r}) still returns {left} {where}"
+    if live is None:
+        warnings.warn(
+            LiveResourcesUnknown(
+                f"{provider.name}: whether {reservation.name!r} is gone from the testbed was "
+                "checked with find() only; define an omnibed_live_resources fixture that asks "
+                "the testbed what it still holds (docs/writing-a-provider.md)"
+            ),
+            stacklevel=2,
+        )
+        return
+    still = live(reservation)
+    assert not still, (
+        f"the testbed still holds {still} {where}, although find({reservation.name!r}) is None"
+    )
+
+
 def first_hop(node: Node) -> tuple[str, int]:
     endpoint = node.ssh.jumps[0] if node.ssh.jumps else node.ssh
     return endpoint.host, endpoint.port
@@ -152,7 +205,7 @@ class ProviderConformance:
 
     Optional fixtures (defaults in :mod:`omnibed.conformance.plugin`): ``omnibed_request``,
     ``omnibed_key``, ``omnibed_failing_request``, ``omnibed_pending_request``,
-    ``omnibed_wait_timeout``.
+    ``omnibed_wait_timeout``, ``omnibed_live_resources``.
     """
 
     @pytest.fixture
@@ -162,9 +215,14 @@ class ProviderConformance:
         omnibed_request: ReservationRequest,
         omnibed_key: Any,
         omnibed_wait_timeout: float,
+        omnibed_live_resources: LiveResources | None,
     ) -> Iterator[Reservations]:
         made = Reservations(
-            omnibed_provider, omnibed_request, omnibed_key.public_openssh, omnibed_wait_timeout
+            omnibed_provider,
+            omnibed_request,
+            omnibed_key.public_openssh,
+            omnibed_wait_timeout,
+            omnibed_live_resources,
         )
         try:
             yield made
@@ -292,14 +350,16 @@ class ProviderConformance:
     ) -> None:
         """root_access returns an endpoint where the reservation's key logs in as uid 0."""
         self.require(omnibed_provider, Capability.ROOT)
-        from omnibed.core.ssh import run
+        from omnibed.core.ssh import announce_host_keys, run
 
         ready = reservations.ready()
-        key_file = str(omnibed_key.private_path)
+        login = reservation_login(omnibed_key, tmp_path)
         for node in omnibed_provider.list_nodes(ready):
-            endpoint = omnibed_provider.root_access(ready, node, key_file)
-            endpoint = dataclasses.replace(endpoint, key_file=endpoint.key_file or key_file)
-            result = run(endpoint, "id -u", known_hosts=tmp_path / "known_hosts")
+            announce_host_keys(login.known_hosts, node.ssh, node.host_keys)  # as omnibed does
+            endpoint = omnibed_provider.root_access(ready, node, login)
+            endpoint = dataclasses.replace(endpoint, key_file=endpoint.key_file or
+                                           str(login.key_file))
+            result = run(endpoint, "id -u", known_hosts=login.known_hosts)
             uid = result.stdout.strip()
             assert result.exit_status == 0 and uid == "0", (
                 f"node {node.id}: `id -u` on {endpoint.label()} gave {uid!r} "
@@ -308,13 +368,14 @@ class ProviderConformance:
 
     @contract_rule
     def test_nic_capabilities_name_a_control_nic(
-        self, omnibed_provider: Provider, reservations: Reservations, omnibed_key: Any
+        self, omnibed_provider: Provider, reservations: Reservations, omnibed_key: Any,
+        tmp_path: Path,
     ) -> None:
         """nic_capabilities gives at least one CONTROL NIC and tri-state foreign_mac/multicast."""
         ready = reservations.ready()
-        key_file = str(omnibed_key.private_path)
+        login = reservation_login(omnibed_key, tmp_path)
         for node in omnibed_provider.list_nodes(ready):
-            nics = omnibed_provider.nic_capabilities(ready, node, key_file)
+            nics = omnibed_provider.nic_capabilities(ready, node, login)
             assert all(isinstance(nic, Nic) for nic in nics), f"node {node.id}: not Nic: {nics}"
             roles = [nic.role for nic in nics]
             assert all(isinstance(role, NicRole) for role in roles), f"roles {roles}"
@@ -326,14 +387,15 @@ class ProviderConformance:
 
     @contract_rule
     def test_snapshot_gives_an_image_a_new_reservation_accepts(
-        self, omnibed_provider: Provider, reservations: Reservations, omnibed_key: Any
+        self, omnibed_provider: Provider, reservations: Reservations, omnibed_key: Any,
+        tmp_path: Path,
     ) -> None:
         """snapshot returns an image id that a new reservation (image=...) accepts."""
         self.require(omnibed_provider, Capability.SNAPSHOT)
         ready = reservations.ready()
         node = omnibed_provider.list_nodes(ready)[0]
-        key_file = str(omnibed_key.private_path)
-        image = omnibed_provider.snapshot(ready, node, f"{ready.name}-image", key_file)
+        login = reservation_login(omnibed_key, tmp_path)
+        image = omnibed_provider.snapshot(ready, node, f"{ready.name}-image", login)
         assert isinstance(image, str) and image, f"snapshot returned {image!r}"
         again = reservations.ready(image=image)
         assert again.state is ReservationState.READY, f"reservation on {image} is {again.state}"
@@ -354,7 +416,8 @@ class ProviderConformance:
 
     @contract_rule
     def test_undeclared_verbs_raise_not_supported(
-        self, omnibed_provider: Provider, reservations: Reservations, omnibed_key: Any
+        self, omnibed_provider: Provider, reservations: Reservations, omnibed_key: Any,
+        tmp_path: Path,
     ) -> None:
         """a verb whose capability is not declared raises NotSupported."""
         verbs = {Capability.SNAPSHOT: "snapshot", Capability.EXTEND: "extend"}
@@ -366,7 +429,7 @@ class ProviderConformance:
         node = omnibed_provider.list_nodes(ready)[0]
         calls = {
             "snapshot": lambda: omnibed_provider.snapshot(
-                ready, node, f"{ready.name}-image", str(omnibed_key.private_path)
+                ready, node, f"{ready.name}-image", reservation_login(omnibed_key, tmp_path)
             ),
             "extend": lambda: omnibed_provider.extend(ready, ready.end + timedelta(minutes=30)),
         }
@@ -378,12 +441,20 @@ class ProviderConformance:
     def test_release_is_idempotent_and_leaves_nothing(
         self, omnibed_provider: Provider, reservations: Reservations
     ) -> None:
-        """release is idempotent and leaves nothing: find(name) is None afterwards."""
+        """release is idempotent and leaves nothing: find(name) is None afterwards.
+
+        Nor does the testbed hold anything of it, when ``omnibed_live_resources`` can ask
+        (and lists the reservation while it is READY).
+        """
         ready = reservations.ready()
+        if reservations.live is not None:
+            assert reservations.live(ready), (
+                f"omnibed_live_resources lists nothing for {ready.name!r} while it is READY, "
+                "so it cannot show what release leaves"
+            )
         omnibed_provider.release(ready)
         omnibed_provider.release(ready)
-        left = omnibed_provider.find(ready.name)
-        assert left is None, f"find({ready.name!r}) still returns {left}"
+        check_released(omnibed_provider, ready, reservations.live, "after release")
 
     @contract_rule
     def test_release_through_omnibed_leaves_nothing_in_ls(
@@ -406,15 +477,14 @@ class ProviderConformance:
         )
         request = reservations.request()
         bed.reserve(omnibed_provider.name, request)
-        bed.wait(request.name, timeout=reservations.timeout)
+        ready = bed.wait(request.name, timeout=reservations.timeout)
         listed = [entry.name for entry in bed.ledger.entries()]
         assert listed == [request.name], f"omnibed ls lists {listed} after reserve"
         bed.release(request.name)
         bed.release(request.name)
         listed = [entry.name for entry in bed.ledger.entries()]
         assert listed == [], f"omnibed ls still lists {listed} after release"
-        left = omnibed_provider.find(request.name)
-        assert left is None, f"the testbed still has {left} after omnibed release"
+        check_released(omnibed_provider, ready, reservations.live, "after omnibed release")
 
     @contract_rule
     def test_released_reservation_raises_not_found(

@@ -4,6 +4,11 @@
 - :func:`poll_until` waits for the testbed and raises ProviderTimeout with the last status;
 - :class:`RecordStore` keeps JSON records (one per reservation, or state shared between
   reservations) written atomically with mode 0600, under a lock for read-change-write.
+
+Logging in to nodes is the other half of the kit, in :mod:`omnibed.core.login`: the
+reservation's `Login` (key, public key, known_hosts) that the verbs receive, and
+`authorise_root` / `verify_root`. A provider that knows its nodes' host keys puts them on
+`Node.host_keys` (:mod:`omnibed.core.types`).
 """
 
 from __future__ import annotations

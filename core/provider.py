@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 from omnibed.core.errors import NotSupported
 from omnibed.core.types import (
@@ -24,6 +24,9 @@ from omnibed.core.types import (
     ReservationRequest,
     SSHEndpoint,
 )
+
+if TYPE_CHECKING:  # omnibed.core.login imports paramiko: listing providers does not need it
+    from omnibed.core.login import Login
 
 Progress = Callable[[str], None]
 """Called with a short human-readable status line during long waits."""
@@ -69,7 +72,7 @@ class Provider(ABC):
     - `wait` returns a READY reservation, raises ProviderError on the testbed's error state
       and ProviderTimeout after `timeout` seconds;
     - `list_nodes` ids are stable across calls and never just a host name;
-    - `root_access` returns an endpoint that logs in as uid 0 with `key_file`;
+    - `root_access` returns an endpoint that logs in as uid 0 with `login.key_file`;
     - `release` is idempotent: releasing a released reservation is not an error.
     """
 
@@ -104,21 +107,22 @@ class Provider(ABC):
         """The reserved nodes, in a stable order, with their SSH endpoints."""
 
     @abstractmethod
-    def root_access(self, reservation: Reservation, node: Node, key_file: str) -> SSHEndpoint:
-        """Do what the testbed needs so that `key_file` logs in as root; return that endpoint."""
+    def root_access(self, reservation: Reservation, node: Node, login: Login) -> SSHEndpoint:
+        """Do what the testbed needs so that `login.key_file` logs in as root; return that
+        endpoint. SSH to the node checks host keys with `login.known_hosts`."""
 
     @abstractmethod
-    def nic_capabilities(self, reservation: Reservation, node: Node, key_file: str) -> list[Nic]:
+    def nic_capabilities(self, reservation: Reservation, node: Node, login: Login) -> list[Nic]:
         """The node's NICs: at least one CONTROL NIC, with tri-state foreign_mac/multicast.
 
-        `key_file` is the reservation's private key (the one given to root_access), for
-        providers that must log in to read the NICs."""
+        `login` is the reservation's (the one given to root_access), for providers that
+        must log in to read the NICs."""
 
-    def snapshot(self, reservation: Reservation, node: Node, image: str, key_file: str) -> str:
+    def snapshot(self, reservation: Reservation, node: Node, image: str, login: Login) -> str:
         """Save the node's disk as an image; return the id `-o image=` accepts later.
 
-        `key_file` is the reservation's private key (the one given to root_access), for
-        providers that must log in to make the image."""
+        `login` is the reservation's (the one given to root_access), for providers that
+        must log in to make the image."""
         raise NotSupported(self.name, "snapshot")
 
     def extend(self, reservation: Reservation, end: datetime) -> Reservation:

@@ -1,15 +1,15 @@
 """SSH to reserved nodes with paramiko: per-reservation key and known_hosts, jump hosts, fan-out.
 
-Host keys are trusted on first contact and checked afterwards: the first key seen for
-`host` (or `[host]:port` when the port is not 22) is appended to the reservation's
-known_hosts file; a different key later raises `HostKeyMismatch`. The file uses the
+Host keys are checked against the reservation's known_hosts file: keys a provider announced
+are written there before first contact (`announce_host_keys`); otherwise the first key seen
+for `host` (or `[host]:port` when the port is not 22) is appended to it. A different key
+later raises `HostKeyMismatch`. The file uses the
 OpenSSH format, so `ssh -o UserKnownHostsFile=<file>` (see `ssh_command_line`) shares it.
 Every file written here is 0600 in directories that are 0700.
 """
 
 from __future__ import annotations
 
-import codecs
 import contextlib
 import fcntl
 import logging
@@ -17,7 +17,7 @@ import os
 import select
 import shlex
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +33,7 @@ from omnibed.core.types import SSHEndpoint
 KEY_NAME = "id_ed25519"
 UNREACHABLE = 255  # exit status of a node that could not be reached, as with OpenSSH's `ssh`
 
-LineCallback = Callable[[str, str, str], None]  # (node, "stdout" | "stderr", line)
+OutputCallback = Callable[[str, str, bytes], None]  # (node, "stdout" | "stderr", bytes)
 
 # paramiko logs what omnibed reports itself (e.g. "Secsh channel 0 open FAILED"): without a
 # handler of its own, Python would print those records on the user's terminal.
@@ -48,10 +48,22 @@ class KeyPair:
 
 @dataclass(frozen=True)
 class CommandResult:
+    """A command's exit status and its output bytes exactly as the node sent them."""
+
     node: str
     exit_status: int
-    stdout: str
-    stderr: str
+    stdout_bytes: bytes
+    stderr_bytes: bytes
+
+    @property
+    def stdout(self) -> str:
+        """stdout as text (bytes that are not UTF-8 replaced)."""
+        return self.stdout_bytes.decode(errors="replace")
+
+    @property
+    def stderr(self) -> str:
+        """stderr as text (bytes that are not UTF-8 replaced)."""
+        return self.stderr_bytes.decode(errors="replace")
 
 
 def _private_directory(directory: Path) -> None:
@@ -103,9 +115,9 @@ def public_key_of(key_file: str) -> str:
 
 def _mismatch(name: str, host: str, known_hosts: Path) -> HostKeyMismatch:
     return HostKeyMismatch(
-        f"the host key of {name} differs from the one recorded at first contact in "
-        f"{known_hosts}: if the node was reinstalled, delete its line from that file; "
-        "otherwise someone may be intercepting the connection",
+        f"the host key of {name} differs from the one recorded in {known_hosts} (announced "
+        "by the testbed, or seen at first contact): if the node was reinstalled, delete its "
+        "line from that file; otherwise someone may be intercepting the connection",
         host=host,
     )
 
@@ -136,6 +148,39 @@ def _record_host_key(known_hosts: Path, hostname: str, key: paramiko.PKey, host:
             raise _mismatch(hostname, host, known_hosts)
     finally:
         os.close(fd)
+
+
+def known_host_name(endpoint: SSHEndpoint) -> str:
+    """The name of `endpoint` in known_hosts: `host`, or `[host]:port` off port 22."""
+    return endpoint.host if endpoint.port == 22 else f"[{endpoint.host}]:{endpoint.port}"
+
+
+def announce_host_keys(known_hosts: Path, endpoint: SSHEndpoint, keys: Sequence[str]) -> None:
+    """Make `known_hosts` hold exactly `keys` (`type base64` each) for `endpoint`'s host and
+    port, so that logins there check them instead of trusting the first key shown.
+
+    For keys a provider knows from a source other than the connection (it made them, or
+    its testbed's API lists them). Without `keys` nothing changes. The file (0600, never a
+    symlink) is locked while rewritten, as first contacts lock it, and rewritten only if
+    it changes.
+    """
+    if not keys:
+        return
+    name = known_host_name(endpoint)
+    ours = [f"{name} {' '.join(key.split()[:2])}" for key in keys]
+    if not known_hosts.parent.exists():
+        _private_directory(known_hosts.parent)
+    fd = os.open(known_hosts, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    with os.fdopen(fd, "r+") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        os.fchmod(fd, 0o600)
+        lines = handle.read().splitlines()
+        wanted = [line for line in lines if name not in line.split(" ", 1)[0].split(",")]
+        wanted += ours
+        if wanted != lines:
+            handle.seek(0)
+            handle.truncate()
+            handle.write("".join(line + "\n" for line in wanted))
 
 
 class _RecordFirstContact(paramiko.MissingHostKeyPolicy):
@@ -200,8 +245,7 @@ def _login(
             channel_timeout=timeout,
         )
     except paramiko.BadHostKeyException as exc:
-        name = endpoint.host if endpoint.port == 22 else f"[{endpoint.host}]:{endpoint.port}"
-        raise _mismatch(name, endpoint.host, known_hosts) from exc
+        raise _mismatch(known_host_name(endpoint), endpoint.host, known_hosts) from exc
     except paramiko.AuthenticationException as exc:
         raise SSHError(
             f"{endpoint.label()} refused the login with {_key_words(endpoint)} ({exc}): check "
@@ -287,29 +331,20 @@ def open_sftp(
         client.close()
 
 
-class _Lines:
-    """Decode one output stream, keep it whole and hand each complete line to a callback."""
+class _Stream:
+    """One output stream of a command: kept whole, and each piece handed on as it comes."""
 
-    def __init__(self, emit: Callable[[str], None] | None) -> None:
+    def __init__(self, emit: Callable[[bytes], None] | None) -> None:
         self.emit = emit
-        self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        self.parts: list[str] = []
-        self.pending = ""
+        self.parts: list[bytes] = []
 
-    def feed(self, data: bytes, final: bool = False) -> None:
-        text = self.decoder.decode(data, final)
-        self.parts.append(text)
-        if self.emit is None:
-            return
-        *lines, self.pending = (self.pending + text).split("\n")
-        if final and self.pending:
-            lines.append(self.pending)
-            self.pending = ""
-        for line in lines:
-            self.emit(line)
+    def feed(self, data: bytes) -> None:
+        self.parts.append(data)
+        if self.emit is not None and data:
+            self.emit(data)
 
-    def text(self) -> str:
-        return "".join(self.parts)
+    def data(self) -> bytes:
+        return b"".join(self.parts)
 
 
 def _execute(
@@ -318,12 +353,12 @@ def _execute(
     command: str,
     node: str,
     timeout: float | None,
-    on_line: LineCallback | None,
+    on_output: OutputCallback | None,
 ) -> CommandResult:
     transport = client.get_transport()
     assert transport is not None
-    out = _Lines(None if on_line is None else lambda line: on_line(node, "stdout", line))
-    err = _Lines(None if on_line is None else lambda line: on_line(node, "stderr", line))
+    out = _Stream(None if on_output is None else lambda data: on_output(node, "stdout", data))
+    err = _Stream(None if on_output is None else lambda data: on_output(node, "stderr", data))
     deadline = None if timeout is None else time.monotonic() + timeout
     channel = transport.open_session()
     try:
@@ -348,17 +383,11 @@ def _execute(
         status = channel.recv_exit_status()
     finally:
         channel.close()
-    out.feed(b"", final=True)
-    err.feed(b"", final=True)
-    stderr = err.text()
     if status == -1:  # the session ended without an exit status
         status = UNREACHABLE
-        why = (f"no exit status from {endpoint.label()}: the command was killed or the"
-               " connection dropped; check the node and run it again")
-        stderr += why + "\n"
-        if on_line is not None:
-            on_line(node, "stderr", why)
-    return CommandResult(node=node, exit_status=status, stdout=out.text(), stderr=stderr)
+        err.feed(f"no exit status from {endpoint.label()}: the command was killed or the"
+                 " connection dropped; check the node and run it again\n".encode())
+    return CommandResult(node, status, out.data(), err.data())
 
 
 def run(
@@ -368,16 +397,17 @@ def run(
     *,
     node: str = "",
     timeout: float | None = None,
-    on_line: LineCallback | None = None,
+    on_output: OutputCallback | None = None,
 ) -> CommandResult:
-    """Run `command` on `endpoint`; stream lines to `on_line(node, stream, line)` as they come.
+    """Run `command` on `endpoint`; hand its output to `on_output(node, stream, bytes)` as
+    it comes, byte for byte (pieces are not lines).
 
     `timeout` bounds the command (the login has its own 30 s). Raises `SSHError` when the
     node cannot be reached, the login is refused or the command outlives `timeout`; its
     message starts with `node` when given.
     """
     try:
-        return _run(endpoint, command, known_hosts, node, timeout, on_line)
+        return _run(endpoint, command, known_hosts, node, timeout, on_output)
     except SSHError as exc:
         if not node:
             raise
@@ -390,12 +420,12 @@ def _run(
     known_hosts: Path,
     node: str,
     timeout: float | None,
-    on_line: LineCallback | None,
+    on_output: OutputCallback | None,
 ) -> CommandResult:
     """`run`, with errors that do not name the node (`run_many` prefixes its lines with it)."""
     client = connect(endpoint, known_hosts)
     try:
-        return _execute(client, endpoint, command, node or endpoint.host, timeout, on_line)
+        return _execute(client, endpoint, command, node or endpoint.host, timeout, on_output)
     except (paramiko.SSHException, OSError) as exc:
         raise SSHError(
             f"the SSH session to {endpoint.label()} broke while running the command ({exc})",
@@ -410,31 +440,32 @@ def run_many(
     command: str,
     known_hosts: Path,
     *,
-    on_line: LineCallback | None = None,
+    on_output: OutputCallback | None = None,
     timeout: float | None = None,
     max_parallel: int = 32,
 ) -> dict[str, CommandResult]:
     """Run `command` on every node in parallel; a node that fails to connect gets exit 255.
 
-    `on_line(node, stream, line)` is called for one line at a time (never concurrently);
-    the error of an unreachable node is also streamed to it as a stderr line.
+    `on_output(node, stream, bytes)` gets each node's output as it comes, one call at a
+    time (never concurrently); the error of an unreachable node also reaches it, as a
+    stderr line.
     """
     emit_lock = Lock()
 
-    def emit(node: str, stream: str, line: str) -> None:
-        assert on_line is not None
+    def emit(node: str, stream: str, data: bytes) -> None:
+        assert on_output is not None
         with emit_lock:
-            on_line(node, stream, line)
+            on_output(node, stream, data)
 
     def one(node: str, endpoint: SSHEndpoint) -> CommandResult:
-        callback = None if on_line is None else emit
+        callback = None if on_output is None else emit
         try:
             return _run(endpoint, command, known_hosts, node, timeout, callback)
         except SSHError as exc:
+            why = f"{exc}\n".encode()
             if callback is not None:
-                callback(node, "stderr", str(exc))
-            return CommandResult(node=node, exit_status=UNREACHABLE, stdout="",
-                                 stderr=f"{exc}\n")
+                callback(node, "stderr", why)
+            return CommandResult(node, UNREACHABLE, b"", why)
 
     workers = max(1, min(max_parallel, len(endpoints)))
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="omnibed-ssh")

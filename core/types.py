@@ -145,20 +145,40 @@ class Nic:
 
 @dataclass(frozen=True, slots=True)
 class Node:
-    """A reserved machine; `id` is stable and never just a host name."""
+    """A reserved machine; `id` is stable and never just a host name.
+
+    `host_keys`: the SSH host keys of `ssh`'s host and port (`type base64` each) when the
+    provider knows them from elsewhere than the connection (it made them, or its testbed's
+    API lists them); omnibed writes them to the reservation's known_hosts before it logs
+    in, so they are checked rather than trusted at first contact.
+
+    `arch` is the CPU architecture as `uname -m` names it (`x86_64`, `aarch64`, `ppc64le`),
+    `hardware` the testbed's hardware type or cluster (`gros`, `d430`, `compute_skylake`),
+    `site` where the node is (a Grid'5000 site, a CloudLab aggregate, a Chameleon region);
+    each is "" when the provider does not know it.
+    """
 
     id: str
     hostname: str
     ssh: SSHEndpoint
     addresses: tuple[str, ...] = ()
     extra: Mapping[str, Any] = field(default_factory=dict)
+    host_keys: tuple[str, ...] = ()
+    arch: str = ""
+    hardware: str = ""
+    site: str = ""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "extra", _frozen(self.extra))
+        object.__setattr__(self, "host_keys", tuple(self.host_keys))
+        for key in self.host_keys:
+            if len(key.split()) != 2:
+                raise ValueError(f"a host key is `type base64`, not {key[:40]!r}")
 
     def to_json(self) -> dict[str, Any]:
         """The node and how to reach it: `ssh` and `jumps` as `user@host:port` labels,
-        `endpoint` whole (the provider's `extra` is left out: it need not be JSON)."""
+        `endpoint` whole, `host_keys` as given (the provider's `extra` is left out: it need
+        not be JSON)."""
         return {
             "id": self.id,
             "hostname": self.hostname,
@@ -166,6 +186,10 @@ class Node:
             "ssh": self.ssh.label(),
             "jumps": [jump.label() for jump in self.ssh.jumps],
             "endpoint": self.ssh.to_json(),
+            "host_keys": list(self.host_keys),
+            "arch": self.arch,
+            "hardware": self.hardware,
+            "site": self.site,
         }
 
 

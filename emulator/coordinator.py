@@ -16,6 +16,7 @@ took until then. A failure at any step removes everything from every pnode.
 
 from __future__ import annotations
 
+import base64
 import json
 import secrets
 import time
@@ -68,10 +69,12 @@ sys.exit(1)
 
 @dataclass(frozen=True)
 class VnodeResult:
+    """A command's exit status in a vnode and its output bytes exactly as it wrote them."""
+
     vnode: str
     exit_status: int
-    stdout: str
-    stderr: str
+    stdout: bytes
+    stderr: bytes
 
 
 @dataclass(frozen=True)
@@ -490,11 +493,12 @@ class Emulator:
                         reply = session.call(
                             ops.EXEC, netns=vnode.netns, argv=argv, timeout=timeout
                         )
-                    results.append(
-                        VnodeResult(
-                            vnode.name, reply["exit_status"], reply["stdout"], reply["stderr"]
-                        )
-                    )
+                    results.append(VnodeResult(
+                        vnode.name,
+                        reply["exit_status"],
+                        base64.b64decode(reply["stdout_base64"]),
+                        base64.b64decode(reply["stderr_base64"]),
+                    ))  # fmt: skip
                 return results
 
             outcome = for_each(sessions, run_there)
@@ -504,7 +508,7 @@ class Emulator:
             for k, index in enumerate(indexes):
                 name = jobs[index][0].name
                 if isinstance(result, BaseException):
-                    results[index] = VnodeResult(name, 255, "", f"{result}\n")
+                    results[index] = VnodeResult(name, 255, b"", f"{result}\n".encode())
                 else:
                     results[index] = result[k]
         return [results[index] for index in range(len(jobs))]

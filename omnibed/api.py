@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import secrets
 import shutil
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
+from functools import cached_property
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from omnibed.core import ssh
 from omnibed.core.errors import OmnibedError, ReleaseFailed, ReservationNotFound, UsageError
 from omnibed.core.kit import check_options
 from omnibed.core.ledger import Entry, Ledger, omnibed_home, process_owner
+from omnibed.core.login import Login
 from omnibed.core.plugins import ProviderRegistry, load_providers
 from omnibed.core.provider import Progress, Provider, no_progress
 from omnibed.core.reservation_access import ReservationAccess
@@ -31,6 +33,9 @@ from omnibed.core.types import (
     SSHEndpoint,
     check_reservation_name,
 )
+
+if TYPE_CHECKING:  # paramiko loads only for the commands that log in to nodes
+    from omnibed.core import ssh
 
 
 class Omnibed:
@@ -46,9 +51,15 @@ class Omnibed:
         from the registry (the conformance suite passes the provider under test)."""
         self.home = home or omnibed_home()
         self.home.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self.registry = registry or load_providers()
+        if registry is not None:
+            self.registry = registry
         self.ledger = Ledger(self.home / "ledger.sqlite")
         self._providers: dict[str, Provider] = dict(providers or {})
+
+    @cached_property
+    def registry(self) -> ProviderRegistry:
+        """The installed providers, found at first use (listing the ledger needs none)."""
+        return load_providers()
 
     # -- providers and paths ------------------------------------------------------------
 
@@ -75,7 +86,19 @@ class Omnibed:
         return self.reservation_dir(name) / "known_hosts"
 
     def keypair(self, name: str) -> ssh.KeyPair:
+        from omnibed.core import ssh
+
         return ssh.ensure_keypair(self.reservation_dir(name))
+
+    def login(self, name: str, nodes: Sequence[Node] = ()) -> Login:
+        """The reservation's Login, with the host keys that `nodes` announce written to its
+        known_hosts first, so that SSH checks them rather than trusting first contact."""
+        from omnibed.core import ssh
+
+        known_hosts = self.known_hosts(name)
+        for node in nodes:
+            ssh.announce_host_keys(known_hosts, node.ssh, node.host_keys)
+        return Login.of(self.keypair(name), known_hosts)
 
     # -- reservations -------------------------------------------------------------------
 
@@ -245,8 +268,8 @@ class Omnibed:
     def nics(self, name: str, nodes: Sequence[Node] | None = None) -> dict[str, list[Nic]]:
         """node id -> its NICs; `nodes`: the reservation's nodes, if the caller listed them."""
         provider, reservation, nodes = self._reservation_nodes(name, nodes)
-        key_file = self._key_file(name)
-        return {node.id: provider.nic_capabilities(reservation, node, key_file) for node in nodes}
+        login = self.login(name, nodes)
+        return {node.id: provider.nic_capabilities(reservation, node, login) for node in nodes}
 
     def root_endpoints(
         self, name: str, nodes: Sequence[Node] | None = None
@@ -254,14 +277,14 @@ class Omnibed:
         """node id -> an endpoint that logs in as root with the reservation's key;
         `nodes`: the reservation's nodes, if the caller listed them."""
         provider, reservation, nodes = self._reservation_nodes(name, nodes)
-        key_file = self._key_file(name)
-        return {node.id: provider.root_access(reservation, node, key_file) for node in nodes}
+        login = self.login(name, nodes)
+        return {node.id: provider.root_access(reservation, node, login) for node in nodes}
 
     def root_endpoint(self, name: str, node_id: str) -> SSHEndpoint:
         """The root endpoint of one node (root access is given to that node only)."""
         provider, reservation = self.reservation(name)
         node = self._node(provider, reservation, node_id)
-        return provider.root_access(reservation, node, self._key_file(name))
+        return provider.root_access(reservation, node, self.login(name, [node]))
 
     def _reservation_nodes(
         self, name: str, nodes: Sequence[Node] | None
@@ -274,30 +297,32 @@ class Omnibed:
         self.entry(name)
         return _Access(self, name)
 
-    def _key_file(self, name: str) -> str:
-        return str(self.keypair(name).private_path)
-
     def run(
         self,
         name: str,
         command: str,
         *,
-        on_line: Callable[[str, str, str], None] | None = None,
+        nodes: Sequence[Node] | None = None,
+        on_output: ssh.OutputCallback | None = None,
         timeout: float | None = None,
     ) -> dict[str, ssh.CommandResult]:
-        """Run `command` as root on every node in parallel; results by node id."""
+        """Run `command` as root on every node in parallel; results by node id, in the
+        order of the reservation's nodes (`nodes`, if the caller listed them). `on_output`
+        gets each node's output bytes as they come."""
+        from omnibed.core import ssh
+
         return ssh.run_many(
-            self.root_endpoints(name),
+            self.root_endpoints(name, nodes),
             command,
             self.known_hosts(name),
-            on_line=on_line,
+            on_output=on_output,
             timeout=timeout,
         )
 
     def snapshot(self, name: str, node_id: str, image: str) -> str:
         provider, reservation = self.reservation(name)
         node = self._node(provider, reservation, node_id)
-        return provider.snapshot(reservation, node, image, self._key_file(name))
+        return provider.snapshot(reservation, node, image, self.login(name, [node]))
 
     def extend(self, name: str, end: datetime) -> Reservation:
         provider, reservation = self.reservation(name)

@@ -33,7 +33,6 @@ def env(tmp_path: Path, fake: FakeGrid5000) -> dict[str, str]:
     config = fake.write_config(tmp_path / "python-grid5000.yaml", timeout=CLIENT_TIMEOUT)
     env = {**os.environ, "OMNIBED_HOME": str(tmp_path / "home"), "COLUMNS": "200",
            "OMNIBED_GRID5000_CONFIG": str(config)}
-    env.pop("OMNIBED_GRID5000_SSH_MAP", None)
     return env
 
 

@@ -120,8 +120,8 @@ def test_run_reports_failing_nodes(tmp_path: Path) -> None:
         "exit 7",
         check=False,
     )
-    assert result.returncode == 1
-    assert "0/2 succeeded" in result.stderr
+    assert result.returncode == 7  # the first non-zero exit status
+    assert "0/2 succeeded" in result.stderr and "succeeded" not in result.stdout
     assert json.loads(omnibed(tmp_path, "ls", "--json").stdout) == []
 
 
@@ -202,7 +202,7 @@ def test_ssh_snapshot_and_image_through_the_cli(tmp_path: Path) -> None:
         "--shell",
         'cat "$OMNIBED_NODE_DIR/result.txt"',
     )
-    assert "[pnode-1] kept" in ran.stdout
+    assert (ran.returncode, ran.stdout) == (0, "kept\n")  # one node: its output as it is
 
 
 def test_gc_releases_expired_reservations(tmp_path: Path) -> None:

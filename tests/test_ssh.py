@@ -151,32 +151,31 @@ def test_changed_host_key_is_refused_and_the_file_kept(
 
 
 @pytest.mark.root
-def test_run_many_streams_lines_per_node_and_keeps_exit_codes(
+def test_run_many_streams_bytes_per_node_and_keeps_exit_codes(
     start_sshd: StartSSHD, keypair: KeyPair, known_hosts: Path
 ) -> None:
     servers = {name: start_sshd() for name in ("n1", "n2", "n3")}
     failing = servers["n3"].port
     command = (
-        'echo "hello from ${SSH_CONNECTION##* }"; echo second; echo warn >&2; '
+        'echo "hello from ${SSH_CONNECTION##* }"; printf "\\377\\0no newline"; '
+        'echo warn >&2; '
         f'[ "${{SSH_CONNECTION##* }}" = {failing} ] && exit 3; exit 0'
     )
-    lines: list[tuple[str, str, str]] = []
+    pieces: list[tuple[str, str, bytes]] = []
     results = run_many(
         {name: endpoint(sshd, keypair) for name, sshd in servers.items()},
         command,
         known_hosts,
-        on_line=lambda node, stream, line: lines.append((node, stream, line)),
+        on_output=lambda node, stream, data: pieces.append((node, stream, data)),
     )
     assert {name: r.exit_status for name, r in results.items()} == {"n1": 0, "n2": 0, "n3": 3}
     for name, sshd in servers.items():
+        stdout = f"hello from {sshd.port}\n".encode() + b"\xff\x00no newline"
         assert results[name].node == name
-        assert results[name].stdout == f"hello from {sshd.port}\nsecond\n"
-        assert results[name].stderr == "warn\n"
-        assert [(s, t) for n, s, t in lines if n == name] in (
-            [("stdout", f"hello from {sshd.port}"), ("stdout", "second"), ("stderr", "warn")],
-            [("stdout", f"hello from {sshd.port}"), ("stderr", "warn"), ("stdout", "second")],
-            [("stderr", "warn"), ("stdout", f"hello from {sshd.port}"), ("stdout", "second")],
-        )
+        assert results[name].stdout_bytes == stdout
+        assert results[name].stderr_bytes == b"warn\n"
+        assert b"".join(d for n, s, d in pieces if (n, s) == (name, "stdout")) == stdout
+        assert b"".join(d for n, s, d in pieces if (n, s) == (name, "stderr")) == b"warn\n"
     assert len(recorded(known_hosts)) == 3
 
 
@@ -240,18 +239,19 @@ def test_unreachable_node_gets_255_and_the_others_still_run(
 ) -> None:
     sshd = start_sshd()
     closed = free_port()
-    lines: list[tuple[str, str, str]] = []
+    pieces: list[tuple[str, str, bytes]] = []
     results = run_many(
         {"up": endpoint(sshd, keypair), "down": SSHEndpoint("127.0.0.1", closed)},
         "echo alive",
         known_hosts,
-        on_line=lambda node, stream, line: lines.append((node, stream, line)),
+        on_output=lambda node, stream, data: pieces.append((node, stream, data)),
     )
     assert (results["up"].exit_status, results["up"].stdout) == (0, "alive\n")
     assert results["down"].exit_status == 255
     assert f"cannot reach 127.0.0.1:{closed}" in results["down"].stderr
-    assert ("up", "stdout", "alive") in lines
-    assert any(n == "down" and s == "stderr" and "cannot reach" in t for n, s, t in lines)
+    assert ("up", "stdout", b"alive\n") in pieces
+    told = [d for n, s, d in pieces if (n, s) == ("down", "stderr")]
+    assert len(told) == 1 and b"cannot reach" in told[0] and told[0].endswith(b"\n")
 
 
 @pytest.mark.root
@@ -293,11 +293,11 @@ def test_command_timeout_raises(
     start_sshd: StartSSHD, keypair: KeyPair, known_hosts: Path
 ) -> None:
     sshd = start_sshd()
-    lines: list[str] = []
+    pieces: list[bytes] = []
     with pytest.raises(SSHError, match="did not finish within 1s"):
         run(endpoint(sshd, keypair), "echo $$; exec sleep 600", known_hosts, timeout=1,
-            on_line=lambda node, stream, line: lines.append(line))
-    sleeper = Path(f"/proc/{lines[0]}")
+            on_output=lambda node, stream, data: pieces.append(data))
+    sleeper = Path(f"/proc/{b''.join(pieces).decode().strip()}")
     assert "sleep" in (sleeper / "cmdline").read_text()
     sshd.stop()  # also ends the sessions that sshd forked
     deadline = time.monotonic() + 60  # generous: only a kill that never comes fails

@@ -91,7 +91,9 @@ def test_a_reservation_recorded_by_an_earlier_omnibed_still_loads() -> None:
 def test_node_json_names_its_endpoint_and_jumps() -> None:
     gateway = SSHEndpoint("access.grid5000.fr", user="alice", key_file="/home/alice/.ssh/id")
     node = Node("n1", "paradoxe-1.rennes", SSHEndpoint("10.0.0.1", jumps=(gateway,)),
-                addresses=("10.0.0.1",), extra={"cluster": "paradoxe"})
+                addresses=("10.0.0.1",), extra={"cluster": "paradoxe"},
+                host_keys=["ssh-ed25519 AAAAC3Nza"], arch="x86_64", hardware="paradoxe",
+                site="rennes")
     data = json.loads(json.dumps(node.to_json()))
     assert data == {
         "id": "n1",
@@ -104,7 +106,17 @@ def test_node_json_names_its_endpoint_and_jumps() -> None:
             "jumps": [{"host": "access.grid5000.fr", "port": 22, "user": "alice",
                        "key_file": "/home/alice/.ssh/id", "jumps": []}],
         },
+        "host_keys": ["ssh-ed25519 AAAAC3Nza"],
+        "arch": "x86_64",
+        "hardware": "paradoxe",
+        "site": "rennes",
     }
+    assert node.host_keys == ("ssh-ed25519 AAAAC3Nza",)  # a tuple, so the node stays frozen
+
+
+def test_a_node_host_key_is_type_and_base64_only() -> None:
+    with pytest.raises(ValueError, match="type base64"):
+        Node("n1", "h", SSHEndpoint("10.0.0.1"), host_keys=("10.0.0.1 ssh-ed25519 AAAA",))
 
 
 def test_nic_json_gives_enums_as_their_values() -> None:

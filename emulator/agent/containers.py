@@ -27,7 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, fields
 from typing import Any
 
-from . import cgroups, nsutil, oci, rootfs
+from . import cgroups, nsutil, oci, ops, rootfs
 
 ROOT = "/var/lib/omnibed"
 RUNC_ROOT = "/run/omnibed/runc"
@@ -345,15 +345,12 @@ class Runtime:
         return result
 
     def exec(self, name: str, argv: Sequence[str], timeout: float | None = None) -> dict:
-        """Run `argv` inside container `name` as root: exit_status, stdout, stderr."""
+        """Run `argv` inside container `name` as root: exit_status, stdout_base64,
+        stderr_base64 (the output bytes unchanged)."""
         done = self._runc(
             "exec", name, *argv, timeout=timeout, capture_output=True, stdin=subprocess.DEVNULL
         )
-        return {
-            "exit_status": done.returncode,
-            "stdout": done.stdout.decode(errors="replace"),
-            "stderr": done.stderr.decode(errors="replace"),
-        }
+        return ops.exec_reply(done)
 
     # -- remove ---------------------------------------------------------------------------
 

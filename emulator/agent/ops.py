@@ -12,7 +12,8 @@ Each stdin line is a request {"op": NAME, ...}; each gets exactly one stdout lin
   probe-listen {nic, nonce}               -> mac (the listener keeps listening)
   probe-send {nic, peer_mac, nonce}       -> foreign_src, foreign_dst
   probe-collect {nonce, timeout}          -> arrived: subset of ["src", "dst"]
-  exec {netns, argv, timeout?}            -> exit_status, stdout, stderr
+  exec {netns, argv, timeout?}            -> exit_status, stdout_base64, stderr_base64
+                                             (the output bytes as the program wrote them)
   containers-preflight {state, placed}    -> problems: [sentence, ...] for its container
                                              vnodes (placed: false before the network and
                                              the images are there)
@@ -23,13 +24,18 @@ Each stdin line is a request {"op": NAME, ...}; each gets exactly one stdout lin
   containers-start {state}                -> started: {name: {pid}}; on failure none runs
   containers-status {state}               -> containers: {name: {state, pid, oom_kills,
                                              cpu_usage_ns, ...}}
-  containers-exec {name, argv, timeout?}  -> exit_status, stdout, stderr (inside it)
+  containers-exec {name, argv, timeout?}  -> exit_status, stdout_base64, stderr_base64
+                                             (inside it)
   containers-remove {names}               -> removed: the names that existed
 
 teardown removes the state's containers before its network.
 """
 
 from __future__ import annotations
+
+import base64
+import subprocess
+from typing import Any
 
 HELLO = "hello"
 PREFLIGHT = "preflight"
@@ -53,3 +59,13 @@ ALL = (
     CONTAINERS_PREFLIGHT, CONTAINERS_INSTALL, CONTAINERS_IMAGE, CONTAINERS_START, CONTAINERS_STATUS,
     CONTAINERS_EXEC, CONTAINERS_REMOVE,
 )  # fmt: skip
+
+
+def exec_reply(done: subprocess.CompletedProcess[bytes]) -> dict[str, Any]:
+    """The reply of exec and containers-exec: exit status, and the output bytes unchanged
+    (base64, as JSON carries only text)."""
+    return {
+        "exit_status": done.returncode,
+        "stdout_base64": base64.b64encode(done.stdout).decode(),
+        "stderr_base64": base64.b64encode(done.stderr).decode(),
+    }

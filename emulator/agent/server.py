@@ -123,11 +123,7 @@ class Agent:
             )
         finally:
             os.close(fd)
-        return {
-            "exit_status": done.returncode,
-            "stdout": done.stdout.decode(errors="replace"),
-            "stderr": done.stderr.decode(errors="replace"),
-        }
+        return ops.exec_reply(done)
 
 
 def _state(request: dict[str, Any]) -> PnodeState:

@@ -28,9 +28,7 @@ from omnibed.cli.common import (
     _api,
     _argv,
     _fail,
-    _print_exit_table,
     _print_json,
-    _print_line,
     _progress,
     _uninterruptible,
     err,
@@ -38,7 +36,7 @@ from omnibed.cli.common import (
 )
 from omnibed.cli.emulate import _emulate_and_run, _platform, emulate_app
 from omnibed.cli.image import image_app
-from omnibed.core import ssh
+from omnibed.cli.remote_output import EXIT_STATUSES_HELP, Outcome, Streams, finish
 from omnibed.core.errors import OmnibedError, ReleaseFailed, UsageError
 from omnibed.core.ledger import Entry, process_owner
 from omnibed.core.plugins import ProviderRegistry
@@ -52,7 +50,6 @@ app = typer.Typer(
     "--nodes 3 -- id -u` (as root).",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    add_completion=False,
 )
 Testbed = Annotated[
     str, typer.Option("--testbed", "-t", help="Testbed name: see `omnibed providers`.")
@@ -72,6 +69,23 @@ Options = Annotated[
         help="Testbed option KEY=VALUE (repeatable); `omnibed providers` lists them.",
     ),
 ]
+
+
+def _print_version(asked: bool) -> None:
+    if asked:
+        from importlib.metadata import version
+
+        print(f"omnibed {version('omnibed')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _everywhere(
+    version: Annotated[bool, typer.Option(
+        "--version", callback=_print_version, is_eager=True,
+        help="Print omnibed's version and exit.")] = False,
+) -> None:
+    pass
 
 
 def main() -> None:
@@ -349,21 +363,39 @@ def nics(name: Name, as_json: AsJson = False) -> None:
     out.print(table)
 
 
-def _run_and_report(api: Omnibed, name: str, argv: list[str]) -> int:
-    """Run `argv` on every node, output prefixed by node; return how many nodes failed."""
-    results = api.run(name, shlex.join(argv), on_line=_print_line)
-    return _print_exit_table("node", {node: r.exit_status for node, r in results.items()})
+def _run_and_report(api: Omnibed, name: str, argv: list[str], *, as_json: bool = False) -> int:
+    """Run `argv` on every node, its output handed over as it comes (see
+    :mod:`omnibed.cli.remote_output`); return the exit status to end with."""
+    nodes = api.nodes(name)
+    streams = None if as_json else Streams(len(nodes))
+    results = api.run(name, shlex.join(argv), nodes=nodes,
+                      on_output=None if streams is None else streams.write)
+    if streams is not None:
+        streams.end()
+    outcomes = {node: Outcome(r.exit_status, r.stdout_bytes, r.stderr_bytes)
+                for node, r in results.items()}
+    return finish("node", outcomes, as_json=as_json)
 
 
-@app.command()
-def run(name: Name, command: Command = None, shell: Shell = None) -> None:
+@app.command(epilog=EXIT_STATUSES_HELP)
+def run(
+    name: Name,
+    command: Command = None,
+    shell: Shell = None,
+    as_json: Annotated[bool, typer.Option(
+        "--json", help="Print each node's exit status, stdout and stderr as one JSON object "
+        "(`stdout_base64` instead of `stdout` for output that is not UTF-8).")] = False,
+) -> None:
     """Run a command as root on every node: `omnibed run NAME -- PROGRAM ARGS...`.
 
     The words after `--` reach PROGRAM as they are (no shell reads them); for pipes, globs
     or `;`, give one string to `sh -c` instead: `omnibed run NAME --shell 'id -u; uptime'`.
+    On a one-node reservation, stdout and stderr are the command's own, byte for byte; on
+    several nodes each line is prefixed by `[node] ` and a table of exit statuses ends
+    stderr.
     """
     argv = _argv(command, shell)
-    raise typer.Exit(1 if _run_and_report(_api(), name, argv) else 0)
+    raise typer.Exit(_run_and_report(_api(), name, argv, as_json=as_json))
 
 
 @app.command("ssh")
@@ -371,6 +403,8 @@ def ssh_login(
     name: Name, node: Annotated[str, typer.Argument(help="Node id (`omnibed nodes`).")]
 ) -> None:
     """Open an interactive root shell on one node."""
+    from omnibed.core import ssh
+
     api = _api()
     argv = ssh.ssh_command_line(api.root_endpoint(name, node), api.known_hosts(name))
     os.execvp(argv[0], argv)
@@ -436,7 +470,8 @@ def gc() -> None:
         raise typer.Exit(1)
 
 
-@app.command("reserve-and-run", context_settings={"allow_interspersed_args": False})
+@app.command("reserve-and-run", context_settings={"allow_interspersed_args": False},
+             epilog=EXIT_STATUSES_HELP)
 def reserve_and_run(
     testbed: Testbed,
     command: Command = None,
@@ -455,9 +490,9 @@ def reserve_and_run(
     """Reserve, wait, run a command as root on every node, print per-node results, release.
 
     The command is the words after `--`, each reaching the program as it is, or --shell
-    'STRING' run with `sh -c` (as with `omnibed run`). The nodes are released also on
-    Ctrl-C, SIGTERM or an error, unless --keep; if omnibed itself is killed, `omnibed gc`
-    releases them. Exits non-zero when any node failed.
+    'STRING' run with `sh -c`, and its output is printed as `omnibed run` prints it. The
+    nodes are released also on Ctrl-C, SIGTERM or an error, unless --keep; if omnibed
+    itself is killed, `omnibed gc` releases them.
     """
     argv = _argv(command, shell)
     api = _api()
@@ -467,17 +502,17 @@ def reserve_and_run(
         try:
             _reserve_and_wait(api, testbed, request)
             if platform_to_build is not None:
-                failed = _emulate_and_run(
+                status = _emulate_and_run(
                     api, request.name, platform_to_build, str(platform), argv
                 )
             else:
-                failed = _run_and_report(api, request.name, argv)
+                status = _run_and_report(api, request.name, argv)
         finally:
             if not keep:
                 _release_if_reserved(api, request, sys.exc_info()[1])
             elif api.ledger.set_owner(request.name, None, token=request.token):
                 err.print(f"kept {request.name}: `omnibed release {request.name}` when done")
-    raise typer.Exit(1 if failed else 0)
+    raise typer.Exit(status)
 
 
 app.add_typer(emulate_app, name="emulate")

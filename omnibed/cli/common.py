@@ -1,5 +1,5 @@
-"""What every `omnibed` command shares: the consoles, the common arguments, error exit,
-progress, and the printing of per-node output and exit statuses."""
+"""What every `omnibed` command shares: the consoles, the common arguments, error exit and
+progress."""
 
 from __future__ import annotations
 
@@ -12,7 +12,6 @@ from typing import Annotated, Any, NoReturn
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.table import Table
 
 from omnibed.api import Omnibed
 from omnibed.core.errors import UsageError
@@ -82,17 +81,3 @@ def _argv(words: list[str] | None, shell: str | None) -> list[str]:
                          "--shell 'STRING' for pipes and globs")
     return words
 
-
-def _print_line(who: str, stream: str, line: str) -> None:
-    console = err if stream == "stderr" else out
-    console.print(f"[cyan]\\[{who}][/] {escape(line)}", highlight=False, soft_wrap=True)
-
-
-def _print_exit_table(kind: str, statuses: dict[str, int]) -> int:
-    """Print each node's exit status on stderr; return how many failed."""
-    failed = sum(1 for status in statuses.values() if status != 0)
-    table = Table(kind, "exit status", title=f"{len(statuses) - failed}/{len(statuses)} succeeded")
-    for who, status in statuses.items():
-        table.add_row(who, f"[{'green' if status == 0 else 'red'}]{status}[/]")
-    err.print(table)
-    return failed

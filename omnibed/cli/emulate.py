@@ -18,14 +18,13 @@ from omnibed.cli.common import (
     Shell,
     _api,
     _argv,
-    _print_exit_table,
     _print_json,
-    _print_line,
     _progress,
     _uninterruptible,
     err,
     out,
 )
+from omnibed.cli.remote_output import EXIT_STATUSES_HELP, Outcome, Streams, finish
 from omnibed.core.errors import UsageError
 
 if TYPE_CHECKING:
@@ -42,7 +41,8 @@ Platform = Annotated[Path, typer.Argument(help="Platform description (YAML), see
 def _emulate_and_run(
     api: Omnibed, name: str, platform: PlatformSpec, label: str, argv: list[str]
 ) -> int:
-    """Build the platform, run `argv` in every vnode, tear it down; how many vnodes failed."""
+    """Build the platform, run `argv` in every vnode, tear it down; the exit status to end
+    with."""
     _emulate_up(api, name, platform, label, force=False)
     try:
         return _exec_and_report(api, name, None, argv)
@@ -106,13 +106,20 @@ def _emulate_up(
             out.print(f"{check.network}: {check.source} -> {check.target} {verdict}")
 
 
-def _exec_and_report(api: Omnibed, name: str, vnode: str | None, argv: list[str]) -> int:
+def _exec_and_report(
+    api: Omnibed, name: str, vnode: str | None, argv: list[str], *, as_json: bool = False
+) -> int:
+    """Run `argv` in `vnode` (every vnode when None) and hand its output over (see
+    :mod:`omnibed.cli.remote_output`); return the exit status to end with."""
     results = _emulator(api, name).exec([vnode] if vnode else None, argv)
-    for result in results.values():
-        for stream in ("stdout", "stderr"):
-            for line in getattr(result, stream).splitlines():
-                _print_line(result.vnode, stream, line)
-    return _print_exit_table("vnode", {v: r.exit_status for v, r in results.items()})
+    outcomes = {v: Outcome(r.exit_status, r.stdout, r.stderr) for v, r in results.items()}
+    if not as_json:
+        streams = Streams(len(outcomes))
+        for target, outcome in outcomes.items():
+            streams.write(target, "stdout", outcome.stdout)
+            streams.write(target, "stderr", outcome.stderr)
+            streams.end(target)
+    return finish("vnode", outcomes, as_json=as_json)
 
 
 @emulate_app.command("up")
@@ -160,21 +167,26 @@ def emulate_status(name: Name, as_json: AsJson = False) -> None:
             err.print(f"[yellow]warning:[/] {pnode}: {problem}")
 
 
-@emulate_app.command("exec")
+@emulate_app.command("exec", epilog=EXIT_STATUSES_HELP)
 def emulate_exec(
     name: Name,
     vnode: Annotated[str, typer.Argument(help="Vnode name, or `all`.")],
     command: Command = None,
     shell: Shell = None,
+    as_json: Annotated[bool, typer.Option(
+        "--json", help="Print each vnode's exit status, stdout and stderr as one JSON object "
+        "(`stdout_base64` instead of `stdout` for output that is not UTF-8).")] = False,
 ) -> None:
     """Run a command in a vnode (or `all`): `omnibed emulate exec NAME VNODE -- PROGRAM ARGS`.
 
-    The same rule as `omnibed run`: the words after `--` reach PROGRAM as they are;
-    `--shell 'STRING'` runs STRING with `sh -c`.
+    The same rules as `omnibed run`: the words after `--` reach PROGRAM as they are;
+    `--shell 'STRING'` runs STRING with `sh -c`. In one vnode, stdout and stderr are the
+    command's own, byte for byte; in several, each line is prefixed by `[vnode] ` and a
+    table of exit statuses ends stderr.
     """
     argv = _argv(command, shell)
-    failed = _exec_and_report(_api(), name, None if vnode == "all" else vnode, argv)
-    raise typer.Exit(1 if failed else 0)
+    target = None if vnode == "all" else vnode
+    raise typer.Exit(_exec_and_report(_api(), name, target, argv, as_json=as_json))
 
 
 @emulate_app.command("down")

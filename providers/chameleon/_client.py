@@ -13,7 +13,7 @@ from typing import Any
 import openstack
 from openstack import exceptions as sdk
 
-from omnibed.core.errors import CredentialsError
+from omnibed.core.errors import CredentialsError, UsageError
 from omnibed.providers.chameleon._credentials import Credentials
 from omnibed.providers.chameleon._errors import map_sdk_errors
 
@@ -49,8 +49,15 @@ class ChameleonClient:
 
     # -- Blazar -----------------------------------------------------------------------------
     def create_lease(self, body: dict) -> dict:
+        """The new lease; UsageError if the project already has a lease of that name
+        (Blazar's 409: someone else's, as omnibed looks its own up by name first)."""
         with map_sdk_errors(f"create the lease {body['name']!r}"):
             response = self.conn.reservation.post("/leases", json=body)
+        if response.status_code == 409:
+            raise UsageError(
+                f"a lease named {body['name']!r} already exists in your Chameleon project"
+                " (a teammate's, or one omnibed does not know): choose another reservation"
+                " name, or delete that lease in the Chameleon dashboard")
         return _blazar_json(response, f"create the lease {body['name']!r}")["lease"]
 
     def get_lease(self, lease_id: str) -> dict | None:
@@ -84,8 +91,11 @@ class ChameleonClient:
 
     def image(self, name: str) -> dict | None:
         with map_sdk_errors(f"find the image {name!r}"):
-            found = self.conn.image.find_image(name)
-        return None if found is None else {"id": found.id, "status": found.status}
+            try:
+                found = self.conn.image.find_image(name, ignore_missing=False)
+            except sdk.NotFoundException:
+                return None
+        return {"id": found.id, "status": found.status}
 
     def flavor_id(self, name: str) -> str:
         with map_sdk_errors(f"find the flavor {name!r} (-o flavor=)"):
@@ -115,9 +125,10 @@ class ChameleonClient:
 
     def server(self, server_id: str) -> dict | None:
         with map_sdk_errors(f"read the server {server_id}"):
-            found = self.conn.compute.find_server(server_id, ignore_missing=True)
-        if found is None:
-            return None
+            try:
+                found = self.conn.compute.find_server(server_id, ignore_missing=False)
+            except sdk.NotFoundException:
+                return None
         return {"id": found.id, "name": found.name, "status": found.status,
                 "progress": found.progress, "fault": found.fault or {},
                 "addresses": found.addresses or {}, "metadata": found.metadata or {}}

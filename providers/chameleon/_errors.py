@@ -1,5 +1,7 @@
 """Turn openstacksdk and keystoneauth exceptions into omnibed's typed errors.
 
+    a login without a project (no catalogue)      -> CredentialsError saying to set one
+    a service or region missing in the catalogue  -> ProviderError naming both
     401, auth plugin or clouds.yaml problems      -> CredentialsError
     timeouts (connect or read)                    -> ProviderTimeout
     quota exceeded, "not enough hosts available"  -> ReservationError
@@ -27,6 +29,23 @@ from omnibed.core.errors import (
 
 PROVIDER = "chameleon"
 _NO_CAPACITY = re.compile(r"quota exceeded|overquota|not enough \w+ available", re.I)
+_NO_ENDPOINT = re.compile(r"(\w+) endpoint for ([\w-]+) service in (\S+) region not found")
+SERVICE_NAMES = {"reservation": "Blazar", "compute": "Nova", "network": "Neutron",
+                 "image": "Glance", "identity": "Keystone"}
+
+
+def _missing_service(words: str, action: str) -> ProviderError | None:
+    """The error naming the service and region the catalogue lacks, if that is the problem."""
+    found = _NO_ENDPOINT.search(words)
+    if found is None:
+        return None
+    interface, service, region = found.groups()
+    name = SERVICE_NAMES.get(service, service)
+    return ProviderError(
+        f"the cloud's catalogue has no {interface} {service} ({name}) endpoint in region"
+        f" {region}, needed to {action}: pass -o site= with a region that offers {name}"
+        " (bare-metal leases need a CHI@ site, e.g. CHI@UC or CHI@TACC), or check the"
+        " `cloud`/`region_name` of your clouds.yaml", provider=PROVIDER, testbed_message=words)
 
 
 def _words(error: BaseException) -> str:
@@ -51,6 +70,14 @@ def translate(error: BaseException, action: str) -> Exception:
         return CredentialsError(
             f"Chameleon refused the credentials while trying to {action} ({words}): check "
             "that the application credential is not expired or revoked", source="credentials")
+    if "service catalog is empty" in words:  # Keystone's answer to a login without scope
+        return CredentialsError(
+            f"the login gave no service catalogue while trying to {action}: a password login"
+            " needs a project; set OS_PROJECT_NAME (and OS_PROJECT_DOMAIN_NAME), or"
+            " project_name in clouds.yaml", source="clouds.yaml")
+    missing = _missing_service(words, action)
+    if missing is not None:
+        return missing
     if isinstance(error, ksa.MissingRequiredOptions | ksa.AuthPluginException
                   | sdk.ConfigException):
         return CredentialsError(

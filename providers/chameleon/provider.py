@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from omnibed.core import ssh
 from omnibed.core.errors import (
+    HostKeyMismatch,
     NotSupported,
     OmnibedError,
     ProviderError,
@@ -29,6 +30,7 @@ from omnibed.core.errors import (
     UsageError,
 )
 from omnibed.core.kit import RESERVATIONS, Pending, RecordStore, check_options, poll_until
+from omnibed.core.login import Login, authorise_root, verify_root
 from omnibed.core.provider import Check, Progress, Provider, no_progress
 from omnibed.core.timeutil import utcnow
 from omnibed.core.types import (
@@ -48,6 +50,7 @@ if TYPE_CHECKING:
 
 SITES = ("CHI@UC", "CHI@TACC", "KVM@TACC")
 TAG = "omnibed_reservation"  # server metadata key and floating-IP description prefix
+DEFAULT_NODE_TYPE = "compute_skylake"
 OPTIONS = {
     "cloud": "clouds.yaml entry to use (default: OS_CLOUD or the OS_* variables)",
     "openrc": "OpenRC file to read the credentials from",
@@ -202,7 +205,7 @@ class ChameleonProvider(Provider):
         try:
             if not kvm:
                 body = _convert.lease_body(request.name, request.nodes,
-                                           options.get("node_type", "compute_skylake"),
+                                           options.get("node_type", DEFAULT_NODE_TYPE),
                                            request.start, start + request.duration)
                 lease = client.create_lease(body)
                 record.lease_id = lease["id"]
@@ -210,6 +213,9 @@ class ChameleonProvider(Provider):
                 record.start = _convert.parse_blazar_date(lease["start_date"]).isoformat()
                 record.end = _convert.parse_blazar_date(lease["end_date"]).isoformat()
                 self._save(record)
+        except UsageError:  # refused before anything was made (the lease name is taken)
+            self.records.delete(record.name)
+            raise
         except BaseException as error:
             self._rollback(record, error)
             raise
@@ -359,43 +365,36 @@ class ChameleonProvider(Provider):
                 addresses=(address, *((gateway,) if index == 0 else ())),
                 extra={"fixed_ip": address, "mac": mac, "gateway": index == 0,
                        "site": record.site},
+                hardware=_hardware(record),
+                site=record.site,
             ))
         return nodes
 
-    def _endpoint(self, record: _Record, node: Node, key_file: str, user: str
+    def _endpoint(self, record: _Record, node: Node, login: Login, user: str
                   ) -> SSHEndpoint:
-        return _convert.login(node.ssh.host, record.fip_address, key_file, user)
+        return _convert.login(node.ssh.host, record.fip_address, str(login.key_file), user)
 
-    def root_access(self, reservation: Reservation, node: Node, key_file: str) -> SSHEndpoint:
-        """Log in as `cc` and, with sudo, let `key_file` log in as root (CC images refuse it)."""
+    def root_access(self, reservation: Reservation, node: Node, login: Login) -> SSHEndpoint:
+        """Log in as `cc` and, with sudo, let the reservation's key log in as root (CC
+        images answer root with "Please login as cc")."""
         record = self._record(reservation)
-        known_hosts = Path(key_file).with_name("known_hosts")
-        root = self._endpoint(record, node, key_file, "root")
-        if _is_root(root, known_hosts):
+        root = self._endpoint(record, node, login, "root")
+        if _is_root(root, login.known_hosts):
             return root
-        public_key = ssh.public_key_of(key_file)
-        install = ("sudo -n sh -c 'umask 077 && mkdir -p ~root/.ssh && "
-                   "printf \"%s\\n\" \"$1\" > ~root/.ssh/authorized_keys' sh "
-                   + shlex.quote(public_key))
-        result = ssh.run(self._endpoint(record, node, key_file, _convert.CC_USER), install,
-                         known_hosts, node=node.id, timeout=120)
-        if result.exit_status != 0:
-            raise SSHError(f"could not give root access on {node.hostname} with sudo as cc: "
-                           f"{result.stderr.strip()}", host=node.ssh.host)
-        if not _is_root(root, known_hosts):
-            raise SSHError(f"root login on {node.hostname} still refused after installing "
-                           "the key: check PermitRootLogin in its sshd_config",
-                           host=node.ssh.host)
+        authorise_root(self._endpoint(record, node, login, _convert.CC_USER), login.public_key,
+                       login.known_hosts, node=node.hostname,
+                       fix="the cc user needs passwordless sudo, as CC images give it")
+        verify_root(root, login.known_hosts, node=node.hostname,
+                    fix="check PermitRootLogin in its sshd_config")
         return root
 
-    def nic_capabilities(self, reservation: Reservation, node: Node, key_file: str) -> list[Nic]:
+    def nic_capabilities(self, reservation: Reservation, node: Node, login: Login) -> list[Nic]:
         """The server's Neutron ports, named from `ip -o link` on the node (logged in as cc
-        with `key_file`): Neutron does not know interface names."""
+        with the reservation's key): Neutron does not know interface names."""
         record = self._record(reservation)
         ports = self._client(record).ports(node.id)
-        listing = ssh.run(self._endpoint(record, node, key_file, _convert.CC_USER),
-                          "ip -o link", Path(key_file).with_name("known_hosts"),
-                          node=node.id, timeout=60)
+        listing = ssh.run(self._endpoint(record, node, login, _convert.CC_USER),
+                          "ip -o link", login.known_hosts, node=node.id, timeout=60)
         if listing.exit_status != 0:
             raise SSHError(f"`ip -o link` failed on {node.hostname} (exit "
                            f"{listing.exit_status}): {listing.stderr.strip()}; the interface "
@@ -407,15 +406,15 @@ class ChameleonProvider(Provider):
                 for index, port in enumerate(ports)]
 
     # -- snapshot / extend ------------------------------------------------------------------
-    def snapshot(self, reservation: Reservation, node: Node, image: str, key_file: str) -> str:
+    def snapshot(self, reservation: Reservation, node: Node, image: str, login: Login) -> str:
         """KVM: Nova createImage. Bare metal: `cc-snapshot` on the node (logged in as cc with
-        `key_file`), then found in Glance."""
+        the reservation's key), then found in Glance."""
         record = self._record(reservation)
         client = self._client(record)
         if record.kvm:
             image_id = client.snapshot_server(node.id, image)
         else:
-            self._cc_snapshot(record, client, node, image, key_file)
+            self._cc_snapshot(record, client, node, image, login)
             found = client.image(image)
             if found is None:
                 raise ProviderError(f"cc-snapshot ended but Glance has no image {image!r}",
@@ -424,11 +423,11 @@ class ChameleonProvider(Provider):
         return image_id
 
     def _cc_snapshot(self, record: _Record, client: ChameleonClient, node: Node,
-                     image: str, key_file: str) -> None:
-        endpoint = self._endpoint(record, node, key_file, _convert.CC_USER)
+                     image: str, login: Login) -> None:
+        endpoint = self._endpoint(record, node, login, _convert.CC_USER)
         command = ("IFS= read -r OS_TOKEN && export OS_TOKEN && exec sudo -E cc-snapshot "
                    f"-f -y {shlex.quote(image)}")
-        connection = ssh.connect(endpoint, Path(key_file).with_name("known_hosts"))
+        connection = ssh.connect(endpoint, login.known_hosts)
         try:
             stdin, stdout, stderr = connection.exec_command(command, timeout=3 * 3600)
             stdin.write(client.token() + "\n")  # on stdin: never in a command line
@@ -449,8 +448,16 @@ class ChameleonProvider(Provider):
         if record.lease_id is None:
             raise ProviderError(f"{record.name!r} has no lease recorded to extend",
                                 provider=self.name)
-        lease = self._client(record).update_lease(
-            record.lease_id, {"end_date": _convert.blazar_date(end)})
+        if end <= utcnow():
+            raise UsageError(f"the new end {end:%Y-%m-%d %H:%M} UTC must be after now")
+        client = self._client(record)
+        current = client.get_lease(record.lease_id)
+        if current is None or current["status"] in ("TERMINATING", "TERMINATED", "DELETING"):
+            raise ProviderError(
+                f"the lease of {record.name!r} has ended"
+                f" ({current['status'] if current else 'gone'}): `omnibed release"
+                f" {record.name}`, then reserve again", provider=self.name)
+        lease = client.update_lease(record.lease_id, {"end_date": _convert.blazar_date(end)})
         record.end = _convert.parse_blazar_date(lease["end_date"]).isoformat()
         self._save(record)
         return self._reservation(record, _convert.LEASE_STATES.get(
@@ -501,13 +508,21 @@ class ChameleonProvider(Provider):
             cause.add_note(f"and releasing what was made failed too: {error}")
 
 
+def _hardware(record: _Record) -> str:
+    """The node type of a bare-metal lease, or the flavor of KVM servers."""
+    if record.kvm:
+        return str(record.options.get("flavor", "m1.small"))
+    return str(record.options.get("node_type", DEFAULT_NODE_TYPE))
+
+
 def _is_root(endpoint: SSHEndpoint, known_hosts: Path) -> bool:
     """Whether `endpoint` logs in and runs commands as uid 0 (CC images answer root logins
-    with a "Please login as cc" message)."""
+    with a "Please login as cc" message); a changed host key is raised, never taken for a
+    refusal."""
     try:
-        result = ssh.run(endpoint, "id -u", known_hosts, timeout=60)
-    except SSHError as error:
-        if "host key" in str(error).lower():
-            raise
+        verify_root(endpoint, known_hosts)
+    except HostKeyMismatch:
+        raise
+    except SSHError:
         return False
-    return result.exit_status == 0 and result.stdout.strip() == "0"
+    return True

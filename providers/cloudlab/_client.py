@@ -10,8 +10,10 @@ reservations. The key is decrypted once per client by geni-lib (`Framework.setKe
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
+import warnings
 import xmlrpc.client
 from collections.abc import Sequence
 from datetime import datetime
@@ -31,6 +33,17 @@ SITES = {
     "clemson": ("cloudlab", "Clemson"),
     "apt": ("apt", "Apt"),
 }
+
+
+@functools.cache
+def _import_pkg_resources() -> None:
+    """Import pkg_resources before geni-lib does (inside its calls), silencing its deprecation
+    warning for that one import: users cannot act on it (it is why setuptools<81 is pinned).
+    Only pkg_resources is imported under the filter, so the filters geni-lib sets when it is
+    imported (it turns off urllib3's warnings about its unverified HTTPS) stay in force."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "pkg_resources is deprecated", UserWarning)
+        import pkg_resources  # noqa: F401
 
 
 def _check(res: dict[str, Any], error_class: type[Exception]) -> Any:
@@ -67,6 +80,7 @@ class CloudLabClient:
     """geni-lib calls for one CloudLab user and project."""
 
     def __init__(self, settings: Settings, state_dir: Path) -> None:
+        _import_pkg_resources()
         self.settings = settings
         self.state_dir = state_dir
         self._framework: Any = None

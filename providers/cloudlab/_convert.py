@@ -8,13 +8,21 @@ CloudLab the manifest's host name, the login host and the node's own `hostname` 
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
+from omnibed.core.errors import ProviderError
 from omnibed.core.timeutil import to_utc
 from omnibed.core.types import Nic, NicRole, Node, ReservationState, Source, SSHEndpoint, Tri
+from omnibed.providers.cloudlab._errors import PROVIDER
 
 XEN_SLIVER_TYPE = "emulab-xen"
+# PCs and VMs running Linux that users log in to (geni-lib's RawPC, XenVM, DockerContainer,
+# and InstaGENI's default VM); any other sliver type is not a node for omnibed
+HOST_SLIVER_TYPES = frozenset(
+    {"raw", "raw-pc", XEN_SLIVER_TYPE, "default-vm", "emulab-openvz", "emulab-docker"}
+)
 EXTRA_LAN_PREFIX = "omnibed-lan"
 
 _STATE_MAP = {
@@ -65,33 +73,67 @@ def expiration(status: dict[str, Any]) -> datetime | None:
 
 
 def normalize_mac(mac: str | None) -> str:
-    """`0c42a18b3178` or `0C:42:...` -> `0c:42:a1:8b:31:78`; empty when unknown."""
+    """`0c42a18b3178` or `0C:42:...` -> `0c:42:a1:8b:31:78`; empty when unknown (absent,
+    malformed, or the all-zero MAC some manifests give interfaces they have none for)."""
     digits = re.sub(r"[^0-9a-fA-F]", "", mac or "").lower()
-    if len(digits) != 12:
+    if len(digits) != 12 or digits == "0" * 12:
         return ""
     return ":".join(digits[i : i + 2] for i in range(0, 12, 2))
 
 
+def _child(node: Any, tag: str) -> Any:
+    """The node element's first child named `tag`, whatever its namespace; None if absent."""
+    return next((el for el in node._elem if str(el.tag).endswith("}" + tag)), None)
+
+
 def sliver_type(node: Any) -> str:
     """The sliver type (`raw`, `raw-pc`, `emulab-xen`) from the manifest node element."""
-    for element in node._elem:
-        if element.tag.endswith("}sliver_type"):
-            return element.get("name", "")
-    return ""
+    element = _child(node, "sliver_type")
+    return element.get("name", "") if element is not None else ""
 
 
-def _login(node: Any, username: str | None) -> Any:
-    logins = [login for login in node.logins if login.auth in (None, "ssh-keys")]
-    if not logins:
-        raise ValueError(f"the manifest gives no SSH login for node {node.client_id}")
+def hardware_type(node: Any) -> str:
+    """The hardware type granted (`emulab:vnode`, e.g. `d430`, `pcvm`), else the one asked."""
+    vnode, asked = _child(node, "vnode"), _child(node, "hardware_type")
+    granted = vnode.get("hardware_type", "") if vnode is not None else ""
+    return granted or (asked.get("name", "") if asked is not None else "")
+
+
+def ssh_logins(node: Any) -> list[Any]:
+    """The node's SSH logins (`authentication="ssh-keys"` or unspecified)."""
+    return [login for login in node.logins if login.auth in (None, "ssh-keys")]
+
+
+def is_host(node: Any) -> bool:
+    """Whether omnibed can log in to the node and run Linux there: a PC or VM sliver type
+    with an SSH login, and not a switch. Blockstores (reached on their storage host's
+    forwarded port), delay nodes, switches and anything without a login are left out."""
+    if sliver_type(node) not in HOST_SLIVER_TYPES or not ssh_logins(node):
+        return False
+    return "switch" not in hardware_type(node).lower()
+
+
+def _login(node: Any, username: str) -> Any:
+    """The user's own login, matched case-insensitively (manifests list every project
+    member, with mixed-case names); never another member's."""
+    logins = ssh_logins(node)
     for login in logins:
-        if username and login.username == username:
+        if (login.username or "").lower() == username.lower():
             return login
-    return logins[0]
+    names = ", ".join(sorted({login.username for login in logins})) or "none"
+    raise ProviderError(
+        f"node {node.client_id} has no SSH login for {username!r} (its logins: {names}): "
+        "the portal certificate (pem) must be that of the CloudLab user who holds the"
+        " reservation, a member of its project",
+        provider=PROVIDER,
+    )
 
 
-def to_node(node: Any, username: str | None) -> Node:
-    """One manifest node as an omnibed Node logging in as the CloudLab user (not yet root)."""
+def to_node(node: Any, username: str, site: str = "") -> Node:
+    """One manifest node as an omnibed Node logging in as the CloudLab user (not yet root).
+
+    `extra` holds the sliver's ids and type; `hardware` is the granted hardware type and
+    `site` the aggregate it runs at (the manifest does not say the CPU architecture)."""
     login = _login(node, username)
     addresses = tuple(
         iface.address_info[0] for iface in node.interfaces if iface.address_info
@@ -108,20 +150,27 @@ def to_node(node: Any, username: str | None) -> Node:
             "sliver_id": node.sliver_id,
             "sliver_type": sliver_type(node),
         },
+        hardware=hardware_type(node),
+        site=site,
     )
 
 
-def to_nodes(manifest: Any, username: str | None) -> list[Node]:
-    """Every node of the manifest, sorted by client_id (a stable order)."""
-    return sorted((to_node(node, username) for node in manifest.nodes), key=lambda n: n.id)
+def to_nodes(manifest: Any, username: str, site: str = "") -> list[Node]:
+    """Every node of the manifest omnibed can log in to (see `is_host`), sorted by
+    client_id (a stable order)."""
+    nodes = (to_node(node, username, site) for node in manifest.nodes if is_host(node))
+    return sorted(nodes, key=lambda n: n.id)
 
 
 def _extra_interfaces(manifest: Any) -> set[str]:
-    """Sliver ids of the interfaces on the LANs omnibed made for --extra-nics."""
+    """Sliver ids and client ids of the interfaces on the LANs omnibed made for
+    --extra-nics (multi-site manifests give only client ids in `interface_ref`)."""
     found: set[str] = set()
     for link in manifest.links:
         if (link.client_id or "").startswith(EXTRA_LAN_PREFIX):
-            found.update(ref for ref in link.interface_refs if ref)
+            for ref in link._elem:
+                if str(ref.tag).endswith("}interface_ref"):
+                    found.update(i for i in (ref.get("sliver_id"), ref.get("client_id")) if i)
     return found
 
 
@@ -157,7 +206,8 @@ def to_nics(manifest: Any, client_id: str) -> list[Nic]:
             Nic(
                 name=iface.client_id,
                 mac=normalize_mac(iface.mac_address),
-                role=NicRole.EXTRA if iface.sliver_id in extra else NicRole.EXPERIMENT,
+                role=NicRole.EXTRA if {iface.sliver_id, iface.client_id} & extra
+                else NicRole.EXPERIMENT,
                 addresses=address,
                 foreign_mac=data_plane,
                 sources={**sources, "mac": Source.API},
@@ -171,3 +221,49 @@ def _with_prefix(address: str, netmask: str | None) -> str:
         return address
     bits = sum(bin(int(part)).count("1") for part in netmask.split("."))
     return f"{address}/{bits}"
+
+
+def on_node(nics: list[Nic], links: list[dict[str, Any]], routes: list[dict[str, Any]]
+            ) -> list[Nic]:
+    """The manifest's NICs named as the node names them, from its `ip -j addr` (`links`)
+    and `ip -j route show default` (`routes`).
+
+    The control NIC is the device carrying the default route, with the addresses the node
+    gives it (a Xen VM on a forwarded port often has no host IPv4 in the manifest);
+    failing a default route, the device holding the manifest's control address. Every
+    other NIC is the device with its MAC; a NIC whose MAC the node does not have (or the
+    manifest does not give) is left out, so that only names that exist are handed on.
+    """
+    by_mac = {str(link.get("address", "")).lower(): link for link in links}
+    by_name = {link.get("ifname"): link for link in links}
+    control, *others = nics
+    device = next((by_name[r["dev"]] for r in routes if r.get("dev") in by_name), None)
+    source = Source.PROBE
+    if device is None:
+        device = next((link for link in links
+                       if set(control.addresses) & set(_addresses(link, bare=True))), None)
+        source = Source.API
+    if device is None:
+        raise ProviderError(
+            "the node has no default route and no device holding its control address"
+            f" {', '.join(control.addresses) or '(none in the manifest)'}: check its network"
+            " configuration", provider=PROVIDER)
+    found = [replace(control, name=device["ifname"], mac=str(device.get("address", "")),
+                     mtu=int(device.get("mtu", control.mtu)), addresses=_addresses(device),
+                     sources={**control.sources, "role": source, "mac": Source.PROBE})]
+    for nic in others:
+        link = by_mac.get(nic.mac) if nic.mac else None
+        if link is None or link is device:
+            continue
+        found.append(replace(nic, name=link["ifname"], mtu=int(link.get("mtu", nic.mtu)),
+                             addresses=_addresses(link) or nic.addresses))
+    return found
+
+
+def _addresses(link: dict[str, Any], bare: bool = False) -> tuple[str, ...]:
+    """The global addresses of one `ip -j addr` device, `a.b.c.d/len` (or bare)."""
+    return tuple(
+        info["local"] if bare else f"{info['local']}/{info['prefixlen']}"
+        for info in link.get("addr_info", [])
+        if info.get("scope") == "global" and info.get("local")
+    )

@@ -9,12 +9,14 @@ geni-lib is imported only inside methods (see `_client`).
 from __future__ import annotations
 
 import contextlib
+import json
 import re
-import shlex
 from dataclasses import replace
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from omnibed.core import ssh
 from omnibed.core.errors import (
     CredentialsError,
     OmnibedError,
@@ -41,10 +43,15 @@ from omnibed.providers.cloudlab._client import SITES, CloudLabClient
 from omnibed.providers.cloudlab._errors import PROVIDER
 from omnibed.providers.cloudlab._settings import load_settings
 
+if TYPE_CHECKING:
+    from omnibed.core.login import Login
+
 DEFAULT_SITE = "utah"
 SLICE_MARGIN = timedelta(hours=1)  # the slice outlives its sliver by this much
 _SLICE_NAME = re.compile(r"^[a-z][a-z0-9-]{0,18}$")
 _IMAGE_NAME = re.compile(r"^[A-Za-z0-9]{1,64}$")
+# every device with its MAC and addresses, a blank line, then the default routes
+_LIST_DEVICES = "ip -j addr show && echo && ip -j route show default"
 
 
 class CloudLabProvider(Provider):
@@ -184,43 +191,47 @@ class CloudLabProvider(Provider):
         return self._reservation(name, record["site"], start, status, start)
 
     def list_nodes(self, reservation: Reservation) -> list[Node]:
+        site = reservation.site or DEFAULT_SITE
+        manifest = self.client.manifest(site, reservation.name)
+        return _convert.to_nodes(manifest, self.client.username, site)
+
+    def root_access(self, reservation: Reservation, node: Node, login: Login) -> SSHEndpoint:
+        """Log in as the CloudLab user with the reservation's key; passwordless sudo adds it
+        for root."""
+        from omnibed.core.login import authorise_root
+
+        authorise_root(login.endpoint(node.ssh), login.public_key, login.known_hosts,
+                       node=node.id, fix="the CloudLab user needs passwordless sudo (the"
+                       " standard CloudLab images give it)")
+        return login.endpoint(node.ssh, user="root")
+
+    def nic_capabilities(self, reservation: Reservation, node: Node, login: Login) -> list[Nic]:
+        """The sliver manifest's NICs, named as on the node: logged in as the CloudLab user
+        with the reservation's key, `ip -j addr` gives each MAC's device (the manifest names
+        NICs by RSpec ids such as `node0:if0`) and the default route the control NIC and
+        its address (see `_convert.on_node`)."""
         manifest = self.client.manifest(reservation.site or DEFAULT_SITE, reservation.name)
-        return _convert.to_nodes(manifest, self.client.username)
-
-    def root_access(self, reservation: Reservation, node: Node, key_file: str) -> SSHEndpoint:
-        """Log in as the CloudLab user with `key_file`; passwordless sudo adds it for root."""
-        from omnibed.core import ssh
-
-        quoted = shlex.quote(ssh.public_key_of(key_file))
-        script = (
-            "umask 077 && mkdir -p ~root/.ssh && touch ~root/.ssh/authorized_keys && "
-            f"(grep -qxF {quoted} ~root/.ssh/authorized_keys"
-            f" || echo {quoted} >> ~root/.ssh/authorized_keys)"
-        )
-        known_hosts = Path(key_file).parent / "known_hosts"
-        as_user = replace(node.ssh, key_file=key_file)
-        result = ssh.run(as_user, f"sudo -n sh -c {shlex.quote(script)}", known_hosts,
-                         node=node.id, timeout=120)
-        if result.exit_status != 0:
+        nics = _convert.to_nics(manifest, node.id)
+        result = ssh.run(login.endpoint(node.ssh), _LIST_DEVICES, login.known_hosts,
+                         node=node.id, timeout=60)
+        try:
+            if result.exit_status != 0:
+                raise ValueError(result.stderr.strip() or f"exit {result.exit_status}")
+            links, routes = (json.loads(part.strip() or "[]")
+                             for part in result.stdout.split("\n\n", 1))
+        except ValueError as error:
             raise SSHError(
-                f"installing the reservation key for root on {node.id} ({as_user.label()})"
-                f" failed: {result.stderr.strip() or result.exit_status}; the CloudLab user"
-                " needs passwordless sudo (the standard CloudLab images give it)",
-                host=node.ssh.host,
-            )
-        return replace(node.ssh, user="root", key_file=key_file)
+                f"listing the network devices of {node.id} failed ({error}); omnibed reads"
+                " them with `ip -j` (iproute2 4.14 or later, as in every current CloudLab"
+                " image)", host=node.ssh.host) from None
+        return _convert.on_node(nics, links, routes)
 
-    def nic_capabilities(self, reservation: Reservation, node: Node, key_file: str) -> list[Nic]:
-        """From the sliver's manifest: `key_file` is unused."""
-        manifest = self.client.manifest(reservation.site or DEFAULT_SITE, reservation.name)
-        return _convert.to_nics(manifest, node.id)
-
-    def snapshot(self, reservation: Reservation, node: Node, image: str, key_file: str) -> str:
+    def snapshot(self, reservation: Reservation, node: Node, image: str, login: Login) -> str:
         """ProtoGENI CreateImage of the node's disk; returns the URN `-o image=` takes.
 
         CloudLab image names are alphanumeric: other characters of `image` are dropped
         (`web-v2` becomes `webv2`); the returned URN holds the name actually used. CloudLab
-        images the disk itself: `key_file` is unused.
+        images the disk itself: `login` is unused.
         """
         image = "".join(char for char in image if char.isascii() and char.isalnum())
         if not _IMAGE_NAME.match(image):

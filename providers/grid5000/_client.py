@@ -19,13 +19,16 @@ from typing import Any
 
 import yaml
 from grid5000 import DEFAULT_BASE_URL, Grid5000
+from grid5000.exceptions import Grid5000Error
 from grid5000.objects import Site
 
-from omnibed.core.errors import CredentialsError
+from omnibed.core.errors import CredentialsError, ReservationError
+from omnibed.providers.grid5000._convert import PROVIDER, retry_at
 from omnibed.providers.grid5000._errors import map_errors, not_found
 
 CONFIG_ENV = "OMNIBED_GRID5000_CONFIG"
 _CLIENT_KEYS = ("uri", "username", "password", "verify_ssl", "timeout")
+PAGE = 50  # jobs asked per page of a listing (the API may give fewer)
 
 
 def config_path() -> Path:
@@ -95,13 +98,54 @@ class Client:
         return Site(self.api.sites, {"uid": site})  # no GET /sites/{site} round trip
 
     def submit_job(self, site: str, body: Mapping[str, Any]) -> dict[str, Any]:
+        """The new job; ReservationError when OAR refuses it (HTTP 400: no job was made)."""
         with self._errors(f"submit a job at {site}"):
-            return self._site(site).jobs.create(dict(body)).to_dict()
+            try:
+                return self._site(site).jobs.create(dict(body)).to_dict()
+            except Grid5000Error as error:
+                if error.response_code != 400 or retry_at(str(error.error_message)):
+                    raise
+                message = str(error.error_message)
+                raise ReservationError(
+                    f"OAR refused the job at {site}: {message}; change the request"
+                    " (nodes, -o cluster=, -o properties=) and retry",
+                    provider=PROVIDER, testbed_message=message,
+                ) from error
 
     def find_jobs(self, site: str, name: str, states: str) -> list[dict[str, Any]]:
+        """This user's jobs called `name` in one of `states`, from every page of the listing
+        (read until an empty page, as the API may cap a page below PAGE); the filters are
+        checked here too, not left to the server."""
+        wanted = set(states.split(","))
+        found: list[dict[str, Any]] = []
+        offset = 0
         with self._errors(f"list the jobs named {name!r} at {site}"):
-            jobs = self._site(site).jobs.list(name=name, state=states, user=self.username)
-        return [job.to_dict() for job in jobs]
+            while True:
+                page = self._site(site).jobs.list(name=name, state=states, user=self.username,
+                                                  offset=offset, limit=PAGE)
+                if not page:
+                    break
+                found += [job.to_dict() for job in page]
+                offset += len(page)
+        return [job for job in found if job.get("name") == name
+                and job.get("user", job.get("user_uid")) == self.username
+                and str(job.get("state", "")).lower() in wanted]
+
+    def cluster_record(self, site: str, cluster: str) -> dict[str, Any] | None:
+        """The Reference API record of a cluster (`exotic`, `queues`, ...), None if unknown."""
+        with self._errors(f"read the reference record of cluster {cluster} at {site}"):
+            try:
+                return self._site(site).clusters[cluster].to_dict()
+            except Exception as error:
+                if not_found(error):
+                    return None
+                raise
+
+    def first_node_record(self, site: str, cluster: str) -> dict[str, Any] | None:
+        """The Reference API record of the cluster's first node, None if it has none."""
+        with self._errors(f"read the nodes of cluster {cluster} at {site}"):
+            nodes = self._site(site).clusters[cluster].nodes.list()
+        return nodes[0].to_dict() if nodes else None
 
     def job(self, site: str, uid: str) -> dict[str, Any] | None:
         """The job's payload, or None when the API no longer knows it."""

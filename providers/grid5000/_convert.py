@@ -54,8 +54,28 @@ def retry_at(message: str) -> datetime | None:
     return to_utc(datetime.strptime(match.group(1), "%Y-%m-%d %H:%M:%S"), OAR_ZONE)
 
 
-def job_body(request: ReservationRequest, options: Mapping[str, str]) -> dict[str, Any]:
-    """The POST /sites/{site}/jobs body for `request` (`options` are the `-o` values)."""
+_JOB_TYPE = re.compile(r"^[A-Za-z0-9_=.*-]+$")
+
+
+def job_types(request: ReservationRequest, options: Mapping[str, str], exotic: bool) -> list[str]:
+    """OAR job types: `deploy` for an image, those of `-o types=`, `exotic` for a cluster the
+    Reference API marks exotic (OAR gives its nodes only to such jobs)."""
+    asked = [t.strip() for t in options.get("types", "").split(",") if t.strip()]
+    bad = [t for t in asked if not _JOB_TYPE.match(t)]
+    if bad:
+        raise ValueError(f"-o types={options['types']}: {', '.join(bad)} is not an OAR job type"
+                         " (comma-separated names such as night,allow_classic_ssh)")
+    types = (["deploy"] if request.image else []) + asked
+    if exotic:
+        types.append("exotic")
+    return list(dict.fromkeys(types))
+
+
+def job_body(
+    request: ReservationRequest, options: Mapping[str, str], exotic: bool = False
+) -> dict[str, Any]:
+    """The POST /sites/{site}/jobs body for `request` (`options` are the `-o` values, `exotic`
+    whether the cluster asked is exotic)."""
     selector = f"{{cluster='{options['cluster']}'}}/" if options.get("cluster") else ""
     resources = f"{selector}nodes={request.nodes}"
     if request.extra_nics or options.get("vlan"):
@@ -67,7 +87,7 @@ def job_body(request: ReservationRequest, options: Mapping[str, str]) -> dict[st
         "name": request.name,
         "resources": f"{resources},walltime={format_walltime(request.duration)}",
         "command": PASSIVE_COMMAND,
-        "types": ["deploy"] if request.image else [],
+        "types": job_types(request, options, exotic),
     }
     if request.start is not None:
         body["reservation"] = oar_date(request.start)
@@ -106,7 +126,10 @@ def split_fqdn(fqdn: str) -> tuple[str, str, str]:
 
 
 def usable_adapters(record: Mapping[str, Any]) -> list[Mapping[str, Any]]:
-    """Adapters an experiment may use: mountable Ethernet, not management (enoslib's filter)."""
+    """Adapters an experiment may use: mountable Ethernet, not management (enoslib's filter).
+
+    InfiniBand, Omni-Path and FPGA adapters are left out, even when mounted next to the
+    Ethernet one: the emulator bridges and tunnels over Ethernet only."""
     return [
         a
         for a in record.get("network_adapters", ())
@@ -132,7 +155,9 @@ def nics(
 
     `in_vlan` lists the devices (`eth1`) put in the job's KaVLAN `vlan`: there frames from
     foreign MACs pass (full L2 isolation); elsewhere it is the shared production network,
-    left UNKNOWN for the runtime probe.
+    left UNKNOWN for the runtime probe. Only the mounted adapter and those in the KaVLAN
+    have an address: the reference lists addresses for adapters a fresh node does not
+    configure.
     """
     moved = set(in_vlan)
     result = []
@@ -145,8 +170,10 @@ def nics(
             role = NicRole.EXTRA if inside else NicRole.EXPERIMENT
         if inside:
             address = (record.get("kavlan") or {}).get(device, {}).get(f"kavlan-{vlan}")
-        else:
+        elif adapter.get("mounted"):
             address = adapter.get("ip")
+        else:
+            address = None
         rate = adapter.get("rate")
         result.append(
             Nic(

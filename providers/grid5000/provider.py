@@ -7,16 +7,16 @@ deployment results, which NICs went into the KaVLAN) is in
 written before the job is submitted.
 
 SSH: nodes are reached through ``access.grid5000.fr`` unless this machine is inside
-Grid'5000 (``-o gateway=auto|none|<host>``). ``$OMNIBED_GRID5000_SSH_MAP`` may name a JSON
-file ``{"<host name>": {"host": ..., "port": ..., "user": ..., "key_file": ...}}`` that says
-how to log in to a Grid'5000 host name (node FQDN, ``<site>`` frontend, gateway); tests use it
-to point node names at local sshd servers. Without it, host names are used as they are.
+Grid'5000 (``-o gateway=auto|none|<host>``). ``<state_dir>/hosts.json`` (optional,
+``{"<host name>": {"host": ..., "port": ..., "user": ..., "key_file": ...}}``, each field
+optional) says how to log in to a Grid'5000 host name (node FQDN, ``<site>`` frontend,
+gateway) otherwise than by that name as your Grid'5000 user: through your own tunnel or
+VPN address, with another user or key. Without it, host names are used as they are.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import re
 import shlex
 from collections.abc import Mapping
@@ -51,11 +51,13 @@ from omnibed.core.types import (
 from omnibed.providers.grid5000 import _convert
 
 if TYPE_CHECKING:
+    from omnibed.core.login import Login
     from omnibed.providers.grid5000._client import Client
 
 DEFAULT_SITE = "rennes"
 ACCESS_HOST = "access.grid5000.fr"
-SSH_MAP_ENV = "OMNIBED_GRID5000_SSH_MAP"
+HOSTS_FILE = "hosts.json"  # in state_dir: how to log in to a host name (see above)
+ROOT_KEYS = "/root/.ssh/authorized_keys"  # the file sudo-g5k's documentation gives root
 _IMAGE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 OPTIONS = {
@@ -64,11 +66,13 @@ OPTIONS = {
     "queue": "OAR queue: default, production, testing, besteffort",
     "project": "OAR project to account the job to",
     "properties": "OAR SQL property filter, as oarsub -p",
+    "types": "more OAR job types, comma-separated, e.g. night (exotic is added by itself)",
     "image": "kadeploy environment (deploy job), e.g. debian12-min or a snapshot's name",
     "vlan": "KaVLAN type for --extra-nics: kavlan (default), kavlan-local, kavlan-global",
     "gateway": f"SSH jump host: auto ({ACCESS_HOST} unless inside Grid'5000), none, or a host",
     "poll": "seconds between two API polls while waiting (default 10)",
     "deploy_timeout": "seconds a kadeploy may take (default 1800)",
+    "extend_timeout": "seconds OAR may take to grant a walltime change (default 300)",
 }
 
 
@@ -158,13 +162,15 @@ class Grid5000Provider(Provider):
         image = request.image or options.get("image")
         request = replace(request, image=image)
         try:
-            body = _convert.job_body(request, options)
+            _convert.job_body(request, options)
         except ValueError as error:
             raise UsageError(str(error)) from error
         existing = self.find(request.name)
         if existing is not None:
             return existing
         site = request.site or options.get("site") or DEFAULT_SITE
+        exotic = self._check_cluster(site, options.get("cluster"), request.extra_nics)
+        body = _convert.job_body(request, options, exotic)
         record = {"name": request.name, "site": site, "options": options, "image": image,
                   "extra_nics": request.extra_nics, "public_key": request.public_key}
         self._save(request.name, record)
@@ -179,6 +185,27 @@ class Grid5000Provider(Provider):
             raise
         self._save(request.name, {**record, "uid": str(job["uid"])})
         return self._view(job, record)
+
+    def _check_cluster(self, site: str, cluster: str | None, extra_nics: int) -> bool:
+        """Whether `cluster` is exotic, from the Reference API; UsageError, before any job is
+        submitted, for a cluster the site lacks or one with fewer secondary Ethernet NICs
+        than `extra_nics`. Without `cluster`, OAR picks and nothing is checked here."""
+        if cluster is None:
+            return False
+        record = self.client.cluster_record(site, cluster)
+        if record is None:
+            raise UsageError(f"Grid'5000 has no cluster {cluster!r} at {site}: check"
+                             " -o cluster= and -o site= (https://www.grid5000.fr/w/Hardware)")
+        if extra_nics:
+            node = self.client.first_node_record(site, cluster) or {}
+            spare = len(_convert.extra_adapters(node))
+            if spare < extra_nics:
+                raise UsageError(
+                    f"{cluster} nodes have {spare} secondary Ethernet NIC(s), {extra_nics}"
+                    f" asked with --extra-nics: pick a cluster with {extra_nics} more Ethernet"
+                    " NIC(s) (-o cluster=) or ask fewer"
+                )
+        return bool(record.get("exotic"))
 
     def _remove_leftovers(self, site: str, name: str) -> None:
         for job in self.client.find_jobs(site, name, _convert.LIVE_STATES):
@@ -286,13 +313,19 @@ class Grid5000Provider(Provider):
         record = self._record(reservation.name)
         deploy = "deploy" in (job.get("types") or ())
         nodes = []
+        arches: dict[str, str] = {}  # a cluster's nodes share one architecture
         for fqdn in assigned:
             host, cluster, site = _convert.split_fqdn(fqdn)
             endpoint = self._endpoint(fqdn, record)
             if deploy:  # a deploy job's nodes only take root logins (after kadeploy)
                 endpoint = replace(endpoint, user="root", key_file=record.get("key_file"))
+            if cluster not in arches:
+                reference = self.client.node_record(site, cluster, host)
+                arches[cluster] = str(
+                    (reference.get("architecture") or {}).get("platform_type") or "")
             nodes.append(Node(id=fqdn, hostname=host, ssh=endpoint,
-                              extra={"cluster": cluster, "site": site}))
+                              extra={"cluster": cluster, "site": site},
+                              arch=arches[cluster], hardware=cluster, site=site))
         return nodes
 
     def _endpoint(self, name: str, record: Mapping[str, Any]) -> SSHEndpoint:
@@ -306,8 +339,9 @@ class Grid5000Provider(Provider):
         return replace(self._resolve(name), jumps=jumps)
 
     def _resolve(self, name: str) -> SSHEndpoint:
-        path = os.environ.get(SSH_MAP_ENV)
-        entry = json.loads(Path(path).read_text()).get(name, {}) if path else {}
+        """How to log in to host `name`: `<state_dir>/hosts.json`'s entry, else `name`."""
+        hosts = self.state_dir / HOSTS_FILE
+        entry = json.loads(hosts.read_text()).get(name, {}) if hosts.exists() else {}
         return SSHEndpoint(
             host=entry.get("host", name),
             port=int(entry.get("port", 22)),
@@ -315,16 +349,16 @@ class Grid5000Provider(Provider):
             key_file=entry.get("key_file"),
         )
 
-    def root_access(self, reservation: Reservation, node: Node, key_file: str) -> SSHEndpoint:
-        from omnibed.core import ssh
+    def root_access(self, reservation: Reservation, node: Node, login: Login) -> SSHEndpoint:
+        from omnibed.core.login import authorise_root
 
         record = self._record(reservation.name)
-        root = replace(node.ssh, user="root", key_file=key_file)
+        root = login.endpoint(node.ssh, user="root")
         if node.id in record.get("root", []):
             return root
-        public_key = ssh.public_key_of(key_file)
         if "deploy" in reservation.extra.get("types", ()):
-            deployment = record.get("deployment") or self._deploy(reservation, record, public_key)
+            deployment = (record.get("deployment")
+                          or self._deploy(reservation, record, login.public_key))
             failed = deployment["ko"]
             if node.id in failed:
                 raise ProviderError(
@@ -335,20 +369,12 @@ class Grid5000Provider(Provider):
                     testbed_message=json.dumps(failed),
                 )
         else:
-            command = (f"printf '%s\\n' {shlex.quote(public_key)}"
-                       " | sudo-g5k tee -a /root/.ssh/authorized_keys >/dev/null")
-            result = ssh.run(node.ssh, command, Path(key_file).parent / "known_hosts",
-                             node=node.id, timeout=120)
-            if result.exit_status != 0:
-                raise ProviderError(
-                    f"sudo-g5k could not give root on {node.id} (exit {result.exit_status}):"
-                    f" {result.stderr.strip()}",
-                    provider=self.name,
-                    testbed_message=result.stderr,
-                )
+            authorise_root(node.ssh, login.public_key, login.known_hosts, become="sudo-g5k",
+                           authorized_keys=ROOT_KEYS, node=node.id,
+                           fix="sudo-g5k gives root on the nodes of a default job")
         record = self._record(reservation.name)
         record["root"] = sorted({*record.get("root", []), node.id})
-        record["key_file"] = key_file
+        record["key_file"] = str(login.key_file)
         self._save(reservation.name, record)
         return root
 
@@ -405,8 +431,8 @@ class Grid5000Provider(Provider):
                                 provider=self.name, testbed_message=result.stderr)
         return result.stdout
 
-    def nic_capabilities(self, reservation: Reservation, node: Node, key_file: str) -> list[Nic]:
-        """From the Reference API's network_adapters and the job's VLAN: `key_file` is unused."""
+    def nic_capabilities(self, reservation: Reservation, node: Node, login: Login) -> list[Nic]:
+        """From the Reference API's network_adapters and the job's VLAN: `login` is unused."""
         host, cluster, site = _convert.split_fqdn(node.id)
         record = self._record(reservation.name)
         vlans = reservation.extra.get("vlans") or ()
@@ -416,9 +442,9 @@ class Grid5000Provider(Provider):
             vlan=vlans[0] if vlans else None,
         )
 
-    def snapshot(self, reservation: Reservation, node: Node, image: str, key_file: str) -> str:
+    def snapshot(self, reservation: Reservation, node: Node, image: str, login: Login) -> str:
         """tgz-g5k of the node and a kaenv3 registration on the site's frontend (tgz-g5k logs
-        in to the node with the frontend keys kadeploy installed, so `key_file` is unused)."""
+        in to the node with the frontend keys kadeploy installed, so `login` is unused)."""
 
         if not _IMAGE_NAME.match(image):
             raise UsageError(f"image name {image!r}: use letters, digits, '.', '_' and '-'")
@@ -461,18 +487,43 @@ class Grid5000Provider(Provider):
             raise UsageError(f"the new end {end:%Y-%m-%d %H:%M} UTC is not after the current"
                              f" end {current.end:%Y-%m-%d %H:%M} UTC")
         site = reservation.site or DEFAULT_SITE
+        record = self._record(reservation.name)
+        options = record.get("options", {})
         self.client.change_walltime(site, reservation.id, f"+{format_walltime(delta)}")
-        return self._view(self._job(reservation), self._record(reservation.name))
+
+        def granted() -> Reservation | Pending:  # OAR grants at a later scheduling pass
+            now = self._view(self._job(reservation), record)
+            return now if now.end != current.end else Pending("pending")
+
+        return poll_until(
+            granted, timeout=float(options.get("extend_timeout", 300)),
+            interval=float(options.get("poll", 10)),
+            what=f"the walltime change of job {reservation.id} at {site}",
+            fix="OAR grants it at a later scheduling pass: see `omnibed ls` later",
+            provider=self.name,
+        )
 
     def release(self, reservation: Reservation) -> None:
+        """Delete the job and wait until OAR has killed it (a deleted job runs on for a
+        while, and a second DELETE meanwhile is refused), then forget it."""
         site = reservation.site or DEFAULT_SITE
+        poll = float(self._record(reservation.name).get("options", {}).get("poll", 10))
         job = self.client.job(site, reservation.id)
         if _live(job):
             try:
                 self.client.delete_job(site, reservation.id)
-            except ProviderError:  # e.g. a lost answer, and the retried DELETE found it gone
+            except ProviderError:  # a lost answer, and the retried DELETE found it gone
                 if _live(self.client.job(site, reservation.id)):
                     raise
+
+            def dead() -> bool | Pending:
+                job = self.client.job(site, reservation.id)
+                return True if not _live(job) else Pending(str((job or {}).get("state")))
+
+            poll_until(dead, timeout=300, interval=min(poll, 5),
+                       what=f"deleted OAR job {reservation.id} at {site}",
+                       fix=f"`omnibed release {reservation.name}` again later",
+                       provider=self.name)
         self.records.delete(reservation.name)
 
 

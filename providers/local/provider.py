@@ -11,7 +11,6 @@ import subprocess
 from datetime import datetime
 from pathlib import Path
 
-from omnibed.core import ssh
 from omnibed.core.errors import (
     OmnibedError,
     ReservationError,
@@ -20,6 +19,7 @@ from omnibed.core.errors import (
 )
 from omnibed.core.kit import Pending, check_options, poll_until
 from omnibed.core.ledger import process_owner
+from omnibed.core.login import Login
 from omnibed.core.provider import Check, Progress, Provider, no_progress
 from omnibed.core.timeutil import require_utc, utcnow
 from omnibed.core.types import (
@@ -58,7 +58,6 @@ OPTIONS = {
     "profile": "underlay behaviour: " + ", ".join(PROFILES) + f" (default {DEFAULT_PROFILE})",
     "image": "start every pnode's directory from an image made by `omnibed snapshot`",
 }
-KNOWN_HOSTS = "known_hosts"  # beside the reservation's key file (see omnibed.core.api)
 NOT_ROOT = "the local testbed needs root: run omnibed with sudo"
 # where the emulator's agent keeps runc's state on a pnode (omnibed.emulator.agent.containers)
 EMULATOR_RUNC_ROOT = "/run/omnibed/runc"
@@ -230,25 +229,25 @@ class LocalProvider(Provider):
                 hostname=node.netns,
                 ssh=SSHEndpoint(host=node.address, port=sshd.PORT, user="root"),
                 addresses=(node.address,),
-                extra={
-                    "netns": node.netns,
-                    "node_dir": str(rootfs.upper(Path(node.dir))),
-                    "host_key": sshd.host_public_key(Path(node.dir)),
-                },
+                extra={"netns": node.netns, "node_dir": str(rootfs.upper(Path(node.dir)))},
+                host_keys=(sshd.host_public_key(Path(node.dir)),),
+                arch=platform.machine(),
+                hardware=record.profile,
+                site="local",
             )
             for node in record.nodes
         ]
 
-    def root_access(self, reservation: Reservation, node: Node, key_file: str) -> SSHEndpoint:
-        """Authorize `key_file` and record the pnode's host key in the reservation's
-        known_hosts (`known_hosts` beside `key_file`, where omnibed keeps it)."""
+    def root_access(self, reservation: Reservation, node: Node, login: Login) -> SSHEndpoint:
+        """Authorize the reservation's key in the pnode's sshd (its host key is on the
+        node: `list_nodes` announces it)."""
         pnode = self._pnode(reservation, node)
-        sshd.authorize(Path(pnode.dir), ssh.public_key_of(key_file))
-        sshd.record_host_key(Path(pnode.dir), pnode.address, Path(key_file).with_name(KNOWN_HOSTS))
-        return SSHEndpoint(host=pnode.address, port=sshd.PORT, user="root", key_file=key_file)
+        sshd.authorize(Path(pnode.dir), login.public_key)
+        return SSHEndpoint(host=pnode.address, port=sshd.PORT, user="root",
+                           key_file=str(login.key_file))
 
-    def nic_capabilities(self, reservation: Reservation, node: Node, key_file: str) -> list[Nic]:
-        """eth0 (CONTROL) and eth1 if any, read in the pnode's netns: `key_file` is unused."""
+    def nic_capabilities(self, reservation: Reservation, node: Node, login: Login) -> list[Nic]:
+        """eth0 (CONTROL) and eth1 if any, read in the pnode's netns: `login` is unused."""
         record = self._record(reservation)
         pnode = self._pnode(reservation, node)
         profile = get_profile(record.profile)
@@ -276,7 +275,7 @@ class LocalProvider(Provider):
 
     # changes -----------------------------------------------------------------------------
 
-    def snapshot(self, reservation: Reservation, node: Node, image: str, key_file: str) -> str:
+    def snapshot(self, reservation: Reservation, node: Node, image: str, login: Login) -> str:
         """Save the pnode's writable layer (what it wrote or changed) as image `image`."""
         pnode = self._pnode(reservation, node)
         return images.pack(rootfs.upper(Path(pnode.dir)), self.state_dir, image,

@@ -13,8 +13,6 @@ the host can enter too.
 
 from __future__ import annotations
 
-import fcntl
-import os
 import socket
 import time
 from pathlib import Path
@@ -83,25 +81,6 @@ def authorize(node_dir: Path, public_key: str) -> None:
 def host_public_key(node_dir: Path) -> str:
     """The pnode's host key as `type base64` (for a known_hosts line)."""
     return " ".join((node_dir / f"{HOST_KEY}.pub").read_text().split()[:2])
-
-
-def record_host_key(node_dir: Path, address: str, known_hosts: Path) -> None:
-    """Make `known_hosts` hold the pnode's host key for `address`, and no other key for it.
-
-    The provider made that key, so omnibed never has to trust the first key it is shown.
-    The file (0600, never a symlink) is locked while rewritten, as omnibed's SSH client does.
-    """
-    ours = f"{address} {host_public_key(node_dir)}"
-    fd = os.open(known_hosts, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    with os.fdopen(fd, "r+") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        os.fchmod(fd, 0o600)
-        lines = handle.read().splitlines()
-        kept = [line for line in lines if address not in line.split(" ", 1)[0].split(",")]
-        if len(lines) - len(kept) != 1 or ours not in lines:
-            handle.seek(0)
-            handle.truncate()
-            handle.write("".join(line + "\n" for line in [*kept, ours]))
 
 
 def start(netns: str, node_dir: Path, prefix: list[str]) -> None:

@@ -20,6 +20,16 @@ class ReleaseNotIdempotent(StaticHostsProvider):
         super().release(reservation)
 
 
+class ForgetsTheKeys(StaticHostsProvider):
+    """Release frees the claim but leaves the reservation's key for root on the hosts: find
+    says it is gone while its key still logs in, as a provider that drops its record of a
+    machine it never stopped would."""
+
+    def release(self, reservation: Reservation) -> None:
+        with self.claims.locked() as claims:
+            claims.pop(reservation.name, None)
+
+
 class DuplicatingReserve(StaticHostsProvider):
     """Never looks for an existing reservation of the same name."""
 

@@ -5,6 +5,7 @@ leaves nothing behind when removed, also after kill -9."""
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import signal
@@ -95,7 +96,10 @@ def _with_ssh(tmp_path: Path) -> dict[str, object]:
 
 
 def _run(runtime: Runtime, spec: ContainerSpec, *argv: str) -> dict:
-    return runtime.exec(spec.name, list(argv), timeout=60)
+    """exit_status, and stdout as text."""
+    reply = runtime.exec(spec.name, list(argv), timeout=60)
+    return {"exit_status": reply["exit_status"],
+            "stdout": base64.b64decode(reply["stdout_base64"]).decode()}
 
 
 def test_vnode_sees_the_image_as_root_and_its_name_as_hostname(

@@ -3,6 +3,7 @@ bundle run by the system python3 in isolated mode (no venv, no pyroute2 installe
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import io
 import os
@@ -154,6 +155,11 @@ def _ping(agent: LocalAgentSession, netns: str, address: str) -> dict:
     return agent.call(ops.EXEC, netns=netns, argv=[SYSTEM_PYTHON, "-c", PING, ip], timeout=20)
 
 
+def stdout(reply: dict) -> str:
+    """The stdout of an exec reply, as text."""
+    return base64.b64decode(reply["stdout_base64"]).decode()
+
+
 def _netns_links(pnode: str) -> list[str]:
     out = _sh("ip", "-n", pnode, "-o", "link", "show").stdout
     return sorted(line.split(":")[1].strip().split("@")[0] for line in out.splitlines())
@@ -214,7 +220,7 @@ def test_rate_shaping_is_in_the_kernel(pnodes: Pnodes) -> None:
 
     assert tbf_rate(pnode, shaped.host_ifname) == 100_000_000 // 8  # input
     assert tbf_rate(shaped.netns, shaped.ifname) == 10_000_000 // 8  # output
-    features = agent.call(ops.EXEC, netns=shaped.netns, argv=["ethtool", "-k", "if0"])["stdout"]
+    features = stdout(agent.call(ops.EXEC, netns=shaped.netns, argv=["ethtool", "-k", "if0"]))
     assert "generic-segmentation-offload: off" in features
 
 
@@ -307,7 +313,7 @@ def test_exec_and_errors_are_replies(pnodes: Pnodes) -> None:
     state = pnodes.track(agent, pnodes.state(pnode, per_network=1))
     agent.call(ops.APPLY, state=state.to_json())
     out = agent.call(ops.EXEC, netns=state.namespaces[0], argv=["ip", "-o", "-4", "addr"])
-    assert out["exit_status"] == 0 and state.vifaces[0].address in out["stdout"]
+    assert out["exit_status"] == 0 and state.vifaces[0].address in stdout(out)
     assert agent.request(ops.EXEC, netns="oa-no-such-ns", argv=["true"])["errno"] == 2
     assert agent.request("frobnicate")["ok"] is False
     bad_group = replace(state, group=0)

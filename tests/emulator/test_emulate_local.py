@@ -322,7 +322,7 @@ def test_emulate_status_json_through_the_cli(api: Omnibed) -> None:
             text=True,
             timeout=120,
         )
-        assert "[vnode-3] 192.168.0.4" in ran.stdout
+        assert ran.stdout.split()[0] == "192.168.0.4", ran.stderr  # one vnode: as is
         down = subprocess.run(
             [omnibed, "emulate", "down", name], env=env, capture_output=True, text=True, timeout=120
         )

@@ -1,9 +1,18 @@
 """A fake Grid'5000 REST API on 127.0.0.1 for the real python-grid5000 client.
 
-It keeps state: OAR jobs move waiting -> launching -> running as time passes (`step`
-seconds each; an advance reservation waits for its Paris-time start), get nodes from the
-Reference API records in tests/fixtures/grid5000 (each fixture node is cloned into
-`nodes_per_cluster` nodes), a KaVLAN when asked, and end at their walltime or when deleted.
+It keeps state and schedules like OAR (oar-team/oar3 `kao` and the g5k-api it sits behind):
+jobs move waiting -> launching -> running as time passes (`step` seconds each); a job whose
+nodes are busy waits in the queue until they are free; an advance reservation takes nodes
+free over its whole window, or is refused with OAR's "This reservation could run at ...".
+Nodes come from the Reference API records in tests/fixtures/grid5000 (each fixture node is
+cloned into `nodes_per_cluster` nodes); nodes of clusters whose record says `exotic` are
+given only to jobs of type `exotic` (the Grid'5000 admission rule), `{cluster='x'}` and the
+`properties` filter (`cluster`, `host`, `network_address`, `exotic`, joined by `and`) select
+nodes. A walltime change is registered and granted at a later scheduling pass
+(`walltime_grant_delay`), at most `walltime_grant_cap` seconds of it. A deleted job keeps
+running for `kill_delay` seconds, and a second DELETE meanwhile says it was already killed.
+Job collections are paginated (`offset`, `limit`, at most `page_size` a page); with
+`filters_ignored` the collection ignores its filters, as an unfiltered listing would.
 Deployments (kadeploy) finish after one `step`, append their `key` to the node's
 authorized_keys file (`node_keys[fqdn]`, a real sshd's) and answer OK, or KO for the nodes
 in `deploy_ko`. Every request needs HTTP Basic auth. Faults (`faults`, see
@@ -59,6 +68,14 @@ class _Job:
     ended: str | None = None  # "terminated" or "error"
     message: str = ""
     fail_with: str | None = None
+    count: int = 0  # nodes asked
+    pool: list[str] = field(default_factory=list)  # the nodes its selectors allow
+    killed_at: float | None = None
+    walltime_change: tuple[float, int] | None = None  # (granted at, seconds)
+
+    def window(self) -> tuple[float, float]:
+        begin = self.started or self.start
+        return begin, begin + self.walltime
 
 
 @dataclass
@@ -71,9 +88,15 @@ class FakeGrid5000:
     deploy_ko: set[str] = field(default_factory=set)
     environments_dir: Path | None = None  # where the fake kaenv3 -a registers environments
     requests: list[tuple[str, str, Any]] = field(default_factory=list)
+    walltime_grant_delay: float | None = None  # default: one `step`
+    walltime_grant_cap: int | None = None
+    kill_delay: float = 0.0
+    page_size: int = 50
+    filters_ignored: bool = False
 
     def __post_init__(self) -> None:
         self.reference = _load_reference(self.nodes_per_cluster)
+        self.clusters = _load_clusters()
         self.jobs: dict[int, _Job] = {}
         self.deployments: dict[str, dict[str, Any]] = {}
         self.vlan_members: dict[tuple[str, str], set[str]] = {}
@@ -128,6 +151,15 @@ class FakeGrid5000:
         with self._lock:
             return [uid for uid, job in self.jobs.items() if self._state(job) in _LIVE]
 
+    def add_job_of(self, user: str, name: str, site: str) -> int:
+        """A running job of another user that holds no node (it shows in listings)."""
+        with self._lock:
+            uid = max(self.jobs, default=4000) + 1
+            now = time.time() - 2 * self.step
+            self.jobs[uid] = _Job(uid, site, {"name": name, "command": "sleep 1"}, user, now,
+                                  now, 3600, [], [], None)
+            return uid
+
     def live(self) -> list[str]:
         """What is still reserved on this testbed: one line per live OAR job."""
         with self._lock:
@@ -140,6 +172,17 @@ class FakeGrid5000:
         now = time.time()
         if job.ended:
             return job.ended
+        if job.killed_at is not None and now >= job.killed_at + self.kill_delay:
+            job.ended, job.message = "error", "job deleted by the user"
+            return "error"
+        if job.walltime_change is not None and now >= job.walltime_change[0]:
+            job.walltime += job.walltime_change[1]
+            job.walltime_change = None
+        if len(job.nodes) < job.count:  # queued: take the nodes once they are free
+            free = self._free(job.pool, now, now + job.walltime, besides=job)
+            if len(free) < job.count:
+                return "waiting"
+            job.nodes, job.start = free[: job.count], now
         if now < max(job.start, job.submitted + self.step):
             return "waiting"
         if now < max(job.start, job.submitted + self.step) + self.step:
@@ -153,6 +196,24 @@ class FakeGrid5000:
             job.ended = "terminated"
             return "terminated"
         return "running"
+
+    def _free(self, pool: list[str], begin: float, end: float, besides: _Job) -> list[str]:
+        """The nodes of `pool` that no other live job holds during [begin, end]."""
+        taken = set()
+        for other in self.jobs.values():
+            if other is besides or not other.nodes or self._state(other) not in _LIVE:
+                continue
+            other_begin, other_end = other.window()
+            if other_begin < end and begin < other_end:
+                taken.update(other.nodes)
+        return [node for node in pool if node not in taken]
+
+    def _could_run_at(self, pool: list[str], job: _Job) -> float:
+        """The earliest end of a live job holding nodes of `pool` (OAR's suggestion)."""
+        ends = [other.window()[1] for other in self.jobs.values()
+                if other.nodes and set(other.nodes) & set(pool)
+                and self._state(other) in _LIVE]
+        return min(ends, default=time.time())
 
     def _job_json(self, job: _Job, *, listed: bool = False) -> dict[str, Any]:
         state = self._state(job)
@@ -182,11 +243,19 @@ class FakeGrid5000:
         clusters = self.reference.get(site, {})
         if cluster is not None and cluster not in clusters:
             return 400, {"message": f"There are not enough resources: no cluster {cluster}"}
-        busy = {n for j in self.jobs.values() if self._state(j) in _LIVE for n in j.nodes}
+        types = list(body.get("types") or [])
+        try:
+            selected = _selector(str(body.get("properties") or ""))
+        except ValueError as error:
+            return 400, {"message": f"Bad resource SQL constraint: {error}"}
         pool = [f"{host}.{site}.grid5000.fr" for c, hosts in sorted(clusters.items())
-                if cluster in (None, c) for host in sorted(hosts)]
-        free = [n for n in pool if n not in busy]
-        if len(free) < count:
+                if cluster in (None, c)
+                and ("exotic" in types or not self.clusters.get(c, {}).get("exotic"))
+                for host in sorted(hosts)
+                if selected({"cluster": c, "host": f"{host}.{site}.grid5000.fr",
+                             "network_address": f"{host}.{site}.grid5000.fr",
+                             "exotic": "YES" if self.clusters.get(c, {}).get("exotic") else "NO"})]
+        if len(pool) < count:
             return 400, {"message": "There are not enough resources for your request"}
         vlan_type = None
         vlan_match = re.search(r"\{type='(kavlan[^']*)'\}/vlan=1", resources)
@@ -199,16 +268,23 @@ class FakeGrid5000:
                 return 400, {"message": f"There are not enough resources: no free {vlan_type}"}
         now = time.time()
         start = now
+        hours, minutes, seconds = (int(x) for x in wall.groups())
+        walltime = hours * 3600 + minutes * 60 + seconds
+        uid = max(self.jobs, default=4000) + 1
+        job = _Job(uid, site, body, self.username, now, start, walltime, types, [],
+                   vlan_type, vlan, fail_with=self._next_error, count=count, pool=pool)
         if body.get("reservation"):
             paris = datetime.strptime(body["reservation"], "%Y-%m-%d %H:%M:%S")
-            start = paris.replace(tzinfo=ZoneInfo("Europe/Paris")).timestamp()
-            if start < now - 60:
+            job.start = paris.replace(tzinfo=ZoneInfo("Europe/Paris")).timestamp()
+            if job.start < now - 60:
                 return 400, {"message": "Reservation not valid --> KO (Reservation too old)"}
-        hours, minutes, seconds = (int(x) for x in wall.groups())
-        uid = max(self.jobs, default=4000) + 1
-        job = _Job(uid, site, body, self.username, now, start,
-                   hours * 3600 + minutes * 60 + seconds, list(body.get("types") or []),
-                   free[:count], vlan_type, vlan, fail_with=self._next_error)
+            free = self._free(pool, job.start, job.start + walltime, besides=job)
+            if len(free) < count:
+                could = datetime.fromtimestamp(self._could_run_at(pool, job),
+                                               ZoneInfo("Europe/Paris"))
+                return 400, {"message": "Reservation not valid --> KO (This reservation could"
+                                        f" run at {could:%Y-%m-%d %H:%M:%S})"}
+            job.nodes = free[:count]
         self._next_error = None
         self.jobs[uid] = job
         return 201, self._job_json(job)
@@ -295,12 +371,16 @@ class FakeGrid5000:
         if rest == ["jobs"] and method == "POST":
             return self._submit(site, body or {})
         if rest == ["jobs"] and method == "GET":
-            states = set(filter(None, query.get("state", "").split(",")))
+            filters = {} if self.filters_ignored else query
+            states = set(filter(None, filters.get("state", "").split(",")))
             items = [self._job_json(j, listed=True) for j in self.jobs.values() if j.site == site
-                     and query.get("name") in (None, j.body.get("name"))
-                     and query.get("user") in (None, j.user)]
+                     and filters.get("name") in (None, j.body.get("name"))
+                     and filters.get("user") in (None, j.user)]
             items = [i for i in items if not states or i["state"] in states]
-            return 200, {"items": items, "total": len(items)}
+            offset = int(query.get("offset") or 0)
+            limit = min(int(query.get("limit") or self.page_size), self.page_size)
+            return 200, {"items": items[offset:offset + limit], "total": len(items),
+                         "offset": offset}
         if rest[:1] == ["jobs"] and len(rest) >= 2:
             job = self.jobs.get(int(rest[1])) if rest[1].isdigit() else None
             if job is None or job.site != site:
@@ -310,15 +390,22 @@ class FakeGrid5000:
             if len(rest) == 2 and method == "DELETE":
                 if self._state(job) not in _LIVE:
                     return 400, {"message": f"Job {job.uid} is already finished"}
-                job.ended, job.message = "error", "job deleted by the user"
-                return 202, {"uid": job.uid, "status": "deleted"}
+                if job.killed_at is not None:
+                    return 400, {"message": f"Job {job.uid} was already killed"}
+                job.killed_at = time.time()
+                self._state(job)  # with no kill_delay it ends at once
+                return 202, {"uid": job.uid, "status": "Delete request registered"}
             if rest[2:] == ["walltime"] and method == "POST":
                 change = re.fullmatch(r"\+(\d+):(\d\d):(\d\d)", str((body or {}).get("walltime")))
                 if change is None or self._state(job) != "running":
                     return 400, {"message": "walltime change needs a running job and +H:MM:SS"}
                 h, m, s = (int(x) for x in change.groups())
-                job.walltime += h * 3600 + m * 60 + s
-                return 202, {"status": "accepted", "walltime": job.walltime}
+                asked = h * 3600 + m * 60 + s
+                granted = min(asked, self.walltime_grant_cap or asked)
+                delay = self.step if self.walltime_grant_delay is None else (
+                    self.walltime_grant_delay)
+                job.walltime_change = (time.time() + delay, granted)
+                return 202, {"status": "walltime change registered", "walltime": job.walltime}
         if rest == ["deployments"] and method == "POST":
             return self._deploy(site, body or {})
         if rest[:1] == ["deployments"] and len(rest) == 2 and rest[1] in self.deployments:
@@ -345,7 +432,7 @@ class FakeGrid5000:
             return 404, {"message": f"Cluster {rest[0]} not found"}
         nodes = clusters[rest[0]]
         if len(rest) == 1:
-            return 200, {"uid": rest[0], "type": "cluster"}
+            return 200, self.clusters.get(rest[0], {"uid": rest[0], "type": "cluster"})
         if rest[1:] == ["nodes"]:
             return 200, {"items": [nodes[h] for h in sorted(nodes)], "total": len(nodes)}
         if len(rest) == 3 and rest[2] in nodes:
@@ -418,11 +505,41 @@ def _load_reference(copies: int) -> dict[str, dict[str, dict[str, dict[str, Any]
     return reference
 
 
+def _load_clusters() -> dict[str, dict[str, Any]]:
+    """{cluster: its Reference API record} from the fixtures' `<cluster>.json` files."""
+    return {path.stem: json.loads(path.read_text())
+            for path in sorted(FIXTURES.glob("*.json"))
+            if not path.stem.endswith("-1") and json.loads(path.read_text()).get("type")
+            == "cluster"}
+
+
+_CONDITION = re.compile(r"\s*(\w+)\s*(?:=\s*'([^']*)'|in\s*\(([^)]*)\))\s*", re.IGNORECASE)
+
+
+def _selector(properties: str) -> Any:
+    """A predicate over a node's properties for OAR's `-p` filter: conditions `key='value'`
+    or `key in ('a', 'b')` on `cluster`, `host`, `network_address`, `exotic`, joined by
+    `and`. Anything else raises ValueError (OAR refuses what its SQL cannot run)."""
+    conditions = []
+    for part in filter(str.strip, re.split(r"\band\b", properties, flags=re.IGNORECASE)):
+        match = _CONDITION.fullmatch(part)
+        if match is None or match.group(1) not in ("cluster", "host", "network_address",
+                                                   "exotic"):
+            raise ValueError(part.strip())
+        key, value, values = match.groups()
+        allowed = {value} if values is None else {
+            v.strip().strip("'") for v in values.split(",")}
+        conditions.append((key, allowed))
+    return lambda node: all(node[key] in allowed for key, allowed in conditions)
+
+
 _SUDO_G5K = """#!/bin/sh
 echo "sudo-g5k $*" >> "$FAKE_G5K_LOG"
-if [ "$1 $2 $3" = "tee -a /root/.ssh/authorized_keys" ]; then
-  exec tee -a "$FAKE_AUTHORIZED_KEYS"
-fi
+for arg do  # root's authorized_keys on a fake node is its sshd's
+  shift
+  [ "$arg" = /root/.ssh/authorized_keys ] && arg="$FAKE_AUTHORIZED_KEYS"
+  set -- "$@" "$arg"
+done
 exec "$@"
 """
 _TGZ_G5K = """#!/bin/sh

@@ -24,7 +24,7 @@ import threading
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Protocol
 
@@ -33,6 +33,7 @@ from tests.fakes.faults import Faults, drop_connection
 SITES = ("CHI@UC", "CHI@TACC", "KVM@TACC")
 USER_ID = "5434f637520d4c17bbf254af034b0320"
 PROJECT_ID = "aa45f56901ef45ee95e3d211097c0ea3"
+PROJECT_NAME = "CH-000000"
 NETWORKS = {"sharednet1": "a87cc70a-3e15-4acf-8205-9b711a3531b7",
             "public": "0b901727-cca2-43ed-bcc8-c21b0982dcb1"}
 BASE_IMAGES = {"CC-Ubuntu22.04": "70a599e0-31e7-49b7-b260-868f441e862b"}
@@ -90,6 +91,8 @@ class FakeOpenStack:
         self.quota: dict[str, int] = {"instances": 100, "floatingip": 100}
         self.server_fault: str | None = None  # servers go ERROR with this fault message
         self.lease_fault = False  # leases go ERROR after STARTING
+        self.missing_services: set[str] = set()  # service types left out of the catalogue
+        self.hosts_busy_from: datetime | None = None  # another lease takes the hosts then
         self.state = Cloud()
         self.tokens: set[str] = set()
         self.faults = Faults()
@@ -121,7 +124,7 @@ class FakeOpenStack:
             return [*(f"lease {x['name']!r} ({x['status']})" for x in state.leases.values()
                       if x["status"] != "TERMINATED"),
                     *(f"server {x['name']!r}" for x in state.servers.values()),
-                    *(f"floating IP {x['floating_ip_address']}"
+                    *(f"floating IP {x['floating_ip_address']} ({x['description']})"
                       for x in state.floatingips.values()),
                     *(f"key pair {name!r}" for name in state.keypairs)]
 
@@ -132,6 +135,8 @@ class FakeOpenStack:
                     "reservation": "/reservation/v1"}
         catalog = []
         for kind, path in services.items():
+            if kind in self.missing_services:
+                continue
             endpoints = [{"id": uuid.uuid4().hex, "interface": "public", "region": site,
                           "region_id": site, "url": self.url + path} for site in SITES]
             catalog.append({"type": kind, "id": uuid.uuid4().hex, "name": kind,
@@ -236,14 +241,28 @@ class FakeOpenStack:
                 return 401, {"error": {"code": 401, "title": "Unauthorized",
                                        "message": "The request you have made requires "
                                        "authentication."}}, {}
+            scope = (body["auth"].get("scope") or {}).get("project")
+            unscoped = "password" in methods and not scope
+            if "password" in methods and scope and not (
+                scope.get("id") == PROJECT_ID or scope.get("name") == PROJECT_NAME
+            ):  # Keystone: a project the user has no role on is 401
+                return 401, {"error": {"code": 401, "title": "Unauthorized",
+                                       "message": "The request you have made requires "
+                                       "authentication."}}, {}
             token = uuid.uuid4().hex
+            if unscoped:  # Keystone: no scope, no catalogue and no project in the token
+                return 201, {"token": {
+                    "methods": methods, "expires_at": "2099-01-01T00:00:00.000000Z",
+                    "issued_at": _now() + "Z", "audit_ids": [uuid.uuid4().hex[:22]],
+                    "user": {"domain": {"id": "default", "name": "Default"}, "id": USER_ID,
+                             "name": "demo"}}}, {"X-Subject-Token": token}
             self.tokens.add(token)
             return 201, {"token": {
                 "methods": methods, "expires_at": "2099-01-01T00:00:00.000000Z",
                 "issued_at": _now() + "Z", "audit_ids": [uuid.uuid4().hex[:22]],
                 "is_domain": False, "catalog": self._catalog(),
                 "project": {"domain": {"id": "default", "name": "Default"},
-                            "id": PROJECT_ID, "name": "CH-000000"},
+                            "id": PROJECT_ID, "name": PROJECT_NAME},
                 "roles": [{"id": uuid.uuid4().hex, "name": "member"}],
                 "user": {"domain": {"id": "default", "name": "Default"}, "id": USER_ID,
                          "name": "demo"}}}, {"X-Subject-Token": token}
@@ -271,26 +290,59 @@ class FakeOpenStack:
         if method == "GET":
             self._advance_lease(lease)
             return 200, {"lease": lease}, {}
-        if method == "PUT":
-            if "end_date" in body:
-                lease["end_date"] = _blazar_iso(body["end_date"])
+        if method == "PUT":  # blazar/manager/service.py update_lease, its checks in order
+            now = datetime.now(UTC).replace(tzinfo=None, second=0, microsecond=0)
+            start = datetime.fromisoformat(lease["start_date"])
+            end = datetime.fromisoformat(lease["end_date"])
+            new_start = _blazar_date(body.get("start_date"), start)
+            new_end = _blazar_date(body.get("end_date"), end)
+            if new_start is None or new_end is None:
+                return error(400, "Malformed parameter start_date/end_date")
+            if start < now and new_start != start:
+                return error(403, "Cannot modify the start date of already started leases")
+            if start > now and new_start < now:
+                return error(403, "Start date must be later than current date")
+            if end < now:
+                return error(403, "Terminated leases can only be renamed")
+            if new_end < now or new_end < new_start:
+                return error(403, "End date must be later than current and start date")
+            busy = self.hosts_busy_from
+            if busy is not None and new_end > busy.replace(tzinfo=None):
+                return error(500, "Not enough hosts available")
+            lease["start_date"] = new_start.strftime("%Y-%m-%dT%H:%M:%S.%f")
+            lease["end_date"] = new_end.strftime("%Y-%m-%dT%H:%M:%S.%f")
             lease["updated_at"] = _now()
             return 200, {"lease": lease}, {}
         if method == "DELETE":
-            self.hosts += sum(r.get("min", 0) for r in lease["reservations"]
-                              if r["resource_type"] == "physical:host")
-            for server in list(self.state.servers.values()):
-                if server["_reservation"] in {r["id"] for r in lease["reservations"]}:
-                    self._delete_server(server["id"])
+            self._end_lease(lease)
             del self.state.leases[lease["id"]]
             return 204, None, {}
         return error(405, "method not allowed")
 
     def _create_lease(self, body: dict, error: Callable) -> tuple[int, Any, dict]:
+        """blazar/manager/service.py create_lease: its checks and their HTTP codes."""
         for key in ("start_date", "end_date"):
             value = body[key]
             if value != "now" and not re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d", value):
                 return error(400, f"Malformed parameter {key}: {value!r}")
+        now = datetime.now(UTC).replace(tzinfo=None, second=0, microsecond=0)
+        start = _blazar_date(body["start_date"], now)
+        end = _blazar_date(body["end_date"], now)
+        assert start is not None and end is not None
+        if start < now:
+            return error(403, "Start date must be later than current date")
+        if end <= start:
+            return error(400, "End date must be later than start date")
+        if any(x["name"] == body["name"] for x in self.state.leases.values()):
+            return error(409, f"The lease with name: {body['name']} already exists")
+        for wanted in body["reservations"]:
+            if wanted.get("resource_type") not in ("physical:host", "virtual:instance",
+                                                   "network", "device"):
+                return error(500, f"The {wanted.get('resource_type')} resource type is not"
+                                  " supported")
+            if int(wanted.get("min", 1)) > int(wanted.get("max", wanted.get("min", 1))):
+                return error(400, "Invalid values for min/max of hosts. Max must be equal to"
+                                  " or larger than min.")
         lease_id = str(uuid.uuid4())
         reservations = []
         for wanted in body["reservations"]:
@@ -312,7 +364,12 @@ class FakeOpenStack:
         return 201, {"lease": lease}, {}
 
     def _advance_lease(self, lease: dict) -> None:
-        if lease["status"] in ("ACTIVE", "ERROR"):
+        if lease["status"] in ("TERMINATED", "ERROR"):
+            return
+        if datetime.fromisoformat(lease["end_date"]).replace(tzinfo=UTC) <= datetime.now(UTC):
+            self._end_lease(lease)  # Blazar's end_lease event: instances deleted, hosts freed
+            return
+        if lease["status"] == "ACTIVE":
             return
         if datetime.fromisoformat(lease["start_date"]).replace(tzinfo=UTC) > datetime.now(UTC):
             return  # an advance reservation stays PENDING until its start
@@ -323,6 +380,26 @@ class FakeOpenStack:
             lease["_seen"] = 0
             for reservation in lease["reservations"]:
                 reservation["status"] = lease["status"].lower()
+
+    def _end_lease(self, lease: dict) -> None:
+        """What Blazar does at a lease's end (or deletion): its servers go, its hosts return."""
+        if lease["status"] != "TERMINATED":
+            self.hosts += sum(r.get("min", 0) for r in lease["reservations"]
+                              if r["resource_type"] == "physical:host")
+        for server in list(self.state.servers.values()):
+            if server["_reservation"] in {r["id"] for r in lease["reservations"]}:
+                self._delete_server(server["id"])
+        lease["status"] = "TERMINATED"
+        for reservation in lease["reservations"]:
+            reservation["status"] = "deleted"
+
+    def expire(self, name: str) -> None:
+        """Time passes: the lease called `name` reaches its end."""
+        with self._lock:
+            for lease in self.state.leases.values():
+                if lease["name"] == name:
+                    past = datetime.now(UTC) - timedelta(minutes=1)
+                    lease["end_date"] = past.strftime("%Y-%m-%dT%H:%M:00.000000")
 
     # Nova ----------------------------------------------------------------------------------
     def _nova(self, method: str, path: str, query: str, body: Any) -> tuple[int, Any, dict]:
@@ -590,6 +667,18 @@ def _error_body(path: str, status: int, message: str) -> dict:
 
 def _public(server: dict) -> dict:
     return {k: v for k, v in server.items() if not k.startswith("_")}
+
+
+def _blazar_date(value: str | None, default: datetime) -> datetime | None:
+    """A Blazar request date (`now`, `YYYY-MM-DD HH:MM`, absent: `default`), naive UTC."""
+    if value is None:
+        return default
+    if value == "now":
+        return datetime.now(UTC).replace(tzinfo=None, second=0, microsecond=0)
+    try:
+        return datetime.strptime(value, "%Y-%m-%d %H:%M")
+    except ValueError:
+        return None
 
 
 def _blazar_iso(value: str) -> str:

@@ -13,7 +13,8 @@ key encrypted with a passphrase). Paths, as on boss.<site>.cloudlab.us:12369:
 State: slices (expiration capped at `max_slice_life`), slivers that advance from
 `configuring` to `ready` after `polls_to_ready` SliverStatus calls, manifests built from
 the request RSpec (client ids kept; component ids, sliver ids, MACs, host names and login
-added, host names deliberately unrelated to the login host), and images. Nodes come from a
+added, host names deliberately unrelated to the login host; no host IPv4 for Xen VMs, as for
+CloudLab's VMs on forwarded ports), and images. Nodes come from a
 `backend` (see tests/fakes/protogeni_nodes.py for one backed by real sshd); the default one
 hands out unreachable TEST-NET addresses. More nodes than `capacity` gives ProtoGENI's
 code 26 (insufficient nodes), an unknown hardware type code 28 (no mapping).
@@ -25,8 +26,8 @@ with CHAPI code 1 and the aggregate refuses every slice credential with code 15,
 makes the next sliver end `failed`. Error answers carry `am_type`, `am_code` and
 `protogeni_error_url` as ProtoGENI's do (geni-lib reads all three). `live()` says which
 slivers still hold nodes.
-[unverified against a live AM] `geni_expires` in SliverStatus, and CreateImage returning
-`[image_urn, image_url]`.
+SliverStatus gives the expiration as `pg_expires` (ProtoGENI's name; `geni_expires` is the
+AM API's). [unverified against a live AM] CreateImage returning `[image_urn, image_url]`.
 """
 
 from __future__ import annotations
@@ -138,8 +139,10 @@ def make_pki(directory: Path, user: str = "alice", passphrase: str = "") -> PKI:
 
 class Backend(Protocol):
     def boot(self, slice_name: str, client_id: str, xen: bool, username: str,
-             public_keys: list[str]) -> tuple[str, int]:
-        """Start a node; return its SSH login (host, port)."""
+             public_keys: list[str], interfaces: list[tuple[str, str]]) -> tuple[str, int]:
+        """Start a node whose experiment interfaces carry `interfaces` ((MAC `02ab...`,
+        `address/prefix` or ""), as the manifest announces them); return its SSH login
+        (host, port)."""
 
     def shutdown(self, slice_name: str, client_id: str) -> None: ...
 
@@ -150,7 +153,7 @@ class NoNodes:
     def __init__(self) -> None:
         self._counter = itertools.count(10)
 
-    def boot(self, slice_name, client_id, xen, username, public_keys):
+    def boot(self, slice_name, client_id, xen, username, public_keys, interfaces):
         n = next(self._counter)
         return ("198.51.100.1", 30000 + n) if xen else (f"192.0.2.{n % 250 + 1}", 22)
 
@@ -253,6 +256,14 @@ class _Handler(SimpleXMLRPCRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
         return None
+
+
+def _address(iface: etree._Element) -> str:
+    """`10.11.1.1/24` from an interface's `<ip address netmask>`; "" when it has none."""
+    ip = iface.find(f"{{{GENI}}}ip")
+    if ip is None or not ip.get("address"):
+        return ""
+    return str(ipaddress.ip_interface(f"{ip.get('address')}/{ip.get('netmask') or '32'}"))
 
 
 def _response(value: dict[str, Any]) -> bytes:
@@ -551,20 +562,24 @@ class FakeProtoGENI:
         for number, node in enumerate(root.findall(f"{{{GENI}}}node")):
             client_id = node.get("client_id")
             xen = node.find(f"{{{GENI}}}sliver_type").get("name") == "emulab-xen"
-            host, port = self.backend.boot(slice_.name, client_id, xen, username, keys)
-            sliver.node_slivers[client_id] = self._sliver_urn()
             pc = f"pcvm{600 + number}-1" if xen else f"pc{500 + number}"
             node.set("component_manager_id", CMID)
             node.set("component_id", f"urn:publicid:IDN+{AUTHORITY}+node+{pc}")
-            node.set("sliver_id", sliver.node_slivers[client_id])
+            interfaces = []
             for iface in node.findall(f"{{{GENI}}}interface"):
                 iface_slivers[iface.get("client_id")] = self._sliver_urn()
                 iface.set("sliver_id", iface_slivers[iface.get("client_id")])
                 iface.set("component_id", f"urn:publicid:IDN+{AUTHORITY}+interface+{pc}:eth1")
                 iface.set("mac_address", "02" + secrets.token_hex(5))
+                interfaces.append((iface.get("mac_address"), _address(iface)))
+            host, port = self.backend.boot(slice_.name, client_id, xen, username, keys,
+                                           interfaces)
+            sliver.node_slivers[client_id] = self._sliver_urn()
+            node.set("sliver_id", sliver.node_slivers[client_id])
+            # a Xen VM reached on its host's forwarded port has no IPv4 of its own here
             etree.SubElement(node, f"{{{GENI}}}host",
                              name=f"{client_id}.{slice_.name}.{project}.{AUTHORITY}",
-                             ipv4=host)
+                             **({} if xen else {"ipv4": host}))
             services = node.find(f"{{{GENI}}}services")
             if services is None:
                 services = etree.SubElement(node, f"{{{GENI}}}services")
@@ -597,7 +612,7 @@ class FakeProtoGENI:
             return self._ok({
                 "geni_urn": sliver.urn, "geni_status": sliver.status,
                 "pg_status": sliver.status, "geni_resources": resources,
-                "geni_expires": sliver.expires.strftime(CRED_TIME) + "Z",
+                "pg_expires": sliver.expires.strftime(CRED_TIME) + "Z",  # as ProtoGENI's
             })
 
     def _RenewSliver(self, slice_urn, creds, expiration, options):  # noqa: N802

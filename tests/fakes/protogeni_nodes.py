@@ -12,6 +12,9 @@ it spawns, so each node has, as on CloudLab:
 - a root whose home is another temporary directory, so installing a key for root never
   touches this machine's /root.
 
+Its experiment interfaces are devices `eth1`, `eth2`, ... (veths) carrying the MACs and
+addresses the manifest announces (their RSpec names, such as `node0:if0`, are not Linux
+names); its default route goes out of `eth0`, whose address is the node's control address.
 Raw PCs are reached on <node address>:22. Xen VMs are reached like CloudLab's: one shared
 host address (127.0.0.1) and a per-VM forwarded port, relayed to the VM's sshd.
 The `hostname` a node reports is this machine's, unrelated to the manifest's host names.
@@ -92,7 +95,8 @@ class _Forwarder:
 class _Node:
     """One netns node: veth, /etc overrides, homes, sshd."""
 
-    def __init__(self, tag: str, index: int, username: str, keys: list[str]) -> None:
+    def __init__(self, tag: str, index: int, username: str, keys: list[str],
+                 interfaces: list[tuple[str, str]]) -> None:
         self.netns = f"omnibed-cl-{tag}-{index}"
         self.host_if = f"oc{tag}{index}h"
         self.etc = Path("/etc/netns") / self.netns
@@ -103,22 +107,33 @@ class _Node:
         )
         host_ip, self.address = (str(a) for a in list(subnet.hosts())[:2])
         try:
-            self._network(host_ip)
+            self._network(host_ip, interfaces)
             self.root_home, self.user_home = self._accounts(username, keys)
             self.sshd = _NodeSSHD([], address=self.address, port=22, netns=self.netns).start()
         except BaseException:
             self.stop()
             raise
 
-    def _network(self, host_ip: str) -> None:
+    def _network(self, host_ip: str, interfaces: list[tuple[str, str]]) -> None:
         _ip("netns", "add", self.netns)
         _ip("link", "add", self.host_if, "type", "veth", "peer", "name", "eth0",
             "netns", self.netns)
         _ip("addr", "add", f"{host_ip}/30", "dev", self.host_if)
         _ip("link", "set", self.host_if, "up")
         for args in (("addr", "add", f"{self.address}/30", "dev", "eth0"),
-                     ("link", "set", "eth0", "up"), ("link", "set", "lo", "up")):
+                     ("link", "set", "eth0", "up"), ("link", "set", "lo", "up"),
+                     ("route", "add", "default", "via", host_ip, "dev", "eth0")):
             _ip("-n", self.netns, *args)
+        for number, (mac, address) in enumerate(interfaces, start=1):
+            name = f"eth{number}"
+            mac = ":".join(mac[i:i + 2] for i in range(0, 12, 2))  # the manifest's 02ab...
+            # a veth (its peer left unplugged on the host; it goes with the netns): this
+            # kernel may lack the dummy module
+            _ip("link", "add", f"{self.host_if[:-1]}e{number}", "type", "veth", "peer",
+                "name", name, "address", mac, "netns", self.netns)
+            _ip("-n", self.netns, "link", "set", name, "up")
+            if address:
+                _ip("-n", self.netns, "addr", "add", address, "dev", name)
 
     def _accounts(self, username: str, keys: list[str]) -> tuple[Path, Path]:
         self.directory.chmod(0o755)
@@ -167,10 +182,11 @@ class SSHNodes:
         self._count = 0
 
     def boot(self, slice_name: str, client_id: str, xen: bool, username: str,
-             public_keys: list[str]) -> tuple[str, int]:
+             public_keys: list[str], interfaces: list[tuple[str, str]]) -> tuple[str, int]:
         key = (slice_name, client_id)
         self._count += 1
-        node = self.nodes[key] = _Node(self.tag, self._count, username, public_keys)
+        node = self.nodes[key] = _Node(self.tag, self._count, username, public_keys,
+                                       interfaces)
         if not xen:
             return node.address, 22
         forwarder = self.forwarders[key] = _Forwarder(XEN_HOST, (node.address, 22))

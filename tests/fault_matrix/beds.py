@@ -32,6 +32,7 @@ from typing import Any
 from omnibed.api import Omnibed
 from omnibed.core import ssh
 from omnibed.core.ledger import Ledger
+from omnibed.providers.grid5000.provider import HOSTS_FILE
 from omnibed.providers.local import cgroups
 from tests.fakes.faults import Faults
 from tests.fakes.grid5000 import FakeGrid5000, G5kSSHD, write_tools
@@ -172,11 +173,10 @@ def grid5000(tmp_path: Path, nodes: bool = False) -> Iterator[Bed]:
     envs = tmp_path / "environments"
     envs.mkdir()
     with FakeGrid5000(step=0.1, nodes_per_cluster=1, environments_dir=envs) as fake, \
-            _g5k_machines(tmp_path, fake, envs, nodes) as (ssh_map, sshds, tools_log):
+            _g5k_machines(tmp_path, fake, envs, nodes) as (sshds, tools_log):
         home = tmp_path / "home"
         config = fake.write_config(tmp_path / "python-grid5000.yaml", timeout=CLIENT_TIMEOUT)
-        env = {**_base_env(home), "OMNIBED_GRID5000_CONFIG": str(config),
-               **({"OMNIBED_GRID5000_SSH_MAP": str(ssh_map)} if nodes else {})}
+        env = {**_base_env(home), "OMNIBED_GRID5000_CONFIG": str(config)}
         options = ["poll=0.1", *(["site=nancy", "cluster=gros"] if nodes else [])]
         yield Bed("grid5000", home, env, fake, options, {
             "reserve": Target("POST", r"/sites/\w+/jobs$"),
@@ -189,13 +189,12 @@ def grid5000(tmp_path: Path, nodes: bool = False) -> Iterator[Bed]:
 
 @contextmanager
 def _g5k_machines(tmp_path: Path, fake: FakeGrid5000, envs: Path, wanted: bool
-                  ) -> Iterator[tuple[Path, dict[str, FakeSSHD], Path]]:
+                  ) -> Iterator[tuple[dict[str, FakeSSHD], Path]]:
     """The nancy gros node, the nancy frontend and access.grid5000.fr as real sshd (when
-    `wanted`), named in an $OMNIBED_GRID5000_SSH_MAP file."""
+    `wanted`), named in the grid5000 provider's hosts file of the bed's omnibed home."""
     tools_log = tmp_path / "g5k-tools.log"
-    ssh_map = tmp_path / "ssh-map.json"
     if not wanted:
-        yield ssh_map, {}, tools_log
+        yield {}, tools_log
         return
     tools_log.touch()
     tools = write_tools(tmp_path / "tools")
@@ -210,13 +209,15 @@ def _g5k_machines(tmp_path: Path, fake: FakeGrid5000, envs: Path, wanted: bool
     try:
         for machine in machines.values():
             machine.start()
-        ssh_map.write_text(json.dumps({
+        hosts = tmp_path / "home" / "providers" / "grid5000" / HOSTS_FILE
+        hosts.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        hosts.write_text(json.dumps({
             name: {"host": m.host, "port": m.port, "user": "root",
                    "key_file": str(user_key.private_path)} for name, m in machines.items()}))
         node = machines["gros-1.nancy.grid5000.fr"]
         assert isinstance(node, G5kSSHD)
         fake.node_keys["gros-1.nancy.grid5000.fr"] = node.authorized_keys_file
-        yield ssh_map, machines, tools_log
+        yield machines, tools_log
     finally:
         for machine in machines.values():
             machine.stop()

@@ -190,15 +190,12 @@ def assert_one_line(stderr: str) -> str:
     return errors[0]
 
 
-def assert_node_lines(stderr: str) -> None:
-    """`run` reports per node: one `[node] ...` line for a node it could not reach (what
-    failed, what to do), then the table of exit statuses."""
+def assert_node_line(stderr: str) -> None:
+    """`run` on the one node of a reservation, which it could not reach: stderr is one
+    line saying what failed and what to do, as `ssh` would print it (no table)."""
     assert "Traceback" not in stderr, stderr
     lines = [line for line in stderr.splitlines() if line.strip()]
-    told = [line for line in lines if line.startswith("[")]
-    table = [line for line in lines if not line.startswith("[")]
-    assert len(told) == 1 and _WHAT_TO_DO.search(told[0]), stderr
-    assert "0/1 succeeded" in table[0] and all(line[0] in "┏┃┡│└" for line in table[1:]), stderr
+    assert len(lines) == 1 and _WHAT_TO_DO.search(lines[0]), stderr
 
 
 def assert_nothing_forgotten(bed: Bed, name: str) -> None:
@@ -239,9 +236,10 @@ def test_cell(testbed: str, step: str, fault: str, tmp_path: Path, pki: PKI,
             recovered = result.returncode == 0 and fault in (
                 "500", "late answer", "dropped connection") and not over_ssh(testbed, step)
             if not recovered:
-                assert result.returncode == 1, result.stderr
+                # `run` on one node exits with its status: 255 when not reached, as ssh
+                assert result.returncode == (255 if step == "run" else 1), result.stderr
                 if step == "run":
-                    assert_node_lines(result.stderr)
+                    assert_node_line(result.stderr)
                 else:
                     told = assert_one_line(result.stderr)
                     if over_ssh(testbed, step):  # names the machine

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from omnibed.core import ssh
+from omnibed.core.login import Login
 from omnibed.core.types import Reservation
 from omnibed.providers.local import LocalProvider, cgroups
 
@@ -24,7 +25,7 @@ def run_as_root(
 ) -> dict[str, ssh.CommandResult]:
     """Run `command` on every pnode over real SSH with the endpoint `root_access` gives."""
     endpoints = {
-        node.id: provider.root_access(reservation, node, str(key.private_path))
+        node.id: provider.root_access(reservation, node, Login.of(key, known_hosts))
         for node in provider.list_nodes(reservation)
     }
     return ssh.run_many(endpoints, command, known_hosts)

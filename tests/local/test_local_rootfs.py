@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from omnibed.core import ssh
+from omnibed.core.login import Login
 from omnibed.core.types import Reservation
 from omnibed.providers.local import LocalProvider
 from tests.local.support import leftovers, needs_root, netns_pids
@@ -19,8 +20,8 @@ pytestmark = [pytest.mark.root, needs_root]
 def _on(provider: LocalProvider, reservation: Reservation, node_id: str, key: ssh.KeyPair,
         command: str) -> ssh.CommandResult:
     node = {node.id: node for node in provider.list_nodes(reservation)}[node_id]
-    endpoint = provider.root_access(reservation, node, str(key.private_path))
-    return ssh.run(endpoint, command, key.private_path.with_name("known_hosts"))
+    login = Login.of(key, key.private_path.with_name("known_hosts"))
+    return ssh.run(provider.root_access(reservation, node, login), command, login.known_hosts)
 
 
 def _mounts_under(directory: Path) -> list[str]:

@@ -15,6 +15,7 @@ import pytest
 
 from omnibed.core import ssh
 from omnibed.core.errors import ReservationError, ReservationNotFound, UsageError
+from omnibed.core.login import Login
 from omnibed.core.types import (
     NicRole,
     Reservation,
@@ -110,13 +111,15 @@ def test_wait_find_and_nodes(testbed: Testbed) -> None:
         assert node.ssh.port == 22 and node.ssh.user == "root"
         assert node.addresses == (node.ssh.host,)
         assert node.extra["netns"].startswith(reservation.id)
+        assert (node.arch, node.site) == (os.uname().machine, "local")
+        assert node.hardware == ready.extra["profile"]
 
 
 def test_nics_report_what_the_profile_does(testbed: Testbed) -> None:
     foreign, multicast, extra = PROFILES[testbed.profile]
     for node in testbed.provider.list_nodes(testbed.reservation):
-        nics = testbed.provider.nic_capabilities(testbed.reservation, node,
-                                                 str(testbed.key.private_path))
+        nics = testbed.provider.nic_capabilities(
+            testbed.reservation, node, Login.of(testbed.key, testbed.known_hosts))
         assert [nic.role for nic in nics] == [NicRole.CONTROL] + [NicRole.EXTRA] * extra
         control = nics[0]
         assert control.name == "eth0" and control.mtu == 1500
@@ -133,9 +136,9 @@ def _probe(testbed: Testbed, interface: str) -> tuple[set[str], list]:
     """Send the probe frames from pnode-1 to pnode-2 on `interface`; return what arrived."""
     provider, reservation = testbed.provider, testbed.reservation
     sender, receiver = provider.list_nodes(reservation)[:2]
-    key_file = str(testbed.key.private_path)
+    login = Login.of(testbed.key, testbed.known_hosts)
     nics = [
-        {nic.name: nic for nic in provider.nic_capabilities(reservation, node, key_file)}[interface]
+        {nic.name: nic for nic in provider.nic_capabilities(reservation, node, login)}[interface]
         for node in (sender, receiver)
     ]
     mine, theirs = nics[0].mac, nics[1].mac
@@ -224,7 +227,8 @@ def test_host_enters_namespaces_made_on_a_pnode_and_hostnames_differ(
 
         # on pnode-1, a named namespace (mounted under /run/netns as the agent does) with a
         # veth into the pnode: the host can enter it
-        endpoint = provider.root_access(reservation, nodes[0], str(keypair.private_path))
+        endpoint = provider.root_access(reservation, nodes[0],
+                                        Login.of(keypair, tmp_path / "kh"))
         made = ssh.run(
             endpoint,
             f"ip netns add {vnode} && ip link add lt0 type veth peer name lt1 netns {vnode} "

@@ -6,7 +6,7 @@
         port: 22                     # optional, default 22
         user: root                   # optional, default root; must be uid 0
         key: ~/.ssh/id_ed25519       # the private key that logs in there today
-        authorized_keys: /root/.ssh/authorized_keys   # optional, default ~/.ssh/authorized_keys
+        authorized_keys: /root/.ssh/authorized_keys   # optional; this is the default
 """
 
 from __future__ import annotations

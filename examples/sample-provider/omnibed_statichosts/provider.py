@@ -24,6 +24,7 @@ from omnibed.core.errors import (
     UsageError,
 )
 from omnibed.core.kit import Pending, check_options, poll_until
+from omnibed.core.login import Login, authorise_root, verify_root
 from omnibed.core.provider import Check, Progress, Provider, no_progress
 from omnibed.core.ssh import run
 from omnibed.core.timeutil import require_utc, utcnow
@@ -163,23 +164,20 @@ class StaticHostsProvider(Provider):
         )
 
     def _install_key(self, host: Host, claim: Claim) -> None:
-        command = "id -u"
-        if claim.public_key:
-            kind, blob = claim.public_key.split()[:2]
-            line = f"{kind} {blob} {MARK}:{claim.id}"
-            path = _authorized_keys(host)
-            command = (
-                f'mkdir -p "$(dirname {path})" && touch {path} && '
-                f"(grep -qxF {shlex.quote(line)} {path} || "
-                f"printf '%s\\n' {shlex.quote(line)} >> {path}) && id -u"
-            )
-        uid = self._admin(host, command, "install the reservation's key")
-        if uid != "0":
-            raise ProviderError(
-                f"{host.name} logs {host.user} in as uid {uid}, not root: put a root login "
-                f"in the inventory {self.inventory}",
-                provider=self.name,
-            )
+        """Make the inventory login (which must be root) accept the reservation's key too,
+        marked with the claim so that release removes it."""
+        try:
+            verify_root(host.admin(), self.known_hosts, node=host.name,
+                        fix=f"put a root login in the inventory {self.inventory}")
+            if claim.public_key:
+                kind, blob = claim.public_key.split()[:2]
+                authorise_root(host.admin(), f"{kind} {blob} {MARK}:{claim.id}",
+                               self.known_hosts, become="", node=host.name,
+                               authorized_keys=host.authorized_keys or "")
+        except SSHError as error:
+            raise ProviderError(f"cannot install the reservation's key on {host.name}: "
+                                f"{error}", provider=self.name,
+                                testbed_message=str(error)) from error
 
     # queries ---------------------------------------------------------------------------
 
@@ -199,23 +197,19 @@ class StaticHostsProvider(Provider):
             for host in self._hosts(self._claim(reservation))
         ]
 
-    def root_access(self, reservation: Reservation, node: Node, key_file: str) -> SSHEndpoint:
-        """The node's endpoint with `key_file`, once `id -u` there says 0."""
+    def root_access(self, reservation: Reservation, node: Node, login: Login) -> SSHEndpoint:
+        """The node's endpoint with the reservation's key, once `id -u` there says 0 (`wait`
+        installed the key)."""
         host = self._host(reservation, node)
-        endpoint = SSHEndpoint(host=host.host, port=host.port, user=host.user, key_file=key_file)
-        result = run(endpoint, "id -u", self.known_hosts, timeout=60)
-        if result.stdout.strip() != "0":
-            raise SSHError(
-                f"{endpoint.label()} with {key_file} runs as uid {result.stdout.strip()!r}, not "
-                "root: reserve with that key's public half (omnibed does by default)",
-                host=host.host,
-            )
+        endpoint = login.endpoint(node.ssh)
+        verify_root(endpoint, login.known_hosts, node=host.name,
+                    fix="reserve with that key's public half (omnibed does by default)")
         return endpoint
 
-    def nic_capabilities(self, reservation: Reservation, node: Node, key_file: str) -> list[Nic]:
+    def nic_capabilities(self, reservation: Reservation, node: Node, login: Login) -> list[Nic]:
         """Probed with `ip -j addr`; the NIC holding the address SSH came in on is CONTROL.
 
-        The inventory key always logs in, so `key_file` is unused."""
+        The inventory key always logs in, so `login` is unused."""
         host = self._host(reservation, node)
         output = self._admin(host, 'echo "$SSH_CONNECTION"; ip -j addr show', "list its NICs")
         connection, _, links = output.partition("\n")

@@ -18,11 +18,13 @@ from omnibed.core.errors import (
     ReservationError,
     UsageError,
 )
+from omnibed.core.login import Login
 from omnibed.core.types import ReservationState, Tri
 from omnibed.providers.chameleon import ChameleonProvider, _convert
 from tests.fakes.openstack import FakeOpenStack
 from tests.providers.chameleon.support import request
 
+NO_LOGIN = Login(Path("/nonexistent/id_ed25519"), "ssh-ed25519 AAAA", Path("/nonexistent/kh"))
 NOTHING = {"leases": 0, "servers": 0, "keypairs": 0, "ports": 0, "floatingips": 0}
 
 
@@ -54,6 +56,7 @@ def test_bare_metal_reserve_wait_list_extend_release(provider, cloud):
 
     nodes = provider.list_nodes(ready)
     assert [n.hostname for n in nodes] == ["bm1-0", "bm1-1"]
+    assert {(n.hardware, n.site) for n in nodes} == {("compute_skylake", "CHI@UC")}
     assert [n.id for n in nodes] == [n.id for n in provider.list_nodes(ready)]
     gateway, other = nodes
     fip = next(iter(cloud.state.floatingips.values()))
@@ -128,8 +131,7 @@ def test_kvm_servers_with_a_flavor_gateway_snapshot_and_no_lease(provider, cloud
     assert all("OS-SCH-HNT:scheduler_hints" not in b for b in bodies)
     nodes = provider.list_nodes(reservation)
     assert len(cloud.state.floatingips) == 1 and nodes[1].ssh.jumps
-    image = provider.snapshot(reservation, nodes[0], "kvm-snap",
-                              "/nonexistent/id_ed25519")  # Nova images it: no login
+    image = provider.snapshot(reservation, nodes[0], "kvm-snap", NO_LOGIN)  # Nova images it
     assert cloud.state.images[image]["name"] == "kvm-snap"
     assert cloud.state.images[image]["instance_uuid"] == nodes[0].id
     with pytest.raises(NotSupported):

@@ -29,6 +29,15 @@ def omnibed_provider(tmp_path: Path, conformance_cloud: FakeOpenStack) -> Chamel
 
 
 @pytest.fixture
+def omnibed_live_resources(conformance_cloud: FakeOpenStack):
+    """The lease, servers, key pair and floating IP the fake cloud still holds that are named
+    after the reservation or tagged with its id."""
+    return lambda reservation: [
+        line for line in conformance_cloud.live()
+        if reservation.name in line or reservation.id in line]
+
+
+@pytest.fixture
 def omnibed_request() -> ReservationRequest:
     return ReservationRequest(name="chconf", nodes=2, duration=timedelta(hours=1),
                               extra={"cloud": "fake-chameleon", "site": "CHI@UC",

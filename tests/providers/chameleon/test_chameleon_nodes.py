@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from omnibed.core import ssh
-from omnibed.core.errors import SSHError
+from omnibed.core.errors import HostKeyMismatch, SSHError
+from omnibed.core.login import Login
 from omnibed.core.types import NicRole, Tri
 from omnibed.providers.chameleon import ChameleonProvider
 from tests.fakes.openstack import FakeOpenStack
@@ -38,7 +39,8 @@ def test_gateway_jump_root_nics_and_release(real, site):
                               public_key=keys.public_openssh)
     reservation = provider.wait(provider.reserve(ask), timeout=120)
     key_file = str(keys.private_path)
-    known_hosts = Path(key_file).with_name("known_hosts")
+    known_hosts = home / "known_hosts"
+    login = Login.of(keys, known_hosts)
     listed = provider.list_nodes(reservation)
     gateway, *others = listed
     # only the gateway is reachable from here: the others need the jump
@@ -50,22 +52,44 @@ def test_gateway_jump_root_nics_and_release(real, site):
                  "id -u", known_hosts, timeout=30)
     assert "Please login as the user" in cc.stdout  # root refused before root_access
     for node in listed:
-        endpoint = provider.root_access(reservation, node, key_file)
+        endpoint = provider.root_access(reservation, node, login)
         assert endpoint.user == "root"
         assert [j.host for j in endpoint.jumps] == ([] if node is gateway
                                                     else [gateway.ssh.host])
         result = ssh.run(endpoint, "id -u; ip -o -4 addr show eth0", known_hosts, timeout=30)
         assert result.stdout.split()[0] == "0"
         assert node.extra["fixed_ip"] in result.stdout
-        nics = provider.nic_capabilities(reservation, node, key_file)
+        nics = provider.nic_capabilities(reservation, node, login)
         assert nics[0].name == "eth0" and nics[0].role is NicRole.CONTROL
         assert nics[0].foreign_mac is (Tri.NO if site.startswith("KVM") else Tri.UNKNOWN)
     with pytest.raises(SSHError):  # the names are read on the node: another key is refused
         provider.nic_capabilities(reservation, others[0],
-                                  str(ssh.ensure_keypair(home / "other").private_path))
+                                  Login.of(ssh.ensure_keypair(home / "other"), known_hosts))
     provider.release(reservation)
     assert cloud.state.counts() == NOTHING
     assert nodes.nodes == {} and nodes.gateways == {}
+
+
+def test_only_a_changed_host_key_stops_root_access(real):
+    """A refused root login goes on to install the key as cc, whatever its message says
+    (here the key's folder says "host key"); a changed host key is raised."""
+    cloud, nodes, provider, home = real
+    keys = ssh.ensure_keypair(home / "ssh host key tests")
+    ask = dataclasses.replace(request("rootless", site="CHI@UC", nodes=1),
+                              public_key=keys.public_openssh)
+    reservation = provider.wait(provider.reserve(ask), timeout=120)
+    [node] = provider.list_nodes(reservation)
+    netns, _ = nodes.nodes[node.id]
+    (nodes.dir / netns / "root" / ".ssh" / "authorized_keys").unlink()  # root takes no key
+    login = Login.of(keys, home / "known_hosts")
+    endpoint = provider.root_access(reservation, node, login)
+    assert ssh.run(endpoint, "id -u", login.known_hosts, timeout=30).stdout.strip() == "0"
+    forged = " ".join(ssh.ensure_keypair(home / "forged").public_openssh.split()[:2])
+    login.known_hosts.write_text(f"{node.ssh.host} {forged}\n")
+    with pytest.raises(HostKeyMismatch):
+        provider.root_access(reservation, node, login)
+    provider.release(reservation)
+    assert cloud.state.counts() == NOTHING
 
 
 def test_bare_metal_snapshot_runs_cc_snapshot_with_sudo(real):
@@ -77,8 +101,9 @@ def test_bare_metal_snapshot_runs_cc_snapshot_with_sudo(real):
     node = provider.list_nodes(reservation)[1]  # behind the gateway
     with pytest.raises(SSHError):  # the key decides: another one is refused
         provider.snapshot(reservation, node, "refused",
-                          str(ssh.ensure_keypair(home / "other").private_path))
-    image = provider.snapshot(reservation, node, "my-snapshot", str(keys.private_path))
+                          Login.of(ssh.ensure_keypair(home / "other"), home / "known_hosts"))
+    image = provider.snapshot(reservation, node, "my-snapshot",
+                              Login.of(keys, home / "known_hosts"))
     assert cloud.state.images[image]["name"] == "my-snapshot"
     assert cloud.state.images[image]["uploaded_by"] == "cc-snapshot"
     provider.release(reservation)

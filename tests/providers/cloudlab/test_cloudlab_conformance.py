@@ -34,6 +34,13 @@ def omnibed_provider(
 
 
 @pytest.fixture
+def omnibed_live_resources(conformance_fake: FakeProtoGENI):
+    """The slivers the fake aggregate still holds in the reservation's slice."""
+    return lambda reservation: [
+        line for line in conformance_fake.live() if repr(reservation.name) in line]
+
+
+@pytest.fixture
 def omnibed_request() -> ReservationRequest:
     return ReservationRequest(name="clconf", nodes=1, duration=timedelta(hours=1),
                               extra={"hardware_type": "d430"})

@@ -6,6 +6,7 @@ exists only inside the node and passwordless sudo (see tests/fakes/protogeni_nod
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -17,7 +18,8 @@ import pytest
 
 from omnibed.core import ssh
 from omnibed.core.errors import SSHError
-from omnibed.core.types import ReservationRequest
+from omnibed.core.login import Login
+from omnibed.core.types import NicRole, ReservationRequest, Tri
 from omnibed.providers.cloudlab import CloudLabProvider
 from tests.fakes.protogeni import FakeProtoGENI
 from tests.fakes.protogeni_nodes import XEN_HOST, SSHNodes
@@ -45,11 +47,13 @@ def keys(tmp_path: Path) -> ssh.KeyPair:
     return ssh.ensure_keypair(tmp_path / "reservation")
 
 
-def _reserve(live: FakeProtoGENI, tmp_path: Path, keys: ssh.KeyPair, name: str, **extra):
+def _reserve(live: FakeProtoGENI, tmp_path: Path, keys: ssh.KeyPair, name: str,
+             extra_nics: int = 0, **extra):
     live.write_config(tmp_path / "state")
     provider = CloudLabProvider(tmp_path / "state")
     request = ReservationRequest(name=name, nodes=2, duration=timedelta(hours=1),
-                                 public_key=keys.public_openssh, extra=extra)
+                                 public_key=keys.public_openssh, extra=extra,
+                                 extra_nics=extra_nics)
     return provider, provider.wait(provider.reserve(request), timeout=60)
 
 
@@ -68,9 +72,10 @@ def test_root_through_user_login_and_sudo(
         as_user = ssh.run(node.ssh.__class__(node.ssh.host, 22, "alice", key_file),
                           "id -un", known_hosts)
         assert as_user.stdout.strip() == "alice"
-        endpoint = provider.root_access(reservation, node, key_file)
+        endpoint = provider.root_access(reservation, node, Login.of(keys, known_hosts))
         assert endpoint.user == "root" and endpoint.port == 22
-        assert provider.root_access(reservation, node, key_file) == endpoint  # idempotent
+        again = provider.root_access(reservation, node, Login.of(keys, known_hosts))
+        assert again == endpoint  # idempotent
         result = ssh.run(endpoint, "id -u; hostname", known_hosts)
         uid, hostname = result.stdout.split()
         assert uid == "0"
@@ -95,13 +100,39 @@ def test_xen_vms_are_reached_on_forwarded_ports(
         node.ssh.port for node in listed
     }
     endpoints = {
-        node.id: provider.root_access(reservation, node, str(keys.private_path))
+        node.id: provider.root_access(reservation, node, Login.of(keys, known_hosts))
         for node in listed
     }
     results = ssh.run_many(endpoints, "id -u; cat /proc/net/dev | grep -c eth0", known_hosts)
     assert {node: r.stdout.split() for node, r in results.items()} == {
         "node0": ["0", "1"], "node1": ["0", "1"]
     }
+    provider.release(reservation)
+
+
+@pytest.mark.parametrize("vm", ["", "xen"])
+def test_nics_are_the_devices_on_the_node(
+    live: FakeProtoGENI, nodes: SSHNodes, tmp_path: Path, keys: ssh.KeyPair, passphrase: str,
+    vm: str,
+) -> None:
+    """The manifest names NICs `node0:if0` (no Linux name may hold a colon); the node has
+    eth0 (default route, control address) and eth1 (the extra LAN's MAC)."""
+    name = f"nics{vm}"
+    provider, reservation = _reserve(live, tmp_path, keys, name, extra_nics=1,
+                                     **({"vm": vm} if vm else {}))
+    login = Login.of(keys, keys.private_path.parent / "known_hosts")
+    for index, node in enumerate(provider.list_nodes(reservation), start=1):
+        netns = nodes.node(name, node.id).netns
+        on_node = {link["ifname"]: link for link in json.loads(subprocess.run(
+            ["ip", "-n", netns, "-j", "addr", "show"], check=True, capture_output=True,
+            text=True).stdout)}
+        control, extra = provider.nic_capabilities(reservation, node, login)
+        assert control.role is NicRole.CONTROL and extra.role is NicRole.EXTRA
+        assert (control.name, extra.name) == ("eth0", "eth1")
+        assert control.addresses == (f"{nodes.node(name, node.id).address}/30",)
+        assert extra.mac == on_node["eth1"]["address"]
+        assert extra.addresses == (f"10.10.1.{index}/24",)
+        assert extra.foreign_mac is (Tri.NO if vm else Tri.YES)
     provider.release(reservation)
 
 

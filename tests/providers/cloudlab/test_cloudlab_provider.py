@@ -15,15 +15,17 @@ from omnibed.core.errors import (
     ReservationError,
     UsageError,
 )
+from omnibed.core.login import Login
 from omnibed.core.timeutil import utcnow
-from omnibed.core.types import NicRole, ReservationRequest, ReservationState, Tri
+from omnibed.core.types import ReservationRequest, ReservationState
 from omnibed.providers.cloudlab import CloudLabProvider
 from tests.fakes.protogeni import FakeProtoGENI, NoNodes, make_pki
 
 MAX_SLICE_LIFE = timedelta(days=3)  # as the conftest builds the fake
 
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBxjYLMc7WmNLp0Vq1Dn2bR2Gqv5cM2xZ3bJ0bXx8kq1 res"
-NO_KEY_FILE = "/nonexistent/id_ed25519"  # CloudLab images disks and lists NICs without a login
+# CloudLab images disks and lists NICs without a login
+NO_LOGIN = Login(Path("/nonexistent/id_ed25519"), KEY, Path("/nonexistent/known_hosts"))
 
 
 def request(name: str, **kwargs) -> ReservationRequest:
@@ -42,11 +44,7 @@ def test_full_verb_set(provider: CloudLabProvider, fake: FakeProtoGENI) -> None:
     nodes = provider.list_nodes(ready)
     assert [node.id for node in nodes] == ["node0", "node1"]
     assert all(node.ssh.user == "alice" and node.ssh.port == 22 for node in nodes)
-    nics = provider.nic_capabilities(ready, nodes[0], NO_KEY_FILE)
-    assert [nic.role for nic in nics] == [NicRole.CONTROL, NicRole.EXTRA]
-    assert nics[1].foreign_mac is Tri.YES and nics[1].addresses == ("10.10.1.1/24",)
-    assert len(nics[1].mac) == 17
-    image = provider.snapshot(ready, nodes[1], "golden1", NO_KEY_FILE)
+    image = provider.snapshot(ready, nodes[1], "golden1", NO_LOGIN)
     assert image == "urn:publicid:IDN+utah.cloudlab.us+image+omnibedtest//golden1"
     assert fake.state.images[image]["node"] == "node1"
     assert "CreateImage" in fake.state.calls
@@ -60,7 +58,7 @@ def test_full_verb_set(provider: CloudLabProvider, fake: FakeProtoGENI) -> None:
 
 def test_snapshot_is_accepted_as_image_later(provider: CloudLabProvider, fake: FakeProtoGENI):
     first = provider.wait(provider.reserve(request("snap1", nodes=1)), timeout=60)
-    image = provider.snapshot(first, provider.list_nodes(first)[0], "mine", NO_KEY_FILE)
+    image = provider.snapshot(first, provider.list_nodes(first)[0], "mine", NO_LOGIN)
     second = provider.reserve(request("snap2", nodes=1, image=image))
     manifest = fake.state.slivers[second.id].manifest.decode()
     assert f'name="{image}"' in manifest
@@ -79,8 +77,8 @@ def test_xen_vms_share_a_host_and_drop_foreign_macs(
     assert {node.ssh.host for node in nodes} == {"198.51.100.1"}
     assert len({node.ssh.port for node in nodes}) == 2
     assert all(node.extra["sliver_type"] == "emulab-xen" for node in nodes)
-    nics = provider.nic_capabilities(reservation, nodes[0], NO_KEY_FILE)
-    assert [nic.foreign_mac for nic in nics] == [Tri.NO, Tri.NO]
+    # no IPv4 of their own: never the shared host's address (NICs: test_cloudlab_nodes)
+    assert all("198.51.100.1" not in node.addresses for node in nodes)
 
 
 def test_node_ids_come_from_client_id_not_host_names(
@@ -191,9 +189,9 @@ def test_each_reservation_sends_only_its_own_key(
     sent: dict[str, list[str]] = {}
 
     class Recorder(NoNodes):
-        def boot(self, slice_name, client_id, xen, username, public_keys):
+        def boot(self, slice_name, client_id, xen, username, public_keys, interfaces):
             sent[slice_name] = list(public_keys)
-            return super().boot(slice_name, client_id, xen, username, public_keys)
+            return super().boot(slice_name, client_id, xen, username, public_keys, interfaces)
 
     with FakeProtoGENI(pki, backend=Recorder()) as server:
         server.write_config(tmp_path / "state")

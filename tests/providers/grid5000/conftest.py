@@ -11,6 +11,7 @@ import pytest
 
 from omnibed.core import ssh
 from omnibed.providers.grid5000 import Grid5000Provider
+from omnibed.providers.grid5000.provider import HOSTS_FILE
 from tests.fakes.grid5000 import FakeGrid5000, G5kSSHD, write_tools
 from tests.fakes.sshd import FakeSSHD
 
@@ -29,7 +30,6 @@ def home(tmp_path: Path, fake: FakeGrid5000, monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setenv("OMNIBED_HOME", str(tmp_path / "omnibed"))
     monkeypatch.setenv("OMNIBED_GRID5000_CONFIG",
                        str(fake.write_config(tmp_path / "python-grid5000.yaml")))
-    monkeypatch.delenv("OMNIBED_GRID5000_SSH_MAP", raising=False)
     return tmp_path / "omnibed"
 
 
@@ -77,9 +77,9 @@ def testbed(tmp_path: Path, fake: FakeGrid5000, home: Path,
                           "key_file": str(user_key.private_path)}
                    for name, s in [*nodes.items(), ("nancy", frontend),
                                    ("access.grid5000.fr", access)]}
-        ssh_map = tmp_path / "ssh-map.json"
-        ssh_map.write_text(json.dumps(entries))
-        monkeypatch.setenv("OMNIBED_GRID5000_SSH_MAP", str(ssh_map))
+        hosts = home / "providers" / "grid5000" / HOSTS_FILE  # the CLI's state_dir too
+        hosts.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        hosts.write_text(json.dumps(entries))
         fake.node_keys.update({name: s.authorized_keys_file for name, s in nodes.items()})
         yield Testbed(nodes, frontend, access, user_key, frontend_key, log, envs)
     finally:

@@ -6,6 +6,7 @@ import inspect
 import json
 import time
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import grid5000.exceptions as g5k
 import pytest
@@ -18,6 +19,7 @@ from omnibed.core.errors import (
     ReservationError,
     UsageError,
 )
+from omnibed.core.login import Login
 from omnibed.core.types import ReservationRequest, ReservationState
 from omnibed.providers.grid5000 import Grid5000Provider
 from omnibed.providers.grid5000._errors import map_errors
@@ -57,7 +59,8 @@ def test_reserve_wait_list_extend_release(provider: Grid5000Provider, fake: Fake
     jump = nodes[0].ssh.jumps[0]  # not inside Grid'5000: through the access machine
     assert (jump.host, jump.user, nodes[0].ssh.user) == ("access.grid5000.fr", "alice", "alice")
 
-    nics = provider.nic_capabilities(ready, nodes[1], "/nonexistent/id_ed25519")  # API only
+    nowhere = Login(Path("/nonexistent/id_ed25519"), "ssh-ed25519 AAAA", Path("/nonexistent/kh"))
+    nics = provider.nic_capabilities(ready, nodes[1], nowhere)  # from the API only
     assert [(n.name, n.role.value, n.foreign_mac.value) for n in nics] == [
         ("eno1", "control", "unknown"), ("eno2", "extra", "yes")]
     assert nics[1].addresses == ("10.16.1.1",)  # gros eth1 address in kavlan-4 (reference API)

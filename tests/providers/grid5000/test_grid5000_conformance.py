@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import timedelta
 
 import pytest
 
 from omnibed.conformance import ProviderConformance
-from omnibed.core.types import ReservationRequest
+from omnibed.conformance.suite import check_released
+from omnibed.core.types import Reservation, ReservationRequest
+from omnibed.providers.grid5000 import Grid5000Provider
 
 OPTIONS = {"site": "nancy", "cluster": "gros", "poll": "0.05", "image": "debian12-min"}
 
@@ -15,6 +18,12 @@ OPTIONS = {"site": "nancy", "cluster": "gros", "poll": "0.05", "image": "debian1
 @pytest.fixture
 def omnibed_provider(provider, testbed):
     return provider
+
+
+@pytest.fixture
+def omnibed_live_resources(fake):
+    """The OAR jobs the fake Grid'5000 still runs under the reservation's name."""
+    return lambda reservation: [line for line in fake.live() if repr(reservation.name) in line]
 
 
 @pytest.fixture
@@ -37,3 +46,25 @@ def omnibed_wait_timeout() -> float:
 @pytest.mark.root
 class TestGrid5000Conformance(ProviderConformance):
     pass
+
+
+class ForgetsTheJob(Grid5000Provider):
+    """Release forgets the reservation and leaves its OAR job running."""
+
+    def release(self, reservation: Reservation) -> None:
+        self.records.delete(reservation.name)
+
+
+@pytest.mark.root
+def test_release_rule_sees_the_job_a_forgetful_provider_leaves(
+    provider, testbed, omnibed_request, omnibed_live_resources
+) -> None:
+    leaky = ForgetsTheJob(provider.state_dir)
+    request = replace(omnibed_request, name="g5kleak", public_key=testbed.user_key.public_openssh)
+    ready = leaky.wait(leaky.reserve(request), timeout=60)
+    leaky.release(ready)
+    assert leaky.find("g5kleak") is None
+    left = r"the testbed still holds ..job \d+ 'g5kleak' \(running\)"
+    with pytest.raises(AssertionError, match=left):
+        check_released(leaky, ready, omnibed_live_resources, "after release")
+    provider.release(ready)

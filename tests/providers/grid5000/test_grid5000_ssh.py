@@ -1,8 +1,8 @@
 """Root access, snapshot and `omnibed reserve-and-run` over real SSH to sshd-backed fake nodes.
 
 The nodes, the nancy frontend and access.grid5000.fr are local sshd servers; the provider
-finds them through $OMNIBED_GRID5000_SSH_MAP and logs in through the access machine (the
-default gateway outside Grid'5000).
+finds them through its hosts file (`<state_dir>/hosts.json`) and logs in through the access
+machine (the default gateway outside Grid'5000).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import pytest
 
 from omnibed.core import ssh
 from omnibed.core.errors import ProviderError, SSHError
+from omnibed.core.login import Login
 from omnibed.core.types import ReservationRequest
 
 pytestmark = pytest.mark.root
@@ -41,13 +42,14 @@ def test_sudo_g5k_gives_root_with_the_reservation_key(provider, fake, testbed, t
     with pytest.raises(SSHError):  # the reservation key is not installed yet
         ssh.run(root, "true", known_hosts)
     for node in nodes:
-        endpoint = provider.root_access(ready, node, str(keys.private_path))
+        endpoint = provider.root_access(ready, node, Login.of(keys, known_hosts))
         result = ssh.run(endpoint, "id -u", known_hosts)
         assert (result.exit_status, result.stdout.strip()) == (0, "0")
-    calls = testbed.log.read_text().splitlines()
-    assert calls == ["sudo-g5k tee -a /root/.ssh/authorized_keys"] * 2
-    provider.root_access(ready, nodes[0], str(keys.private_path))  # remembered: no new call
-    assert len(testbed.log.read_text().splitlines()) == 2
+    calls = testbed.log.read_text()
+    assert calls.count("sudo-g5k sh -c ") == 2
+    assert calls.count(" /root/.ssh/authorized_keys\n") == 2
+    provider.root_access(ready, nodes[0], Login.of(keys, known_hosts))  # remembered: no call
+    assert testbed.log.read_text() == calls
     provider.release(ready)
     assert fake.live_jobs() == []
 
@@ -61,15 +63,16 @@ def test_image_makes_a_deploy_job_and_kadeploy_ko_nodes_are_named(provider, fake
     keys = ssh.ensure_keypair(tmp_path / "reservation")
     nodes = provider.list_nodes(ready)
     assert {n.ssh.user for n in nodes} == {"root"}
-    endpoint = provider.root_access(ready, nodes[0], str(keys.private_path))
+    login = Login.of(keys, keys.private_path.parent / "known_hosts")
+    endpoint = provider.root_access(ready, nodes[0], login)
     assert (endpoint.user, endpoint.key_file) == ("root", str(keys.private_path))
     [deployment] = [b for m, p, b in fake.requests if m == "POST" and "deploy" in p]
     assert deployment["environment"] == "debian12-min"
     frontend_key = " ".join(testbed.frontend_key.public_openssh.split()[:2])
-    assert deployment["key"].splitlines()[0] == " ".join(keys.public_openssh.split()[:2])
+    assert deployment["key"].splitlines()[0] == keys.public_openssh
     assert frontend_key in deployment["key"]  # so that tgz-g5k can log in from the frontend
     with pytest.raises(ProviderError, match="kadeploy failed on gros-2.nancy.grid5000.fr"):
-        provider.root_access(ready, nodes[1], str(keys.private_path))
+        provider.root_access(ready, nodes[1], login)
     assert len([p for m, p, _ in fake.requests if m == "POST" and "deploy" in p]) == 1
     provider.release(ready)
 
@@ -79,10 +82,10 @@ def test_deploy_snapshot_and_redeploy_the_snapshot(provider, fake, testbed, tmp_
     keys = ssh.ensure_keypair(tmp_path / "reservation")
     known_hosts = keys.private_path.parent / "known_hosts"
     node = provider.list_nodes(ready)[0]
-    endpoint = provider.root_access(ready, node, str(keys.private_path))
+    endpoint = provider.root_access(ready, node, Login.of(keys, known_hosts))
     assert ssh.run(endpoint, "id -u", known_hosts).stdout.strip() == "0"
 
-    image = provider.snapshot(ready, node, "omnibed-snap", str(keys.private_path))
+    image = provider.snapshot(ready, node, "omnibed-snap", Login.of(keys, known_hosts))
     assert image == "omnibed-snap"
     frontend_key = " ".join(testbed.frontend_key.public_openssh.split()[:2])
     assert frontend_key in testbed.nodes[node.id].authorized_keys_file.read_text()
@@ -95,8 +98,10 @@ def test_deploy_snapshot_and_redeploy_the_snapshot(provider, fake, testbed, tmp_
 
     again = provider.wait(provider.reserve(ask("g5k-again", image=image)), timeout=60)
     other = ssh.ensure_keypair(tmp_path / "again")
-    endpoint = provider.root_access(again, provider.list_nodes(again)[0], str(other.private_path))
-    assert ssh.run(endpoint, "id -u", other.private_path.parent / "known_hosts").exit_status == 0
+    other_hosts = other.private_path.parent / "known_hosts"
+    endpoint = provider.root_access(again, provider.list_nodes(again)[0],
+                                    Login.of(other, other_hosts))
+    assert ssh.run(endpoint, "id -u", other_hosts).exit_status == 0
     provider.release(again)
     assert fake.live_jobs() == []
 

@@ -1,0 +1,179 @@
+"""The Grid'5000 provider on real Reference API records (exotic, ARM, InfiniBand, Omni-Path,
+single-NIC clusters) and against a fake that behaves like OAR: jobs queue for busy nodes,
+walltime changes are granted at a later scheduling pass, deleted jobs take a while to die,
+job collections are paginated."""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+import requests
+
+from omnibed.core.errors import ProviderTimeout, ReservationError, UsageError
+from omnibed.core.types import NicRole, ReservationRequest, ReservationState
+from omnibed.providers.grid5000 import Grid5000Provider, _convert
+from tests.fakes.grid5000 import FIXTURES, FakeGrid5000
+
+NODE_FIXTURES = sorted(FIXTURES.glob("*-1.json"))
+
+
+def ask(name: str, nodes: int = 1, extra_nics: int = 0, **options: str) -> ReservationRequest:
+    return ReservationRequest(name=name, nodes=nodes, duration=timedelta(hours=1),
+                              extra_nics=extra_nics, extra={"poll": "0.05", **options})
+
+
+def job_posts(fake: FakeGrid5000) -> list[dict]:
+    return [body for method, path, body in fake.requests
+            if method == "POST" and path.endswith("/jobs")]
+
+
+@pytest.mark.parametrize("path", NODE_FIXTURES, ids=[p.stem for p in NODE_FIXTURES])
+def test_every_reference_record_gives_one_control_nic_and_only_ethernet(path: Path) -> None:
+    record = json.loads(path.read_text())
+    nics = _convert.nics(record)
+    adapters = {a.get("name") or a["device"]: a for a in record["network_adapters"]}
+    control = [n for n in nics if n.role is NicRole.CONTROL]
+    assert len(control) == 1
+    mounted = adapters[control[0].name]
+    assert (mounted["interface"], mounted["mounted"]) == ("Ethernet", True)
+    assert control[0].addresses == (mounted["ip"],)
+    for nic in nics:  # InfiniBand, Omni-Path, FPGA and BMC adapters are left out
+        adapter = adapters[nic.name]
+        assert adapter["interface"] == "Ethernet" and not adapter.get("management")
+        assert nic.mac == adapter["mac"]
+        if nic.role is not NicRole.CONTROL:  # not configured on a fresh node
+            assert nic.addresses == ()
+
+
+def test_an_unmounted_nic_has_no_address_although_the_reference_lists_one() -> None:
+    record = json.loads((FIXTURES / "sasquatch-1.json").read_text())
+    eth1 = next(a for a in record["network_adapters"] if a["device"] == "eth1")
+    assert eth1["ip"] and not eth1["mounted"]
+    nic = next(n for n in _convert.nics(record) if n.name == eth1["name"])
+    assert nic.addresses == ()
+
+
+def test_the_fake_refuses_an_exotic_cluster_without_the_exotic_type(fake: FakeGrid5000) -> None:
+    body = {"name": "plain", "command": "sleep 1", "types": [],
+            "resources": "{cluster='sasquatch'}/nodes=1,walltime=1:00:00"}
+    answer = requests.post(f"{fake.url}/sites/grenoble/jobs", json=body,
+                           auth=(fake.username, fake.password), timeout=10)
+    assert answer.status_code == 400
+
+
+def test_an_exotic_cluster_is_reserved_with_the_exotic_type(
+    provider: Grid5000Provider, fake: FakeGrid5000
+) -> None:
+    reservation = provider.reserve(ask("g5k-arm", site="grenoble", cluster="sasquatch"))
+    assert job_posts(fake)[-1]["types"] == ["exotic"]
+    ready = provider.wait(reservation, timeout=30)
+    assert ready.extra["assigned_nodes"] == ("sasquatch-1.grenoble.grid5000.fr",)
+    provider.release(ready)
+
+
+def test_types_option_adds_oar_job_types(provider: Grid5000Provider, fake: FakeGrid5000) -> None:
+    provider.reserve(ask("g5k-types", site="grenoble", cluster="troll",
+                         types="night,allow_classic_ssh"))
+    assert job_posts(fake)[-1]["types"] == ["night", "allow_classic_ssh", "exotic"]
+
+
+def test_bad_types_are_refused_before_submitting(provider: Grid5000Provider,
+                                                 fake: FakeGrid5000) -> None:
+    with pytest.raises(UsageError, match="types"):
+        provider.reserve(ask("g5k-badtypes", types="night;rm"))
+    assert job_posts(fake) == []
+
+
+def test_extra_nics_on_a_single_nic_cluster_are_refused_before_any_job(
+    provider: Grid5000Provider, fake: FakeGrid5000
+) -> None:
+    with pytest.raises(UsageError, match=r"dahu.*1 more Ethernet NIC|dahu.*no secondary"):
+        provider.reserve(ask("g5k-dahu", extra_nics=1, site="grenoble", cluster="dahu"))
+    assert job_posts(fake) == []
+    assert provider.find("g5k-dahu") is None
+
+
+def test_a_job_waits_in_the_queue_for_busy_nodes(provider: Grid5000Provider,
+                                                 fake: FakeGrid5000) -> None:
+    first = provider.wait(provider.reserve(ask("g5k-first", 3, site="nancy", cluster="gros")),
+                          timeout=30)
+    second = provider.reserve(ask("g5k-second", 3, site="nancy", cluster="gros"))
+    time.sleep(3 * fake.step)
+    assert provider.find("g5k-second").state is ReservationState.WAITING
+    provider.release(first)
+    ready = provider.wait(second, timeout=30)
+    assert sorted(ready.extra["assigned_nodes"]) == [
+        f"gros-{i}.nancy.grid5000.fr" for i in (1, 2, 3)]
+    provider.release(ready)
+
+
+def test_more_nodes_than_the_cluster_has_is_refused(provider: Grid5000Provider) -> None:
+    with pytest.raises(ReservationError):
+        provider.reserve(ask("g5k-toomany", 4, site="nancy", cluster="gros"))
+
+
+def test_properties_select_the_nodes(provider: Grid5000Provider, fake: FakeGrid5000) -> None:
+    reservation = provider.reserve(
+        ask("g5k-host", site="nancy", properties="host in ('gros-3.nancy.grid5000.fr')"))
+    ready = provider.wait(reservation, timeout=30)
+    assert ready.extra["assigned_nodes"] == ("gros-3.nancy.grid5000.fr",)
+    provider.release(ready)
+
+
+def test_extend_reports_the_end_oar_grants_later(provider: Grid5000Provider,
+                                                 fake: FakeGrid5000) -> None:
+    fake.walltime_grant_cap = 20 * 60  # OAR grants at most 20 more minutes
+    ready = provider.wait(provider.reserve(ask("g5k-extend", site="nancy")), timeout=30)
+    longer = provider.extend(ready, ready.end + timedelta(minutes=30))
+    assert longer.end - ready.end == timedelta(minutes=20)
+    provider.release(longer)
+
+
+def test_extend_still_pending_says_so(provider: Grid5000Provider, fake: FakeGrid5000) -> None:
+    fake.walltime_grant_delay = 3600  # the scheduling pass never comes during the test
+    ready = provider.wait(provider.reserve(ask("g5k-pending", site="nancy", poll="0.05",
+                                               extend_timeout="0.5")), timeout=30)
+    with pytest.raises(ProviderTimeout, match="walltime change"):
+        provider.extend(ready, ready.end + timedelta(minutes=30))
+    provider.release(ready)
+
+
+def test_release_while_the_job_is_still_dying(provider: Grid5000Provider,
+                                              fake: FakeGrid5000) -> None:
+    fake.kill_delay = 0.5
+    ready = provider.wait(provider.reserve(ask("g5k-dying", site="nancy")), timeout=30)
+    provider.release(ready)
+    assert fake.live_jobs() == []
+    provider.release(ready)
+    assert provider.find("g5k-dying") is None
+
+
+def test_find_reads_every_page_and_checks_name_and_owner(provider: Grid5000Provider,
+                                                         fake: FakeGrid5000) -> None:
+    fake.page_size = 2
+    fake.filters_ignored = True  # an unfiltered collection: every user's jobs
+    for index in range(5):
+        fake.add_job_of("bob", f"bobs-{index}", "nancy")
+    fake.add_job_of("bob", "g5k-mine", "nancy")  # another user's, same name, older
+    mine = provider.reserve(ask("g5k-mine", site="nancy"))  # on the 4th page
+    found = provider.find("g5k-mine")
+    assert found is not None and found.id == mine.id
+    provider.release(found)
+
+
+def test_nodes_say_their_architecture_cluster_and_site(provider: Grid5000Provider) -> None:
+    arm = provider.wait(provider.reserve(ask("g5k-archs", site="grenoble", cluster="sasquatch")),
+                        timeout=30)
+    node = provider.list_nodes(arm)[0]
+    assert (node.arch, node.hardware, node.site) == ("aarch64", "sasquatch", "grenoble")
+    assert node.to_json()["arch"] == "aarch64"
+    provider.release(arm)
+    x86 = provider.wait(provider.reserve(ask("g5k-archs2", 2, site="nancy", cluster="gros")),
+                        timeout=30)
+    assert {(n.arch, n.hardware, n.site) for n in provider.list_nodes(x86)} == {
+        ("x86_64", "gros", "nancy")}
+    provider.release(x86)
