@@ -5,8 +5,11 @@ half is recorded in the reservation's known_hosts under the name `VNODE.vnode.om
 before the vnode starts, and every login checks it (never accepted at first contact).
 A login goes through the pnode as jump host: the pnode runs RELAY, which enters the vnode's
 network namespace and joins its stdin and stdout to the vnode's sshd on 127.0.0.1:22, so
-no route from the pnode into the vnetworks is needed. paramiko (`connect`, `wait_reachable`)
-and OpenSSH (`command_line`, as a ProxyCommand) take the same path.
+no route from the pnode into the vnetworks is needed. paramiko (`connect`) and OpenSSH
+(`command_line`, as a ProxyCommand) take that path. `wait_reachable`, which logs in to every
+vnode, starts one MANY_RELAY per pnode instead: it listens on the pnode's 127.0.0.1 and each
+login is a direct-tcpip channel to it (no process started per login); a pnode whose sshd
+forbids TCP forwarding gets a RELAY per login.
 """
 
 from __future__ import annotations
@@ -56,6 +59,61 @@ while True:
         break
     out.write(data)
     out.flush()
+"""
+# run on the pnode as root: argv[1:] are network namespaces (paths). Prints the port it
+# listens on (the pnode's 127.0.0.1); each connection there names, in its first line, the
+# index of a namespace, and is joined to the sshd on 127.0.0.1:22 in it. Exits when its
+# stdin ends.
+MANY_RELAY = """
+import ctypes, os, socket, sys, threading
+setns = ctypes.CDLL(None, use_errno=True).setns
+server = socket.socket()
+server.bind(("127.0.0.1", 0))
+server.listen(128)
+print(server.getsockname()[1], flush=True)
+def pump(source, sink):
+    try:
+        while True:
+            data = source.recv(65536)
+            if not data:
+                break
+            sink.sendall(data)
+        sink.shutdown(socket.SHUT_WR)
+    except OSError:
+        pass
+def serve(conn):
+    try:
+        line = b""
+        while not line.endswith(b"\\n") and len(line) < 12:
+            byte = conn.recv(1)
+            if not byte:
+                raise OSError("no vnode index")
+            line += byte
+        fd = os.open(sys.argv[1 + int(line)], os.O_RDONLY)
+        try:  # this thread only: the others stay in the pnode's namespace
+            if setns(fd, 0x40000000) != 0:
+                raise OSError(ctypes.get_errno(), "setns")
+        finally:
+            os.close(fd)
+        vnode = socket.create_connection(("127.0.0.1", 22), timeout=10)
+        vnode.settimeout(None)
+    except (OSError, ValueError, IndexError):
+        conn.close()
+        return
+    upstream = threading.Thread(target=pump, args=(conn, vnode), daemon=True)
+    upstream.start()
+    pump(vnode, conn)
+    upstream.join()
+    vnode.close()
+    conn.close()
+def end():
+    while os.read(0, 65536):
+        pass
+    os._exit(0)
+threading.Thread(target=end, daemon=True).start()
+while True:
+    conn, _ = server.accept()
+    threading.Thread(target=serve, args=(conn,), daemon=True).start()
 """
 
 
@@ -141,15 +199,29 @@ def connect(
     assert transport is not None
     channel = transport.open_session(timeout=timeout)
     channel.exec_command(relay_command(vnode))
+    pkey = paramiko.PKey.from_path(key_file)
+    return _login(channel, vnode, paramiko.HostKeys(str(known_hosts)), pkey, timeout)
+
+
+def _login(
+    channel: paramiko.Channel,
+    vnode: VnodePlan,
+    host_keys: paramiko.HostKeys,
+    pkey: paramiko.PKey,
+    timeout: float,
+) -> paramiko.SSHClient:
+    """A root login to `vnode` over `channel` (to its sshd) with `pkey`; its host key must
+    be its entry in `host_keys`. Closes `channel` when the login fails."""
     client = paramiko.SSHClient()
-    client.load_host_keys(str(known_hosts))
+    for kind, key in (host_keys.lookup(alias(vnode.name)) or {}).items():
+        client.get_host_keys().add(alias(vnode.name), kind, key)
     client.set_missing_host_key_policy(paramiko.RejectPolicy())
     try:
         client.connect(
             alias(vnode.name),
             port=SSH_PORT,
             username="root",
-            key_filename=key_file,
+            pkey=pkey,
             allow_agent=False,
             look_for_keys=False,
             sock=channel,
@@ -164,6 +236,61 @@ def connect(
     return client
 
 
+class _Relays:
+    """One MANY_RELAY per pnode, started once; `channel(vnode)` is a new connection to the
+    vnode's sshd through it (a direct-tcpip channel to the relay's port, then the vnode's
+    index). A pnode whose sshd refuses TCP forwarding gets a RELAY process per login."""
+
+    def __init__(self, clients: Mapping[str, paramiko.SSHClient], vnodes: Sequence[VnodePlan]):
+        self.clients = clients
+        self.index: dict[str, int] = {}  # vnode name -> its index in its pnode's relay
+        # pnode -> (the relay's channel, its port), or None without one
+        self.relays: dict[str, tuple[paramiko.Channel, int] | None] = {}
+        for pnode, client in clients.items():
+            mine = [v for v in vnodes if v.pnode == pnode]
+            self.index.update({v.name: i for i, v in enumerate(mine)})
+            self.relays[pnode] = self._start(client, mine)
+
+    @staticmethod
+    def _start(
+        client: paramiko.SSHClient, vnodes: Sequence[VnodePlan]
+    ) -> tuple[paramiko.Channel, int] | None:
+        transport = client.get_transport()
+        assert transport is not None
+        channel = transport.open_session(timeout=30)
+        paths = [nsutil.path(v.netns) for v in vnodes]
+        channel.exec_command(shlex.join(["python3", "-I", "-c", MANY_RELAY, *paths]))
+        channel.settimeout(30)
+        try:
+            port = int(channel.makefile("rb").readline())
+            transport.open_channel(  # refused by a pnode that forbids TCP forwarding
+                "direct-tcpip", ("127.0.0.1", port), ("127.0.0.1", 0), timeout=30
+            ).close()
+        except (paramiko.SSHException, OSError, ValueError):
+            channel.close()
+            return None
+        return channel, port
+
+    def channel(self, vnode: VnodePlan, timeout: float) -> paramiko.Channel:
+        transport = self.clients[vnode.pnode].get_transport()
+        assert transport is not None
+        relay = self.relays[vnode.pnode]
+        if relay is None:
+            channel = transport.open_session(timeout=timeout)
+            channel.exec_command(relay_command(vnode))
+            return channel
+        channel = transport.open_channel(
+            "direct-tcpip", ("127.0.0.1", relay[1]), ("127.0.0.1", 0), timeout=timeout
+        )
+        channel.sendall(f"{self.index[vnode.name]}\n".encode())
+        return channel
+
+    def close(self) -> None:
+        for relay in self.relays.values():
+            if relay is not None:
+                relay[0].close()  # its stdin ends: the relay exits
+
+
 def wait_reachable(
     pnodes: Mapping[str, SSHEndpoint],
     vnodes: Sequence[VnodePlan],
@@ -175,12 +302,14 @@ def wait_reachable(
     EmulatorError names the first that did not within `timeout` seconds."""
     deadline = time.monotonic() + timeout
     clients = {p: ssh.connect(pnodes[p], known_hosts) for p in {v.pnode for v in vnodes}}
+    host_keys = paramiko.HostKeys(str(known_hosts))  # read once: N logins, N lines each
+    pkey = paramiko.PKey.from_path(key_file)
 
     def login(vnode: VnodePlan) -> None:
         last = "no answer"
         while time.monotonic() < deadline:
             try:
-                client = connect(clients[vnode.pnode], vnode, known_hosts, key_file)
+                client = _login(relays.channel(vnode, 30), vnode, host_keys, pkey, 30)
             except paramiko.BadHostKeyException:
                 raise EmulatorError(
                     f"vnode {vnode.name} answered SSH with a host key other than the one "
@@ -204,9 +333,13 @@ def wait_reachable(
         )
 
     try:
-        with ThreadPoolExecutor(max_workers=max(1, min(32, len(vnodes)))) as pool:
-            for future in [pool.submit(login, v) for v in vnodes]:
-                future.result()
+        relays = _Relays(clients, vnodes)
+        try:
+            with ThreadPoolExecutor(max_workers=max(1, min(32, len(vnodes)))) as pool:
+                for future in [pool.submit(login, v) for v in vnodes]:
+                    future.result()
+        finally:
+            relays.close()
     finally:
         for client in clients.values():
             client.close()
