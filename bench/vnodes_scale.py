@@ -87,19 +87,23 @@ def _load() -> str:
 # -- omnibed: the user's path -------------------------------------------------------------
 
 
-def _omnibed(emulator: Emulator, image: str, n: int) -> dict[str, float]:
+def _omnibed(emulator: Emulator, image: str, n: int) -> dict:
+    """Up and down of N vnodes; "steps" are the seconds each step `up` reports took."""
     platform = _platform(image, n)
+    steps: list[tuple[str, float]] = []
     before = _used_memory()
     start = time.perf_counter()
     try:
-        emulator.up(platform)
+        emulator.up(platform, progress=lambda step: steps.append((step, time.perf_counter())))
         up = time.perf_counter() - start
         memory = (_used_memory() - before) / n
     finally:
         start = time.perf_counter()
         emulator.down()
         down = time.perf_counter() - start
-    return {"up": up, "down": down, "memory": memory}
+    ends = [t for _, t in steps[1:]] + [start]
+    took = [(step.split(" (")[0], end - t) for (step, t), end in zip(steps, ends, strict=True)]
+    return {"up": up, "down": down, "memory": memory, "steps": took}
 
 
 # -- sequential: one runc process per vnode, one after the other ----------------------------
@@ -234,6 +238,8 @@ def main() -> None:
                           f"{r['down']:>6.2f} {r['memory'] / 2**20:>9.2f}  {_load()}{extra}",
                           flush=True)  # fmt: skip
                 o, s = results["omnibed"], results["sequential"]
+                print("      omnibed up, step by step: "
+                      + ", ".join(f"{step} {t:.2f} s" for step, t in o["steps"] if t >= 0.05))
                 print(f"{n:>5} ratio sequential/omnibed: up {s['up'] / o['up']:.2f}x, "
                       f"down {s['down'] / o['down']:.2f}x", flush=True)  # fmt: skip
     finally:

@@ -21,6 +21,7 @@ import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import paramiko
 from cryptography.hazmat.primitives import serialization
@@ -36,7 +37,8 @@ from .planner import Plan, VnodePlan
 ALIAS_SUFFIX = ".vnode.omnibed"
 SSH_PORT = 22
 REACH_TIMEOUT = 120.0
-# run on the pnode as root: argv[1] is the vnode's network namespace (a path)
+# run on the pnode as root: argv[1] is the vnode's network namespace (a path); with argv[2]
+# `ack`, it writes `+` once connected to the vnode's sshd, before anything from the sshd
 RELAY = """
 import ctypes, os, socket, sys, threading
 fd = os.open(sys.argv[1], os.O_RDONLY)
@@ -44,6 +46,10 @@ if ctypes.CDLL(None, use_errno=True).setns(fd, 0x40000000) != 0:
     sys.exit("cannot enter " + sys.argv[1] + ": " + os.strerror(ctypes.get_errno()))
 conn = socket.create_connection(("127.0.0.1", 22), timeout=10)
 conn.settimeout(None)
+out = sys.stdout.buffer
+if sys.argv[2:] == ["ack"]:
+    out.write(b"+")
+    out.flush()
 def upstream():
     while True:
         data = os.read(0, 65536)
@@ -52,7 +58,6 @@ def upstream():
         conn.sendall(data)
     conn.shutdown(socket.SHUT_WR)
 threading.Thread(target=upstream, daemon=True).start()
-out = sys.stdout.buffer
 while True:
     data = conn.recv(65536)
     if not data:
@@ -62,8 +67,8 @@ while True:
 """
 # run on the pnode as root: argv[1:] are network namespaces (paths). Prints the port it
 # listens on (the pnode's 127.0.0.1); each connection there names, in its first line, the
-# index of a namespace, and is joined to the sshd on 127.0.0.1:22 in it. Exits when its
-# stdin ends.
+# index of a namespace, gets `+` once connected to the sshd on 127.0.0.1:22 in it, and is
+# joined to that sshd. Exits when its stdin ends.
 MANY_RELAY = """
 import ctypes, os, socket, sys, threading
 setns = ctypes.CDLL(None, use_errno=True).setns
@@ -97,6 +102,7 @@ def serve(conn):
             os.close(fd)
         vnode = socket.create_connection(("127.0.0.1", 22), timeout=10)
         vnode.settimeout(None)
+        conn.sendall(b"+")
     except (OSError, ValueError, IndexError):
         conn.close()
         return
@@ -180,9 +186,12 @@ def forget_host_keys(known_hosts: Path) -> None:
         _rewrite_known_hosts(known_hosts, [])
 
 
-def relay_command(vnode: VnodePlan) -> str:
-    """The pnode's shell command that joins its stdin/stdout to `vnode`'s sshd."""
-    return shlex.join(["python3", "-I", "-c", RELAY, nsutil.path(vnode.netns)])
+def relay_command(vnode: VnodePlan, ack: bool = False) -> str:
+    """The pnode's shell command that joins its stdin/stdout to `vnode`'s sshd (`ack`:
+    writing `+` first, once connected)."""
+    return shlex.join(
+        ["python3", "-I", "-c", RELAY, nsutil.path(vnode.netns), *(["ack"] if ack else [])]
+    )
 
 
 def connect(
@@ -204,14 +213,14 @@ def connect(
 
 
 def _login(
-    channel: paramiko.Channel,
+    sock: paramiko.Channel | _Held,
     vnode: VnodePlan,
     host_keys: paramiko.HostKeys,
     pkey: paramiko.PKey,
     timeout: float,
 ) -> paramiko.SSHClient:
-    """A root login to `vnode` over `channel` (to its sshd) with `pkey`; its host key must
-    be its entry in `host_keys`. Closes `channel` when the login fails."""
+    """A root login to `vnode` over `sock` (a channel to its sshd) with `pkey`; its host key
+    must be its entry in `host_keys`. Closes `sock` when the login fails."""
     client = paramiko.SSHClient()
     for kind, key in (host_keys.lookup(alias(vnode.name)) or {}).items():
         client.get_host_keys().add(alias(vnode.name), kind, key)
@@ -224,22 +233,47 @@ def _login(
             pkey=pkey,
             allow_agent=False,
             look_for_keys=False,
-            sock=channel,
+            sock=sock,  # type: ignore[arg-type]  # a _Held is a channel to paramiko
             timeout=timeout,
             banner_timeout=timeout,
             auth_timeout=timeout,
         )
     except BaseException:
-        client.close()
-        channel.close()
+        _close(client, sock)
         raise
     return client
+
+
+class _Held:
+    """A channel as the socket of a login whose closing is left to `_close`: paramiko's
+    transport closes its socket while its own thread may still write to it, and data on a
+    channel after its close makes the pnode's sshd drop the whole connection ("data packet
+    referred to nonexistent channel"), every other login through it with it."""
+
+    def __init__(self, channel: paramiko.Channel) -> None:
+        self.channel = channel
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.channel, name)
+
+    def close(self) -> None:
+        """Left to `_close`."""
+
+
+def _close(client: paramiko.SSHClient, sock: paramiko.Channel | _Held) -> None:
+    """Close `client`, then, once its transport's thread has stopped, the channel under it."""
+    transport = client.get_transport()
+    client.close()
+    if transport is not None and transport.is_alive():
+        transport.join(10)
+    (sock.channel if isinstance(sock, _Held) else sock).close()
 
 
 class _Relays:
     """One MANY_RELAY per pnode, started once; `channel(vnode)` is a new connection to the
     vnode's sshd through it (a direct-tcpip channel to the relay's port, then the vnode's
-    index). A pnode whose sshd refuses TCP forwarding gets a RELAY process per login."""
+    index), returned once the relay reached that sshd. A pnode whose sshd refuses TCP
+    forwarding gets a RELAY process per login."""
 
     def __init__(self, clients: Mapping[str, paramiko.SSHClient], vnodes: Sequence[VnodePlan]):
         self.clients = clients
@@ -271,19 +305,26 @@ class _Relays:
             return None
         return channel, port
 
-    def channel(self, vnode: VnodePlan, timeout: float) -> paramiko.Channel:
+    def channel(self, vnode: VnodePlan, timeout: float) -> _Held:
         transport = self.clients[vnode.pnode].get_transport()
         assert transport is not None
         relay = self.relays[vnode.pnode]
         if relay is None:
             channel = transport.open_session(timeout=timeout)
-            channel.exec_command(relay_command(vnode))
-            return channel
-        channel = transport.open_channel(
-            "direct-tcpip", ("127.0.0.1", relay[1]), ("127.0.0.1", 0), timeout=timeout
-        )
-        channel.sendall(f"{self.index[vnode.name]}\n".encode())
-        return channel
+            channel.exec_command(relay_command(vnode, ack=True))
+        else:
+            channel = transport.open_channel(
+                "direct-tcpip", ("127.0.0.1", relay[1]), ("127.0.0.1", 0), timeout=timeout
+            )
+            channel.sendall(f"{self.index[vnode.name]}\n".encode())
+        # nothing more is sent before the relay reached the sshd: data sent while the
+        # pnode's sshd closes the channel makes it drop the whole connection (paramiko
+        # sends it after the close, "data packet referred to nonexistent channel")
+        channel.settimeout(timeout)
+        if channel.recv(1) != b"+":
+            channel.close()
+            raise OSError("its sshd does not accept connections yet")
+        return _Held(channel)
 
     def close(self) -> None:
         for relay in self.relays.values():
@@ -309,7 +350,8 @@ def wait_reachable(
         last = "no answer"
         while time.monotonic() < deadline:
             try:
-                client = _login(relays.channel(vnode, 30), vnode, host_keys, pkey, 30)
+                sock = relays.channel(vnode, 30)
+                client = _login(sock, vnode, host_keys, pkey, 30)
             except paramiko.BadHostKeyException:
                 raise EmulatorError(
                     f"vnode {vnode.name} answered SSH with a host key other than the one "
@@ -326,7 +368,7 @@ def wait_reachable(
                     return
                 last = "`true` failed after the login"
             finally:
-                client.close()
+                _close(client, sock)
         raise EmulatorError(
             f"vnode {vnode.name} did not answer an SSH login within {timeout:g} s ({last}): "
             f"`omnibed emulate status` shows whether it runs"

@@ -6,6 +6,7 @@ each vnode's on 127.0.0.1:22 of a network namespace of its own."""
 from __future__ import annotations
 
 import subprocess
+import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -82,3 +83,30 @@ def test_a_vnode_with_another_host_key_is_named(
             vnode_ssh.wait_reachable(
                 {"p0": endpoint}, [v for v, _ in vnodes], known_hosts, str(key.private_path), 30
             )
+
+
+@pytest.mark.parametrize("forwarding", [True, False], ids=["one-relay", "relay-per-login"])
+def test_vnodes_whose_sshd_starts_late_are_waited_for(
+    forwarding: bool, key: KeyPair, vnodes: list, tmp_path: Path
+) -> None:
+    """Logins retried while the vnodes' sshds cannot be reached (loopback down for 3 s) must
+    not break the pnode's SSH connection (its sshd drops it on data sent to a channel it
+    closed)."""
+
+    def loopback(state: str) -> None:
+        for vnode, _ in vnodes:
+            subprocess.run(["ip", "-n", vnode.netns, "link", "set", "lo", state], check=True)
+
+    loopback("down")
+    with FakeSSHD([key.public_openssh], tcp_forwarding=forwarding) as pnode:
+        known_hosts = _known_hosts(tmp_path / "known_hosts", pnode, vnodes)
+        endpoint = SSHEndpoint(pnode.host, pnode.port, "root", str(key.private_path))
+        late = threading.Timer(3.0, loopback, args=("up",))
+        late.start()
+        try:
+            vnode_ssh.wait_reachable(
+                {"p0": endpoint}, [v for v, _ in vnodes], known_hosts, str(key.private_path), 30
+            )
+        finally:
+            late.join()
+        assert "nonexistent channel" not in pnode.log()
