@@ -17,6 +17,7 @@ from __future__ import annotations
 import fcntl
 import os
 import shlex
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -67,10 +68,10 @@ while True:
 """
 # run on the pnode as root: argv[1:] are network namespaces (paths). Prints the port it
 # listens on (the pnode's 127.0.0.1); each connection there names, in its first line, the
-# index of a namespace, gets `+` once connected to the sshd on 127.0.0.1:22 in it, and is
-# joined to that sshd. Exits when its stdin ends.
+# index of a namespace, gets `+` once connected to the sshd on 127.0.0.1:22 in it (waiting up
+# to 2 s for it to listen), and is joined to that sshd. Exits when its stdin ends.
 MANY_RELAY = """
-import ctypes, os, socket, sys, threading
+import ctypes, os, socket, sys, threading, time
 setns = ctypes.CDLL(None, use_errno=True).setns
 server = socket.socket()
 server.bind(("127.0.0.1", 0))
@@ -100,7 +101,16 @@ def serve(conn):
                 raise OSError(ctypes.get_errno(), "setns")
         finally:
             os.close(fd)
-        vnode = socket.create_connection(("127.0.0.1", 22), timeout=10)
+        waited = 0
+        while True:  # the vnode may still be starting: its sshd listens soon
+            try:
+                vnode = socket.create_connection(("127.0.0.1", 22), timeout=10)
+                break
+            except ConnectionRefusedError:
+                if waited >= 100:
+                    raise
+                waited += 1
+                time.sleep(0.02)
         vnode.settimeout(None)
         conn.sendall(b"+")
     except (OSError, ValueError, IndexError):
@@ -338,9 +348,12 @@ def wait_reachable(
     known_hosts: Path,
     key_file: str,
     timeout: float = REACH_TIMEOUT,
+    stop: threading.Event | None = None,
 ) -> None:
     """Return once every vnode of `vnodes` accepted a root login and ran `true`; an
-    EmulatorError names the first that did not within `timeout` seconds."""
+    EmulatorError names the first that did not within `timeout` seconds, or, once `stop`
+    is set, within a few seconds. The vnodes may still be starting."""
+    stop = stop or threading.Event()
     deadline = time.monotonic() + timeout
     clients = {p: ssh.connect(pnodes[p], known_hosts) for p in {v.pnode for v in vnodes}}
     host_keys = paramiko.HostKeys(str(known_hosts))  # read once: N logins, N lines each
@@ -348,7 +361,7 @@ def wait_reachable(
 
     def login(vnode: VnodePlan) -> None:
         last = "no answer"
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline and not stop.is_set():
             try:
                 sock = relays.channel(vnode, 30)
                 client = _login(sock, vnode, host_keys, pkey, 30)

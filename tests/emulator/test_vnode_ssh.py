@@ -110,3 +110,22 @@ def test_vnodes_whose_sshd_starts_late_are_waited_for(
         finally:
             late.join()
         assert "nonexistent channel" not in pnode.log()
+
+
+@pytest.mark.slow
+def test_many_logins_keep_the_pnode_connection(key: KeyPair, vnodes: list, tmp_path: Path) -> None:
+    """200 logins through one pnode connection (vnodes sharing the namespaces and sshds of
+    VNODES): none may write to a channel after closing it, or the pnode's sshd drops the
+    connection and every login after it fails."""
+    many = [
+        (VnodePlan(name=f"many-{i}", pnode="p0", netns=vnode.netns, ssh=True), sshd)
+        for i in range(200)
+        for vnode, sshd in [vnodes[i % VNODES]]
+    ]
+    with FakeSSHD([key.public_openssh]) as pnode:
+        known_hosts = _known_hosts(tmp_path / "known_hosts", pnode, many)
+        endpoint = SSHEndpoint(pnode.host, pnode.port, "root", str(key.private_path))
+        vnode_ssh.wait_reachable(
+            {"p0": endpoint}, [v for v, _ in many], known_hosts, str(key.private_path), 60
+        )
+        assert "nonexistent channel" not in pnode.log()
