@@ -20,7 +20,7 @@ import shlex
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 
@@ -391,8 +391,18 @@ def wait_reachable(
         relays = _Relays(clients, vnodes)
         try:
             with ThreadPoolExecutor(max_workers=max(1, min(32, len(vnodes)))) as pool:
-                for future in [pool.submit(login, v) for v in vnodes]:
-                    future.result()
+                pending = {pool.submit(login, v) for v in vnodes}
+                try:
+                    while pending and not stop.is_set():
+                        done, pending = wait(pending, timeout=0.2, return_when=FIRST_EXCEPTION)
+                        for future in done:
+                            future.result()  # raises the first failure
+                finally:
+                    if pending:  # ending the pnode connections ends the logins under way
+                        for client in clients.values():
+                            client.close()
+            if pending:
+                raise EmulatorError("the wait for the vnodes' SSH logins was stopped")
         finally:
             relays.close()
     finally:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import subprocess
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -129,3 +130,22 @@ def test_many_logins_keep_the_pnode_connection(key: KeyPair, vnodes: list, tmp_p
             {"p0": endpoint}, [v for v, _ in many], known_hosts, str(key.private_path), 60
         )
         assert "nonexistent channel" not in pnode.log()
+
+
+def test_a_stopped_wait_ends_within_seconds(key: KeyPair, vnodes: list, tmp_path: Path) -> None:
+    """`emulate up` stops the wait when a container fails to start: the wait for vnodes whose
+    sshd never answers ends within seconds, not after its timeout."""
+    for vnode, _ in vnodes:
+        subprocess.run(["ip", "-n", vnode.netns, "link", "set", "lo", "down"], check=True)
+    stop = threading.Event()
+    with FakeSSHD([key.public_openssh]) as pnode:
+        known_hosts = _known_hosts(tmp_path / "known_hosts", pnode, vnodes)
+        endpoint = SSHEndpoint(pnode.host, pnode.port, "root", str(key.private_path))
+        threading.Timer(1.0, stop.set).start()
+        started = time.monotonic()
+        with pytest.raises(EmulatorError, match="stopped"):
+            vnode_ssh.wait_reachable(
+                {"p0": endpoint}, [v for v, _ in vnodes], known_hosts, str(key.private_path),
+                60, stop=stop,
+            )  # fmt: skip
+        assert time.monotonic() - started < 10
