@@ -1,17 +1,27 @@
-"""N container vnodes with sshd on this machine as the pnode: up until every one answers SSH,
-and down. Side by side in the same run:
+"""N container vnodes with sshd on one local pnode: up until every one answers SSH, and down.
 
-  batch       `Runtime.start` with 8 runc processes at a time, as omnibed starts them
-  sequential  the same containers, one runc process after the other, as Distem starts LXC
+Side by side in the same run, on the same machine:
 
-Each vnode: its own network namespace (loopback up), an overlay on the one unpacked image,
-128 MiB memory limit, a 50 % CPU share, sshd as init with a host key of its own. "up" ends
-when every vnode has answered a real SSH login as root (paramiko, host key checked, from
-inside its namespace). Memory per vnode: the pnode's used memory (MemTotal - MemAvailable)
-with all vnodes up, minus before, divided by N.
+  omnibed     the path a user takes: a local reservation of 1 pnode (omnibed.api.Omnibed),
+              a platform of N vnodes (`image:` from `omnibed image build`, ssh: true,
+              memory 128MiB, cpu share 0.5, one interface on a bridged vnetwork) through
+              `Emulator.up` (network, containers, and it returns only once every vnode
+              accepted a root login through the pnode, host key checked) and `Emulator.down`.
+  sequential  the same containers (same image, limits, sshd as init), each in a network
+              namespace of its own, started by one `runc run` per vnode, one after the
+              other, the way Distem starts LXC containers; then the same root login to each
+              (paramiko, host key checked, 16 at a time, from inside its namespace); down
+              is one `runc delete` per vnode. Its namespaces get loopback only, no veth.
 
-Run as root: `.venv/bin/python bench/vnodes_scale.py [--image NAME] [N ...]` (default 10 100).
-The image comes from `omnibed image ls` (built with the default packages when missing).
+Before the figures, a warm-up `up`/`down` of 1 vnode puts the image on the pnode (uploaded
+and unpacked once per pnode, then kept), as a second `emulate up` finds it; the sequential
+column gets its own unpacked copy, not timed. Memory per vnode: this machine's used memory
+(MemTotal - MemAvailable) with every vnode up, minus just before `up`, divided by N; other
+work on the machine moves it, so the load (`uptime`) is printed with the figures.
+
+Run as root: `.venv/bin/python bench/vnodes_scale.py [--image NAME] [N ...]` (default
+10 100 500). The image comes from `omnibed image ls` in $OMNIBED_HOME (built with
+openssh-server and python3 when missing); the reservation is released at the end.
 Prints figures. Not a test.
 """
 
@@ -25,6 +35,7 @@ import tempfile
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
 from pathlib import Path
 
 import paramiko
@@ -32,10 +43,70 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from pyroute2 import IPRoute
 
+from omnibed.api import Omnibed
 from omnibed.core.errors import UsageError
 from omnibed.emulator import images
 from omnibed.emulator.agent import nsutil, rootfs
 from omnibed.emulator.agent.containers import ContainerSpec, Runtime
+from omnibed.emulator.coordinator import Emulator
+from omnibed.emulator.model import load_platform
+
+MEMORY = 128 << 20
+SHARE = 0.5
+PACKAGES = ["openssh-server", "python3"]
+
+
+def _platform(image: str, n: int):
+    return load_platform(
+        {
+            "networks": [{"name": "vnetwork", "cidr": "10.64.0.0/16", "mode": "bridge"}],
+            "nodes": [
+                {
+                    "name": "vnode-{i}",
+                    "per_pnode": n,
+                    "image": image,
+                    "cpu": {"share": SHARE},
+                    "memory": f"{MEMORY >> 20}MiB",
+                    "ssh": True,
+                    "ifaces": [{"name": "if0", "network": "vnetwork"}],
+                }
+            ],
+        }
+    )
+
+
+def _used_memory() -> int:
+    fields = dict(line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines())
+    return (int(fields["MemTotal"].split()[0]) - int(fields["MemAvailable"].split()[0])) * 1024
+
+
+def _load() -> str:
+    return "load average " + " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
+# -- omnibed: the user's path -------------------------------------------------------------
+
+
+def _omnibed(emulator: Emulator, image: str, n: int) -> dict:
+    """Up and down of N vnodes; "steps" are the seconds each step `up` reports took."""
+    platform = _platform(image, n)
+    steps: list[tuple[str, float]] = []
+    before = _used_memory()
+    start = time.perf_counter()
+    try:
+        emulator.up(platform, progress=lambda step: steps.append((step, time.perf_counter())))
+        up = time.perf_counter() - start
+        memory = (_used_memory() - before) / n
+    finally:
+        start = time.perf_counter()
+        emulator.down()
+        down = time.perf_counter() - start
+    ends = [t for _, t in steps[1:]] + [start]
+    took = [(step.split(" (")[0], end - t) for (step, t), end in zip(steps, ends, strict=True)]
+    return {"up": up, "down": down, "memory": memory, "steps": took}
+
+
+# -- sequential: one runc process per vnode, one after the other ----------------------------
 
 
 def _new_key() -> tuple[str, paramiko.Ed25519Key]:
@@ -45,11 +116,6 @@ def _new_key() -> tuple[str, paramiko.Ed25519Key]:
         serialization.NoEncryption(),
     ).decode()  # fmt: skip
     return private, paramiko.Ed25519Key.from_private_key(io.StringIO(private))
-
-
-def _used_memory() -> int:
-    fields = dict(line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines())
-    return (int(fields["MemTotal"].split()[0]) - int(fields["MemAvailable"].split()[0])) * 1024
 
 
 def _namespaces(names: list[str]) -> None:
@@ -95,7 +161,7 @@ def _ssh_ok(netns: str, host_key: paramiko.PKey, client_key: paramiko.PKey) -> N
             raise RuntimeError(f"ssh to {netns}: `true` failed")
 
 
-def _run(runtime: Runtime, image: images.Image, n: int, workers: int) -> dict[str, float]:
+def _sequential(runtime: Runtime, image: images.Image, n: int) -> dict[str, float]:
     tag = uuid.uuid4().hex[:6]
     names = [f"b{tag}v{i}" for i in range(n)]
     _namespaces(names)
@@ -104,31 +170,23 @@ def _run(runtime: Runtime, image: images.Image, n: int, workers: int) -> dict[st
     keys = {name: _new_key() for name in names}
     specs = [
         ContainerSpec(
-            name=name,
-            hostname=name,
-            netns=nsutil.path(name),
-            image=str(image.path),
-            sha256=image.sha256,
-            arch=image.arch,
-            memory=128 << 20,
-            share=0.5,
-            ssh=True,
-            host_key=keys[name][0],
-            authorized_keys=authorized,
+            name=name, hostname=name, netns=nsutil.path(name), image=str(image.path),
+            sha256=image.sha256, arch=image.arch, memory=MEMORY, share=SHARE, ssh=True,
+            host_key=keys[name][0], authorized_keys=authorized,
         )  # fmt: skip
         for name in names
     ]
     try:
         before = _used_memory()
         start = time.perf_counter()
-        runtime.start(specs, workers=workers)
+        runtime.start(specs, workers=1)
         started = time.perf_counter() - start
         with ThreadPoolExecutor(16) as pool:
             list(pool.map(lambda s: _ssh_ok(s.name, keys[s.name][1], client_key), specs))
         up = time.perf_counter() - start
         memory = (_used_memory() - before) / n
         start = time.perf_counter()
-        runtime.remove(names)
+        runtime.remove(names, workers=1)
         down = time.perf_counter() - start
     finally:
         runtime.remove(names)
@@ -137,31 +195,55 @@ def _run(runtime: Runtime, image: images.Image, n: int, workers: int) -> dict[st
     return {"started": started, "up": up, "down": down, "memory": memory}
 
 
+# -- the run ------------------------------------------------------------------------------
+
+
+def _image(name: str) -> images.Image:
+    try:
+        return images.get(name)
+    except UsageError:
+        print(f"building image {name} ...", flush=True)
+        return images.build(name, packages=PACKAGES)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--image", default="vnode-bench")
-    parser.add_argument("counts", nargs="*", type=int, default=[10, 100])
+    parser.add_argument("counts", nargs="*", type=int, default=[10, 100, 500])
     args = parser.parse_args()
+    image = _image(args.image)
+    api = Omnibed()
+    request = api.make_request("local", nodes=1, walltime=timedelta(hours=2))
+    api.reserve("local", request)
     try:
-        image = images.get(args.image)
-    except UsageError:
-        print(f"building image {args.image} ...", flush=True)
-        image = images.build(args.image)
-    with tempfile.TemporaryDirectory(prefix="omnibed-bench-pnode-") as pnode:
-        runtime = Runtime(root=f"{pnode}/omnibed", runc_root=f"{pnode}/runc")
+        api.wait(request.name)
+        emulator = Emulator(api.access(request.name))
         start = time.perf_counter()
-        rootfs.unpack(str(image.path), image.sha256, runtime.images_dir)
-        print(f"image {image.name}: unpacked once in {time.perf_counter() - start:.1f} s")
-        for n in args.counts:
-            for mode, workers in (("batch", 8), ("sequential", 1)):
-                r = _run(runtime, image, n, workers)
-                print(
-                    f"{n:5d} vnodes {mode:10s}: runc started {r['started']:6.2f} s "
-                    f"({r['started'] / n * 1000:5.1f} ms/vnode), all answer SSH {r['up']:6.2f} s "
-                    f"({r['up'] / n * 1000:5.1f} ms/vnode), down {r['down']:5.2f} s, "
-                    f"{r['memory'] / 2**20:5.1f} MiB/vnode",
-                    flush=True,
-                )
+        _omnibed(emulator, args.image, 1)
+        print(f"warm-up: 1 vnode up and down in {time.perf_counter() - start:.1f} s "
+              f"(image {args.image} uploaded to the pnode and unpacked there once)")  # fmt: skip
+        with tempfile.TemporaryDirectory(prefix="omnibed-bench-sequential-") as pnode:
+            runtime = Runtime(root=f"{pnode}/omnibed", runc_root=f"{pnode}/runc")
+            rootfs.unpack(str(image.path), image.sha256, runtime.images_dir)
+            print(f"{'N':>5} {'method':<10} {'up s':>7} {'ms/vnode':>8} {'down s':>6} "
+                  f"{'MiB/vnode':>9}  load")  # fmt: skip
+            for n in args.counts:
+                results = {
+                    "omnibed": _omnibed(emulator, args.image, n),
+                    "sequential": _sequential(runtime, image, n),
+                }
+                for method, r in results.items():
+                    extra = f", runc alone {r['started']:.2f} s" if "started" in r else ""
+                    print(f"{n:>5} {method:<10} {r['up']:>7.2f} {r['up'] / n * 1000:>8.1f} "
+                          f"{r['down']:>6.2f} {r['memory'] / 2**20:>9.2f}  {_load()}{extra}",
+                          flush=True)  # fmt: skip
+                o, s = results["omnibed"], results["sequential"]
+                print("      omnibed up, step by step: "
+                      + ", ".join(f"{step} {t:.2f} s" for step, t in o["steps"] if t >= 0.05))
+                print(f"{n:>5} ratio sequential/omnibed: up {s['up'] / o['up']:.2f}x, "
+                      f"down {s['down'] / o['down']:.2f}x", flush=True)  # fmt: skip
+    finally:
+        api.release(request.name)
 
 
 if __name__ == "__main__":

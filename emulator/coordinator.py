@@ -10,7 +10,8 @@ work from another process, and so `omnibed release` can tear the platform down f
 Container vnodes (docs/containers.md): after the network, each pnode gets the images its
 vnodes use (uploaded over SFTP unless the pnode has that sha256 already), starts their
 containers, and `up` returns once every `ssh: true` vnode accepted a root login through its
-pnode with its recorded host key (:mod:`.vnode_ssh`); `reachable_after` is how long `up`
+pnode with its recorded host key (:mod:`.vnode_ssh`; the logins start with the containers,
+each waits for its vnode's sshd); `reachable_after` is how long `up`
 took until then. A failure at any step removes everything from every pnode.
 """
 
@@ -19,8 +20,10 @@ from __future__ import annotations
 import base64
 import json
 import secrets
+import threading
 import time
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -288,24 +291,33 @@ class Emulator:
             raise ApplyError(failures, rolled_back=True)
         if not boxes:
             return
-        progress("starting the container vnodes (unpacking each image once per pnode)")
-        failures = _errors(
-            for_each(
-                {p: sessions[p] for p in boxes},
-                lambda p, s: s.call(ops.CONTAINERS_START, state=boxes[p].to_json()),
-            )
-        )
-        if failures:
-            raise ApplyError(failures, rolled_back=True)
         with_ssh = [v for v in the_plan.vnodes if v.ssh]
-        if with_ssh:
-            progress(f"waiting until {len(with_ssh)} vnodes answer SSH")
-            vnode_ssh.wait_reachable(
+        progress(
+            "starting the container vnodes (unpacking each image once per pnode)"
+            + (f", logging in to the {len(with_ssh)} with sshd as they start" if with_ssh else "")
+        )
+        with ThreadPoolExecutor(max_workers=1) as logins:
+            stop = threading.Event()
+            reachable = None if not with_ssh else logins.submit(
+                vnode_ssh.wait_reachable,
                 self.access.root_endpoints(),
                 with_ssh,
                 self.access.known_hosts,
                 str(self.access.key_file),
+                stop=stop,
+            )  # fmt: skip
+            failures = _errors(
+                for_each(
+                    {p: sessions[p] for p in boxes},
+                    lambda p, s: s.call(ops.CONTAINERS_START, state=boxes[p].to_json()),
+                )
             )
+            if failures:
+                stop.set()
+                raise ApplyError(failures, rolled_back=True)
+            if reachable:
+                progress(f"waiting until {len(with_ssh)} vnodes answer SSH")
+                reachable.result()
 
     def down(self) -> list[str]:
         """Remove the platform from every pnode; idempotent; the vnodes that were removed."""

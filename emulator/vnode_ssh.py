@@ -5,8 +5,11 @@ half is recorded in the reservation's known_hosts under the name `VNODE.vnode.om
 before the vnode starts, and every login checks it (never accepted at first contact).
 A login goes through the pnode as jump host: the pnode runs RELAY, which enters the vnode's
 network namespace and joins its stdin and stdout to the vnode's sshd on 127.0.0.1:22, so
-no route from the pnode into the vnetworks is needed. paramiko (`connect`, `wait_reachable`)
-and OpenSSH (`command_line`, as a ProxyCommand) take the same path.
+no route from the pnode into the vnetworks is needed. paramiko (`connect`) and OpenSSH
+(`command_line`, as a ProxyCommand) take that path. `wait_reachable`, which logs in to every
+vnode, starts one MANY_RELAY per pnode instead: it listens on the pnode's 127.0.0.1 and each
+login is a direct-tcpip channel to it (no process started per login); a pnode whose sshd
+forbids TCP forwarding gets a RELAY per login.
 """
 
 from __future__ import annotations
@@ -14,10 +17,12 @@ from __future__ import annotations
 import fcntl
 import os
 import shlex
+import threading
 import time
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from pathlib import Path
+from typing import Any
 
 import paramiko
 from cryptography.hazmat.primitives import serialization
@@ -33,7 +38,8 @@ from .planner import Plan, VnodePlan
 ALIAS_SUFFIX = ".vnode.omnibed"
 SSH_PORT = 22
 REACH_TIMEOUT = 120.0
-# run on the pnode as root: argv[1] is the vnode's network namespace (a path)
+# run on the pnode as root: argv[1] is the vnode's network namespace (a path); with argv[2]
+# `ack`, it writes `+` once connected to the vnode's sshd, before anything from the sshd
 RELAY = """
 import ctypes, os, socket, sys, threading
 fd = os.open(sys.argv[1], os.O_RDONLY)
@@ -41,6 +47,10 @@ if ctypes.CDLL(None, use_errno=True).setns(fd, 0x40000000) != 0:
     sys.exit("cannot enter " + sys.argv[1] + ": " + os.strerror(ctypes.get_errno()))
 conn = socket.create_connection(("127.0.0.1", 22), timeout=10)
 conn.settimeout(None)
+out = sys.stdout.buffer
+if sys.argv[2:] == ["ack"]:
+    out.write(b"+")
+    out.flush()
 def upstream():
     while True:
         data = os.read(0, 65536)
@@ -49,13 +59,77 @@ def upstream():
         conn.sendall(data)
     conn.shutdown(socket.SHUT_WR)
 threading.Thread(target=upstream, daemon=True).start()
-out = sys.stdout.buffer
 while True:
     data = conn.recv(65536)
     if not data:
         break
     out.write(data)
     out.flush()
+"""
+# run on the pnode as root: argv[1:] are network namespaces (paths). Prints the port it
+# listens on (the pnode's 127.0.0.1); each connection there names, in its first line, the
+# index of a namespace, gets `+` once connected to the sshd on 127.0.0.1:22 in it (waiting up
+# to 2 s for it to listen), and is joined to that sshd. Exits when its stdin ends.
+MANY_RELAY = """
+import ctypes, os, socket, sys, threading, time
+setns = ctypes.CDLL(None, use_errno=True).setns
+server = socket.socket()
+server.bind(("127.0.0.1", 0))
+server.listen(128)
+print(server.getsockname()[1], flush=True)
+def pump(source, sink):
+    try:
+        while True:
+            data = source.recv(65536)
+            if not data:
+                break
+            sink.sendall(data)
+        sink.shutdown(socket.SHUT_WR)
+    except OSError:
+        pass
+def serve(conn):
+    try:
+        line = b""
+        while not line.endswith(b"\\n") and len(line) < 12:
+            byte = conn.recv(1)
+            if not byte:
+                raise OSError("no vnode index")
+            line += byte
+        fd = os.open(sys.argv[1 + int(line)], os.O_RDONLY)
+        try:  # this thread only: the others stay in the pnode's namespace
+            if setns(fd, 0x40000000) != 0:
+                raise OSError(ctypes.get_errno(), "setns")
+        finally:
+            os.close(fd)
+        waited = 0
+        while True:  # the vnode may still be starting: its sshd listens soon
+            try:
+                vnode = socket.create_connection(("127.0.0.1", 22), timeout=10)
+                break
+            except ConnectionRefusedError:
+                if waited >= 100:
+                    raise
+                waited += 1
+                time.sleep(0.02)
+        vnode.settimeout(None)
+        conn.sendall(b"+")
+    except (OSError, ValueError, IndexError):
+        conn.close()
+        return
+    upstream = threading.Thread(target=pump, args=(conn, vnode), daemon=True)
+    upstream.start()
+    pump(vnode, conn)
+    upstream.join()
+    vnode.close()
+    conn.close()
+def end():
+    while os.read(0, 65536):
+        pass
+    os._exit(0)
+threading.Thread(target=end, daemon=True).start()
+while True:
+    conn, _ = server.accept()
+    threading.Thread(target=serve, args=(conn,), daemon=True).start()
 """
 
 
@@ -122,9 +196,12 @@ def forget_host_keys(known_hosts: Path) -> None:
         _rewrite_known_hosts(known_hosts, [])
 
 
-def relay_command(vnode: VnodePlan) -> str:
-    """The pnode's shell command that joins its stdin/stdout to `vnode`'s sshd."""
-    return shlex.join(["python3", "-I", "-c", RELAY, nsutil.path(vnode.netns)])
+def relay_command(vnode: VnodePlan, ack: bool = False) -> str:
+    """The pnode's shell command that joins its stdin/stdout to `vnode`'s sshd (`ack`:
+    writing `+` first, once connected)."""
+    return shlex.join(
+        ["python3", "-I", "-c", RELAY, nsutil.path(vnode.netns), *(["ack"] if ack else [])]
+    )
 
 
 def connect(
@@ -141,27 +218,128 @@ def connect(
     assert transport is not None
     channel = transport.open_session(timeout=timeout)
     channel.exec_command(relay_command(vnode))
+    pkey = paramiko.PKey.from_path(key_file)
+    return _login(channel, vnode, paramiko.HostKeys(str(known_hosts)), pkey, timeout)
+
+
+def _login(
+    sock: paramiko.Channel | _Held,
+    vnode: VnodePlan,
+    host_keys: paramiko.HostKeys,
+    pkey: paramiko.PKey,
+    timeout: float,
+) -> paramiko.SSHClient:
+    """A root login to `vnode` over `sock` (a channel to its sshd) with `pkey`; its host key
+    must be its entry in `host_keys`. Closes `sock` when the login fails."""
     client = paramiko.SSHClient()
-    client.load_host_keys(str(known_hosts))
+    for kind, key in (host_keys.lookup(alias(vnode.name)) or {}).items():
+        client.get_host_keys().add(alias(vnode.name), kind, key)
     client.set_missing_host_key_policy(paramiko.RejectPolicy())
     try:
         client.connect(
             alias(vnode.name),
             port=SSH_PORT,
             username="root",
-            key_filename=key_file,
+            pkey=pkey,
             allow_agent=False,
             look_for_keys=False,
-            sock=channel,
+            sock=sock,  # type: ignore[arg-type]  # a _Held is a channel to paramiko
             timeout=timeout,
             banner_timeout=timeout,
             auth_timeout=timeout,
         )
     except BaseException:
-        client.close()
-        channel.close()
+        _close(client, sock)
         raise
     return client
+
+
+class _Held:
+    """A channel as the socket of a login whose closing is left to `_close`: paramiko's
+    transport closes its socket while its own thread may still write to it, and data on a
+    channel after its close makes the pnode's sshd drop the whole connection ("data packet
+    referred to nonexistent channel"), every other login through it with it."""
+
+    def __init__(self, channel: paramiko.Channel) -> None:
+        self.channel = channel
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.channel, name)
+
+    def close(self) -> None:
+        """Left to `_close`."""
+
+
+def _close(client: paramiko.SSHClient, sock: paramiko.Channel | _Held) -> None:
+    """Close `client`, then, once its transport's thread has stopped, the channel under it."""
+    transport = client.get_transport()
+    client.close()
+    if transport is not None and transport.is_alive():
+        transport.join(10)
+    (sock.channel if isinstance(sock, _Held) else sock).close()
+
+
+class _Relays:
+    """One MANY_RELAY per pnode, started once; `channel(vnode)` is a new connection to the
+    vnode's sshd through it (a direct-tcpip channel to the relay's port, then the vnode's
+    index), returned once the relay reached that sshd. A pnode whose sshd refuses TCP
+    forwarding gets a RELAY process per login."""
+
+    def __init__(self, clients: Mapping[str, paramiko.SSHClient], vnodes: Sequence[VnodePlan]):
+        self.clients = clients
+        self.index: dict[str, int] = {}  # vnode name -> its index in its pnode's relay
+        # pnode -> (the relay's channel, its port), or None without one
+        self.relays: dict[str, tuple[paramiko.Channel, int] | None] = {}
+        for pnode, client in clients.items():
+            mine = [v for v in vnodes if v.pnode == pnode]
+            self.index.update({v.name: i for i, v in enumerate(mine)})
+            self.relays[pnode] = self._start(client, mine)
+
+    @staticmethod
+    def _start(
+        client: paramiko.SSHClient, vnodes: Sequence[VnodePlan]
+    ) -> tuple[paramiko.Channel, int] | None:
+        transport = client.get_transport()
+        assert transport is not None
+        channel = transport.open_session(timeout=30)
+        paths = [nsutil.path(v.netns) for v in vnodes]
+        channel.exec_command(shlex.join(["python3", "-I", "-c", MANY_RELAY, *paths]))
+        channel.settimeout(30)
+        try:
+            port = int(channel.makefile("rb").readline())
+            transport.open_channel(  # refused by a pnode that forbids TCP forwarding
+                "direct-tcpip", ("127.0.0.1", port), ("127.0.0.1", 0), timeout=30
+            ).close()
+        except (paramiko.SSHException, OSError, ValueError):
+            channel.close()
+            return None
+        return channel, port
+
+    def channel(self, vnode: VnodePlan, timeout: float) -> _Held:
+        transport = self.clients[vnode.pnode].get_transport()
+        assert transport is not None
+        relay = self.relays[vnode.pnode]
+        if relay is None:
+            channel = transport.open_session(timeout=timeout)
+            channel.exec_command(relay_command(vnode, ack=True))
+        else:
+            channel = transport.open_channel(
+                "direct-tcpip", ("127.0.0.1", relay[1]), ("127.0.0.1", 0), timeout=timeout
+            )
+            channel.sendall(f"{self.index[vnode.name]}\n".encode())
+        # nothing more is sent before the relay reached the sshd: data sent while the
+        # pnode's sshd closes the channel makes it drop the whole connection (paramiko
+        # sends it after the close, "data packet referred to nonexistent channel")
+        channel.settimeout(timeout)
+        if channel.recv(1) != b"+":
+            channel.close()
+            raise OSError("its sshd does not accept connections yet")
+        return _Held(channel)
+
+    def close(self) -> None:
+        for relay in self.relays.values():
+            if relay is not None:
+                relay[0].close()  # its stdin ends: the relay exits
 
 
 def wait_reachable(
@@ -170,17 +348,23 @@ def wait_reachable(
     known_hosts: Path,
     key_file: str,
     timeout: float = REACH_TIMEOUT,
+    stop: threading.Event | None = None,
 ) -> None:
     """Return once every vnode of `vnodes` accepted a root login and ran `true`; an
-    EmulatorError names the first that did not within `timeout` seconds."""
+    EmulatorError names the first that did not within `timeout` seconds, or, once `stop`
+    is set, within a few seconds. The vnodes may still be starting."""
+    stop = stop or threading.Event()
     deadline = time.monotonic() + timeout
     clients = {p: ssh.connect(pnodes[p], known_hosts) for p in {v.pnode for v in vnodes}}
+    host_keys = paramiko.HostKeys(str(known_hosts))  # read once: N logins, N lines each
+    pkey = paramiko.PKey.from_path(key_file)
 
     def login(vnode: VnodePlan) -> None:
         last = "no answer"
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline and not stop.is_set():
             try:
-                client = connect(clients[vnode.pnode], vnode, known_hosts, key_file)
+                sock = relays.channel(vnode, 30)
+                client = _login(sock, vnode, host_keys, pkey, 30)
             except paramiko.BadHostKeyException:
                 raise EmulatorError(
                     f"vnode {vnode.name} answered SSH with a host key other than the one "
@@ -197,16 +381,30 @@ def wait_reachable(
                     return
                 last = "`true` failed after the login"
             finally:
-                client.close()
+                _close(client, sock)
         raise EmulatorError(
             f"vnode {vnode.name} did not answer an SSH login within {timeout:g} s ({last}): "
             f"`omnibed emulate status` shows whether it runs"
         )
 
     try:
-        with ThreadPoolExecutor(max_workers=max(1, min(32, len(vnodes)))) as pool:
-            for future in [pool.submit(login, v) for v in vnodes]:
-                future.result()
+        relays = _Relays(clients, vnodes)
+        try:
+            with ThreadPoolExecutor(max_workers=max(1, min(32, len(vnodes)))) as pool:
+                pending = {pool.submit(login, v) for v in vnodes}
+                try:
+                    while pending and not stop.is_set():
+                        done, pending = wait(pending, timeout=0.2, return_when=FIRST_EXCEPTION)
+                        for future in done:
+                            future.result()  # raises the first failure
+                finally:
+                    if pending:  # ending the pnode connections ends the logins under way
+                        for client in clients.values():
+                            client.close()
+            if pending:
+                raise EmulatorError("the wait for the vnodes' SSH logins was stopped")
+        finally:
+            relays.close()
     finally:
         for client in clients.values():
             client.close()

@@ -8,6 +8,7 @@ the processes of the namespaces alone.
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import time
@@ -68,7 +69,15 @@ def kill_all(reservation_id: str, grace: float = 5.0) -> None:
             pids = _pids(path)
         if not pids:
             break
-    path.rmdir()
+    deadline = time.monotonic() + grace
+    while True:
+        try:
+            path.rmdir()
+            return
+        except OSError as exc:  # EBUSY while the killed tasks, gone from cgroup.procs, exit
+            if exc.errno != errno.EBUSY or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
 
 
 def _pids(path: Path) -> list[int]:

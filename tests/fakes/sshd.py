@@ -1,7 +1,8 @@
 """A real OpenSSH sshd for tests: own temp directory, host key, authorized keys and port.
 
 Needs root (sshd refuses to serve other users' logins otherwise). It can run inside a
-network namespace (`netns=`) and serves as a jump host (TCP forwarding allowed). `stop()`
+network namespace (`netns=`) and serves as a jump host (TCP forwarding allowed unless
+`tcp_forwarding=False`). `stop()`
 kills the sshd it started and the session processes that sshd forked, nothing else.
 """
 
@@ -73,7 +74,9 @@ class FakeSSHD:
         user_home: str | None = None,
         log_level: str = "VERBOSE",
         path: str | None = None,
+        tcp_forwarding: bool = True,
     ) -> None:
+        self.tcp_forwarding = tcp_forwarding
         self.authorized_keys = list(authorized_keys)
         self.host = address
         self.port = port if port is not None else (22 if netns else free_port(address))
@@ -99,7 +102,7 @@ class FakeSSHD:
             "KbdInteractiveAuthentication no",
             "StrictModes no",
             "UsePAM no",
-            "AllowTcpForwarding yes",
+            f"AllowTcpForwarding {'yes' if self.tcp_forwarding else 'no'}",
             "X11Forwarding no",
             "PrintMotd no",
             "Subsystem sftp internal-sftp",
