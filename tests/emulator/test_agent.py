@@ -19,7 +19,7 @@ from pyroute2 import IPRoute
 
 from omnibed.emulator import agent as agent_package
 from omnibed.emulator.agent import ops
-from omnibed.emulator.agent.state import Bridge, PnodeState, Shaping, Viface, Vxlan
+from omnibed.emulator.agent.state import Bridge, PnodeState, Shaping, Trunk, Viface, Vxlan
 from omnibed.emulator.bundle import PACKAGE, Bundle, build
 from omnibed.emulator.transport import LocalAgentSession
 
@@ -235,12 +235,13 @@ def test_preflight_refuses_delay_without_netem_and_changes_nothing(pnodes: Pnode
 
 
 @pytest.mark.root
-@pytest.mark.parametrize("collide", ["bridge", "second-veth"])
+@pytest.mark.parametrize("collide", ["bridge", "second-veth", "trunk"])
 def test_failure_rolls_back_everything_created(pnodes: Pnodes, collide: str) -> None:
     pnode = pnodes.pnode()
     agent = pnodes.agent(pnode)
-    state = pnodes.track(agent, pnodes.state(pnode, per_network=3))
-    squatter = state.bridges[0].name if collide == "bridge" else state.vifaces[1].host_ifname
+    state = pnodes.track(agent, chained(pnodes.state(pnode, per_network=3)))
+    squatter = {"bridge": state.bridges[0].name, "second-veth": state.vifaces[1].host_ifname,
+                "trunk": state.trunks[0].peer}[collide]
     _sh("ip", "-n", pnode, "link", "add", squatter, "type", "veth", "peer", "name", "sq1")
 
     reply = agent.request(ops.APPLY, state=state.to_json())
@@ -248,6 +249,33 @@ def test_failure_rolls_back_everything_created(pnodes: Pnodes, collide: str) -> 
     assert reply["errno"] == 17  # EEXIST
     assert _netns_links(pnode) == sorted(["lo", squatter, "sq1"])  # the squatter untouched
     assert not set(state.namespaces) & set(os.listdir("/run/netns"))
+
+
+def chained(state: PnodeState) -> PnodeState:
+    """`state` with its last viface moved onto a second bridge, trunked to the first."""
+    first = state.bridges[0]
+    second = replace(first, name=f"{first.name}c")
+    trunk = Trunk(f"{first.name}d", f"{first.name}u", second.name, first.name, first.mtu)
+    moved = replace(state.vifaces[-1], bridge=second.name)
+    return replace(state, bridges=(*state.bridges, second), trunks=(trunk,),
+                   vifaces=(*state.vifaces[:-1], moved))
+
+
+@pytest.mark.root
+def test_a_trunk_joins_two_bridges_into_one_segment(pnodes: Pnodes) -> None:
+    pnode = pnodes.pnode()
+    agent = pnodes.agent(pnode)
+    state = pnodes.track(agent, chained(pnodes.state(pnode, per_network=2)))
+    agent.call(ops.APPLY, state=state.to_json())
+    a, b = state.vifaces
+    assert a.bridge != b.bridge
+    assert _ping(agent, a.netns, b.address)["exit_status"] == 0
+    trunk = state.trunks[0]
+    masters = _sh("ip", "-n", pnode, "-o", "link", "show", "group", str(state.group)).stdout
+    assert f"{trunk.name}@{trunk.peer}:" in masters and f"master {trunk.bridge} " in masters
+    assert f"{trunk.peer}@{trunk.name}:" in masters and f"master {trunk.parent} " in masters
+    agent.call(ops.TEARDOWN, state=state.to_json())
+    assert _netns_links(pnode) == ["lo"]
 
 
 @pytest.mark.root

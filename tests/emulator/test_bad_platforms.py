@@ -55,7 +55,8 @@ def wider_than_a_chain_of_bridges() -> str:
     """10,000 vnodes per pnode with 63 ifaces each on one vnetwork: more vifaces than its
     chain of bridges on a pnode holds."""
     ifaces = "\n      - ".join(f"{{name: if{j}, network: lan}}" for j in range(63))
-    return per_pnode("10000").replace("{name: if0, network: lan}", ifaces).replace("10.9.0.0/24", "10.0.0.0/8")
+    wide = per_pnode("10000").replace("{name: if0, network: lan}", ifaces)
+    return wide.replace("10.9.0.0/24", "10.0.0.0/8")
 
 
 LAUGHS = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
