@@ -21,9 +21,9 @@ and so few vifaces per bridge: a bridge floods a broadcast to all its ports at o
 veth queues what it carries on the CPU's backlog, which drops beyond
 net.core.netdev_max_backlog (1,000 by default, global, not settable from a pnode's
 namespace). In a chain a broadcast reaches at most two more bridges at each step, so at
-most 2 x (BRIDGE_VIFACES + 2) frames wait at once; a star of full bridges (or one bridge of
-1,023 ports) queues them all together and loses the last ones: measured, vnodes of the last
-flooded bridge never saw a remote vnode's ARP request.
+most 2 x (BRIDGE_VIFACES + 2) frames wait at once. A star queues the floods of all its
+leaves together: with two leaves of 550 vifaces, the vnodes flooded last never saw a remote
+vnode's ARP request (measured); one bridge of over 1,000 vifaces would lose frames the same way.
 
 Container vnodes (those with an image) get a container named `<prefix>-<vnode>` (the
 prefix is the reservation's id, so a testbed's release finds its containers), cores of
@@ -32,8 +32,7 @@ are more of them than cores), and an SSH host key of their own when they run ssh
 
 `check_fits(platform, pnodes)` refuses, by counting alone, a platform that cannot fit the
 pnodes (vnodes per pnode, vifaces per vnetwork and pnode, addresses per cidr, link names);
-`plan` calls it
-before expanding anything, and the CLI calls it before reserving or building.
+`plan` calls it before expanding anything, and the CLI calls it before reserving or building.
 """
 
 from __future__ import annotations

@@ -1,12 +1,12 @@
 """Make a pnode match a PnodeState, remove it, or report what of it exists.
 
 `apply` is idempotent and in-process: bridges and VXLAN devices through pyroute2's IPRoute
-(a handful per pnode), the trunks joining a vnetwork's bridges, namespaces and veths
-through batched raw netlink (nlbatch), one
-socket per namespace opened while the thread is inside it; a worker thread creates the
-namespaces' mount points ahead (nsutil.MountPoints). On failure it undoes what this
-call created, in reverse, and raises ApplyFailure naming the object. `teardown` deletes
-every link of the state's group in one request and unmounts the namespaces.
+(a handful per pnode); the trunks joining a vnetwork's bridges, namespaces and veths
+through batched raw netlink (nlbatch), one socket per namespace opened while the thread is
+inside it; a worker thread creates the namespaces' mount points ahead (nsutil.MountPoints).
+On failure it undoes what this call created, in reverse, and raises ApplyFailure naming the
+object. `teardown` deletes every link of the state's group (trunks included: both their
+ends are in it) in one request and unmounts the namespaces.
 Python 3.9 compatible; needs only pyroute2 besides the standard library.
 """
 
