@@ -3,7 +3,8 @@
 Run as root: `.venv/bin/python bench/emulator_scale.py [N ...]` (default 100 500 1000).
 Each run gets a fresh throwaway namespace as the pnode. A vnode is a namespace, a veth pair
 (peer inside it, host side on a bridge), an address, lo and the veth up, and a TBF rate on
-the host side. Compared, side by side:
+the host side. All vnodes are in one vnetwork, on the chain of bridges the planner lays
+out for it (planner.bridge_chain). Compared, side by side:
 
   agent      the omnibed agent (the bundle under the system python3 -I), one apply request
   per-object one `ip`/`tc` process per object, as Distem does
@@ -24,8 +25,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from omnibed.emulator.agent import ops
-from omnibed.emulator.agent.state import Bridge, PnodeState, Shaping, Viface
+from omnibed.emulator.agent.state import PnodeState, Shaping, Viface
 from omnibed.emulator.bundle import build
+from omnibed.emulator.planner import bridge_chain, instance_tag
 from omnibed.emulator.transport import LocalAgentSession
 
 RATE_BPS = 100_000_000
@@ -46,17 +48,33 @@ def _run(argv: list[str], stdin: str | None = None) -> None:
 
 
 def _state(pnode: str, n: int) -> PnodeState:
+    chain = bridge_chain(instance_tag(pnode), 0, "net", 1500, None, n)
     vifaces = tuple(
         Viface(vnode=f"{pnode}v{i}", netns=f"{pnode}v{i}", ifname="if0", host_ifname=f"h{i}",
                mac=f"02:01:{i >> 24 & 255:02x}:{i >> 16 & 255:02x}:{i >> 8 & 255:02x}:"
                    f"{i & 255:02x}",
-               address=f"10.{100 + (i >> 16)}.{i >> 8 & 255}.{i & 255}/8", bridge="br0",
+               address=f"10.{100 + (i >> 16)}.{i >> 8 & 255}.{i & 255}/8",
+               bridge=chain.bridge_of(i - 1),
                mtu=1500, input=Shaping(rate_bps=RATE_BPS))
         for i in range(1, n + 1)
     )
     return PnodeState(instance="bench", pnode=pnode, group=GROUP,
                       namespaces=tuple(v.netns for v in vifaces),
-                      bridges=(Bridge("br0", "net", 1500),), vifaces=vifaces)
+                      bridges=chain.bridges, trunks=chain.trunks, vifaces=vifaces)
+
+
+def _bridges(state: PnodeState) -> list[str]:
+    """`ip` commands building the state's bridges and the trunks joining them, up."""
+    lines = []
+    for b in state.bridges:
+        lines += [f"link add {b.name} group {GROUP} type bridge", f"link set {b.name} up"]
+    for t in state.trunks:
+        lines += [
+            f"link add {t.name} group {GROUP} type veth peer name {t.peer} group {GROUP}",
+            f"link set {t.name} master {t.bridge} up",
+            f"link set {t.peer} master {t.parent} up",
+        ]
+    return lines
 
 
 def agent(pnode: str, state: PnodeState) -> Result:
@@ -72,8 +90,8 @@ def agent(pnode: str, state: PnodeState) -> Result:
 
 def per_object(pnode: str, state: PnodeState) -> Result:
     t0 = time.perf_counter()
-    _run(["ip", "-n", pnode, "link", "add", "br0", "group", str(GROUP), "type", "bridge"])
-    _run(["ip", "-n", pnode, "link", "set", "br0", "up"])
+    for line in _bridges(state):
+        _run(["ip", "-n", pnode, *line.split()])
     for v in state.vifaces:
         _run(["ip", "netns", "add", v.netns])
         _run(["ip", "-n", pnode, "link", "add", v.host_ifname, "group", str(GROUP), "type",
@@ -81,25 +99,28 @@ def per_object(pnode: str, state: PnodeState) -> Result:
         _run(["ip", "-n", v.netns, "addr", "add", v.address, "dev", v.ifname])
         _run(["ip", "-n", v.netns, "link", "set", v.ifname, "up"])
         _run(["ip", "-n", v.netns, "link", "set", "lo", "up"])
-        _run(["ip", "-n", pnode, "link", "set", v.host_ifname, "master", "br0", "up"])
+        _run(["ip", "-n", pnode, "link", "set", v.host_ifname, "master", v.bridge, "up"])
         _run(["tc", "-n", pnode, "qdisc", "add", "dev", v.host_ifname, "root", *TBF.split()])
     t1 = time.perf_counter()
     for v in state.vifaces:
         _run(["ip", "-n", pnode, "link", "del", v.host_ifname])
         _run(["ip", "netns", "del", v.netns])
-    _run(["ip", "-n", pnode, "link", "del", "br0"])
+    for t in state.trunks:
+        _run(["ip", "-n", pnode, "link", "del", t.name])
+    for b in state.bridges:
+        _run(["ip", "-n", pnode, "link", "del", b.name])
     t2 = time.perf_counter()
     return Result(t1 - t0, t2 - t1)
 
 
 def batch(pnode: str, state: PnodeState) -> Result:
-    lines = [f"link add br0 group {GROUP} type bridge", "link set br0 up"]
+    lines = _bridges(state)
     for v in state.vifaces:
         lines += [
             f"netns add {v.netns}",
             f"link add {v.host_ifname} group {GROUP} type veth peer name {v.ifname} "
             f"netns {v.netns}",
-            f"link set {v.host_ifname} master br0 up",
+            f"link set {v.host_ifname} master {v.bridge} up",
         ]
     tc = [f"qdisc add dev {v.host_ifname} root {TBF}" for v in state.vifaces]
     down = [f"link del group {GROUP}"] + [f"netns del {v.netns}" for v in state.vifaces]

@@ -12,14 +12,27 @@ netns `ob-<tag>-p<pnode index>-<vnode>` (unique on a machine shared by pnodes), 
 locally administered unicast, from sha256(instance, vnode, iface), unique in the plan.
 VNI = per-instance base (a multiple of 256 from the instance hash) + vnetwork index.
 
+A vnetwork's vifaces on a pnode are spread evenly over a chain of bridges (`bridge_chain`)
+of at most BRIDGE_VIFACES each: `ob<tag>b<net>`, which also holds the uplink or VXLAN, then
+`ob<tag>l<net>_<k>` for k = 1, 2, ..., each joined to the one before by a trunk (a veth
+pair: `ob<tag>d<net>_<k>` on bridge k, `ob<tag>u<net>_<k>` on bridge k-1). A chain has no
+loop, so it is one L2 segment; all its links are in the instance's link group. Why a chain
+and so few vifaces per bridge: a bridge floods a broadcast to all its ports at once, and a
+veth queues what it carries on the CPU's backlog, which drops beyond
+net.core.netdev_max_backlog (1,000 by default, global, not settable from a pnode's
+namespace). In a chain a broadcast reaches at most two more bridges at each step, so at
+most 2 x (BRIDGE_VIFACES + 2) frames wait at once. A star queues the floods of all its
+leaves together: with two leaves of 550 vifaces, the vnodes flooded last never saw a remote
+vnode's ARP request (measured); one bridge of over 1,000 vifaces would lose frames the same way.
+
 Container vnodes (those with an image) get a container named `<prefix>-<vnode>` (the
 prefix is the reservation's id, so a testbed's release finds its containers), cores of
 their pnode taken in turn (a vnode's own cores distinct; vnodes share cores only when there
 are more of them than cores), and an SSH host key of their own when they run sshd.
 
 `check_fits(platform, pnodes)` refuses, by counting alone, a platform that cannot fit the
-pnodes (vnodes per pnode, ports per bridge, addresses per cidr, link names); `plan` calls it
-before expanding anything, and the CLI calls it before reserving or building.
+pnodes (vnodes per pnode, vifaces per vnetwork and pnode, addresses per cidr, link names);
+`plan` calls it before expanding anything, and the CLI calls it before reserving or building.
 """
 
 from __future__ import annotations
@@ -34,7 +47,7 @@ from typing import Any
 from omnibed.core.errors import PlatformError, UsageError
 from omnibed.emulator.agent import nsutil
 from omnibed.emulator.agent.containers import ContainerSpec, tarball_path
-from omnibed.emulator.agent.state import Bridge, PnodeState, Shaping, Viface, Vxlan
+from omnibed.emulator.agent.state import Bridge, PnodeState, Shaping, Trunk, Viface, Vxlan
 from omnibed.emulator.image_refs import ImageRef
 from omnibed.emulator.model import (
     IFNAME_MAX_BYTES,
@@ -56,7 +69,10 @@ from omnibed.emulator.modes import (
 
 MAX_NETWORKS = 256  # VNIs per instance
 MAX_VNODES = 100_000  # per emulation: the plan is held in the CLI's memory
-BRIDGE_PORTS = 1023  # a Linux bridge numbers its ports 1..1023 (BR_MAX_PORTS - 1)
+FLOOD_BACKLOG = 1000  # net.core.netdev_max_backlog's default: frames a CPU queues from veths
+BRIDGE_VIFACES = (FLOOD_BACKLOG - 40) // 2  # a broadcast floods two bridges at once, + margin
+MAX_CHAIN = 36**2  # bridges of a vnetwork on a pnode: their index takes 2 base-36 digits
+MAX_PORTS = MAX_CHAIN * BRIDGE_VIFACES  # vifaces of a vnetwork on a pnode
 HOST_IFNAME_FIXED = len("ob") + 6 + len("v") + len("i")  # the rest: vnode and iface indexes
 _B36 = "0123456789abcdefghijklmnopqrstuvwxyz"
 
@@ -87,6 +103,43 @@ def _b36(n: int) -> str:
         out = _B36[r] + out
         if not n:
             return out
+
+
+@dataclass(frozen=True)
+class BridgeChain:
+    """The bridges of one vnetwork on one pnode, in chain order: `bridges[0]` holds the
+    uplink or VXLAN; the `ports` vifaces fill the bridges in order, evenly."""
+
+    bridges: tuple[Bridge, ...]
+    trunks: tuple[Trunk, ...]
+    ports: int
+
+    @property
+    def root(self) -> str:
+        return self.bridges[0].name
+
+    def bridge_of(self, port: int) -> str:
+        """The bridge of the vnetwork's `port`-th viface on the pnode, counted from 0."""
+        return self.bridges[port * len(self.bridges) // self.ports].name
+
+
+def bridge_chain(
+    tag: str, net_index: int, network: str, mtu: int, uplink: str | None, ports: int
+) -> BridgeChain:
+    """The fewest bridges of at most BRIDGE_VIFACES vifaces that hold `ports` vifaces of
+    vnetwork number `net_index` on one pnode, filled evenly, each trunked to the one
+    before. Call check_fits first."""
+    root = Bridge(f"ob{tag}b{_b36(net_index)}", network, mtu, uplink)
+    bridges, trunks = [root], []
+    count = max(1, -(-ports // BRIDGE_VIFACES))
+    for k in range(1, count):
+        suffix = f"{_b36(net_index)}_{_b36(k)}"
+        bridge = Bridge(f"ob{tag}l{suffix}", network, mtu)
+        trunks.append(
+            Trunk(f"ob{tag}d{suffix}", f"ob{tag}u{suffix}", bridge.name, bridges[-1].name, mtu)
+        )
+        bridges.append(bridge)
+    return BridgeChain(tuple(bridges), tuple(trunks), ports)
 
 
 @dataclass(frozen=True)
@@ -302,7 +355,7 @@ def check_fits(platform: Platform, pnodes: Sequence[str] | int) -> None:
                     where=f"nodes[{n}].name",
                 )
     for k, net in enumerate(platform.networks):
-        ports = [0] * count  # vifaces on the vnetwork's bridge, per pnode
+        ports = [0] * count  # vifaces on the vnetwork's bridges, per pnode
         given = 0
         for spec, p in zip(platform.nodes, placed, strict=True):
             ifaces = [i for i in spec.ifaces if i.network == net.name]
@@ -311,11 +364,12 @@ def check_fits(platform: Platform, pnodes: Sequence[str] | int) -> None:
                 ports = [held + len(ifaces) * spec.per_pnode for held in ports]  # type: ignore[operator]
             else:
                 ports[p] += len(ifaces)
-        if max(ports) > BRIDGE_PORTS - 1:
+        if max(ports) > MAX_PORTS:
             raise PlatformError(
-                f"vnetwork {net.name!r} would put {max(ports)} vnode interfaces on the bridge "
-                f"of one pnode, but a Linux bridge takes at most {BRIDGE_PORTS} ports, one of "
-                "them the uplink; put fewer of its vnodes on each pnode or split the vnetwork",
+                f"vnetwork {net.name!r} would put {max(ports)} vnode interfaces on one pnode, "
+                f"but its chain of bridges there holds at most {MAX_PORTS} ({MAX_CHAIN} "
+                f"bridges of {BRIDGE_VIFACES}); put fewer of its vnodes on each pnode or "
+                "split the vnetwork",
                 where=f"networks[{k}]",
             )
         needed = sum(ports)
@@ -484,18 +538,25 @@ def plan(
     choices: dict[str, Choice] = choose_modes(requests, pnodes, probe, force=force)
 
     used_macs = {n.mac.lower() for p in pnodes for n in p.nics}
-    bridge_of: dict[tuple[str, str], str] = {}  # (pnode, network) -> bridge name
+    ports: dict[tuple[str, str], int] = {}  # (pnode, network) -> vifaces
+    for _, p_index, spec in vnodes:
+        for iface in spec.ifaces:
+            key = (ids[p_index], iface.network)
+            ports[key] = ports.get(key, 0) + 1
+    chains: dict[tuple[str, str], BridgeChain] = {}
     bridges: dict[str, list[Bridge]] = {p: [] for p in ids}
+    trunks: dict[str, list[Trunk]] = {p: [] for p in ids}
     vxlans: dict[str, list[Vxlan]] = {p: [] for p in ids}
     network_plans = []
     for n, (net, req) in enumerate(zip(platform.networks, requests, strict=True)):
         choice = choices[net.name]
         vni = vni_base(instance) + n if choice.mode == "vxlan" else None
         for p in req.pnodes:
-            br = f"ob{tag}b{_b36(n)}"
-            bridge_of[(p, net.name)] = br
             uplink = choice.nics.get(p) if choice.mode == "bridge" else None
-            bridges[p].append(Bridge(br, net.name, choice.mtu, uplink))
+            chain = bridge_chain(tag, n, net.name, choice.mtu, uplink, ports[(p, net.name)])
+            chains[(p, net.name)] = chain
+            bridges[p] += chain.bridges
+            trunks[p] += chain.trunks
             if vni is not None:
                 remotes = tuple(choice.addresses[q] for q in req.pnodes if q != p)
                 vxlans[p].append(
@@ -507,7 +568,7 @@ def plan(
                         dev=str(choice.nics[p]),
                         local=choice.addresses[p],
                         remotes=remotes,
-                        bridge=br,
+                        bridge=chain.root,
                         mtu=choice.mtu,
                     )
                 )
@@ -533,6 +594,7 @@ def plan(
     vnode_plans = []
     namespaces: dict[str, list[str]] = {p: [] for p in ids}
     vifaces: dict[str, list[Viface]] = {p: [] for p in ids}
+    placed: dict[tuple[str, str], int] = {}  # (pnode, network) -> vifaces given a bridge
     for k, (name, p_index, spec) in enumerate(vnodes):
         p = ids[p_index]
         netns = netns_of[k]
@@ -543,6 +605,8 @@ def plan(
             mac = _mac(instance, name, iface.name, used_macs)
             address = addresses[(name, iface.name)]
             iface_plans.append(VifacePlan(iface.name, iface.network, address, mac, host))
+            port = placed.get((p, iface.network), 0)
+            placed[(p, iface.network)] = port + 1
             vifaces[p].append(
                 Viface(
                     vnode=name,
@@ -551,7 +615,7 @@ def plan(
                     host_ifname=host,
                     mac=mac,
                     address=address,
-                    bridge=bridge_of[(p, iface.network)],
+                    bridge=chains[(p, iface.network)].bridge_of(port),
                     mtu=mtu_of[iface.network],
                     output=iface.output.shaping() if iface.output else Shaping(),
                     input=iface.input.shaping() if iface.input else Shaping(),
@@ -581,6 +645,7 @@ def plan(
             bridges=tuple(bridges[p]),
             vxlans=tuple(vxlans[p]),
             vifaces=tuple(vifaces[p]),
+            trunks=tuple(trunks[p]),
             containers=tuple(container_specs[p]),
         )
         for p in ids

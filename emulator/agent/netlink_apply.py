@@ -1,11 +1,12 @@
 """Make a pnode match a PnodeState, remove it, or report what of it exists.
 
 `apply` is idempotent and in-process: bridges and VXLAN devices through pyroute2's IPRoute
-(a handful per pnode), namespaces and veths through batched raw netlink (nlbatch), one
-socket per namespace opened while the thread is inside it; a worker thread creates the
-namespaces' mount points ahead (nsutil.MountPoints). On failure it undoes what this
-call created, in reverse, and raises ApplyFailure naming the object. `teardown` deletes
-every link of the state's group in one request and unmounts the namespaces.
+(a handful per pnode); the trunks joining a vnetwork's bridges, namespaces and veths
+through batched raw netlink (nlbatch), one socket per namespace opened while the thread is
+inside it; a worker thread creates the namespaces' mount points ahead (nsutil.MountPoints).
+On failure it undoes what this call created, in reverse, and raises ApplyFailure naming the
+object. `teardown` deletes every link of the state's group (trunks included: both their
+ends are in it) in one request and unmounts the namespaces.
 Python 3.9 compatible; needs only pyroute2 besides the standard library.
 """
 
@@ -24,7 +25,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 from . import nlbatch as nl
 from . import nsutil
 from .shaping import offloads_off, qdisc_request
-from .state import Bridge, PnodeState, Viface, Vxlan
+from .state import Bridge, PnodeState, Trunk, Viface, Vxlan
 
 ZERO_MAC = "00:00:00:00:00:00"
 
@@ -109,6 +110,7 @@ class Applier:
                     self._bridge(ipr, bridge)
                 for vxlan in self.state.vxlans:
                     self._vxlan(ipr, vxlan)
+                self._trunks(ipr, self.state.trunks)
             host = nl.Batch()  # its fd serves the host-side ethtool ioctls
             try:
                 with nsutil.MountPoints(self.state.namespaces, self.created_ns) as points:
@@ -184,6 +186,31 @@ class Applier:
         ipr.link("set", index=index, master=self.bridge_index[vx.bridge], state="up")
         for remote in vx.remotes:  # head-end replication: all-zeros entry per remote
             ipr.fdb("append", ifindex=index, lladdr=ZERO_MAC, dst=remote)
+
+    def _trunks(self, ipr: IPRoute, trunks: tuple[Trunk, ...]) -> None:
+        """Create the missing trunks in one send, then put both ends of each on their
+        bridges, up, without IPv6 (they are ports)."""
+        batch = nl.Batch()
+        try:
+            for t in trunks:
+                msg = _link(ipr, t.name)
+                if msg is None:
+                    body = nl.veth_pair_body(t.name, t.peer, t.mtu, self.state.group)
+                    batch.add(nl.RTM_NEWLINK, nl.CREATE, body, f"trunk {t.name}")
+                    self.created_links.append(t.name)
+                else:
+                    self.preexisting = True
+                    _owned(msg, "veth", self.state.group, t.name)
+            batch.flush()
+            for t in trunks:
+                for end, bridge in ((t.name, t.bridge), (t.peer, t.parent)):
+                    body = nl.link_body(end, no_ipv6_lladdr=True)
+                    batch.add(nl.RTM_NEWLINK, nl.SET, body, f"no IPv6 link-local on {end}")
+                    body = nl.link_body(end, up=True, master=self.bridge_index[bridge])
+                    batch.add(nl.RTM_NEWLINK, nl.SET, body, f"attach {end} to {bridge}")
+            batch.flush()
+        finally:
+            batch.close()
 
     def _vnode(self, name: str, reserved: bool, home: int, host_fd: int) -> None:
         vifaces = self.by_netns.get(name, [])
@@ -302,6 +329,11 @@ def _check_references(state: PnodeState) -> None:
         if vx.bridge not in bridges:
             raise ApplyFailure(f"vxlan {vx.name}", errno.EINVAL,
                                f"vxlan {vx.name} refers to undeclared bridge {vx.bridge}")
+    for t in state.trunks:
+        if not {t.bridge, t.parent} <= bridges:
+            raise ApplyFailure(f"trunk {t.name}", errno.EINVAL,
+                               f"trunk {t.name} joins {t.bridge} and {t.parent}, which the "
+                               "state does not both declare (planner bug)")
 
 
 def _failure(exc: BaseException, rolled_back: bool) -> ApplyFailure:
@@ -346,6 +378,7 @@ def status(state: PnodeState) -> dict[str, Any]:
             m.get("IFLA_IFNAME"): m.get("IFLA_GROUP") for m in ipr.link("dump")
         }
     wanted = [b.name for b in state.bridges] + [v.name for v in state.vxlans]
+    wanted += [end for t in state.trunks for end in (t.name, t.peer)]
     wanted += [v.host_ifname for v in state.vifaces]
     ns = {name: name in present_ns for name in state.namespaces}
     link = {name: name in links for name in wanted}

@@ -151,6 +151,12 @@ def veth_body(
     )
 
 
+def veth_pair_body(ifname: str, peer_name: str, mtu: int, group: int) -> bytes:
+    """Create a veth pair with both ends in this namespace and in `group`, both down."""
+    peer = link_body(peer_name, mtu=mtu, group=group)
+    return link_body(ifname, mtu=mtu, group=group, kind="veth", info_data=nla(VETH_INFO_PEER, peer))
+
+
 def addr_body(index: int, cidr: str) -> bytes:
     """An ifaddrmsg adding `cidr` (e.g. 192.168.0.5/22) to interface `index`."""
     iface = ipaddress.ip_interface(cidr)

@@ -32,12 +32,25 @@ class Shaping:
 
 @dataclass(frozen=True)
 class Bridge:
-    """A per-vnetwork bridge on the pnode; `uplink` is a physical NIC to enslave (bridge mode)."""
+    """A bridge of a vnetwork on the pnode; `uplink` is a physical NIC to enslave (bridge mode)."""
 
     name: str
     network: str
     mtu: int
     uplink: str | None = None
+
+
+@dataclass(frozen=True)
+class Trunk:
+    """A veth pair joining two bridges of one vnetwork on the pnode, both ends in the host's
+    namespace and in the state's link group: `name` is a port of `bridge`, `peer` of
+    `parent`. A vnetwork too wide for one bridge is a chain of bridges joined by trunks."""
+
+    name: str
+    peer: str
+    bridge: str
+    parent: str
+    mtu: int
 
 
 @dataclass(frozen=True)
@@ -82,6 +95,7 @@ class PnodeState:
     bridges: tuple[Bridge, ...] = ()
     vxlans: tuple[Vxlan, ...] = ()
     vifaces: tuple[Viface, ...] = ()
+    trunks: tuple[Trunk, ...] = ()  # after the bridges: what joins them
     containers: tuple[ContainerSpec, ...] = ()  # container vnodes, started after the network
 
     def to_json(self) -> dict[str, Any]:
@@ -106,6 +120,7 @@ class PnodeState:
             bridges=tuple(Bridge(**b) for b in data["bridges"]),
             vxlans=tuple(Vxlan(**{**v, "remotes": tuple(v["remotes"])}) for v in data["vxlans"]),
             vifaces=tuple(viface(v) for v in data["vifaces"]),
+            trunks=tuple(Trunk(**t) for t in data.get("trunks", ())),
             containers=tuple(ContainerSpec.from_json(c) for c in data.get("containers", ())),
         )
 

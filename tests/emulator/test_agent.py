@@ -20,7 +20,7 @@ from pyroute2 import IPRoute
 
 from omnibed.emulator import agent as agent_package
 from omnibed.emulator.agent import ops
-from omnibed.emulator.agent.state import Bridge, PnodeState, Shaping, Viface, Vxlan
+from omnibed.emulator.agent.state import Bridge, PnodeState, Shaping, Trunk, Viface, Vxlan
 from omnibed.emulator.bundle import PACKAGE, Bundle, build
 from omnibed.emulator.transport import LocalAgentSession
 
@@ -241,12 +241,13 @@ def test_preflight_refuses_delay_without_netem_and_changes_nothing(pnodes: Pnode
 
 
 @pytest.mark.root
-@pytest.mark.parametrize("collide", ["bridge", "second-veth"])
+@pytest.mark.parametrize("collide", ["bridge", "second-veth", "trunk"])
 def test_failure_rolls_back_everything_created(pnodes: Pnodes, collide: str) -> None:
     pnode = pnodes.pnode()
     agent = pnodes.agent(pnode)
-    state = pnodes.track(agent, pnodes.state(pnode, per_network=3))
-    squatter = state.bridges[0].name if collide == "bridge" else state.vifaces[1].host_ifname
+    state = pnodes.track(agent, chained(pnodes.state(pnode, per_network=3)))
+    squatter = {"bridge": state.bridges[0].name, "second-veth": state.vifaces[1].host_ifname,
+                "trunk": state.trunks[0].peer}[collide]
     _sh("ip", "-n", pnode, "link", "add", squatter, "type", "veth", "peer", "name", "sq1")
 
     reply = agent.request(ops.APPLY, state=state.to_json())
@@ -254,6 +255,33 @@ def test_failure_rolls_back_everything_created(pnodes: Pnodes, collide: str) -> 
     assert reply["errno"] == 17  # EEXIST
     assert _netns_links(pnode) == sorted(["lo", squatter, "sq1"])  # the squatter untouched
     assert not set(state.namespaces) & set(os.listdir("/run/netns"))
+
+
+def chained(state: PnodeState) -> PnodeState:
+    """`state` with its last viface moved onto a second bridge, trunked to the first."""
+    first = state.bridges[0]
+    second = replace(first, name=f"{first.name}c")
+    trunk = Trunk(f"{first.name}d", f"{first.name}u", second.name, first.name, first.mtu)
+    moved = replace(state.vifaces[-1], bridge=second.name)
+    return replace(state, bridges=(*state.bridges, second), trunks=(trunk,),
+                   vifaces=(*state.vifaces[:-1], moved))
+
+
+@pytest.mark.root
+def test_a_trunk_joins_two_bridges_into_one_segment(pnodes: Pnodes) -> None:
+    pnode = pnodes.pnode()
+    agent = pnodes.agent(pnode)
+    state = pnodes.track(agent, chained(pnodes.state(pnode, per_network=2)))
+    agent.call(ops.APPLY, state=state.to_json())
+    a, b = state.vifaces
+    assert a.bridge != b.bridge
+    assert _ping(agent, a.netns, b.address)["exit_status"] == 0
+    trunk = state.trunks[0]
+    masters = _sh("ip", "-n", pnode, "-o", "link", "show", "group", str(state.group)).stdout
+    assert f"{trunk.name}@{trunk.peer}:" in masters and f"master {trunk.bridge} " in masters
+    assert f"{trunk.peer}@{trunk.name}:" in masters and f"master {trunk.parent} " in masters
+    agent.call(ops.TEARDOWN, state=state.to_json())
+    assert _netns_links(pnode) == ["lo"]
 
 
 @pytest.mark.root
@@ -349,3 +377,62 @@ def test_agent_session_over_ssh_uploads_once_and_answers(
             assert session.request("nope")["ok"] is False
         assert remote.stat().st_mtime_ns == uploaded  # not sent again
         assert [p.name for p in directory.iterdir()] == [agent_bundle.remote_name]
+
+
+@pytest.mark.root
+@pytest.mark.parametrize("mode", ["vxlan", "bridge"])
+def test_a_vnetwork_wider_than_one_bridge_stays_one_segment(pnodes: Pnodes, mode: str) -> None:
+    """1,100 vnodes of one vnetwork on one pnode (more than a Linux bridge's 1,023 ports)
+    and one on another pnode, over VXLAN or bridged onto an extra NIC: the remote vnode
+    reaches the first vnode on each bridge and the last one (each ARP request is flooded
+    over every bridge: none may be lost on the way), and vnodes on different bridges
+    reach each other."""
+    from omnibed.core.types import Nic, NicRole, Tri
+    from omnibed.emulator.model import IfaceSpec, Network, Platform, VNodeSpec
+    from omnibed.emulator.modes import PnodeFacts
+    from omnibed.emulator.planner import plan
+
+    pa, pb = pnodes.pnode(), pnodes.pnode()
+    _sh("ip", "link", "add", f"oa{pnodes.tag}u", "netns", pa, "type", "veth",
+        "peer", "name", "u0", "netns", pb)
+    _sh("ip", "-n", pa, "link", "set", f"oa{pnodes.tag}u", "name", "u0")
+    facts = []
+    for k, pnode in enumerate((pa, pb)):
+        address = f"10.77.0.{k + 1}"
+        _sh("ip", "-n", pnode, "addr", "add", f"{address}/24", "dev", "u0")
+        _sh("ip", "-n", pnode, "link", "set", "u0", "up")
+        mac = _sh("ip", "-n", pnode, "-br", "link", "show", "u0").stdout.split()[2]
+        nic = Nic("u0", mac, NicRole.EXTRA, 1500, (f"{address}/24",), foreign_mac=Tri.YES)
+        facts.append(PnodeFacts(pnode, address, (nic,)))
+    lan = [IfaceSpec("if0", "lan")]
+    platform = Platform(
+        [Network("lan", "10.60.0.0/20", mode)],
+        [VNodeSpec(f"a{i}", pnode=0, ifaces=lan) for i in range(1100)]
+        + [VNodeSpec("b0", pnode=1, ifaces=lan)],
+    )
+    planned = plan(platform, facts, f"wide-{pnodes.tag}-{mode}")
+    assert planned.networks[0].mode == mode
+    states = {p: planned.state(p) for p in (pa, pb)}
+    first_on = {}  # bridge -> its first vnode's viface
+    for v in states[pa].vifaces:
+        first_on.setdefault(v.bridge, v)
+    assert len(first_on) > 1  # more than one bridge holds the vnetwork on pa
+    agents = {p: pnodes.agent(p) for p in (pa, pb)}
+    for pnode, state in states.items():
+        pnodes.track(agents[pnode], state)
+        assert agents[pnode].call(ops.PREFLIGHT, state=state.to_json())["problems"] == []
+        agents[pnode].call(ops.APPLY, state=state.to_json())
+
+    remote, first, last = states[pb].vifaces[0], states[pa].vifaces[0], states[pa].vifaces[-1]
+    for v in [*first_on.values(), last]:
+        assert _ping(agents[pb], remote.netns, v.address)["exit_status"] == 0, v.vnode
+    assert _ping(agents[pa], first.netns, last.address)["exit_status"] == 0
+    assert _ping(agents[pa], last.netns, remote.address)["exit_status"] == 0
+    again = agents[pa].call(ops.APPLY, state=states[pa].to_json())
+    assert (again["created_namespaces"], again["created_links"]) == (0, 0)
+    assert agents[pa].call(ops.STATUS, state=states[pa].to_json())["complete"] is True
+
+    for pnode, state in states.items():
+        agents[pnode].call(ops.TEARDOWN, state=state.to_json())
+        assert agents[pnode].call(ops.STATUS, state=state.to_json())["absent"] is True
+        assert _netns_links(pnode) == ["lo", "u0"]

@@ -23,7 +23,12 @@ from omnibed.emulator.model import (
 )
 from omnibed.emulator.modes import PnodeFacts, ProbeResult, probe_targets
 from omnibed.emulator.planner import (
+    BRIDGE_VIFACES,
+    FLOOD_BACKLOG,
+    MAX_CHAIN,
+    MAX_PORTS,
     Plan,
+    bridge_chain,
     check_fits,
     instance_tag,
     link_group,
@@ -644,3 +649,84 @@ def test_a_pnode_without_a_control_nic_is_a_testbed_failure_not_bad_input() -> N
     with pytest.raises(OmnibedError, match="lists no control NIC") as caught:
         plan(simple(), [bare, other], "bare")
     assert exit_status(caught.value) == 1
+
+
+# --- a vnetwork wider than one bridge -----------------------------------------------------
+
+
+def one_pnode_lan(vnodes: int, mode: str = "auto", ifaces: int = 1) -> Platform:
+    lan = [IfaceSpec(f"if{j}", "lan") for j in range(ifaces)]
+    return Platform(
+        [Network("lan", "10.0.0.0/8", mode)], [VNodeSpec("v{i}", per_pnode=vnodes, ifaces=lan)]
+    )
+
+
+def test_a_vnetwork_that_fits_one_bridge_gets_one_bridge_and_no_trunk() -> None:
+    state = plan(one_pnode_lan(BRIDGE_VIFACES), [facts(0)], "fits").state("p0")
+    assert [b.name for b in state.bridges] == [f"ob{instance_tag('fits')}b0"]
+    assert state.trunks == ()
+    assert {v.bridge for v in state.vifaces} == {state.bridges[0].name}
+
+
+def test_a_broadcast_never_queues_more_frames_than_the_backlog_takes() -> None:
+    """A chain floods at most two bridges at each step, each with its vifaces and at most
+    two trunks and an uplink."""
+    assert 2 * (BRIDGE_VIFACES + 3) < FLOOD_BACKLOG
+
+
+@pytest.mark.parametrize(
+    ("vnodes", "count"), [(BRIDGE_VIFACES + 1, 2), (1100, 3), (2000, 5), (10_000, 21)]
+)
+def test_a_wider_vnetwork_is_a_chain_of_bridges_filled_evenly(vnodes: int, count: int) -> None:
+    state = plan(one_pnode_lan(vnodes), [facts(0)], "wide").state("p0")
+    assert len(state.bridges) == count and {b.network for b in state.bridges} == {"lan"}
+    held = {b.name: 0 for b in state.bridges}
+    for v in state.vifaces:
+        held[v.bridge] += 1  # a KeyError: a viface on a bridge the state does not declare
+    assert sum(held.values()) == vnodes
+    assert max(held.values()) <= BRIDGE_VIFACES and max(held.values()) - min(held.values()) <= 1
+    names = [b.name for b in state.bridges]
+    assert [(t.bridge, t.parent) for t in state.trunks] == list(
+        zip(names[1:], names[:-1], strict=True)
+    )
+    links = [v.host_ifname for v in state.vifaces] + names
+    links += [end for t in state.trunks for end in (t.name, t.peer)]
+    assert len(links) == len(set(links))
+    assert all(len(name) <= 15 and name.startswith(f"ob{instance_tag('wide')}") for name in links)
+
+
+def test_the_uplink_and_the_vxlan_go_on_the_first_bridge_only() -> None:
+    pnodes = [facts(i, nic("eth1", i, NicRole.EXTRA, Tri.YES)) for i in range(2)]
+    bridged = plan(one_pnode_lan(1100), pnodes, "uplink").state("p0")
+    assert [b.uplink for b in bridged.bridges] == ["eth1", None, None]
+    vxlan = plan(one_pnode_lan(1100, mode="vxlan"), pnodes, "overlay").state("p1")
+    assert [x.bridge for x in vxlan.vxlans] == [vxlan.bridges[0].name]
+    assert {t.mtu for t in vxlan.trunks} == {b.mtu for b in vxlan.bridges} == {1450}
+
+
+def test_two_ifaces_of_a_vnode_on_one_vnetwork_count_as_two_ports() -> None:
+    state = plan(one_pnode_lan(BRIDGE_VIFACES, ifaces=2), [facts(0)], "two").state("p0")
+    assert len(state.bridges) == 2 and len(state.trunks) == 1
+
+
+def test_bridge_chain_names_fit_ifnamsiz_at_the_longest_chain() -> None:
+    chain = bridge_chain("abcdef", 255, "lan", 1500, None, MAX_PORTS)
+    assert len(chain.bridges) == MAX_CHAIN
+    names = [b.name for b in chain.bridges] + [e for t in chain.trunks for e in (t.name, t.peer)]
+    assert max(len(name) for name in names) <= 15 and len(names) == len(set(names))
+    assert chain.bridge_of(MAX_PORTS - 1) == chain.bridges[-1].name
+
+
+def test_check_fits_refuses_more_vifaces_than_a_chain_of_bridges_holds() -> None:
+    ifaces = -(-(MAX_PORTS + 1) // 10_000)
+    too_wide = one_pnode_lan(10_000, ifaces=ifaces)
+    words = f"'lan' would put {ifaces * 10_000} .* {MAX_PORTS}"
+    with pytest.raises(PlatformError, match=words) as e:
+        check_fits(too_wide, 1)
+    assert e.value.where == "networks[0]"
+    check_fits(one_pnode_lan(10_000), 1)  # the most vnodes a pnode holds, in one vnetwork
+
+
+def test_trunks_survive_the_json_round_trip() -> None:
+    state = plan(one_pnode_lan(1100), [facts(0)], "json").state("p0")
+    assert PnodeState.from_json(json.loads(json.dumps(state.to_json()))) == state
