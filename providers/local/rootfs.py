@@ -12,6 +12,11 @@ layers, is a directory of the pnode's tmpfs, not of the overlay: overlayfs refus
 pnode with shared propagation, so a namespace a pnode session mounts there (an emulator vnode)
 is the host's too, and the other way round.
 
+root's home, /root, is the pnode's own (an opaque directory of its writable layer, filled
+from /etc/skel), as on a freshly deployed testbed node: the host's root dotfiles (a shell
+start-up that runs the host's tools, a lock file the host keeps changing) stay out of the
+pnode's sessions.
+
 This contains mistakes (a `rm` or `touch` as root on a pnode), not a hostile root: the pnode
 keeps every capability and sees the host's processes in /proc. The lower layer is the
 filesystem mounted on `/` only, not other filesystems mounted below it, and overlayfs does
@@ -23,6 +28,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 from pathlib import Path
 
 from omnibed.providers.local.shell import run
@@ -83,7 +89,18 @@ def prepare(node_dir: Path) -> Path:
     for name in ("work", "merged"):
         (fs / name).mkdir(mode=0o700)
     (fs / UPPER).mkdir(mode=0o755)
+    _own_root_home(fs / UPPER)
     return fs / UPPER
+
+
+def _own_root_home(upper_dir: Path) -> None:
+    """/root in the pnode: a fresh home from /etc/skel, hiding the host's (opaque)."""
+    home = upper_dir / "root"
+    home.mkdir(mode=0o700)
+    os.setxattr(home, "trusted.overlay.opaque", b"y")
+    skel = Path("/etc/skel")
+    if skel.is_dir():
+        shutil.copytree(skel, home, symlinks=True, dirs_exist_ok=True)
 
 
 def enter(node_dir: Path) -> list[str]:

@@ -83,3 +83,20 @@ def test_the_local_testbed_knows_where_the_emulator_keeps_runc_state() -> None:
     from omnibed.providers.local.provider import EMULATOR_RUNC_ROOT
 
     assert EMULATOR_RUNC_ROOT == RUNC_ROOT
+
+
+def test_root_has_a_fresh_home_on_each_pnode(
+    provider: LocalProvider, reserve: Callable[..., Reservation], keypair: ssh.KeyPair
+) -> None:
+    host_dotfile = Path(f"/root/.omnibed-host-{uuid.uuid4().hex[:12]}")
+    host_dotfile.write_text("the host's root dotfile\n")
+    try:
+        reservation = reserve(nodes=1)
+        home = _on(provider, reservation, "pnode-1", keypair,
+                   f"test ! -e {host_dotfile} && cat /root/.bashrc && echo $HOME")
+        assert home.exit_status == 0, home.stderr  # the host's /root is not seen
+        skel = Path("/etc/skel/.bashrc").read_text()
+        assert home.stdout == skel + "/root\n"  # a freshly deployed node's root home
+        assert Path("/root/.bashrc").read_text() != skel  # (this machine's differs)
+    finally:
+        host_dotfile.unlink(missing_ok=True)
