@@ -209,7 +209,7 @@ ON_BAREMETAL = pytest.mark.parametrize("platform", ["baremetal"], indirect=True)
 def test_memory_limit_oom_kills_and_emulate_status_reports_it(platform: dict) -> None:
     hog = "x = bytearray(200 << 20)\nfor i in range(0, len(x), 4096): x[i] = 1"
     killed = _exec(platform, "hog", "python3", "-c", hog)
-    assert killed.returncode == 1 and re.search(r"\bhog\b.*\b137\b", killed.stderr), killed.stderr
+    assert killed.returncode == 137, killed.stderr  # one vnode: its own status (SIGKILL)
     boxes = {v["name"]: v["container"] for v in _status(platform)["vnodes"]}
     assert boxes["hog"]["oom_kills"] >= 1 and boxes["hog"]["state"] == "running"
     assert all(box["oom_kills"] == 0 for name, box in boxes.items() if name != "hog")
@@ -251,7 +251,7 @@ def test_pinned_vnodes_run_on_distinct_cores(platform: dict) -> None:
         for vnode in (v for v in listed if v["pnode"] == pnode):
             seen = _exec(platform, vnode["name"], "python3", "-c", affinity)
             assert seen.returncode == 0, seen.stderr
-            assert seen.stdout.split("] ", 1)[1].strip() == str(vnode["container"]["cpus"])
+            assert seen.stdout.strip() == str(vnode["container"]["cpus"])
             cores += vnode["container"]["cpus"]
         assert len(cores) == 2 and len(set(cores)) == 2, cores
 
