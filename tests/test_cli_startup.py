@@ -27,7 +27,9 @@ def test_version_prints_the_installed_version(tmp_path: Path) -> None:
     assert (done.returncode, done.stdout) == (0, f"omnibed {version('omnibed')}\n"), done.stderr
 
 
-@pytest.mark.parametrize("args", [["--help"], ["--version"], ["ls"], ["run", "--help"]])
+@pytest.mark.parametrize(
+    "args", [["--help"], ["--version"], ["ls"], ["providers"], ["run", "--help"]]
+)
 def test_command_loads_no_ssh_sdk_nor_emulator(tmp_path: Path, args: list[str]) -> None:
     env = {**os.environ, "OMNIBED_HOME": str(tmp_path)}
     done = subprocess.run([sys.executable, "-c", LOADED, *args], env=env,

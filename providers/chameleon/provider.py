@@ -18,7 +18,6 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from omnibed.core import ssh
 from omnibed.core.errors import (
     HostKeyMismatch,
     NotSupported,
@@ -393,6 +392,8 @@ class ChameleonProvider(Provider):
         with the reservation's key): Neutron does not know interface names."""
         record = self._record(reservation)
         ports = self._client(record).ports(node.id)
+        from omnibed.core import ssh  # paramiko only when a node is reached
+
         listing = ssh.run(self._endpoint(record, node, login, _convert.CC_USER),
                           "ip -o link", login.known_hosts, node=node.id, timeout=60)
         if listing.exit_status != 0:
@@ -427,6 +428,8 @@ class ChameleonProvider(Provider):
         endpoint = self._endpoint(record, node, login, _convert.CC_USER)
         command = ("IFS= read -r OS_TOKEN && export OS_TOKEN && exec sudo -E cc-snapshot "
                    f"-f -y {shlex.quote(image)}")
+        from omnibed.core import ssh  # paramiko only when a node is reached
+
         connection = ssh.connect(endpoint, login.known_hosts)
         try:
             stdin, stdout, stderr = connection.exec_command(command, timeout=3 * 3600)

@@ -16,7 +16,6 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from omnibed.core import ssh
 from omnibed.core.errors import (
     CredentialsError,
     OmnibedError,
@@ -212,6 +211,8 @@ class CloudLabProvider(Provider):
         its address (see `_convert.on_node`)."""
         manifest = self.client.manifest(reservation.site or DEFAULT_SITE, reservation.name)
         nics = _convert.to_nics(manifest, node.id)
+        from omnibed.core import ssh  # paramiko only when a node is reached
+
         result = ssh.run(login.endpoint(node.ssh), _LIST_DEVICES, login.known_hosts,
                          node=node.id, timeout=60)
         try:
