@@ -26,7 +26,6 @@ from omnibed.core.errors import (
 from omnibed.core.kit import Pending, check_options, poll_until
 from omnibed.core.login import Login, authorise_root, verify_root
 from omnibed.core.provider import Check, Progress, Provider, no_progress
-from omnibed.core.ssh import run
 from omnibed.core.timeutil import require_utc, utcnow
 from omnibed.core.types import (
     Capabilities,
@@ -306,6 +305,8 @@ class StaticHostsProvider(Provider):
 
     def _admin(self, host: Host, command: str, purpose: str) -> str:
         """Run `command` with the inventory key; its stdout, or ProviderError saying why."""
+        from omnibed.core.ssh import run  # paramiko loads when a host is reached, not before
+
         try:
             result = run(host.admin(), command, self.known_hosts, timeout=60)
         except SSHError as error:
