@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -165,6 +166,70 @@ def emulate_status(name: Name, as_json: AsJson = False) -> None:
         problem = state.problem()
         if problem is not None:
             err.print(f"[yellow]warning:[/] {pnode}: {problem}")
+
+
+PICTURE_FORMATS = ("mermaid", "svg", "dot")
+
+
+@emulate_app.command("show")
+def emulate_show(
+    name: Annotated[
+        str | None, typer.Argument(help="Reservation name, as `omnibed ls` shows it.")
+    ] = None,
+    platform_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--platform",
+            help="Draw this platform file instead, before it is built: vnodes, vnetworks and "
+            "link rates only, since pnodes and each vnetwork's mode come from the reserved "
+            "pnodes' NICs.",
+        ),
+    ] = None,
+    picture_format: Annotated[
+        str, typer.Option("--format", "-f", help="mermaid (Markdown, notebooks), svg or dot.")
+    ] = "mermaid",
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Write to this file, not stdout.")
+    ] = None,
+) -> None:
+    """Draw a built platform: pnodes, their vnodes, each vnetwork with its mode and the NIC
+    it uses, and each viface's address and link rates (`--format svg` needs Graphviz)."""
+    from omnibed.emulator import picture
+    from omnibed.emulator.model import load_platform
+
+    if picture_format not in PICTURE_FORMATS:
+        raise UsageError(f"--format {picture_format!r} is not one of svg, mermaid or dot")
+    if (name is None) == (platform_file is None):
+        raise UsageError(
+            "give a reservation name or --platform FILE (not both): "
+            "`omnibed emulate show NAME` or `omnibed emulate show --platform FILE`"
+        )
+    if picture_format == "svg" and output is None and sys.stdout.isatty():
+        raise UsageError("SVG is not for a terminal: add -o FILE.svg or pipe it")
+    if platform_file is not None:
+        if not platform_file.is_file():
+            raise UsageError(f"platform file {platform_file} does not exist (see examples/*.yaml)")
+        drawn = picture.of_platform(load_platform(platform_file), platform_file.name)
+    else:
+        built = _emulator(_api(), str(name)).load()
+        if built is None:
+            raise UsageError(
+                f"{name} runs no platform: `omnibed emulate up {name} PLATFORM.yaml` first, "
+                "or draw the file with `omnibed emulate show --platform PLATFORM.yaml`"
+            )
+        drawn = picture.of_plan(built)
+    data = (
+        picture.svg(drawn)
+        if picture_format == "svg"
+        else (picture.dot(drawn) if picture_format == "dot" else picture.mermaid(drawn)).encode()
+    )
+    if output is None:
+        sys.stdout.buffer.write(data)
+        return
+    try:
+        output.write_bytes(data)
+    except OSError as error:
+        raise UsageError(f"cannot write {output}: {error.strerror}") from None
 
 
 @emulate_app.command("exec", epilog=EXIT_STATUSES_HELP)
