@@ -171,7 +171,10 @@ def _dot_label(head: str, lines: Sequence[str]) -> str:
 
 def to_graph(picture: Picture) -> graphviz.Graph:
     vnode_ids, network_ids = _ids(picture)
-    graph = graphviz.Graph(picture.title, graph_attr={"rankdir": "LR", "label": picture.title})
+    graph = graphviz.Graph(
+        picture.title,
+        graph_attr={"rankdir": "LR", "label": picture.title, "fontname": "Helvetica"},
+    )
     graph.attr("node", fontname="Helvetica", fontsize="11")
     graph.attr("edge", fontname="Helvetica", fontsize="9")
     for k, pnode in enumerate((*picture.pnodes, None)):

@@ -4,6 +4,7 @@ platform file, checked on what they draw."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -197,3 +198,13 @@ def test_show_draws_a_platform_file_as_mermaid_and_to_a_file(tmp_path: Path) -> 
     )
     assert result.returncode == 0, result.stderr
     assert target.read_text().startswith("graph ")
+
+
+def test_readme_picture_is_what_show_draws_of_the_example(tmp_path: Path) -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    written = re.search(
+        r"<!-- picture:start -->\n```mermaid\n(.*?)```\n<!-- picture:end -->", readme, re.S
+    )
+    assert written is not None, "README lost its picture markers"
+    drawn = omnibed(tmp_path, "emulate", "show", "--platform", str(EXAMPLES / "shaped.yaml"))
+    assert written.group(1) == drawn.stdout, "README's picture is stale: paste the command's output"
