@@ -4,6 +4,7 @@ platform file, checked on what they draw."""
 from __future__ import annotations
 
 import os
+import pty
 import re
 import shutil
 import subprocess
@@ -185,6 +186,23 @@ def test_show_refuses_bad_input_in_one_line(
     assert len(lines) == 1 and lines[0].startswith("error:"), result.stderr
     for word in words:
         assert word in lines[0], lines[0]
+
+
+def test_show_refuses_svg_to_a_terminal(tmp_path: Path) -> None:
+    platform = str(EXAMPLES / "vxlan.yaml")
+    terminal, other_end = pty.openpty()
+    try:
+        result = subprocess.run(
+            [OMNIBED, "emulate", "show", "--platform", platform, "-f", "svg"],
+            env={**os.environ, "OMNIBED_HOME": str(tmp_path)},
+            stdin=subprocess.DEVNULL, stdout=other_end, stderr=subprocess.PIPE, text=True,
+            timeout=120,
+        )  # fmt: skip
+    finally:
+        os.close(terminal)
+        os.close(other_end)
+    assert result.returncode == 2
+    assert result.stderr.strip() == "error: SVG is not for a terminal: add -o FILE.svg or pipe it"
 
 
 def test_show_draws_a_platform_file_as_mermaid_and_to_a_file(tmp_path: Path) -> None:
