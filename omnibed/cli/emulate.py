@@ -28,6 +28,7 @@ from omnibed.cli.remote_output import EXIT_STATUSES_HELP, Outcome, Streams, fini
 from omnibed.core.errors import UsageError
 
 if TYPE_CHECKING:
+    from omnibed.emulator.agent.state import Shaping
     from omnibed.emulator.coordinator import Emulator
     from omnibed.emulator.model import Platform as PlatformSpec
 
@@ -235,3 +236,53 @@ def emulate_cp(
     or `omnibed emulate cp NAME VNODE:PATH LOCAL` (SFTP through its pnode)."""
     vnode = _emulator(_api(), name).copy(source, target)
     out.print(f"copied {source} -> {target} ({vnode})", highlight=False)
+
+
+@emulate_app.command("set")
+def emulate_set(
+    name: Name,
+    target: Annotated[str, typer.Argument(help="VNODE.IFACE.output or VNODE.IFACE.input.")],
+    properties: Annotated[
+        list[str],
+        typer.Argument(help="KEY=VALUE: rate=10mbit, delay=5ms, jitter=1ms, loss=1%, or none."),
+    ],
+) -> None:
+    """Change a vnode interface's shaping in one direction on the running platform, in
+    place (other vnodes untouched): `omnibed emulate set NAME vnode-3.if0.output rate=10mbit`."""
+    changes: dict[str, object] = {}
+    for pair in properties:
+        key, equals, value = pair.partition("=")
+        if not equals or not key:
+            raise UsageError(f"property {pair!r} is not KEY=VALUE (e.g. rate=10mbit)")
+        changes[key] = None if value == "none" else value
+    shaping = _emulator(_api(), name).set(target, changes)
+    out.print(f"{target}: {_shaping_text(shaping)}", highlight=False)
+
+
+def _shaping_text(shaping: Shaping) -> str:
+    """`rate 10000000 bit/s, delay 5 ms` for a Shaping; `unshaped` when empty."""
+    parts = [
+        f"{label} {value:g}{unit}"
+        for label, value, unit in (
+            ("rate", shaping.rate_bps, " bit/s"),
+            ("delay", shaping.delay_ms, " ms"),
+            ("jitter", shaping.jitter_ms, " ms"),
+            ("loss", shaping.loss_pct, "%"),
+        )
+        if value is not None
+    ]
+    return ", ".join(parts) or "unshaped"
+
+
+@emulate_app.command("link")
+def emulate_link(
+    name: Name,
+    target: Annotated[str, typer.Argument(help="VNODE.IFACE.")],
+    state: Annotated[str, typer.Argument(help="down or up.")],
+) -> None:
+    """Take a vnode interface down or bring it up on the running platform, in place:
+    `omnibed emulate link NAME vnode-3.if0 down`."""
+    if state not in ("up", "down"):
+        raise UsageError(f"link state {state!r} is neither up nor down")
+    _emulator(_api(), name).link(target, up=state == "up")
+    out.print(f"{target}: {state}", highlight=False)
