@@ -45,7 +45,8 @@ def _batch_in(netns: str) -> nl.Batch:
 
 
 def _index(batch: nl.Batch, ifname: str, where: str) -> int:
-    reply = batch.flush().get(batch.get_link(ifname, f"lookup {ifname}@{where}"))
+    seq = batch.get_link(ifname, f"lookup {ifname}@{where}")
+    reply = batch.flush().get(seq)
     if reply is None:
         raise ApplyFailure(f"{ifname}@{where}", errno.ENODEV, f"no link {ifname} in {where}")
     return nl.link_index(reply)

@@ -260,18 +260,23 @@ def emulate_set(
 
 
 def _shaping_text(shaping: Shaping) -> str:
-    """`rate 10000000 bit/s, delay 5 ms` for a Shaping; `unshaped` when empty."""
-    parts = [
-        f"{label} {value:g}{unit}"
-        for label, value, unit in (
-            ("rate", shaping.rate_bps, " bit/s"),
-            ("delay", shaping.delay_ms, " ms"),
-            ("jitter", shaping.jitter_ms, " ms"),
-            ("loss", shaping.loss_pct, "%"),
-        )
-        if value is not None
-    ]
-    return ", ".join(parts) or "unshaped"
+    """`rate=10mbit delay=5ms` for a Shaping, as `emulate set` takes it; `unshaped` if empty."""
+    parts = []
+    if shaping.rate_bps is not None:
+        unit = next(u for u in ("tbit", "gbit", "mbit", "kbit", "bit")
+                    if shaping.rate_bps % _RATE_UNIT[u] == 0)  # fmt: skip
+        parts.append(f"rate={shaping.rate_bps // _RATE_UNIT[unit]}{unit}")
+    for key, value, unit in (
+        ("delay", shaping.delay_ms, "ms"),
+        ("jitter", shaping.jitter_ms, "ms"),
+        ("loss", shaping.loss_pct, "%"),
+    ):
+        if value is not None:
+            parts.append(f"{key}={value:g}{unit}")
+    return " ".join(parts) or "unshaped"
+
+
+_RATE_UNIT = {"tbit": 10**12, "gbit": 10**9, "mbit": 10**6, "kbit": 10**3, "bit": 1}
 
 
 @emulate_app.command("link")
