@@ -46,17 +46,17 @@ def _batch_in(netns: str) -> nl.Batch:
 
 def _index(batch: nl.Batch, ifname: str, where: str) -> int:
     seq = batch.get_link(ifname, f"lookup {ifname}@{where}")
-    reply = batch.flush().get(seq)
+    reply = _flush(batch).get(seq)
     if reply is None:
         raise ApplyFailure(f"{ifname}@{where}", errno.ENODEV, f"no link {ifname} in {where}")
     return nl.link_index(reply)
 
 
-def _flush(batch: nl.Batch) -> None:
-    """Send the change; the kernel's refusal becomes an ApplyFailure naming it (nothing
-    was changed: each call sends one request)."""
+def _flush(batch: nl.Batch) -> dict[int, bytes | None]:
+    """Send what is queued; the kernel's refusal becomes an ApplyFailure naming it (nothing
+    was changed: each send holds one request)."""
     try:
-        batch.flush()
+        return batch.flush()
     except nl.NetlinkFailure as exc:
         raise ApplyFailure(exc.what, exc.errno, str(exc)) from None
 

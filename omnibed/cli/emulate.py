@@ -259,6 +259,9 @@ def emulate_set(
     out.print(f"{target}: {_shaping_text(shaping)}", highlight=False)
 
 
+_RATE_UNIT = {"tbit": 10**12, "gbit": 10**9, "mbit": 10**6, "kbit": 10**3, "bit": 1}
+
+
 def _shaping_text(shaping: Shaping) -> str:
     """`rate=10mbit delay=5ms` for a Shaping, as `emulate set` takes it; `unshaped` if empty."""
     parts = []
@@ -274,9 +277,6 @@ def _shaping_text(shaping: Shaping) -> str:
         if value is not None:
             parts.append(f"{key}={value:g}{unit}")
     return " ".join(parts) or "unshaped"
-
-
-_RATE_UNIT = {"tbit": 10**12, "gbit": 10**9, "mbit": 10**6, "kbit": 10**3, "bit": 1}
 
 
 @emulate_app.command("link")
