@@ -22,9 +22,9 @@ import json
 import secrets
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -37,9 +37,10 @@ from omnibed.core.types import Node, SSHEndpoint
 
 from . import vnode_ssh
 from .agent import ops
+from .agent.state import Shaping, Viface
 from .bundle import build
 from .image_refs import ImageRef, resolve
-from .model import Platform
+from .model import Platform, parse_loss, parse_rate, parse_time
 from .modes import PnodeFacts, ProbeResult, probe_targets
 from .planner import (
     Containers,
@@ -525,6 +526,48 @@ class Emulator:
                     results[index] = result[k]
         return [results[index] for index in range(len(jobs))]
 
+    # -- live changes ------------------------------------------------------------------------
+
+    def set(self, target: str, properties: Mapping[str, object]) -> Shaping:
+        """Change the shaping of one direction of one viface in place; `target` is
+        VNODE.IFACE.output or VNODE.IFACE.input, `properties` maps rate, delay, jitter or
+        loss to a value in the platform file's units, or None to lift it. Its other
+        properties stay; nothing else changes. The saved plan records the new shaping,
+        which is returned. Bad input is a UsageError before anything changes; a kernel
+        without what the shaping needs (sch_netem) a PreflightError, nothing changed."""
+        the_plan = self._require()
+        where, _, direction = target.rpartition(".")
+        if direction not in ("output", "input"):
+            raise UsageError(
+                f"{target!r} does not end in .output or .input: write VNODE.IFACE.output "
+                "(vnode -> network) or VNODE.IFACE.input (network -> vnode)"
+            )
+        viface = _viface(the_plan, where)
+        shaping = _shaping(getattr(viface, direction), properties)
+        if direction == "output":
+            changed = replace(viface, output=shaping)
+        else:
+            changed = replace(viface, input=shaping)
+        pnode = the_plan.vnode(viface.vnode).pnode
+        with self._sessions(self._pnode(pnode)) as sessions:
+            reply = sessions[pnode].call(ops.SHAPE, viface=asdict(changed), direction=direction)
+        if reply["problems"]:
+            raise PreflightError({pnode: reply["problems"]})
+        self._save(_with_viface(the_plan, viface, changed))
+        return shaping
+
+    def link(self, target: str, up: bool) -> None:
+        """Set the interface VNODE.IFACE (`target`) of a vnode up or down, in place."""
+        the_plan = self._require()
+        viface = _viface(the_plan, target)
+        pnode = the_plan.vnode(viface.vnode).pnode
+        with self._sessions(self._pnode(pnode)) as sessions:
+            sessions[pnode].call(ops.LINK, netns=viface.netns, ifname=viface.ifname, up=up)
+
+    def _pnode(self, pnode: str) -> list[Node]:
+        """Node `pnode` of the reservation, as `_sessions` takes it."""
+        return [node for node in self.access.nodes() if node.id == pnode]
+
     # -- sessions ---------------------------------------------------------------------------
 
     def _sessions(self, nodes: Sequence[Node] | None = None) -> _Sessions:
@@ -564,6 +607,60 @@ class _Sessions:
                 session.close()
             except Exception:  # closing a broken channel must not hide the real error
                 pass
+
+
+def _viface(the_plan: Plan, where: str) -> Viface:
+    """The viface VNODE.IFACE names (vnode and iface names may hold dots); UsageError
+    naming what exists when there is none."""
+    for state in the_plan.states:
+        for viface in state.vifaces:
+            if f"{viface.vnode}.{viface.ifname}" == where:
+                return viface
+    for vnode in the_plan.vnodes:
+        if where.startswith(f"{vnode.name}."):
+            ifaces = ", ".join(i.name for i in vnode.ifaces) or "none"
+            raise UsageError(
+                f"vnode {vnode.name} has no iface {where[len(vnode.name) + 1 :]!r}: "
+                f"its ifaces are {ifaces}"
+            )
+    raise UsageError(
+        f"{where!r} names no vnode's iface in emulation {the_plan.instance}: write "
+        f"VNODE.IFACE as `omnibed emulate status {the_plan.instance}` lists them"
+    )
+
+
+# property of the platform file -> (field of Shaping, parser of its value)
+SHAPING_FIELDS: dict[str, tuple[str, Callable[[object], float]]] = {
+    "rate": ("rate_bps", parse_rate),
+    "delay": ("delay_ms", lambda value: parse_time(value, "delay")),
+    "jitter": ("jitter_ms", lambda value: parse_time(value, "jitter")),
+    "loss": ("loss_pct", parse_loss),
+}
+
+
+def _shaping(current: Shaping, properties: Mapping[str, object]) -> Shaping:
+    """`current` with `properties` (platform-file names and units; None lifts one) applied;
+    UsageError (PlatformError) naming the first bad one."""
+    if not properties:
+        raise UsageError(f"give at least one property to set: {', '.join(SHAPING_FIELDS)}")
+    changes: dict[str, Any] = {}
+    for key, value in properties.items():
+        if key not in SHAPING_FIELDS:
+            raise UsageError(
+                f"unknown property {key!r}: the shaping properties are {', '.join(SHAPING_FIELDS)}"
+            )
+        field, parse = SHAPING_FIELDS[key]
+        changes[field] = None if value is None else parse(value)
+    return replace(current, **changes)
+
+
+def _with_viface(the_plan: Plan, old: Viface, new: Viface) -> Plan:
+    """`the_plan` with viface `old` replaced by `new` in its pnode's state."""
+    states = tuple(
+        replace(state, vifaces=tuple(new if v == old else v for v in state.vifaces))
+        for state in the_plan.states
+    )
+    return replace(the_plan, states=states)
 
 
 def _on_all(sessions: Mapping[str, AgentConnection], op: str, the_plan: Plan) -> dict:

@@ -172,6 +172,11 @@ def qdisc_body(index: int, kind: str, options: bytes, handle: int = 0x10000) -> 
     return body + nla_str(TCA_KIND, kind) + nla(TCA_OPTIONS, options)
 
 
+def root_qdisc_body(index: int) -> bytes:
+    """The root qdisc of interface `index`, whatever its kind (to delete it)."""
+    return _TCMSG.pack(0, 0, index, 0, TC_H_ROOT, 0)
+
+
 class Batch:
     """A netlink socket bound to the network namespace of the thread that created it.
 

@@ -27,6 +27,10 @@ Each stdin line is a request {"op": NAME, ...}; each gets exactly one stdout lin
   containers-exec {name, argv, timeout?}  -> exit_status, stdout_base64, stderr_base64
                                              (inside it)
   containers-remove {names}               -> removed: the names that existed
+  shape {viface, direction}               -> problems: [sentence, ...] (kernel features it
+                                             lacks: nothing changed); else the direction's
+                                             root qdisc now matches the viface's shaping
+  link {netns, ifname, up}                -> {}: the vnode's interface is up or down
 
 teardown removes the state's containers before its network.
 """
@@ -53,11 +57,13 @@ CONTAINERS_START = "containers-start"
 CONTAINERS_STATUS = "containers-status"
 CONTAINERS_EXEC = "containers-exec"
 CONTAINERS_REMOVE = "containers-remove"
+SHAPE = "shape"
+LINK = "link"
 
 ALL = (
     HELLO, PREFLIGHT, APPLY, TEARDOWN, STATUS, PROBE_LISTEN, PROBE_SEND, PROBE_COLLECT, EXEC,
     CONTAINERS_PREFLIGHT, CONTAINERS_INSTALL, CONTAINERS_IMAGE, CONTAINERS_START, CONTAINERS_STATUS,
-    CONTAINERS_EXEC, CONTAINERS_REMOVE,
+    CONTAINERS_EXEC, CONTAINERS_REMOVE, SHAPE, LINK,
 )  # fmt: skip
 
 

@@ -15,11 +15,11 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from . import nsutil, ops, probe
+from . import live, nsutil, ops, probe
 from .containers import ContainerError, Runtime, tarball_path
 from .netlink_apply import Applier, ApplyFailure, status, teardown
 from .preflight import preflight
-from .state import PnodeState
+from .state import PnodeState, Viface
 
 
 class Agent:
@@ -51,6 +51,8 @@ class Agent:
                 r["name"], [str(a) for a in r["argv"]], r.get("timeout")
             ),
             ops.CONTAINERS_REMOVE: lambda r: {"removed": self.runtime.remove(r["names"])},
+            ops.SHAPE: lambda r: live.shape(Viface.from_json(r["viface"]), str(r["direction"])),
+            ops.LINK: lambda r: live.set_link(str(r["netns"]), str(r["ifname"]), bool(r["up"])),
         }
 
     def handle(self, request: dict[str, Any]) -> dict[str, Any]:

@@ -83,6 +83,12 @@ class Viface:
     output: Shaping = field(default_factory=Shaping)  # vnode -> network: egress of `ifname`
     input: Shaping = field(default_factory=Shaping)  # network -> vnode: egress of `host_ifname`
 
+    @classmethod
+    def from_json(cls, item: dict[str, Any]) -> Viface:
+        return cls(
+            **{**item, "output": Shaping(**item["output"]), "input": Shaping(**item["input"])}
+        )
+
 
 @dataclass(frozen=True)
 class PnodeState:
@@ -103,15 +109,6 @@ class PnodeState:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> PnodeState:
-        def viface(item: dict[str, Any]) -> Viface:
-            return Viface(
-                **{
-                    **item,
-                    "output": Shaping(**item["output"]),
-                    "input": Shaping(**item["input"]),
-                }
-            )
-
         return cls(
             instance=data["instance"],
             pnode=data["pnode"],
@@ -119,7 +116,7 @@ class PnodeState:
             namespaces=tuple(data["namespaces"]),
             bridges=tuple(Bridge(**b) for b in data["bridges"]),
             vxlans=tuple(Vxlan(**{**v, "remotes": tuple(v["remotes"])}) for v in data["vxlans"]),
-            vifaces=tuple(viface(v) for v in data["vifaces"]),
+            vifaces=tuple(Viface.from_json(v) for v in data["vifaces"]),
             trunks=tuple(Trunk(**t) for t in data.get("trunks", ())),
             containers=tuple(ContainerSpec.from_json(c) for c in data.get("containers", ())),
         )

@@ -29,6 +29,7 @@ from omnibed.cli.remote_output import EXIT_STATUSES_HELP, Outcome, Streams, fini
 from omnibed.core.errors import UsageError
 
 if TYPE_CHECKING:
+    from omnibed.emulator.agent.state import Shaping
     from omnibed.emulator.coordinator import Emulator
     from omnibed.emulator.model import Platform as PlatformSpec
 
@@ -300,3 +301,58 @@ def emulate_cp(
     or `omnibed emulate cp NAME VNODE:PATH LOCAL` (SFTP through its pnode)."""
     vnode = _emulator(_api(), name).copy(source, target)
     out.print(f"copied {source} -> {target} ({vnode})", highlight=False)
+
+
+@emulate_app.command("set")
+def emulate_set(
+    name: Name,
+    target: Annotated[str, typer.Argument(help="VNODE.IFACE.output or VNODE.IFACE.input.")],
+    properties: Annotated[
+        list[str],
+        typer.Argument(help="KEY=VALUE: rate=10mbit, delay=5ms, jitter=1ms, loss=1%, or none."),
+    ],
+) -> None:
+    """Change a vnode interface's shaping in one direction on the running platform, in
+    place (other vnodes untouched): `omnibed emulate set NAME vnode-3.if0.output rate=10mbit`."""
+    changes: dict[str, object] = {}
+    for pair in properties:
+        key, equals, value = pair.partition("=")
+        if not equals or not key:
+            raise UsageError(f"property {pair!r} is not KEY=VALUE (e.g. rate=10mbit)")
+        changes[key] = None if value == "none" else value
+    shaping = _emulator(_api(), name).set(target, changes)
+    out.print(f"{target}: {_shaping_text(shaping)}", highlight=False)
+
+
+_RATE_UNIT = {"tbit": 10**12, "gbit": 10**9, "mbit": 10**6, "kbit": 10**3, "bit": 1}
+
+
+def _shaping_text(shaping: Shaping) -> str:
+    """`rate=10mbit delay=5ms` for a Shaping, as `emulate set` takes it; `unshaped` if empty."""
+    parts = []
+    if shaping.rate_bps is not None:
+        unit = next(u for u in ("tbit", "gbit", "mbit", "kbit", "bit")
+                    if shaping.rate_bps % _RATE_UNIT[u] == 0)  # fmt: skip
+        parts.append(f"rate={shaping.rate_bps // _RATE_UNIT[unit]}{unit}")
+    for key, value, unit in (
+        ("delay", shaping.delay_ms, "ms"),
+        ("jitter", shaping.jitter_ms, "ms"),
+        ("loss", shaping.loss_pct, "%"),
+    ):
+        if value is not None:
+            parts.append(f"{key}={value:g}{unit}")
+    return " ".join(parts) or "unshaped"
+
+
+@emulate_app.command("link")
+def emulate_link(
+    name: Name,
+    target: Annotated[str, typer.Argument(help="VNODE.IFACE.")],
+    state: Annotated[str, typer.Argument(help="down or up.")],
+) -> None:
+    """Take a vnode interface down or bring it up on the running platform, in place:
+    `omnibed emulate link NAME vnode-3.if0 down`."""
+    if state not in ("up", "down"):
+        raise UsageError(f"link state {state!r} is neither up nor down")
+    _emulator(_api(), name).link(target, up=state == "up")
+    out.print(f"{target}: {state}", highlight=False)
