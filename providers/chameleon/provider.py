@@ -291,8 +291,7 @@ class ChameleonProvider(Provider):
             return
         options = record.options
         image = client.image_id(options.get("image", "CC-Ubuntu22.04"))
-        flavor = client.flavor_id(options.get("flavor", "m1.small" if record.kvm
-                                              else "baremetal"))
+        flavor = client.flavor_id(_flavor(record))
         network = client.network_id(options.get("network", "sharednet1"))
         if record.keypair is None:
             if not record.public_key:
@@ -514,8 +513,13 @@ class ChameleonProvider(Provider):
 def _hardware(record: _Record) -> str:
     """The node type of a bare-metal lease, or the flavor of KVM servers."""
     if record.kvm:
-        return str(record.options.get("flavor", "m1.small"))
+        return _flavor(record)
     return str(record.options.get("node_type", DEFAULT_NODE_TYPE))
+
+
+def _flavor(record: _Record) -> str:
+    """The Nova flavor: `-o flavor=`, else m1.small on KVM@TACC and baremetal elsewhere."""
+    return str(record.options.get("flavor", "m1.small" if record.kvm else "baremetal"))
 
 
 def _is_root(endpoint: SSHEndpoint, known_hosts: Path) -> bool:

@@ -507,10 +507,8 @@ def _load_reference(copies: int) -> dict[str, dict[str, dict[str, dict[str, Any]
 
 def _load_clusters() -> dict[str, dict[str, Any]]:
     """{cluster: its Reference API record} from the fixtures' `<cluster>.json` files."""
-    return {path.stem: json.loads(path.read_text())
-            for path in sorted(FIXTURES.glob("*.json"))
-            if not path.stem.endswith("-1") and json.loads(path.read_text()).get("type")
-            == "cluster"}
+    records = (json.loads(path.read_text()) for path in sorted(FIXTURES.glob("*.json")))
+    return {record["uid"]: record for record in records if record.get("type") == "cluster"}
 
 
 _CONDITION = re.compile(r"\s*(\w+)\s*(?:=\s*'([^']*)'|in\s*\(([^)]*)\))\s*", re.IGNORECASE)
