@@ -35,7 +35,7 @@ from omnibed.core.provider import Progress, no_progress
 from omnibed.core.reservation_access import ReservationAccess
 from omnibed.core.types import Node, SSHEndpoint
 
-from . import vnode_ssh
+from . import timeline, vnode_ssh
 from .agent import ops
 from .agent.state import Shaping, Viface
 from .bundle import build
@@ -188,6 +188,8 @@ class Emulator:
         # seconds from the start of the last `up` until its container vnodes ran and every
         # `ssh: true` one answered SSH; None without container vnodes
         self.reachable_after: float | None = None
+        # the timeline of the platform file, once `up` started it
+        self.scheduled: timeline.Schedule | None = None
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -223,6 +225,7 @@ class Emulator:
             the_plan = plan(
                 platform, facts, self.reservation, probe=probe, force=force, containers=containers
             )
+            timeline.resolve(platform.events, the_plan, time.time() + timeline.START_LEAD)
             if install and containers is not None:
                 progress("installing the container runtime where it is missing")
                 _install_runtime(sessions, the_plan)
@@ -233,6 +236,9 @@ class Emulator:
             vnode_ssh.record_host_keys(known_hosts, the_plan)
             try:
                 self._build(sessions, the_plan, images, progress)
+                if platform.events:
+                    progress("starting the platform's timeline")
+                    self.scheduled = timeline.start(sessions, the_plan, platform.events)
             except BaseException as failure:
                 rollback = _errors(_on_all(sessions, ops.TEARDOWN, the_plan))
                 if not rollback:
@@ -563,6 +569,32 @@ class Emulator:
         pnode = the_plan.vnode(viface.vnode).pnode
         with self._sessions(self._pnode(pnode)) as sessions:
             sessions[pnode].call(ops.LINK, netns=viface.netns, ifname=viface.ifname, up=up)
+
+    # -- timelines (emulator.timeline) -----------------------------------------------------
+
+    def schedule(
+        self, events: Sequence[timeline.Event], *, start: float | None = None
+    ) -> timeline.Schedule:
+        """Hand `events` to the pnodes' agents, which run them from their own clocks; relative
+        times count from `start` (epoch seconds; default START_LEAD seconds from now). Every
+        event is checked first: a PlatformError naming the first bad one, nothing scheduled."""
+        the_plan = self._require()
+        first = time.time() + timeline.START_LEAD if start is None else start
+        timeline.resolve(events, the_plan, first)  # bad input before any SSH
+        with self._sessions() as sessions:
+            return timeline.start(sessions, the_plan, events, start)
+
+    def events(self) -> list[timeline.Record]:
+        """Every action of the platform's timelines: planned and actual time, outcome."""
+        the_plan = self._require()
+        with self._sessions() as sessions:
+            return timeline.records(sessions, the_plan.instance)
+
+    def cancel_events(self) -> int:
+        """Stop the rest of the platform's timelines; how many pnode runners were stopped."""
+        the_plan = self._require()
+        with self._sessions() as sessions:
+            return timeline.cancel(sessions, the_plan.instance)
 
     def _pnode(self, pnode: str) -> list[Node]:
         """Node `pnode` of the reservation, as `_sessions` takes it."""

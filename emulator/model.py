@@ -25,16 +25,19 @@ import ipaddress
 import math
 import re
 import reprlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from omnibed.core.errors import PlatformError
 from omnibed.emulator.agent.containers import MIN_MEMORY
 from omnibed.emulator.agent.state import Shaping
+
+if TYPE_CHECKING:
+    from omnibed.emulator.timeline import Event
 
 MODES = ("auto", "bridge", "vxlan")
 DEFAULT_VXLAN_PORT = 4789
@@ -487,8 +490,10 @@ class Platform:
     nodes: Sequence[VNodeSpec] = ()
     vxlan_port: int = DEFAULT_VXLAN_PORT
     images: Sequence[ImageSource] = ()
+    events: Sequence[Event] = ()  # its timeline, started once it is built (emulator.timeline)
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "events", tuple(self.events))
         object.__setattr__(self, "networks", tuple(self.networks))
         object.__setattr__(self, "nodes", tuple(self.nodes))
         object.__setattr__(self, "images", tuple(self.images))
@@ -574,7 +579,7 @@ class Platform:
 
 # --- YAML / mapping loader -------------------------------------------------------------
 
-_TOP_KEYS = ("images", "networks", "nodes", "vxlan_port")
+_TOP_KEYS = ("images", "networks", "nodes", "vxlan_port", "events")
 _NETWORK_KEYS = ("name", "cidr", "mode")
 _NODE_KEYS = ("name", "per_pnode", "pnode", "ifaces", "image", "shared", "cpu", "memory", "ssh")
 _CPU_KEYS = ("cores", "share")
@@ -631,8 +636,16 @@ def _link(data: object, where: str) -> LinkSpec | None:
     return _at(where, LinkSpec, **fields) if fields else None
 
 
-def platform_from_dict(data: object) -> Platform:
-    """Build a Platform from the parsed YAML structure (see examples/listing1.yaml)."""
+def platform_from_dict(
+    data: object,
+    *,
+    base: Path | None = None,
+    locate: Callable[[str], str] = lambda where: where,
+) -> Platform:
+    """Build a Platform from the parsed YAML structure (see examples/listing1.yaml); its
+    events' traces are read from `base`, `locate` names an event's place in the file."""
+    from omnibed.emulator.timeline import events_from_list  # it reads rates as this module
+
     top = _fields(data, "", _TOP_KEYS, ("nodes",))
     networks = []
     for n, item in enumerate(_list(top.get("networks"), "networks")):
@@ -667,7 +680,10 @@ def platform_from_dict(data: object) -> Platform:
         fields = _fields(item, where, _IMAGE_KEYS, ("source",))
         images.append(_at(where, ImageSource, name=name, **fields))
     port = top.get("vxlan_port", DEFAULT_VXLAN_PORT)
-    return Platform(networks=networks, nodes=nodes, vxlan_port=port, images=images)
+    events = events_from_list(top.get("events"), base=base, locate=locate)
+    return Platform(
+        networks=networks, nodes=nodes, vxlan_port=port, images=images, events=events
+    )
 
 
 def _is_path(text: str) -> bool:
@@ -789,6 +805,7 @@ def load_platform(source: str | Path | Mapping[str, Any]) -> Platform:
     """A Platform from a YAML file path, YAML text, or an already parsed mapping."""
     if not isinstance(source, str | Path):
         return platform_from_dict(source)
+    base = None
     if isinstance(source, str) and not _is_path(source):
         raw: str | bytes = source
         origin = "platform"
@@ -805,8 +822,13 @@ def load_platform(source: str | Path | Mapping[str, Any]) -> Platform:
                 "write many vnodes with per_pnode"
             )
         origin = str(path)
+        base = path.parent
     data, root = _parse(raw, origin)
     try:
-        return platform_from_dict(data)
+        return platform_from_dict(
+            data, base=base, locate=lambda where: _mark(origin, _locate(root, where))
+        )
     except PlatformError as exc:
+        if exc.origin:  # an event's error, already placed
+            raise
         raise exc.located(_mark(origin, _locate(root, exc.where))) from None

@@ -31,8 +31,13 @@ Each stdin line is a request {"op": NAME, ...}; each gets exactly one stdout lin
                                              lacks: nothing changed); else the direction's
                                              root qdisc now matches the viface's shaping
   link {netns, ifname, up}                -> {}: the vnode's interface is up or down
+  timeline-start {instance, id, actions}  -> problems: [sentence, ...] (kernel features the
+                                             shaping lacks: nothing runs); else pid of the
+                                             detached runner (see timeline.py)
+  timeline-status {instance}              -> timelines: [{id, running, created, actions, log}]
+  timeline-cancel {instance, id?}         -> cancelled: the ids of the runners stopped
 
-teardown removes the state's containers before its network.
+teardown stops the instance's timelines, then removes its containers, then its network.
 """
 
 from __future__ import annotations
@@ -59,11 +64,15 @@ CONTAINERS_EXEC = "containers-exec"
 CONTAINERS_REMOVE = "containers-remove"
 SHAPE = "shape"
 LINK = "link"
+TIMELINE_START = "timeline-start"
+TIMELINE_STATUS = "timeline-status"
+TIMELINE_CANCEL = "timeline-cancel"
 
 ALL = (
     HELLO, PREFLIGHT, APPLY, TEARDOWN, STATUS, PROBE_LISTEN, PROBE_SEND, PROBE_COLLECT, EXEC,
     CONTAINERS_PREFLIGHT, CONTAINERS_INSTALL, CONTAINERS_IMAGE, CONTAINERS_START, CONTAINERS_STATUS,
-    CONTAINERS_EXEC, CONTAINERS_REMOVE, SHAPE, LINK,
+    CONTAINERS_EXEC, CONTAINERS_REMOVE, SHAPE, LINK, TIMELINE_START, TIMELINE_STATUS,
+    TIMELINE_CANCEL,
 )  # fmt: skip
 
 

@@ -15,7 +15,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from . import live, nsutil, ops, probe
+from . import live, nsutil, ops, probe, timeline
 from .containers import ContainerError, Runtime, tarball_path
 from .netlink_apply import Applier, ApplyFailure, status, teardown
 from .preflight import preflight
@@ -53,6 +53,13 @@ class Agent:
             ops.CONTAINERS_REMOVE: lambda r: {"removed": self.runtime.remove(r["names"])},
             ops.SHAPE: lambda r: live.shape(Viface.from_json(r["viface"]), str(r["direction"])),
             ops.LINK: lambda r: live.set_link(str(r["netns"]), str(r["ifname"]), bool(r["up"])),
+            ops.TIMELINE_START: lambda r: timeline.start(
+                str(r["instance"]), str(r["id"]), list(r["actions"])
+            ),
+            ops.TIMELINE_STATUS: lambda r: {"timelines": timeline.records(str(r["instance"]))},
+            ops.TIMELINE_CANCEL: lambda r: {
+                "cancelled": timeline.cancel(str(r["instance"]), r.get("id"))
+            },
         }
 
     def handle(self, request: dict[str, Any]) -> dict[str, Any]:
@@ -89,8 +96,10 @@ class Agent:
         }
 
     def teardown(self, request: dict[str, Any]) -> dict[str, Any]:
-        """The state's containers first (they hold its namespaces), then its network."""
+        """The state's timelines first (they change its links), its containers (they hold
+        its namespaces), then its network."""
         state = _state(request)
+        timeline.cancel(state.instance, remove=True)
         removed = self.runtime.remove([c.name for c in state.containers])
         return {**teardown(state), "removed_containers": removed}
 

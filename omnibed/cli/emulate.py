@@ -12,6 +12,7 @@ import typer
 from rich.table import Table
 
 from omnibed.api import Omnibed
+from omnibed.cli import timeline
 from omnibed.cli.common import (
     AsJson,
     Command,
@@ -143,8 +144,17 @@ def emulate_up(
 
 
 @emulate_app.command("status")
-def emulate_status(name: Name, as_json: AsJson = False) -> None:
+def emulate_status(
+    name: Name,
+    as_json: AsJson = False,
+    events: Annotated[bool, typer.Option(
+        "--events", help="Show what the timelines ran: each action's planned and actual time."
+    )] = False,
+) -> None:
     """Show vnodes, their pnode and addresses, and each vnetwork's mode with its reason."""
+    if events:
+        timeline.show_records(_emulator(_api(), name), as_json)
+        return
     status = _emulator(_api(), name).status()
     if as_json:
         _print_json(status.to_json())
@@ -356,3 +366,29 @@ def emulate_link(
         raise UsageError(f"link state {state!r} is neither up nor down")
     _emulator(_api(), name).link(target, up=state == "up")
     out.print(f"{target}: {state}", highlight=False)
+
+
+@emulate_app.command("events")
+def emulate_events(
+    name: Name,
+    timeline_file: Annotated[Path | None, typer.Argument(
+        help="YAML with `events:` (a platform file's events, or a file of its own)."
+    )] = None,
+    cancel: Annotated[bool, typer.Option(
+        "--cancel", help="Stop the rest of every running timeline of the platform."
+    )] = False,
+) -> None:
+    """Start a timeline of live changes on the running platform, run by each pnode's agent
+    from its own clock (`at: 10s` counts from about one second after this command reaches
+    the pnodes); `emulate status NAME --events` shows what ran when."""
+    if cancel == (timeline_file is not None):
+        raise UsageError(
+            "give a timeline file or --cancel: `omnibed emulate events NAME FILE` or "
+            "`omnibed emulate events NAME --cancel`"
+        )
+    emulator = _emulator(_api(), name)
+    if cancel:
+        timeline.cancel(emulator)
+    else:
+        assert timeline_file is not None
+        timeline.schedule_file(emulator, timeline_file)
