@@ -422,6 +422,7 @@ class Record:
     planned: float
     actual: float | None
     outcome: str  # "ok", "failed: ...", "pending", "cancelled"
+    took: float | None = None  # seconds the agent spent applying it
 
     @property
     def lateness_ms(self) -> float | None:
@@ -445,7 +446,8 @@ def records(sessions: Mapping[str, AgentConnection], instance: str) -> list[Reco
                 else:
                     outcome = "pending" if timeline["running"] and not stopped else "cancelled"
                 found.append(Record(timeline["id"], pnode, action["what"], action["where"],
-                                    action["at"], line and line["actual"], outcome))  # fmt: skip
+                                    action["at"], line and line["actual"], outcome,
+                                    line and line["took"]))  # fmt: skip
     return sorted(found, key=lambda r: (r.planned, r.pnode, r.what))
 
 

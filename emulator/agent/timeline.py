@@ -4,7 +4,8 @@
 agent's session (it outlives the SSH connection that asked for it) and returns. The runner
 sleeps until each action's time and applies its changes over netlink sockets it keeps open,
 one per namespace; it appends one JSON line per action to its log:
-{"i": n, "planned": epoch, "actual": epoch once the kernel acknowledged, "error": text|null},
+{"i": n, "planned": epoch, "actual": epoch once the kernel acknowledged, "took": seconds
+spent applying, "error": text|null},
 and {"cancelled": epoch} when stopped. Its files live in TIMELINES_DIR/<instance digest>/<id>/,
 directories only root can read or write (actions.json, log, pid, lock); the runner holds
 `lock` for as long as it lives, so a free lock means it is gone.
@@ -288,13 +289,16 @@ def run(directory: str, actions: list[dict[str, Any]]) -> int:
                     log.write(json.dumps({"cancelled": time.time()}) + "\n")
                     return 0
                 error = None
+                began = time.perf_counter()
                 try:
                     for change in action["changes"]:
                         changer.apply(change)
                 except Exception as exc:  # logged for `emulate status --events`; go on
                     error = str(exc)
                 actual = time.time()
-                line = {"i": i, "planned": action["at"], "actual": actual, "error": error}
+                took = time.perf_counter() - began
+                line = {"i": i, "planned": action["at"], "actual": actual, "took": took,
+                        "error": error}  # fmt: skip
                 log.write(json.dumps(line) + "\n")
                 log.flush()
         finally:

@@ -79,5 +79,6 @@ def _json(record: Record) -> dict[str, object]:
         "planned": record.planned,
         "actual": record.actual,
         "lateness_ms": record.lateness_ms,
+        "took_ms": None if record.took is None else record.took * 1000,
         "outcome": record.outcome,
     }

@@ -240,7 +240,7 @@ def test_a_churn_trace_makes_vnodes_unreachable_exactly_while_down(tmp_path: Pat
     api = Omnibed(home=tmp_path / "home")
     trace = tmp_path / "churn.csv"
     downs = {f"vnode-{k}": (1.0 + 0.1 * k, 1.8 + 0.1 * k) for k in range(1, 20)}
-    downs_again = {f"vnode-{k}": (3.0 + 0.05 * k, 3.6) for k in range(1, 20, 3)}
+    downs_again = {f"vnode-{k}": (3.0 + 0.02 * k, 3.5 + 0.02 * k) for k in range(1, 20, 3)}
     lines = ["time,vnode,state"]
     for table in (downs, downs_again):
         for vnode, (down, up) in table.items():
@@ -277,5 +277,6 @@ def test_a_churn_trace_makes_vnodes_unreachable_exactly_while_down(tmp_path: Pat
                 continue
             down = any(a <= t < b for a, b in intervals)
             if (to[vnode] in answered) == down:
-                wrong.append((vnode, round(t, 3), "answered while down" if down else "silent while up"))
+                seen = "answered while down" if down else "silent while up"
+                wrong.append((vnode, round(t, 3), seen))
     assert not wrong, wrong[:10]
