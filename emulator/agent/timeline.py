@@ -39,6 +39,7 @@ from .shaping import offloads_off, qdisc_request
 from .state import Viface
 
 TIMELINES_DIR = "/run/omnibed/timelines"
+RT_PRIORITY = 10  # SCHED_FIFO, low among real-time tasks: above every ordinary process
 _ID = re.compile(r"[0-9A-Za-z_-]{1,64}")
 
 
@@ -275,7 +276,12 @@ class Changer:
 
 
 def run(directory: str, actions: list[dict[str, Any]]) -> int:
-    """Apply each action at its time (sorted), logging each; until the end or SIGTERM."""
+    """Apply each action at its time (sorted), logging each; until the end or SIGTERM. The
+    runner asks for a real-time priority, so a busy pnode does not make it late."""
+    try:
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(RT_PRIORITY))
+    except OSError as exc:  # a pnode that refuses it runs the timeline all the same
+        os.write(2, f"no real-time priority, events may be late: {exc}\n".encode())
     wake_read, wake_write = os.pipe()
     os.set_blocking(wake_write, False)
     signal.set_wakeup_fd(wake_write)
