@@ -10,12 +10,12 @@ own for `omnibed emulate events NAME FILE`, or given to `Emulator.schedule`:
       - {trace: churn.csv}                                  # lines: time,vnode,up|down
 
 `at` is seconds from the timeline's start (`10s`, `1500ms`, `2min`; a bare number is
-seconds) or an absolute time with its zone (`2026-12-01T21:30:00Z`). The start is START_LEAD
-seconds after the platform is built (events of the platform file) or after the timeline is
-handed over (`emulate events`), one absolute instant sent to every pnode: the pnodes' clocks
-must agree (NTP on a testbed; one clock on the local testbed). Names are shell patterns
-(`vnode-[0-9]`, `vnode-*`). A trace file (relative to the file naming it) holds one change
-per line, `time,vnode,up|down`; blank lines and `#` comments are skipped.
+seconds) or an absolute time with its zone (`2026-12-01T21:30:00Z`). Each pnode's agent
+first prepares a runner for its share; once all have, they are told one absolute start,
+START_LEAD seconds later (after the platform is built, for the events of a platform file):
+the pnodes' clocks must agree (NTP on a testbed; one clock on the local testbed). Names are
+shell patterns (`vnode-[0-9]`, `vnode-*`). A trace file (relative to the file naming it)
+holds one change per line, `time,vnode,up|down`; blank lines and `#` comments are skipped.
 
 Everything is checked before anything is scheduled: a bad event is a PlatformError naming
 its place (`platform.yaml:12:5`, `churn.csv:7`) (exit status 2).
@@ -43,7 +43,7 @@ from .model import parse_loss, parse_rate, parse_time, show
 from .planner import Plan
 from .transport import AgentConnection, for_each
 
-START_LEAD = 1.0  # seconds from handing a timeline over to its start: time to reach the pnodes
+START_LEAD = 0.5  # seconds from the pnodes' having prepared a timeline to its start
 MAX_TRACE_BYTES = 8 << 20
 STATES = {"up": True, "down": False}
 # property of the platform file -> (field of Shaping, parser of its value)
@@ -265,24 +265,26 @@ def load_events(source: str | Path) -> list[Event]:
 
 @dataclass(frozen=True)
 class Action:
-    """What one pnode's agent does at one instant for one event."""
+    """What one pnode's agent does at one instant for one event: `offset` seconds after the
+    timeline's start, or at epoch `at` when the event named an absolute time."""
 
-    at: float  # epoch seconds
+    offset: float | None
+    at: float | None
     what: str
     where: str
     changes: tuple[dict[str, Any], ...]
 
     def to_json(self) -> dict[str, Any]:
-        return {"at": self.at, "what": self.what, "where": self.where,
+        return {"offset": self.offset, "at": self.at, "what": self.what, "where": self.where,
                 "changes": list(self.changes)}  # fmt: skip
 
 
 def resolve(
     events: Sequence[Event], the_plan: Plan, start: float, *, now: float | None = None
 ) -> dict[str, list[Action]]:
-    """{pnode: its actions} for `events` on `the_plan` starting at `start` (epoch seconds);
-    a PlatformError at the first event naming nothing, or due before `now`. Shaping builds
-    on the plan's and on earlier events'."""
+    """{pnode: its actions} for `events` on `the_plan` if it starts at `start` (epoch
+    seconds); a PlatformError at the first event naming nothing, or due before `now`.
+    Shaping builds on the plan's and on earlier events'."""
     now = time.time() if now is None else now
     vifaces = {f"{v.vnode}.{v.ifname}": v for s in the_plan.states for v in s.vifaces}
     pnode_of = {v.name: v.pnode for v in the_plan.vnodes}
@@ -294,13 +296,15 @@ def resolve(
         if at < now:
             when = datetime.fromtimestamp(at, UTC).isoformat(timespec="milliseconds")
             raise event.error(f"at {when} is in the past: give a later time")
+        offset, absolute = (None, at) if isinstance(event.at, datetime) else (event.at, None)
         for viface, change in _changes(event, vifaces, pnode_of, shaped):
             pnode = pnode_of[viface.vnode]
             label = f"{viface.vnode}.{viface.ifname}"
-            action = Action(at, event.what(), event.place or label, (change,))
+            action = Action(offset, absolute, event.what(), event.place or label, (change,))
             mine = actions.setdefault(pnode, [])
-            if mine and mine[-1].at == at and mine[-1].what == action.what:
-                mine[-1] = replace(mine[-1], changes=mine[-1].changes + (change,))
+            last = mine[-1] if mine else None
+            if last and (last.offset, last.at, last.what) == (offset, absolute, action.what):
+                mine[-1] = replace(last, changes=last.changes + (change,))
             else:
                 mine.append(action)
     return actions
@@ -384,30 +388,49 @@ def start(
     events: Sequence[Event],
     start_at: float | None = None,
 ) -> Schedule:
-    """Check `events` against the plan, then hand each pnode its share; when one pnode
-    refuses, the others' are cancelled and the refusal raised (nothing stays scheduled)."""
-    start_at = time.time() + START_LEAD if start_at is None else start_at
-    actions = resolve(events, the_plan, start_at)
-    timeline = f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime(start_at))}-{secrets.token_hex(3)}"
+    """Check `events` against the plan, hand each pnode its share, and once every pnode
+    has prepared its runner, start them all at `start_at` (default: START_LEAD seconds
+    later). When a pnode refuses, the others' are cancelled and the refusal raised: nothing
+    stays scheduled."""
+    actions = resolve(events, the_plan, start_at or time.time() + START_LEAD)
+    timeline = f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{secrets.token_hex(3)}"
     instance = the_plan.instance
-    started = for_each(
-        {p: sessions[p] for p in actions},
-        lambda p, s: s.call(ops.TIMELINE_START, instance=instance, id=timeline,
+    mine = {p: sessions[p] for p in actions}
+
+    def undo(why: str) -> EmulatorError:
+        """Cancel every pnode's share; the error saying why."""
+        for_each(mine, lambda p, s: s.call(ops.TIMELINE_CANCEL, instance=instance, id=timeline))
+        return EmulatorError(f"the timeline was not started, nothing is scheduled: {why}")
+
+    prepared = for_each(
+        mine,
+        lambda p, s: s.call(ops.TIMELINE_PREPARE, instance=instance, id=timeline,
                             actions=[a.to_json() for a in actions[p]]),
     )  # fmt: skip
-    failures = {p: str(r) for p, r in started.items() if isinstance(r, BaseException)}
-    problems = {p: r["problems"] for p, r in started.items()
+    problems = {p: r["problems"] for p, r in prepared.items()
                 if not isinstance(r, BaseException) and r["problems"]}  # fmt: skip
-    if failures or problems:
-        for_each(
-            {p: sessions[p] for p in started if p not in failures and p not in problems},
-            lambda p, s: s.call(ops.TIMELINE_CANCEL, instance=instance, id=timeline),
-        )
-        if problems:
-            raise PreflightError(problems)
-        raise EmulatorError("the timeline was not started, nothing is scheduled:\n  "
-                            + "\n  ".join(f"{p}: {why}" for p, why in failures.items()))
+    failures = _errors(prepared)
+    if problems:
+        undo("the kernel lacks what its shaping needs")
+        raise PreflightError(problems)
+    if failures:
+        raise undo("; ".join(f"{p}: {why}" for p, why in failures.items()))
+    start_at = time.time() + START_LEAD if start_at is None else start_at
+    if start_at < time.time():
+        raise undo("its start passed while the pnodes prepared it: give a later one")
+    started = for_each(
+        mine, lambda p, s: s.call(ops.TIMELINE_GO, instance=instance, id=timeline, start=start_at)
+    )
+    failures = _errors(started)
+    failures |= {p: "its runner is gone" for p, r in started.items()
+                 if not isinstance(r, BaseException) and not r["running"]}  # fmt: skip
+    if failures:
+        raise undo("; ".join(f"{p}: {why}" for p, why in failures.items()))
     return Schedule(timeline, start_at, {p: len(a) for p, a in actions.items()})
+
+
+def _errors(outcome: Mapping[str, object]) -> dict[str, str]:
+    return {p: str(r) for p, r in outcome.items() if isinstance(r, BaseException)}
 
 
 @dataclass(frozen=True)
@@ -439,14 +462,16 @@ def records(sessions: Mapping[str, AgentConnection], instance: str) -> list[Reco
         for timeline in reply["timelines"]:
             ran = {line["i"]: line for line in timeline["log"] if "i" in line}
             stopped = any("cancelled" in line for line in timeline["log"])
+            start = timeline["start"] or timeline["created"]
             for i, action in enumerate(timeline["actions"]):
                 line = ran.get(i)
+                planned = action["at"] if action["offset"] is None else start + action["offset"]
                 if line is not None:
                     outcome = "ok" if line["error"] is None else f"failed: {line['error']}"
                 else:
                     outcome = "pending" if timeline["running"] and not stopped else "cancelled"
                 found.append(Record(timeline["id"], pnode, action["what"], action["where"],
-                                    action["at"], line and line["actual"], outcome,
+                                    planned, line and line["actual"], outcome,
                                     line and line["took"]))  # fmt: skip
     return sorted(found, key=lambda r: (r.planned, r.pnode, r.what))
 

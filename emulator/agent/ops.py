@@ -31,10 +31,12 @@ Each stdin line is a request {"op": NAME, ...}; each gets exactly one stdout lin
                                              lacks: nothing changed); else the direction's
                                              root qdisc now matches the viface's shaping
   link {netns, ifname, up}                -> {}: the vnode's interface is up or down
-  timeline-start {instance, id, actions}  -> problems: [sentence, ...] (kernel features the
+  timeline-prepare {instance, id, actions}-> problems: [sentence, ...] (kernel features the
                                              shaping lacks: nothing runs); else pid of the
-                                             detached runner (see timeline.py)
-  timeline-status {instance}              -> timelines: [{id, running, created, actions, log}]
+                                             detached runner, waiting (see timeline.py)
+  timeline-go {instance, id, start}       -> running: whether the runner was told its start
+  timeline-status {instance}              -> timelines: [{id, running, created, start,
+                                             actions, log}]
   timeline-cancel {instance, id?}         -> cancelled: the ids of the runners stopped
 
 teardown stops the instance's timelines, then removes its containers, then its network.
@@ -64,15 +66,16 @@ CONTAINERS_EXEC = "containers-exec"
 CONTAINERS_REMOVE = "containers-remove"
 SHAPE = "shape"
 LINK = "link"
-TIMELINE_START = "timeline-start"
+TIMELINE_PREPARE = "timeline-prepare"
+TIMELINE_GO = "timeline-go"
 TIMELINE_STATUS = "timeline-status"
 TIMELINE_CANCEL = "timeline-cancel"
 
 ALL = (
     HELLO, PREFLIGHT, APPLY, TEARDOWN, STATUS, PROBE_LISTEN, PROBE_SEND, PROBE_COLLECT, EXEC,
     CONTAINERS_PREFLIGHT, CONTAINERS_INSTALL, CONTAINERS_IMAGE, CONTAINERS_START, CONTAINERS_STATUS,
-    CONTAINERS_EXEC, CONTAINERS_REMOVE, SHAPE, LINK, TIMELINE_START, TIMELINE_STATUS,
-    TIMELINE_CANCEL,
+    CONTAINERS_EXEC, CONTAINERS_REMOVE, SHAPE, LINK, TIMELINE_PREPARE, TIMELINE_GO,
+    TIMELINE_STATUS, TIMELINE_CANCEL,
 )  # fmt: skip
 
 

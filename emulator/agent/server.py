@@ -53,8 +53,11 @@ class Agent:
             ops.CONTAINERS_REMOVE: lambda r: {"removed": self.runtime.remove(r["names"])},
             ops.SHAPE: lambda r: live.shape(Viface.from_json(r["viface"]), str(r["direction"])),
             ops.LINK: lambda r: live.set_link(str(r["netns"]), str(r["ifname"]), bool(r["up"])),
-            ops.TIMELINE_START: lambda r: timeline.start(
+            ops.TIMELINE_PREPARE: lambda r: timeline.prepare(
                 str(r["instance"]), str(r["id"]), list(r["actions"])
+            ),
+            ops.TIMELINE_GO: lambda r: timeline.go(
+                str(r["instance"]), str(r["id"]), float(r["start"])
             ),
             ops.TIMELINE_STATUS: lambda r: {"timelines": timeline.records(str(r["instance"]))},
             ops.TIMELINE_CANCEL: lambda r: {

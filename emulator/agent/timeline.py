@@ -1,19 +1,21 @@
 """A timeline of live changes, run on the pnode by a process of its own from the pnode's clock.
 
-`start` checks a timeline's shaping against the kernel, then forks a runner detached from the
-agent's session (it outlives the SSH connection that asked for it) and returns. The runner
-sleeps until each action's time and applies its changes over netlink sockets it keeps open,
-one per namespace; it appends one JSON line per action to its log:
+`prepare` checks a timeline's shaping against the kernel, then forks a runner detached from
+the agent's session (it outlives the SSH connection that asked for it) and returns; `go`
+tells it its start (epoch seconds), once every pnode has prepared. The runner sleeps until
+each action's time and applies its changes over netlink sockets it keeps open, one per
+namespace; it appends one JSON line per action to its log:
 {"i": n, "planned": epoch, "actual": epoch once the kernel acknowledged, "took": seconds
-spent applying, "error": text|null},
-and {"cancelled": epoch} when stopped. Its files live in TIMELINES_DIR/<instance digest>/<id>/,
-directories only root can read or write (actions.json, log, pid, lock); the runner holds
-`lock` for as long as it lives, so a free lock means it is gone.
+spent applying, "error": text|null}, and {"cancelled": epoch} when stopped. Its files live
+in TIMELINES_DIR/<instance digest>/<id>/, directories only root can read or write
+(actions.json, start, log, pid, lock, and `control`, the FIFO it reads `start EPOCH` or
+`cancel` from); the runner holds `lock` for as long as it lives, so a free lock means it is
+gone.
 
-An action: {"at": epoch seconds, "what": "vnode-3.if0 down", "where": "platform.yaml:12:5",
-"changes": [{"link": {"netns", "ifname", "up"}} | {"shape": {"viface", "direction"}}]}.
-`records` reads timelines back, `cancel` stops them (teardown cancels its instance's and
-removes their files).
+An action: {"offset": seconds from the start, or null and "at": epoch seconds, "what":
+"vnode-3.if0 down", "where": "platform.yaml:12:5", "changes": [{"link": {"netns", "ifname",
+"up"}} | {"shape": {"viface", "direction"}}]}. `records` reads timelines back, `cancel`
+stops them (teardown cancels its instance's and removes their files).
 Python 3.9 compatible; stdlib only.
 """
 
@@ -40,6 +42,7 @@ from .state import Viface
 
 TIMELINES_DIR = "/run/omnibed/timelines"
 RT_PRIORITY = 10  # SCHED_FIFO, low among real-time tasks: above every ordinary process
+PREPARED_FOR = 120.0  # seconds a prepared runner waits for its start before it gives up
 _ID = re.compile(r"[0-9A-Za-z_-]{1,64}")
 
 
@@ -68,10 +71,9 @@ def _private_dirs(path: str) -> None:
 # -- the agent's side --------------------------------------------------------------------------
 
 
-def start(instance: str, timeline: str, actions: list[dict[str, Any]]) -> dict[str, Any]:
-    """Run `actions` (sorted by time here) from a detached runner; problems lists the kernel
-    features their shaping lacks (then nothing runs)."""
-    actions = sorted(actions, key=lambda a: float(a["at"]))
+def prepare(instance: str, timeline: str, actions: list[dict[str, Any]]) -> dict[str, Any]:
+    """Fork a detached runner for `actions`, waiting for `go`; problems lists the kernel
+    features their shaping lacks (then there is no runner)."""
     features: set[str] = set()
     for action in actions:
         for change in action["changes"]:
@@ -87,18 +89,46 @@ def start(instance: str, timeline: str, actions: list[dict[str, Any]]) -> dict[s
     _private_dirs(os.path.dirname(directory))
     os.mkdir(directory, 0o700)
     with open(os.path.join(directory, "actions.json"), "w") as file:
-        json.dump({"created": time.time(), "actions": actions}, file)
+        file.write(json.dumps({"created": time.time(), "actions": actions}))
+    os.mkfifo(os.path.join(directory, "control"), 0o600)
+    # read and write: the runner is never without a writer, so never sees an end of file
+    control = os.open(os.path.join(directory, "control"), os.O_RDWR | os.O_CLOEXEC)
     lock = os.open(os.path.join(directory, "lock"), os.O_RDWR | os.O_CREAT, 0o600)
     try:
         fcntl.flock(lock, fcntl.LOCK_EX)  # shared with the runner, which keeps it
         child = os.fork()
         if child == 0:
-            _detach_and_run(directory, actions)  # never returns
+            _detach_and_run(directory, actions, control)  # never returns
         os.waitpid(child, 0)
     finally:
         os.close(lock)
+        os.close(control)
     with open(os.path.join(directory, "pid")) as file:
         return {"problems": [], "pid": int(file.read())}
+
+
+def go(instance: str, timeline: str, start: float) -> dict[str, Any]:
+    """Start prepared runner `timeline` at `start` (epoch seconds); running: whether it was
+    still there to be told."""
+    directory = _timeline_dir(instance, timeline)
+    with open(os.path.join(directory, "start"), "w") as file:
+        file.write(repr(float(start)))
+    return {"running": _tell(directory, f"start {float(start)!r}\n")}
+
+
+def _tell(directory: str, message: str) -> bool:
+    """Write `message` to the runner's control FIFO; False when no runner reads it."""
+    try:
+        fd = os.open(os.path.join(directory, "control"), os.O_WRONLY | os.O_NONBLOCK)
+    except OSError as exc:  # ENXIO: no reader any more
+        if exc.errno in (errno.ENXIO, errno.ENOENT):
+            return False
+        raise
+    try:
+        os.write(fd, message.encode())
+    finally:
+        os.close(fd)
+    return True
 
 
 def _running(directory: str) -> bool:
@@ -124,8 +154,8 @@ def _timelines(instance: str) -> list[str]:
 
 
 def records(instance: str) -> list[dict[str, Any]]:
-    """Every timeline of `instance` on this pnode: its id, whether it still runs, its
-    actions and the lines its runner logged."""
+    """Every timeline of `instance` on this pnode: its id, whether it still runs, when it
+    was created and started (null until `go`), its actions and the lines its runner logged."""
     found = []
     for directory in _timelines(instance):
         try:
@@ -135,11 +165,17 @@ def records(instance: str) -> list[dict[str, Any]]:
                 log = [json.loads(line) for line in file if line.endswith("\n")]
         except FileNotFoundError:
             continue
+        try:
+            with open(os.path.join(directory, "start")) as file:
+                start: float | None = float(file.read())
+        except FileNotFoundError:
+            start = None
         found.append(
             {
                 "id": os.path.basename(directory),
                 "running": _running(directory),
                 "created": planned["created"],
+                "start": start,
                 "actions": planned["actions"],
                 "log": log,
             }
@@ -167,23 +203,24 @@ def cancel(instance: str, timeline: str | None = None, *, remove: bool = False) 
 
 
 def _stop(directory: str, pid: int) -> None:
-    """SIGTERM the runner (it logs that it was cancelled), SIGKILL it after 2 s."""
-    for sig, patience in ((signal.SIGTERM, 2.0), (signal.SIGKILL, 2.0)):
-        try:
-            os.kill(pid, sig)
-        except ProcessLookupError:
-            return
+    """Tell the runner to stop (it logs that it was cancelled); SIGKILL it after 2 s."""
+    told = _tell(directory, "cancel\n")
+    for patience in (2.0 if told else 0.0, 2.0):
         deadline = time.monotonic() + patience
         while time.monotonic() < deadline:
             if not _running(directory):
                 return
             time.sleep(0.005)
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            return
 
 
 # -- the runner's side -------------------------------------------------------------------------
 
 
-def _detach_and_run(directory: str, actions: list[dict[str, Any]]) -> None:
+def _detach_and_run(directory: str, actions: list[dict[str, Any]], control: int) -> None:
     """In the agent's forked child: a new session, a grandchild that runs the timeline with
     none of the agent's pipes or sockets (the SSH channel closes without waiting for it)."""
     status = 1
@@ -195,13 +232,13 @@ def _detach_and_run(directory: str, actions: list[dict[str, Any]]) -> None:
                 file.write(str(grandchild))
             status = 0
         else:
-            _close_channels(directory)
-            status = run(directory, actions)
+            _close_channels(directory, keep=control)
+            status = run(directory, actions, control)
     finally:
         os._exit(status)
 
 
-def _close_channels(directory: str) -> None:
+def _close_channels(directory: str, keep: int) -> None:
     null = os.open(os.devnull, os.O_RDWR)
     errors = os.open(os.path.join(directory, "stderr"), os.O_WRONLY | os.O_CREAT, 0o600)
     os.dup2(null, 0)
@@ -215,7 +252,7 @@ def _close_channels(directory: str) -> None:
             mode = os.fstat(fd).st_mode
         except OSError:
             continue
-        if fd > 2 and (stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)):
+        if fd > 2 and fd != keep and (stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)):
             os.close(fd)
 
 
@@ -275,38 +312,49 @@ class Changer:
             batch.close()
 
 
-def run(directory: str, actions: list[dict[str, Any]]) -> int:
-    """Apply each action at its time (sorted), logging each; until the end or SIGTERM. The
-    runner asks for a real-time priority, so a busy pnode does not make it late."""
+def run(directory: str, actions: list[dict[str, Any]], control: int) -> int:
+    """Wait for `start` on the control FIFO (PREPARED_FOR seconds at most), then apply each
+    action at its time, logging each, until the end or `cancel`. The runner asks for a
+    real-time priority, so a busy pnode does not make it late."""
     try:
         os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(RT_PRIORITY))
     except OSError as exc:  # a pnode that refuses it runs the timeline all the same
         os.write(2, f"no real-time priority, events may be late: {exc}\n".encode())
-    wake_read, wake_write = os.pipe()
-    os.set_blocking(wake_write, False)
-    signal.set_wakeup_fd(wake_write)
-    signal.signal(signal.SIGTERM, lambda signum, frame: None)  # the wakeup fd tells
     changer = Changer()
     with open(os.path.join(directory, "log"), "a") as log:
         try:
-            for i, action in enumerate(actions):
-                left = max(float(action["at"]) - time.time(), 0.0)
-                if select.select([wake_read], [], [], left)[0]:
+            told = _heard(control, PREPARED_FOR)
+            if not told.startswith("start "):
+                log.write(json.dumps({"cancelled": time.time()}) + "\n")
+                return 0
+            start = float(told.split()[1])
+            due = sorted(
+                (start + a["offset"] if a["offset"] is not None else a["at"], i)
+                for i, a in enumerate(actions)
+            )
+            for at, i in due:
+                if "cancel" in _heard(control, max(at - time.time(), 0.0)):
                     log.write(json.dumps({"cancelled": time.time()}) + "\n")
                     return 0
                 error = None
                 began = time.perf_counter()
                 try:
-                    for change in action["changes"]:
+                    for change in actions[i]["changes"]:
                         changer.apply(change)
                 except Exception as exc:  # logged for `emulate status --events`; go on
                     error = str(exc)
                 actual = time.time()
                 took = time.perf_counter() - began
-                line = {"i": i, "planned": action["at"], "actual": actual, "took": took,
-                        "error": error}  # fmt: skip
+                line = {"i": i, "planned": at, "actual": actual, "took": took, "error": error}
                 log.write(json.dumps(line) + "\n")
                 log.flush()
         finally:
             changer.close()
     return 0
+
+
+def _heard(control: int, timeout: float) -> str:
+    """What was written to the control FIFO within `timeout` seconds ('' if nothing)."""
+    if not select.select([control], [], [], timeout)[0]:
+        return ""
+    return os.read(control, 4096).decode(errors="replace")

@@ -99,6 +99,8 @@ def _emulate_up(
     except PlatformError as error:  # the plan does not fit the pnodes: name the file
         raise error if error.origin else error.located(label) from None
     out.print(built.summary(), highlight=False)
+    if emulator.scheduled is not None:
+        timeline.scheduled_line(emulator.scheduled, name)
     if emulator.reachable_after is not None:
         out.print(f"vnodes reachable in {emulator.reachable_after:.1f} s", highlight=False)
     if len(built.pnodes) > 1:

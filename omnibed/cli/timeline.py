@@ -14,7 +14,7 @@ from omnibed.core.errors import UsageError
 
 if TYPE_CHECKING:
     from omnibed.emulator.coordinator import Emulator
-    from omnibed.emulator.timeline import Record
+    from omnibed.emulator.timeline import Record, Schedule
 
 
 def schedule_file(emulator: Emulator, timeline_file: Path) -> None:
@@ -27,11 +27,14 @@ def schedule_file(emulator: Emulator, timeline_file: Path) -> None:
     if not events:
         raise UsageError(f"{timeline_file} holds no events")
     with _progress("handing the timeline to the pnodes"):
-        scheduled = emulator.schedule(events)
+        scheduled_line(emulator.schedule(events), emulator.reservation)
+
+
+def scheduled_line(scheduled: Schedule, name: str) -> None:
     count = sum(scheduled.actions.values())
     out.print(
-        f"timeline {scheduled.id}: {count} actions on {len(scheduled.actions)} pnodes, "
-        f"starting at {_clock(scheduled.start)}",
+        f"timeline {scheduled.id}: {count} actions on {len(scheduled.actions)} pnodes from "
+        f"{_clock(scheduled.start)} UTC; `omnibed emulate status {name} --events` shows them",
         highlight=False,
     )
 
