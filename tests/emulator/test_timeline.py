@@ -269,3 +269,31 @@ def test_a_churn_trace_makes_vnodes_unreachable_exactly_while_down(tmp_path: Pat
         for (down, up), (quiet, heard) in zip(intervals, silent[vnode], strict=True):
             assert abs(quiet - down) * 1000 < ON_TIME_MS, (vnode, silent[vnode], intervals)
             assert abs(heard - up) * 1000 < ON_TIME_MS, (vnode, silent[vnode], intervals)
+
+
+def _timeline_holders() -> set[int]:
+    """The processes of this machine holding a file of a timeline open (its runners)."""
+    holders = set()
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+            targets = [os.readlink(f"/proc/{pid}/fd/{fd}") for fd in fds]
+        except OSError:  # gone, or a file closed meanwhile
+            continue
+        if any("/run/omnibed/timelines/" in target for target in targets):
+            holders.add(int(pid))
+    return holders
+
+
+def test_down_stops_the_runners_of_a_platform(tmp_path: Path) -> None:
+    api = Omnibed(home=tmp_path / "home")
+    before = _timeline_holders()
+    with reserved(api, 1, "baremetal") as name:
+        emulator = Emulator(api.access(name))
+        emulator.up(load_platform(PLATFORM.replace("10.83", "10.85")))
+        try:
+            emulator.schedule([Event(60.0, "vnode", "vnode-1", up=False)])
+            assert len(_timeline_holders() - before) == 1
+        finally:
+            emulator.down()
+        assert _timeline_holders() - before == set()
