@@ -83,15 +83,20 @@ print(json.dumps(gaps))
 """
 
 
+def emulate(api: Omnibed, *args: str) -> subprocess.CompletedProcess[str]:
+    """`omnibed emulate ARGS` with api's home."""
+    env = {**os.environ, "OMNIBED_HOME": str(api.home), "COLUMNS": "250"}
+    return subprocess.run(
+        [OMNIBED, "emulate", *args], env=env, capture_output=True, text=True, timeout=120
+    )
+
+
 class Running:
     def __init__(self, api: Omnibed, name: str, emulator: Emulator, plan: Plan) -> None:
         self.api, self.name, self.emulator, self.plan = api, name, emulator, plan
 
     def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
-        env = {**os.environ, "OMNIBED_HOME": str(self.api.home), "COLUMNS": "250"}
-        return subprocess.run(
-            [OMNIBED, "emulate", *args], env=env, capture_output=True, text=True, timeout=120
-        )
+        return emulate(self.api, *args)
 
     def probes(self, jobs: dict[str, list[str]]) -> dict[str, str]:
         """Run `python3 -c PROGRAM ARGS` in each vnode at once; their stdout."""
@@ -297,3 +302,21 @@ def test_down_stops_the_runners_of_a_platform(tmp_path: Path) -> None:
         finally:
             emulator.down()
         assert _timeline_holders() - before == set()
+
+
+def test_up_with_a_bad_timeline_exits_2_and_builds_nothing(tmp_path: Path) -> None:
+    api = Omnibed(home=tmp_path / "home")
+    platform = tmp_path / "platform.yaml"
+    platform.write_text(
+        PLATFORM.replace("10.83", "10.86")
+        + "events:\n  - {at: 1s, link: vnode-0.if0, state: down}\n"
+        + "  - {at: 2s, link: vnode-9.if0, state: down}\n"
+    )
+    with reserved(api, 1, "baremetal") as name:
+        refused = emulate(api, "up", name, str(platform))
+        assert refused.returncode == 2, refused.stderr
+        assert refused.stderr.strip().splitlines() == [
+            f"error: {platform}:11:5: 'vnode-9.if0' names no vnode's iface (VNODE.IFACE): "
+            "the vnodes are vnode-0, vnode-1"
+        ]
+        assert Emulator(api.access(name)).load() is None
