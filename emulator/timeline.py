@@ -353,7 +353,8 @@ def _changes(
 
 
 def _link(viface: Viface, up: bool) -> dict[str, Any]:
-    return {"link": {"netns": viface.netns, "ifname": viface.ifname, "up": up}}
+    return {"link": {"netns": viface.netns, "ifname": viface.ifname, "up": up,
+                     "peer": viface.host_ifname}}  # fmt: skip
 
 
 def _few(names: Sequence[str] | Mapping[str, Any]) -> str:

@@ -14,13 +14,15 @@ gone.
 
 An action: {"offset": seconds from the start, or null and "at": epoch seconds, "what":
 "vnode-3.if0 down", "where": "platform.yaml:12:5", "changes": [{"link": {"netns", "ifname",
-"up"}} | {"shape": {"viface", "direction"}}]}. `records` reads timelines back, `cancel`
-stops them (teardown cancels its instance's and removes their files).
+"up", "peer": its pnode end}} | {"shape": {"viface", "direction"}}]}. `records` reads
+timelines back, `cancel` stops them (teardown cancels its instance's and removes their
+files).
 Python 3.9 compatible; stdlib only.
 """
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import fcntl
 import hashlib
@@ -31,17 +33,19 @@ import select
 import shutil
 import signal
 import stat
+import struct
 import time
 from typing import Any
 
 from . import nlbatch as nl
 from .live import _batch_in, _flush, _index
 from .preflight import explain, kernel_missing
-from .shaping import offloads_off, qdisc_request
+from .shaping import SIOCETHTOOL, offloads_off, qdisc_request
 from .state import Viface
 
 TIMELINES_DIR = "/run/omnibed/timelines"
 RT_PRIORITY = 10  # SCHED_FIFO, low among real-time tasks: above every ordinary process
+ETHTOOL_GLINK = 0xA
 PREPARED_FOR = 120.0  # seconds a prepared runner waits for its start before it gives up
 _ID = re.compile(r"[0-9A-Za-z_-]{1,64}")
 
@@ -256,6 +260,16 @@ def _close_channels(directory: str, keep: int) -> None:
             os.close(fd)
 
 
+def sync_link_state(sock_fd: int, ifname: str) -> None:
+    """Ask for `ifname`'s link state (ETHTOOL_GLINK), which makes the kernel apply its
+    pending carrier change now (linkwatch_sync_dev): a veth whose peer just came up
+    otherwise drops what it should send until a kernel worker gets to it, tens of ms on a
+    busy pnode."""
+    value = ctypes.create_string_buffer(struct.pack("=II", ETHTOOL_GLINK, 0))
+    ifreq = struct.pack("16sP", ifname.encode(), ctypes.addressof(value)) + b"\0" * 16
+    fcntl.ioctl(sock_fd, SIOCETHTOOL, ifreq)
+
+
 class Changer:
     """Applies live changes through netlink sockets kept open per namespace, interface
     indexes looked up once, offloads turned off once per shaped device."""
@@ -276,11 +290,15 @@ class Changer:
             self.indexes[key] = _index(self._batch(netns), ifname, netns or "the pnode")
         return self.indexes[key]
 
-    def link(self, netns: str, ifname: str, up: bool) -> None:
+    def link(self, netns: str, ifname: str, up: bool, peer: str | None) -> None:
+        """Set `ifname` up or down; once up, traffic flows through `peer`, its pnode end,
+        as soon as this returns (not when the kernel's link watcher gets to it)."""
         batch = self._batch(netns)
         body = nl.link_body(index=self._index(netns, ifname), up=up)
         batch.add(nl.RTM_NEWLINK, nl.SET, body, f"{ifname}@{netns} {'up' if up else 'down'}")
         _flush(batch)
+        if up and peer is not None:
+            sync_link_state(self._batch(None).fileno(), peer)
 
     def shape(self, viface: Viface, direction: str) -> None:
         netns = viface.netns if direction == "output" else None
@@ -302,7 +320,7 @@ class Changer:
     def apply(self, change: dict[str, Any]) -> None:
         if "link" in change:
             link = change["link"]
-            self.link(str(link["netns"]), str(link["ifname"]), bool(link["up"]))
+            self.link(str(link["netns"]), str(link["ifname"]), bool(link["up"]), link["peer"])
         else:
             shape = change["shape"]
             self.shape(Viface.from_json(shape["viface"]), str(shape["direction"]))
