@@ -278,6 +278,7 @@ class Changer:
         self.batches: dict[str | None, nl.Batch] = {}
         self.indexes: dict[tuple[str | None, str], int] = {}
         self.offloads_off: set[tuple[str | None, str]] = set()
+        self.unsynced: list[str] = []
 
     def _batch(self, netns: str | None) -> nl.Batch:
         if netns not in self.batches:
@@ -291,14 +292,20 @@ class Changer:
         return self.indexes[key]
 
     def link(self, netns: str, ifname: str, up: bool, peer: str | None) -> None:
-        """Set `ifname` up or down; once up, traffic flows through `peer`, its pnode end,
-        as soon as this returns (not when the kernel's link watcher gets to it)."""
+        """Set `ifname` up or down; `peer`, its pnode end, is synced by `sync_peers`."""
         batch = self._batch(netns)
         body = nl.link_body(index=self._index(netns, ifname), up=up)
         batch.add(nl.RTM_NEWLINK, nl.SET, body, f"{ifname}@{netns} {'up' if up else 'down'}")
         _flush(batch)
         if up and peer is not None:
+            self.unsynced.append(peer)
+
+    def sync_peers(self) -> None:
+        """Make traffic flow now through the pnode ends of the links just brought up, not
+        when the kernel's link watcher gets to them."""
+        for peer in self.unsynced:
             sync_link_state(self._batch(None).fileno(), peer)
+        self.unsynced.clear()
 
     def shape(self, viface: Viface, direction: str) -> None:
         netns = viface.netns if direction == "output" else None
@@ -366,6 +373,10 @@ def run(directory: str, actions: list[dict[str, Any]], control: int) -> int:
                 line = {"i": i, "planned": at, "actual": actual, "took": took, "error": error}
                 log.write(json.dumps(line) + "\n")
                 log.flush()
+                try:
+                    changer.sync_peers()  # after `actual`: it may wait for the kernel's lock
+                except OSError as exc:
+                    os.write(2, f"action {i}: {exc}\n".encode())
         finally:
             changer.close()
     return 0

@@ -152,8 +152,10 @@ def test_link_events_land_on_time_as_the_vnodes_see_them(
         scheduled = running.emulator.schedule(load_events(timeline), start=start)
         assert scheduled.actions == {"pnode-1": 2, "pnode-2": 2}
         seen = probing.result()
-    [vnode1_gap] = json.loads(seen["vnode-1"])["-"]  # its datagrams stopped, then came again
-    [vnode2_gap] = json.loads(seen["vnode-2"])["-"]
+    # the silence around the planned down time: its datagrams stopped, then came again
+    # (a loaded machine may pause the sender elsewhere too)
+    [vnode1_gap] = [g for g in json.loads(seen["vnode-1"])["-"] if g[0] < start + 2 < g[1]]
+    [vnode2_gap] = [g for g in json.loads(seen["vnode-2"])["-"] if g[0] < start + 1.5 < g[1]]
     probed = {
         "vnode-2.if0 down": vnode2_gap[0], "vnode-2.if0 up": vnode2_gap[1],
         "vnode-1.if0 down": vnode1_gap[0], "vnode-1.if0 up": vnode1_gap[1],
