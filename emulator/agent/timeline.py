@@ -39,6 +39,7 @@ from typing import Any
 
 from . import nlbatch as nl
 from .live import _batch_in, _flush, _index
+from .netlink_apply import ApplyFailure
 from .preflight import explain, kernel_missing
 from .shaping import SIOCETHTOOL, offloads_off, qdisc_request
 from .state import Viface
@@ -324,6 +325,21 @@ class Changer:
             offloads_off(batch.fileno(), ifname)
             self.offloads_off.add((netns, ifname))
 
+    def warm(self, change: dict[str, Any]) -> None:
+        """Open the socket and look up the interface `change` needs, ahead of its time; a
+        failure here is left for `apply` to report."""
+        if "link" in change:
+            where, ifname = change["link"]["netns"], change["link"]["ifname"]
+        else:
+            viface = change["shape"]["viface"]
+            output = change["shape"]["direction"] == "output"
+            where = viface["netns"] if output else None
+            ifname = viface["ifname"] if output else viface["host_ifname"]
+        try:
+            self._index(where, ifname)
+        except (ApplyFailure, OSError):
+            pass
+
     def apply(self, change: dict[str, Any]) -> None:
         if "link" in change:
             link = change["link"]
@@ -348,6 +364,9 @@ def run(directory: str, actions: list[dict[str, Any]], control: int) -> int:
     changer = Changer()
     with open(os.path.join(directory, "log"), "a") as log:
         try:
+            for action in actions:
+                for change in action["changes"]:
+                    changer.warm(change)
             told = _heard(control, PREPARED_FOR)
             if not told.startswith("start "):
                 log.write(json.dumps({"cancelled": time.time()}) + "\n")
