@@ -141,7 +141,7 @@ def test_link_events_land_on_time_as_the_vnodes_see_them(
         "  - {at: 1500ms, link: 'vnode-1.if*', state: down}\n"
         "  - {at: 2.5s, link: vnode-1.if0, state: up}\n"
     )
-    start = time.time() + 6  # the probes run from before it to after the last event
+    start = time.time() + 12  # the probes run from before it to after the last event
     until = str(start + 4)
     with ThreadPoolExecutor(1) as pool:
         probing = pool.submit(running.probes, {
