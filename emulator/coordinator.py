@@ -24,7 +24,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +37,7 @@ from omnibed.core.types import Node, SSHEndpoint
 
 from . import vnode_ssh
 from .agent import ops
-from .agent.state import Shaping, Viface
+from .agent.state import ACTIONS, FROZEN, RUNNING, STOPPED, Shaping, Viface
 from .bundle import build
 from .image_refs import ImageRef, resolve
 from .model import Platform, parse_loss, parse_rate, parse_time
@@ -120,6 +120,20 @@ class EmulationStatus:
     vnodes: tuple[VnodePlan, ...]
     pnodes: Mapping[str, PnodeStatus]
     containers: Mapping[str, Mapping[str, Any]]  # container name -> what its runtime reports
+    vifaces: Mapping[str, tuple[Viface, ...]] = field(default_factory=dict)  # by vnode
+    runs: Mapping[str, str] = field(default_factory=dict)  # vnode -> recorded, when not running
+
+    def run(self, vnode: VnodePlan) -> str:
+        """running, stopped or frozen: a container vnode's as its runtime reports it (or
+        what the runtime says instead: absent, created, unknown), else as recorded."""
+        if vnode.container is None:
+            return self.runs.get(vnode.name, RUNNING)
+        state = str(self.containers.get(vnode.container, {}).get("state", "unknown"))
+        return {"running": RUNNING, "paused": FROZEN, "stopped": STOPPED}.get(state, state)
+
+    def iface(self, vnode: VnodePlan, name: str) -> Viface | None:
+        """The viface `name` of `vnode` with its current shaping and link state."""
+        return next((v for v in self.vifaces.get(vnode.name, ()) if v.ifname == name), None)
 
     def container(self, vnode: VnodePlan) -> dict[str, Any] | None:
         """A container vnode's image, limits and runtime state; None for a netns-only one."""
@@ -159,12 +173,27 @@ class EmulationStatus:
                     "name": v.name,
                     "pnode": v.pnode,
                     "netns": v.netns,
-                    "ifaces": {i.name: {"address": i.address, "mac": i.mac} for i in v.ifaces},
+                    "ifaces": {
+                        i.name: {"address": i.address, "mac": i.mac, **self._live(v, i.name)}
+                        for i in v.ifaces
+                    },
                     "container": self.container(v),
+                    "run": self.run(v),
                 }
                 for v in self.vnodes
             ],
             "pnodes": {pnode: status.to_json() for pnode, status in self.pnodes.items()},
+        }
+
+    def _live(self, vnode: VnodePlan, name: str) -> dict[str, Any]:
+        """An iface's link state and shaping per direction, for the JSON report."""
+        viface = self.iface(vnode, name)
+        if viface is None:
+            return {}
+        return {
+            "link": "up" if viface.up else "down",
+            "output": asdict(viface.output),
+            "input": asdict(viface.input),
         }
 
 
@@ -388,6 +417,8 @@ class Emulator:
             vnodes=the_plan.vnodes,
             pnodes=pnodes,
             containers=containers,
+            vifaces=_vifaces_by_vnode(the_plan),
+            runs={v: run for state in the_plan.states for v, run in state.run.items()},
         )
 
     def exec(
@@ -560,9 +591,95 @@ class Emulator:
         """Set the interface VNODE.IFACE (`target`) of a vnode up or down, in place."""
         the_plan = self._require()
         viface = _viface(the_plan, target)
-        pnode = the_plan.vnode(viface.vnode).pnode
-        with self._sessions(self._pnode(pnode)) as sessions:
-            sessions[pnode].call(ops.LINK, netns=viface.netns, ifname=viface.ifname, up=up)
+        vnode = the_plan.vnode(viface.vnode)
+        run = the_plan.state(vnode.pnode).run.get(vnode.name, RUNNING)
+        if run == STOPPED or (run == FROZEN and vnode.container is None):
+            again = "start" if run == STOPPED else "thaw"
+            raise UsageError(
+                f"vnode {vnode.name} is {run}, its interfaces down: "
+                f"`omnibed emulate {again} {self.reservation} {vnode.name}` first"
+            )
+        with self._sessions(self._pnode(vnode.pnode)) as sessions:
+            sessions[vnode.pnode].call(ops.LINK, netns=viface.netns, ifname=viface.ifname, up=up)
+        self._save(_with_viface(the_plan, viface, replace(viface, up=up)))
+
+    # -- run state ---------------------------------------------------------------------------
+
+    def stop(self, vnodes: Sequence[str]) -> dict[str, str]:
+        """Stop `vnodes` in place: every interface down and, for a container vnode, every
+        process killed. {vnode: run state} of those named; the others untouched."""
+        return self._change_run("stop", vnodes)
+
+    def start(self, vnodes: Sequence[str]) -> dict[str, str]:
+        """Start stopped `vnodes` again: interfaces back to their recorded link state, a
+        container's init run anew (its files kept)."""
+        return self._change_run("start", vnodes)
+
+    def freeze(self, vnodes: Sequence[str]) -> dict[str, str]:
+        """Freeze `vnodes`: a container's processes frozen (freezer cgroup), a
+        namespace-only vnode's interfaces down."""
+        return self._change_run("freeze", vnodes)
+
+    def thaw(self, vnodes: Sequence[str]) -> dict[str, str]:
+        """Thaw frozen `vnodes`: as they were before `freeze`."""
+        return self._change_run("thaw", vnodes)
+
+    def _change_run(self, action: str, names: Sequence[str]) -> dict[str, str]:
+        """Apply `action` to each vnode of `names` that is not already in the state it leads
+        to, on each pnode's agent (pnodes in parallel); the saved plan records each change
+        made. Bad input (unknown vnode, a move the vnode's state forbids) is a UsageError
+        before anything changes; a failure on a pnode an EmulatorError naming it, the
+        changes made before it recorded."""
+        the_plan = self._require()
+        if not names:
+            raise UsageError(f"name at least one vnode to {action}")
+        targets = [the_plan.vnode(name) for name in dict.fromkeys(names)]
+        runs = {v.name: the_plan.state(v.pnode).run.get(v.name, RUNNING) for v in targets}
+        for vnode in targets:
+            first = _REFUSED.get((action, runs[vnode.name]))
+            if first is not None:
+                raise UsageError(
+                    f"vnode {vnode.name} is {runs[vnode.name]}: "
+                    f"`omnibed emulate {first} {self.reservation} {vnode.name}` first"
+                )
+        wanted = ACTIONS[action]
+        by_pnode: dict[str, list[VnodePlan]] = {}
+        for vnode in targets:
+            if runs[vnode.name] != wanted:
+                by_pnode.setdefault(vnode.pnode, []).append(vnode)
+        done: dict[str, str] = {}
+        failures: dict[str, str] = {}
+        if by_pnode:
+            nodes = [node for node in self.access.nodes() if node.id in by_pnode]
+            with self._sessions(nodes) as sessions:
+
+                def change_there(pnode: str, session: AgentConnection) -> None:
+                    state = the_plan.state(pnode)
+                    for vnode in by_pnode[pnode]:
+                        box = next((c for c in state.containers if c.name == vnode.container), None)
+                        try:
+                            reply = session.call(
+                                ops.VNODE_RUN,
+                                action=action,
+                                container=None if box is None else asdict(box),
+                                vifaces=[asdict(v) for v in state.vifaces if v.vnode == vnode.name],
+                            )
+                        except EmulatorError as exc:
+                            failures[pnode] = f"{vnode.name}: {exc}"
+                            return
+                        done[vnode.name] = reply["run"]
+
+                for pnode, outcome in for_each(sessions, change_there).items():
+                    if isinstance(outcome, BaseException):
+                        failures.setdefault(pnode, str(outcome))
+            self._save(_with_runs(the_plan, done))
+        if failures:
+            raise EmulatorError(
+                f"{action} failed: "
+                + "; ".join(f"{pnode}: {why}" for pnode, why in failures.items())
+                + (f" ({', '.join(done)} did {action})" if done else " (nothing changed)")
+            )
+        return {v.name: done.get(v.name, runs[v.name]) for v in targets}
 
     def _pnode(self, pnode: str) -> list[Node]:
         """Node `pnode` of the reservation, as `_sessions` takes it."""
@@ -652,6 +769,32 @@ def _shaping(current: Shaping, properties: Mapping[str, object]) -> Shaping:
         field, parse = SHAPING_FIELDS[key]
         changes[field] = None if value is None else parse(value)
     return replace(current, **changes)
+
+
+# (action, run state) -> the action the vnode needs first
+_REFUSED = {("start", FROZEN): "thaw", ("freeze", STOPPED): "start", ("thaw", STOPPED): "start"}
+
+
+def _with_runs(the_plan: Plan, runs: Mapping[str, str]) -> Plan:
+    """`the_plan` with vnodes `runs` recorded in those run states."""
+    states = []
+    for state in the_plan.states:
+        run = dict(state.run)
+        for vnode in the_plan.vnodes:
+            if vnode.pnode == state.pnode and vnode.name in runs:
+                run.pop(vnode.name, None)
+                if runs[vnode.name] != RUNNING:
+                    run[vnode.name] = runs[vnode.name]
+        states.append(replace(state, run=run))
+    return replace(the_plan, states=tuple(states))
+
+
+def _vifaces_by_vnode(the_plan: Plan) -> dict[str, tuple[Viface, ...]]:
+    found: dict[str, list[Viface]] = {}
+    for state in the_plan.states:
+        for viface in state.vifaces:
+            found.setdefault(viface.vnode, []).append(viface)
+    return {vnode: tuple(vifaces) for vnode, vifaces in found.items()}
 
 
 def _with_viface(the_plan: Plan, old: Viface, new: Viface) -> Plan:

@@ -31,8 +31,12 @@ Each stdin line is a request {"op": NAME, ...}; each gets exactly one stdout lin
                                              lacks: nothing changed); else the direction's
                                              root qdisc now matches the viface's shaping
   link {netns, ifname, up}                -> {}: the vnode's interface is up or down
+  vnode-run {action, container, vifaces}  -> run: the vnode's run state after action (stop,
+                                             start, freeze, thaw; lifecycle.py); container
+                                             is its ContainerSpec, null for a netns only
 
-teardown removes the state's containers before its network.
+teardown thaws the state's frozen containers (`run`), removes its containers, then its
+network.
 """
 
 from __future__ import annotations
@@ -59,11 +63,12 @@ CONTAINERS_EXEC = "containers-exec"
 CONTAINERS_REMOVE = "containers-remove"
 SHAPE = "shape"
 LINK = "link"
+VNODE_RUN = "vnode-run"
 
 ALL = (
     HELLO, PREFLIGHT, APPLY, TEARDOWN, STATUS, PROBE_LISTEN, PROBE_SEND, PROBE_COLLECT, EXEC,
     CONTAINERS_PREFLIGHT, CONTAINERS_INSTALL, CONTAINERS_IMAGE, CONTAINERS_START, CONTAINERS_STATUS,
-    CONTAINERS_EXEC, CONTAINERS_REMOVE, SHAPE, LINK,
+    CONTAINERS_EXEC, CONTAINERS_REMOVE, SHAPE, LINK, VNODE_RUN,
 )  # fmt: skip
 
 

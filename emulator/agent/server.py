@@ -15,11 +15,11 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from . import live, nsutil, ops, probe
-from .containers import ContainerError, Runtime, tarball_path
+from . import lifecycle, live, nsutil, ops, probe
+from .containers import ContainerError, ContainerSpec, Runtime, tarball_path
 from .netlink_apply import Applier, ApplyFailure, status, teardown
 from .preflight import preflight
-from .state import PnodeState, Viface
+from .state import FROZEN, PnodeState, Viface
 
 
 class Agent:
@@ -53,6 +53,7 @@ class Agent:
             ops.CONTAINERS_REMOVE: lambda r: {"removed": self.runtime.remove(r["names"])},
             ops.SHAPE: lambda r: live.shape(Viface.from_json(r["viface"]), str(r["direction"])),
             ops.LINK: lambda r: live.set_link(str(r["netns"]), str(r["ifname"]), bool(r["up"])),
+            ops.VNODE_RUN: self.vnode_run,
         }
 
     def handle(self, request: dict[str, Any]) -> dict[str, Any]:
@@ -89,10 +90,19 @@ class Agent:
         }
 
     def teardown(self, request: dict[str, Any]) -> dict[str, Any]:
-        """The state's containers first (they hold its namespaces), then its network."""
+        """The state's containers first (they hold its namespaces; the frozen ones thawed, or
+        they could not die), then its network."""
         state = _state(request)
+        frozen = [c.name for c in state.containers if state.run.get(c.hostname) == FROZEN]
+        lifecycle.thaw_all(self.runtime, frozen)
         removed = self.runtime.remove([c.name for c in state.containers])
         return {**teardown(state), "removed_containers": removed}
+
+    def vnode_run(self, request: dict[str, Any]) -> dict[str, Any]:
+        box = request.get("container")
+        container = None if box is None else ContainerSpec.from_json(box)
+        vifaces = [Viface.from_json(v) for v in request["vifaces"]]
+        return {"run": lifecycle.change(self.runtime, str(request["action"]), container, vifaces)}
 
     def containers_image(self, request: dict[str, Any]) -> dict[str, Any]:
         sha256 = request["sha256"]

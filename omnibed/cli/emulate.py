@@ -157,18 +157,29 @@ def emulate_status(name: Name, as_json: AsJson = False) -> None:
         )
     boxes = any(vnode.container for vnode in status.vnodes)
     columns = ("image", "state", "limits", "OOM kills") if boxes else ()
-    table = Table("vnode", "pnode", "addresses", *columns)
+    table = Table("vnode", "pnode", "addresses", "run", *columns)
+    links = Table("interface", "link", "output (vnode -> network)", "input (network -> vnode)")
     for vnode in status.vnodes:
         addresses = ", ".join(f"{iface.name}={iface.address}" for iface in vnode.ifaces)
         cells = _container_cells(status.container(vnode)) if boxes else []
-        table.add_row(vnode.name, vnode.pnode, addresses, *cells)
+        run = status.run(vnode)
+        table.add_row(vnode.name, vnode.pnode, addresses, _RUN_STYLE.get(run, run), *cells)
+        for iface in vnode.ifaces:
+            viface = status.iface(vnode, iface.name)
+            if viface is not None:
+                link = "up" if viface.up else "[red]down[/]"
+                shaped = (_shaping_text(viface.output), _shaping_text(viface.input))
+                links.add_row(f"{vnode.name}.{iface.name}", link, *shaped)
     out.print(table)
+    if links.row_count:
+        out.print(links)
     for pnode, state in status.pnodes.items():
         problem = state.problem()
         if problem is not None:
             err.print(f"[yellow]warning:[/] {pnode}: {problem}")
 
 
+_RUN_STYLE = {"stopped": "[red]stopped[/]", "frozen": "[blue]frozen[/]"}
 PICTURE_FORMATS = ("mermaid", "svg", "dot")
 
 
@@ -239,9 +250,14 @@ def emulate_exec(
     vnode: Annotated[str, typer.Argument(help="Vnode name, or `all`.")],
     command: Command = None,
     shell: Shell = None,
-    as_json: Annotated[bool, typer.Option(
-        "--json", help="Print each vnode's exit status, stdout and stderr as one JSON object "
-        "(`stdout_base64` instead of `stdout` for output that is not UTF-8).")] = False,
+    as_json: Annotated[
+        bool,
+        typer.Option(
+            "--json",
+            help="Print each vnode's exit status, stdout and stderr as one JSON object "
+            "(`stdout_base64` instead of `stdout` for output that is not UTF-8).",
+        ),
+    ] = False,
 ) -> None:
     """Run a command in a vnode (or `all`): `omnibed emulate exec NAME VNODE -- PROGRAM ARGS`.
 
@@ -356,3 +372,40 @@ def emulate_link(
         raise UsageError(f"link state {state!r} is neither up nor down")
     _emulator(_api(), name).link(target, up=state == "up")
     out.print(f"{target}: {state}", highlight=False)
+
+
+Vnodes = Annotated[list[str], typer.Argument(help="Vnode names.")]
+
+
+def _change_run(name: str, action: str, vnodes: list[str]) -> None:
+    emulator = _emulator(_api(), name)
+    runs = getattr(emulator, action)(vnodes)
+    for vnode, run in runs.items():
+        out.print(f"{vnode}: {run}", highlight=False)
+
+
+@emulate_app.command("stop")
+def emulate_stop(name: Name, vnodes: Vnodes) -> None:
+    """Stop vnodes in place (others untouched): their interfaces go down and a container
+    vnode's processes are killed: `omnibed emulate stop NAME vnode-3`."""
+    _change_run(name, "stop", vnodes)
+
+
+@emulate_app.command("start")
+def emulate_start(name: Name, vnodes: Vnodes) -> None:
+    """Start stopped vnodes again: interfaces back as they were, a container vnode's init
+    run anew with its files kept."""
+    _change_run(name, "start", vnodes)
+
+
+@emulate_app.command("freeze")
+def emulate_freeze(name: Name, vnodes: Vnodes) -> None:
+    """Freeze vnodes: a container vnode's processes are frozen (its network stays); a
+    namespace-only vnode has its interfaces taken down."""
+    _change_run(name, "freeze", vnodes)
+
+
+@emulate_app.command("thaw")
+def emulate_thaw(name: Name, vnodes: Vnodes) -> None:
+    """Thaw frozen vnodes: as they were before `omnibed emulate freeze`."""
+    _change_run(name, "thaw", vnodes)
