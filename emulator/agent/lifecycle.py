@@ -83,14 +83,6 @@ def change(
     return ACTIONS[action]
 
 
-def thaw_all(runtime: Runtime, names: Sequence[str]) -> None:
-    """Thaw those of containers `names` that are frozen (before removing them: a frozen
-    process cannot die)."""
-    for name in names:
-        if _status(runtime, name) == "paused":
-            _runc(runtime, name, "resume", name)
-
-
 def _links(vifaces: Sequence[Viface], up: bool) -> None:
     for viface in vifaces:
         set_link(viface.netns, viface.ifname, up)

@@ -35,8 +35,8 @@ Each stdin line is a request {"op": NAME, ...}; each gets exactly one stdout lin
                                              start, freeze, thaw; lifecycle.py); container
                                              is its ContainerSpec, null for a netns only
 
-teardown thaws the state's frozen containers (`run`), removes its containers, then its
-network.
+teardown removes the state's containers (frozen ones too: runc thaws them to kill them)
+before its network.
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ from . import lifecycle, live, nsutil, ops, probe
 from .containers import ContainerError, ContainerSpec, Runtime, tarball_path
 from .netlink_apply import Applier, ApplyFailure, status, teardown
 from .preflight import preflight
-from .state import FROZEN, PnodeState, Viface
+from .state import PnodeState, Viface
 
 
 class Agent:
@@ -90,11 +90,8 @@ class Agent:
         }
 
     def teardown(self, request: dict[str, Any]) -> dict[str, Any]:
-        """The state's containers first (they hold its namespaces; the frozen ones thawed, or
-        they could not die), then its network."""
+        """The state's containers first (they hold its namespaces), then its network."""
         state = _state(request)
-        frozen = [c.name for c in state.containers if state.run.get(c.hostname) == FROZEN]
-        lifecycle.thaw_all(self.runtime, frozen)
         removed = self.runtime.remove([c.name for c in state.containers])
         return {**teardown(state), "removed_containers": removed}
 
