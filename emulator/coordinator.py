@@ -37,7 +37,7 @@ from omnibed.core.types import Node, SSHEndpoint
 
 from . import vnode_ssh
 from .agent import ops
-from .agent.state import ACTIONS, FROZEN, RUNNING, STOPPED, Shaping, Viface
+from .agent.state import ACTIONS, FROZEN, RUNNING, STOPPED, Route, Shaping, Viface
 from .bundle import build
 from .image_refs import ImageRef, resolve
 from .model import Platform, parse_loss, parse_rate, parse_time
@@ -122,6 +122,8 @@ class EmulationStatus:
     containers: Mapping[str, Mapping[str, Any]]  # container name -> what its runtime reports
     vifaces: Mapping[str, tuple[Viface, ...]] = field(default_factory=dict)  # by vnode
     runs: Mapping[str, str] = field(default_factory=dict)  # vnode -> recorded, when not running
+    routes: Mapping[str, tuple[Route, ...]] = field(default_factory=dict)  # by vnode
+    forwarding: frozenset[str] = frozenset()  # vnodes that forward between their vnetworks
 
     def run(self, vnode: VnodePlan) -> str:
         """running, stopped or frozen: a container vnode's as its runtime reports it (or
@@ -179,6 +181,8 @@ class EmulationStatus:
                     },
                     "container": self.container(v),
                     "run": self.run(v),
+                    "forward": v.name in self.forwarding,
+                    "routes": [{"to": r.to, "via": r.via} for r in self.routes.get(v.name, ())],
                 }
                 for v in self.vnodes
             ],
@@ -419,6 +423,10 @@ class Emulator:
             containers=containers,
             vifaces=_vifaces_by_vnode(the_plan),
             runs={v: run for state in the_plan.states for v, run in state.run.items()},
+            routes=_routes_by_vnode(the_plan),
+            forwarding=frozenset(
+                v.name for v in the_plan.vnodes if v.netns in the_plan.state(v.pnode).forwarding
+            ),
         )
 
     def exec(
@@ -787,6 +795,14 @@ def _with_runs(the_plan: Plan, runs: Mapping[str, str]) -> Plan:
                     run[vnode.name] = runs[vnode.name]
         states.append(replace(state, run=run))
     return replace(the_plan, states=tuple(states))
+
+
+def _routes_by_vnode(the_plan: Plan) -> dict[str, tuple[Route, ...]]:
+    found: dict[str, list[Route]] = {}
+    for state in the_plan.states:
+        for route in state.routes:
+            found.setdefault(route.vnode, []).append(route)
+    return {vnode: tuple(routes) for vnode, routes in found.items()}
 
 
 def _vifaces_by_vnode(the_plan: Plan) -> dict[str, tuple[Viface, ...]]:

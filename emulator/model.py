@@ -37,6 +37,7 @@ from omnibed.emulator.agent.containers import MIN_MEMORY
 from omnibed.emulator.agent.state import Shaping
 
 MODES = ("auto", "bridge", "vxlan")
+ROUTES = ("auto", "none")
 DEFAULT_VXLAN_PORT = 4789
 IFNAME_MAX_BYTES = 15  # IFNAMSIZ (16 bytes) less the terminating NUL
 MAX_VNODES_PER_PNODE = 10_000  # each takes a network namespace and ~340 KiB of memory
@@ -361,6 +362,9 @@ class VNodeSpec:
     With `image`, each vnode is a container started from that image: `shared` (an overlay
     on one copy per pnode; else a private copy), `cpu`, `memory` (bytes, or a size such as
     '512MiB'), `ssh` (an sshd inside, the reservation's key authorised for root).
+
+    `forward`: the vnode forwards packets between its vnetworks (a gateway, for the
+    platform's `routes: auto`).
     """
 
     name: str
@@ -372,6 +376,7 @@ class VNodeSpec:
     cpu: CpuSpec | None = None
     memory: int | str | None = None
     ssh: bool = False
+    forward: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str):
@@ -417,6 +422,11 @@ class VNodeSpec:
                 f"vnode {self.name!r}: pnode {show(self.pnode)} must be an index (0, 1, ...) "
                 "or a node id",
                 where="pnode",
+            )
+        if not isinstance(self.forward, bool):
+            raise PlatformError(
+                f"vnode {self.name!r}: forward {show(self.forward)} must be true or false",
+                where="forward",
             )
         object.__setattr__(self, "ifaces", tuple(self.ifaces))
         seen: set[str] = set()
@@ -481,14 +491,21 @@ class VNodeSpec:
 
 @dataclass(frozen=True)
 class Platform:
-    """A whole virtual platform; cross-references are checked here."""
+    """A whole virtual platform; cross-references are checked here. `routes`: 'auto'
+    installs in every vnode a route to every vnetwork it is not on, through the vnodes
+    that forward (Distem's complete vroutes); 'none' installs none."""
 
     networks: Sequence[Network] = ()
     nodes: Sequence[VNodeSpec] = ()
     vxlan_port: int = DEFAULT_VXLAN_PORT
     images: Sequence[ImageSource] = ()
+    routes: str = "none"
 
     def __post_init__(self) -> None:
+        if self.routes not in ROUTES:
+            raise PlatformError(
+                f"{show(self.routes)} is not one of {', '.join(ROUTES)}", where="routes"
+            )
         object.__setattr__(self, "networks", tuple(self.networks))
         object.__setattr__(self, "nodes", tuple(self.nodes))
         object.__setattr__(self, "images", tuple(self.images))
@@ -574,9 +591,11 @@ class Platform:
 
 # --- YAML / mapping loader -------------------------------------------------------------
 
-_TOP_KEYS = ("images", "networks", "nodes", "vxlan_port")
+_TOP_KEYS = ("images", "networks", "nodes", "vxlan_port", "routes")
 _NETWORK_KEYS = ("name", "cidr", "mode")
-_NODE_KEYS = ("name", "per_pnode", "pnode", "ifaces", "image", "shared", "cpu", "memory", "ssh")
+_NODE_KEYS = (
+    "name", "per_pnode", "pnode", "ifaces", "image", "shared", "cpu", "memory", "ssh", "forward",
+)  # fmt: skip
 _CPU_KEYS = ("cores", "share")
 _IMAGE_KEYS = ("source",)
 _IFACE_KEYS = ("name", "network", "address", "output", "input")
@@ -667,7 +686,8 @@ def platform_from_dict(data: object) -> Platform:
         fields = _fields(item, where, _IMAGE_KEYS, ("source",))
         images.append(_at(where, ImageSource, name=name, **fields))
     port = top.get("vxlan_port", DEFAULT_VXLAN_PORT)
-    return Platform(networks=networks, nodes=nodes, vxlan_port=port, images=images)
+    routes = top.get("routes", "none")
+    return Platform(networks=networks, nodes=nodes, vxlan_port=port, images=images, routes=routes)
 
 
 def _is_path(text: str) -> bool:

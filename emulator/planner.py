@@ -47,7 +47,7 @@ from typing import Any
 from omnibed.core.errors import PlatformError, UsageError
 from omnibed.emulator.agent import nsutil
 from omnibed.emulator.agent.containers import ContainerSpec, tarball_path
-from omnibed.emulator.agent.state import Bridge, PnodeState, Shaping, Trunk, Viface, Vxlan
+from omnibed.emulator.agent.state import Bridge, PnodeState, Route, Shaping, Trunk, Viface, Vxlan
 from omnibed.emulator.image_refs import ImageRef
 from omnibed.emulator.model import (
     IFNAME_MAX_BYTES,
@@ -66,6 +66,7 @@ from omnibed.emulator.modes import (
     Request,
     choose_modes,
 )
+from omnibed.emulator.routing import Attachment, complete_routes
 
 MAX_NETWORKS = 256  # VNIs per instance
 MAX_VNODES = 100_000  # per emulation: the plan is held in the CLI's memory
@@ -511,6 +512,30 @@ def _containers(
     return out
 
 
+def _routes(
+    platform: Platform,
+    vnodes: list[tuple[str, int, VNodeSpec]],
+    ids: Sequence[str],
+    netns_of: list[str],
+    addresses: Mapping[tuple[str, str], str],
+) -> dict[str, list[Route]]:
+    """Each pnode's routes between vnetworks (platform `routes: auto`), by pnode."""
+    by_pnode: dict[str, list[Route]] = {p: [] for p in ids}
+    if platform.routes != "auto":
+        return by_pnode
+    attached = {
+        name: [Attachment(i.network, addresses[(name, i.name)].split("/")[0]) for i in spec.ifaces]
+        for name, _, spec in vnodes
+    }
+    forwarders = [name for name, _, spec in vnodes if spec.forward]
+    cidrs = {net.name: str(net.network) for net in platform.networks}
+    found = complete_routes(cidrs, attached, forwarders)
+    for k, (name, p_index, _) in enumerate(vnodes):
+        for to, via in found.get(name, ()):
+            by_pnode[ids[p_index]].append(Route(name, netns_of[k], to, via))
+    return by_pnode
+
+
 def plan(
     platform: Platform,
     pnodes: Sequence[PnodeFacts],
@@ -636,6 +661,11 @@ def plan(
             )
         )  # fmt: skip
 
+    forwarding: dict[str, list[str]] = {p: [] for p in ids}
+    for k, (_, p_index, spec) in enumerate(vnodes):
+        if spec.forward:
+            forwarding[ids[p_index]].append(netns_of[k])
+    routes = _routes(platform, vnodes, ids, netns_of, addresses)
     states = tuple(
         PnodeState(
             instance=instance,
@@ -647,6 +677,8 @@ def plan(
             vifaces=tuple(vifaces[p]),
             trunks=tuple(trunks[p]),
             containers=tuple(container_specs[p]),
+            forwarding=tuple(forwarding[p]),
+            routes=tuple(routes[p]),
         )
         for p in ids
     )

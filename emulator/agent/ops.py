@@ -6,7 +6,8 @@ Each stdin line is a request {"op": NAME, ...}; each gets exactly one stdout lin
   hello                                   -> python, pyroute2 versions, pid, euid
   preflight {state}                       -> problems: [sentence, ...] (nothing changed)
   apply {state}                           -> created_namespaces, created_links; on failure
-                                             also object and rolled_back
+                                             also object and rolled_back (then forwarding
+                                             and routes: vroutes.py)
   teardown {state}                        -> removed_namespaces (idempotent)
   status {state}                          -> namespaces, links, group_links, complete, absent
   probe-listen {nic, nonce}               -> mac (the listener keeps listening)

@@ -15,7 +15,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from . import lifecycle, live, nsutil, ops, probe
+from . import lifecycle, live, nsutil, ops, probe, vroutes
 from .containers import ContainerError, ContainerSpec, Runtime, tarball_path
 from .netlink_apply import Applier, ApplyFailure, status, teardown
 from .preflight import preflight
@@ -31,7 +31,7 @@ class Agent:
         self.handlers: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
             ops.HELLO: self.hello,
             ops.PREFLIGHT: lambda r: {"problems": preflight(_state(r))},
-            ops.APPLY: lambda r: Applier(_state(r)).run(),
+            ops.APPLY: self.apply,
             ops.TEARDOWN: self.teardown,
             ops.STATUS: lambda r: status(_state(r)),
             ops.PROBE_LISTEN: self.probe_listen,
@@ -88,6 +88,17 @@ class Agent:
             "cpus": os.cpu_count() or 1,
             "machine": os.uname().machine,
         }
+
+    def apply(self, request: dict[str, Any]) -> dict[str, Any]:
+        """The state's network, then its forwarding and routes (all removed if they fail)."""
+        state = _state(request)
+        done = Applier(state).run()
+        try:
+            vroutes.apply(state)
+        except ApplyFailure:
+            teardown(state)
+            raise
+        return done
 
     def teardown(self, request: dict[str, Any]) -> dict[str, Any]:
         """The state's containers first (they hold its namespaces), then its network."""

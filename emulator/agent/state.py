@@ -98,6 +98,17 @@ class Viface:
 
 
 @dataclass(frozen=True)
+class Route:
+    """A route in vnode `vnode`'s namespace `netns`: to network `to` (CIDR) through the
+    gateway address `via`, on the vnetwork the vnode shares with it."""
+
+    vnode: str
+    netns: str
+    to: str
+    via: str
+
+
+@dataclass(frozen=True)
 class PnodeState:
     """Everything omnibed builds on one pnode for one emulation instance."""
 
@@ -110,6 +121,8 @@ class PnodeState:
     vifaces: tuple[Viface, ...] = ()
     trunks: tuple[Trunk, ...] = ()  # after the bridges: what joins them
     containers: tuple[ContainerSpec, ...] = ()  # container vnodes, started after the network
+    forwarding: tuple[str, ...] = ()  # namespaces that forward between their vnetworks
+    routes: tuple[Route, ...] = ()  # after the addresses: what they go through
     # vnode -> STOPPED or FROZEN for those not running (absent: RUNNING)
     run: dict[str, str] = field(default_factory=dict)
 
@@ -128,6 +141,8 @@ class PnodeState:
             vifaces=tuple(Viface.from_json(v) for v in data["vifaces"]),
             trunks=tuple(Trunk(**t) for t in data.get("trunks", ())),
             containers=tuple(ContainerSpec.from_json(c) for c in data.get("containers", ())),
+            forwarding=tuple(data.get("forwarding", ())),
+            routes=tuple(Route(**r) for r in data.get("routes", ())),
             run=dict(data.get("run", {})),
         )
 

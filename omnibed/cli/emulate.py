@@ -173,6 +173,14 @@ def emulate_status(name: Name, as_json: AsJson = False) -> None:
     out.print(table)
     if links.row_count:
         out.print(links)
+    routes = Table("vnode", "routes")
+    for vnode in status.vnodes:
+        through = ", ".join(f"{r.to} via {r.via}" for r in status.routes.get(vnode.name, ()))
+        if through or vnode.name in status.forwarding:
+            forwards = " (forwards)" if vnode.name in status.forwarding else ""
+            routes.add_row(f"{vnode.name}{forwards}", through or "-")
+    if routes.row_count:
+        out.print(routes)
     for pnode, state in status.pnodes.items():
         problem = state.problem()
         if problem is not None:
