@@ -326,6 +326,31 @@ class CpuSpec:
 
 
 @dataclass(frozen=True)
+class RouteSpec:
+    """A vnode's own route: to network `to` (a CIDR) through the gateway address `via`,
+    which lies in one of the vnode's vnetworks."""
+
+    to: str
+    via: str
+
+    def __post_init__(self) -> None:
+        try:
+            object.__setattr__(self, "to", str(ipaddress.ip_network(str(self.to))))
+        except ValueError:
+            raise PlatformError(
+                f"{show(self.to)} is not a network in CIDR notation (e.g. 10.2.0.0/24)",
+                where="to",
+            ) from None
+        try:
+            object.__setattr__(self, "via", str(ipaddress.ip_address(str(self.via))))
+        except ValueError:
+            raise PlatformError(
+                f"{show(self.via)} is not an IP address (the gateway's, without prefix)",
+                where="via",
+            ) from None
+
+
+@dataclass(frozen=True)
 class ImageSource:
     """An image a platform names: `source` is a rootfs tarball (`file:///path` or a path)."""
 
@@ -364,7 +389,8 @@ class VNodeSpec:
     '512MiB'), `ssh` (an sshd inside, the reservation's key authorised for root).
 
     `forward`: the vnode forwards packets between its vnetworks (a gateway, for the
-    platform's `routes: auto`).
+    platform's `routes: auto`); `routes`: its own routes, which replace those `routes: auto`
+    gives it to the same networks.
     """
 
     name: str
@@ -377,6 +403,7 @@ class VNodeSpec:
     memory: int | str | None = None
     ssh: bool = False
     forward: bool = False
+    routes: Sequence[RouteSpec] = ()
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str):
@@ -429,6 +456,11 @@ class VNodeSpec:
                 where="forward",
             )
         object.__setattr__(self, "ifaces", tuple(self.ifaces))
+        object.__setattr__(self, "routes", tuple(self.routes))
+        if not all(isinstance(route, RouteSpec) for route in self.routes):
+            raise PlatformError(
+                f"vnode {self.name!r}: routes must be RouteSpec objects", where="routes"
+            )
         seen: set[str] = set()
         for k, iface in enumerate(self.ifaces):
             where = f"ifaces[{k}]"
@@ -556,6 +588,14 @@ class Platform:
                     f"two vnodes are called {node.name!r}", where=f"nodes[{n}].name"
                 )
             templates.add(node.name)
+            on = [by_name[i.network].network for i in node.ifaces if i.network in by_name]
+            for r, route in enumerate(node.routes):
+                if not any(ipaddress.ip_address(route.via) in net for net in on):
+                    raise PlatformError(
+                        f"vnode {node.name!r}: gateway {route.via} is on none of its "
+                        f"vnetworks ({', '.join(str(net) for net in on) or 'it has no iface'})",
+                        where=f"nodes[{n}].routes[{r}].via",
+                    )
             for k, iface in enumerate(node.ifaces):
                 place = f"nodes[{n}].ifaces[{k}]"
                 where = f"vnode {node.name!r} iface {iface.name!r}"
@@ -595,7 +635,9 @@ _TOP_KEYS = ("images", "networks", "nodes", "vxlan_port", "routes")
 _NETWORK_KEYS = ("name", "cidr", "mode")
 _NODE_KEYS = (
     "name", "per_pnode", "pnode", "ifaces", "image", "shared", "cpu", "memory", "ssh", "forward",
+    "routes",
 )  # fmt: skip
+_ROUTE_KEYS = ("to", "via")
 _CPU_KEYS = ("cores", "share")
 _IMAGE_KEYS = ("source",)
 _IFACE_KEYS = ("name", "network", "address", "output", "input")
@@ -673,7 +715,11 @@ def platform_from_dict(data: object) -> Platform:
         if fields.get("cpu") is not None:
             cw = f"{where}.cpu"
             fields["cpu"] = _at(cw, CpuSpec, **_fields(fields["cpu"], cw, _CPU_KEYS))
-        nodes.append(_at(where, VNodeSpec, ifaces=ifaces, **fields))
+        routes = []
+        for r, raw in enumerate(_list(fields.pop("routes", None), f"{where}.routes")):
+            rw = f"{where}.routes[{r}]"
+            routes.append(_at(rw, RouteSpec, **_fields(raw, rw, _ROUTE_KEYS, _ROUTE_KEYS)))
+        nodes.append(_at(where, VNodeSpec, ifaces=ifaces, routes=routes, **fields))
     images = []
     raw_images = top.get("images") or {}
     if not isinstance(raw_images, Mapping):

@@ -519,19 +519,26 @@ def _routes(
     netns_of: list[str],
     addresses: Mapping[tuple[str, str], str],
 ) -> dict[str, list[Route]]:
-    """Each pnode's routes between vnetworks (platform `routes: auto`), by pnode."""
+    """Each pnode's routes: each vnode's own, and those `routes: auto` gives it to other
+    networks."""
     by_pnode: dict[str, list[Route]] = {p: [] for p in ids}
-    if platform.routes != "auto":
-        return by_pnode
-    attached = {
-        name: [Attachment(i.network, addresses[(name, i.name)].split("/")[0]) for i in spec.ifaces]
-        for name, _, spec in vnodes
-    }
-    forwarders = [name for name, _, spec in vnodes if spec.forward]
-    cidrs = {net.name: str(net.network) for net in platform.networks}
-    found = complete_routes(cidrs, attached, forwarders)
-    for k, (name, p_index, _) in enumerate(vnodes):
-        for to, via in found.get(name, ()):
+    found: dict[str, list[tuple[str, str]]] = {}
+    if platform.routes == "auto":
+        found = complete_routes(
+            {net.name: str(net.network) for net in platform.networks},
+            {
+                name: [
+                    Attachment(i.network, addresses[(name, i.name)].split("/")[0])
+                    for i in spec.ifaces
+                ]
+                for name, _, spec in vnodes
+            },
+            [name for name, _, spec in vnodes if spec.forward],
+        )
+    for k, (name, p_index, spec) in enumerate(vnodes):
+        own = {route.to: route.via for route in spec.routes}
+        auto = [(to, via) for to, via in found.get(name, ()) if to not in own]
+        for to, via in [*auto, *own.items()]:
             by_pnode[ids[p_index]].append(Route(name, netns_of[k], to, via))
     return by_pnode
 
