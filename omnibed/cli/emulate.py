@@ -168,6 +168,8 @@ def emulate_status(name: Name, as_json: AsJson = False) -> None:
             viface = status.iface(vnode, iface.name)
             if viface is not None:
                 link = "up" if viface.up else "[red]down[/]"
+                if run == "stopped" or (run == "frozen" and vnode.container is None):
+                    link = f"[red]down[/] ({run})"  # held down whatever was set
                 shaped = (_shaping_text(viface.output), _shaping_text(viface.input))
                 links.add_row(f"{vnode.name}.{iface.name}", link, *shaped)
     out.print(table)

@@ -102,6 +102,7 @@ def test_status_shows_a_changed_rate_link_and_run_state(running: Running) -> Non
         assert "down" in rows["vnode-1.if0"] and "rate=7mbit" in rows["vnode-1.if0"]
         assert "rate=3mbit" in rows["vnode-1.if0"]
         assert "stopped" in rows["vnode-3"] and "running" in rows["vnode-2"]
+        assert "down (stopped)" in rows["vnode-3.if0"]  # held down, whatever was set
         assert "up" in rows["vnode-0.if0"] and "rate=20mbit" in rows["vnode-0.if0"]
     finally:
         running.emulator.start(["vnode-3"])
