@@ -2,7 +2,7 @@
 through the `omnibed` command: a stopped vnode's processes are gone and its sshd cannot be
 reached, then answers again once started, with its files kept; a frozen vnode's processes
 do not advance, then do once thawed, the other vnode running throughout; `emulate down`
-with a frozen vnode leaves no container, mount, cgroup or process."""
+with a frozen and a stopped vnode leaves no container, mount, cgroup or process."""
 
 from __future__ import annotations
 
@@ -131,9 +131,11 @@ def test_a_frozen_container_does_not_advance_until_thawed(platform: dict) -> Non
     assert vnodes(platform)["box-0"]["run"] == "running"
 
 
-def test_down_with_a_frozen_vnode_leaves_nothing(platform: dict) -> None:
-    frozen = emulate(platform, "freeze", "box-0", "box-1")
+def test_down_with_a_frozen_and_a_stopped_vnode_leaves_nothing(platform: dict) -> None:
+    frozen = emulate(platform, "freeze", "box-0")
     assert frozen.returncode == 0, frozen.stderr
+    stopped = emulate(platform, "stop", "box-1")
+    assert stopped.returncode == 0, stopped.stderr
     down = emulate(platform, "down")
     assert down.returncode == 0, down.stderr
     assert leftovers(f"{platform['id']}-") == {
