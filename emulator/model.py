@@ -16,6 +16,11 @@ sizes are bytes (`512MiB`, `1GiB`, `64MB`, or a number of bytes).
 A vnode with `image` is a container vnode (docs/containers.md): `images:` maps a name to a
 `source` (a rootfs tarball, `file:///...` or a path); a name not listed there is an image of
 `omnibed image ls`. Which images exist is checked by :mod:`omnibed.emulator.image_refs`.
+
+Between vnetworks: a vnode with `forward: true` forwards packets between its vnetworks;
+`routes: auto` on the platform gives every vnode a route to each vnetwork it is not on
+through such gateways (:mod:`omnibed.emulator.routing`), and a vnode's own
+`routes: [{to: CIDR, via: ADDRESS}]` are added to (or replace) those.
 """
 
 from __future__ import annotations
