@@ -37,7 +37,7 @@ from omnibed.core.types import Node, SSHEndpoint
 
 from . import vnode_ssh
 from .agent import ops
-from .agent.state import ACTIONS, FROZEN, RUNNING, STOPPED, Route, Shaping, Viface
+from .agent.state import FROZEN, RUNNING, STOPPED, Route, Shaping, Viface
 from .bundle import build
 from .image_refs import ImageRef, resolve
 from .model import Platform, parse_loss, parse_rate, parse_time
@@ -633,11 +633,11 @@ class Emulator:
         return self._change_run("thaw", vnodes)
 
     def _change_run(self, action: str, names: Sequence[str]) -> dict[str, str]:
-        """Apply `action` to each vnode of `names` that is not already in the state it leads
-        to, on each pnode's agent (pnodes in parallel); the saved plan records each change
-        made. Bad input (unknown vnode, a move the vnode's state forbids) is a UsageError
-        before anything changes; a failure on a pnode an EmulatorError naming it, the
-        changes made before it recorded."""
+        """Apply `action` to each vnode of `names` on its pnode's agent (pnodes in parallel;
+        the agent does only what is missing: `start` also restarts a container vnode that
+        ended by itself); the saved plan records each change made. Bad input (unknown vnode,
+        a move the vnode's state forbids) is a UsageError before anything changes; a
+        failure on a pnode an EmulatorError naming it, the changes made before it recorded."""
         the_plan = self._require()
         if not names:
             raise UsageError(f"name at least one vnode to {action}")
@@ -650,37 +650,34 @@ class Emulator:
                     f"vnode {vnode.name} is {runs[vnode.name]}: "
                     f"`omnibed emulate {first} {self.reservation} {vnode.name}` first"
                 )
-        wanted = ACTIONS[action]
         by_pnode: dict[str, list[VnodePlan]] = {}
         for vnode in targets:
-            if runs[vnode.name] != wanted:
-                by_pnode.setdefault(vnode.pnode, []).append(vnode)
+            by_pnode.setdefault(vnode.pnode, []).append(vnode)
         done: dict[str, str] = {}
         failures: dict[str, str] = {}
-        if by_pnode:
-            nodes = [node for node in self.access.nodes() if node.id in by_pnode]
-            with self._sessions(nodes) as sessions:
+        nodes = [node for node in self.access.nodes() if node.id in by_pnode]
+        with self._sessions(nodes) as sessions:
 
-                def change_there(pnode: str, session: AgentConnection) -> None:
-                    state = the_plan.state(pnode)
-                    for vnode in by_pnode[pnode]:
-                        box = next((c for c in state.containers if c.name == vnode.container), None)
-                        try:
-                            reply = session.call(
-                                ops.VNODE_RUN,
-                                action=action,
-                                container=None if box is None else asdict(box),
-                                vifaces=[asdict(v) for v in state.vifaces if v.vnode == vnode.name],
-                            )
-                        except EmulatorError as exc:
-                            failures[pnode] = f"{vnode.name}: {exc}"
-                            return
-                        done[vnode.name] = reply["run"]
+            def change_there(pnode: str, session: AgentConnection) -> None:
+                state = the_plan.state(pnode)
+                for vnode in by_pnode[pnode]:
+                    box = next((c for c in state.containers if c.name == vnode.container), None)
+                    try:
+                        reply = session.call(
+                            ops.VNODE_RUN,
+                            action=action,
+                            container=None if box is None else asdict(box),
+                            vifaces=[asdict(v) for v in state.vifaces if v.vnode == vnode.name],
+                        )
+                    except EmulatorError as exc:
+                        failures[pnode] = f"{vnode.name}: {exc}"
+                        return
+                    done[vnode.name] = reply["run"]
 
-                for pnode, outcome in for_each(sessions, change_there).items():
-                    if isinstance(outcome, BaseException):
-                        failures.setdefault(pnode, str(outcome))
-            self._save(_with_runs(the_plan, done))
+            for pnode, outcome in for_each(sessions, change_there).items():
+                if isinstance(outcome, BaseException):
+                    failures.setdefault(pnode, str(outcome))
+        self._save(_with_runs(the_plan, done))
         if failures:
             raise EmulatorError(
                 f"{action} failed: "

@@ -1,8 +1,9 @@
 """Container vnodes stopped, started, frozen and thawed in place on the local testbed,
 through the `omnibed` command: a stopped vnode's processes are gone and its sshd cannot be
-reached, then answers again once started, with its files kept; a frozen vnode's processes
-do not advance, then do once thawed, the other vnode running throughout; `emulate down`
-with a frozen and a stopped vnode leaves no container, mount, cgroup or process."""
+reached, then answers again once started, with its files kept (and one that ended by
+itself is started again); a frozen vnode's processes do not advance, then do once thawed,
+the other vnode running throughout; `emulate down` with a frozen and a stopped vnode
+leaves no container, mount, cgroup or process."""
 
 from __future__ import annotations
 
@@ -129,6 +130,18 @@ def test_a_frozen_container_does_not_advance_until_thawed(platform: dict) -> Non
     time.sleep(1)
     assert counter(platform, "box-0") > first + 5
     assert vnodes(platform)["box-0"]["run"] == "running"
+
+
+def test_start_revives_a_container_vnode_that_ended_by_itself(platform: dict) -> None:
+    container = vnodes(platform)["box-1"]["container"]["name"]
+    assert cgroups.kill(container) > 0  # its init and every process in it
+    deadline = time.monotonic() + 30
+    while vnodes(platform)["box-1"]["run"] != "stopped":  # as its runtime reports it
+        assert time.monotonic() < deadline, "the killed vnode was never reported stopped"
+    started = emulate(platform, "start", "box-1")
+    assert (started.returncode, started.stdout) == (0, "box-1: running\n"), started.stderr
+    assert vnodes(platform)["box-1"]["run"] == "running"
+    assert emulate(platform, "exec", "box-1", "--", "true").returncode == 0
 
 
 def test_down_with_a_frozen_and_a_stopped_vnode_leaves_nothing(platform: dict) -> None:

@@ -13,6 +13,7 @@ from omnibed.emulator.coordinator import Emulator
 from omnibed.emulator.model import load_platform
 from tests.emulator.test_emulate_local import reserved
 from tests.emulator.test_live_changes import Running
+from tests.emulator.test_vnode_lifecycle import reaches_soon
 
 pytestmark = pytest.mark.root
 
@@ -50,6 +51,6 @@ def test_a_gateway_on_another_pnode_joins_two_vnetworks(tmp_path) -> None:
             emulator.stop(["gw"])
             assert not running.reaches("a", "b")
             emulator.start(["gw"])
-            assert running.reaches("a", "b")
+            assert reaches_soon(running, "a", "b")
         finally:
             emulator.down()
