@@ -26,8 +26,8 @@ STOP_TIMEOUT = 10.0  # seconds for a killed init to be gone
 
 
 def stop(runtime: Runtime, container: ContainerSpec | None, vifaces: Sequence[Viface]) -> None:
-    """Every interface down; the container's processes killed (a frozen one thawed first:
-    the kill reaches no frozen process)."""
+    """Every interface down; the container's processes killed (a frozen one thawed first,
+    so that its init can act on the signal and end)."""
     _links(vifaces, up=False)
     if container is None:
         return
