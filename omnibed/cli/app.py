@@ -28,6 +28,7 @@ from omnibed.cli.common import (
     _api,
     _argv,
     _fail,
+    _help_without_command,
     _print_json,
     _progress,
     _uninterruptible,
@@ -48,7 +49,6 @@ app = typer.Typer(
     help="Reserve machines on research testbeds, run commands on them as root, and emulate "
     "virtual platforms on them. Start with `omnibed reserve-and-run --testbed local "
     "--nodes 3 -- id -u` (as root).",
-    no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
 Testbed = Annotated[
@@ -79,23 +79,32 @@ def _print_version(asked: bool) -> None:
         raise typer.Exit()
 
 
-@app.callback()
+@app.callback(invoke_without_command=True)
 def _everywhere(
+    context: typer.Context,
     version: Annotated[bool, typer.Option(
         "--version", callback=_print_version, is_eager=True,
         help="Print omnibed's version and exit.")] = False,
 ) -> None:
-    pass
+    _help_without_command(context)
 
 
 def main() -> None:
-    """Console-script entry point."""
+    """Console-script entry point: every error ends as one line on stderr (see
+    :func:`exit_status`), a mistake in the command line too."""
     try:
-        app()
+        status = app(standalone_mode=False)
+    except typer.TyperException as error:  # what the command line parser refuses
+        context = getattr(error, "ctx", None)
+        hint = f" (see `{context.command_path} --help`)" if context is not None else ""
+        _fail(error.format_message().rstrip(".") + hint, error.exit_code)
+    except typer.Abort:
+        _fail("aborted", 1)
     except OmnibedError as error:
         _fail(str(error), exit_status(error))
     except KeyboardInterrupt:
         _fail("interrupted", 130)
+    raise SystemExit(status if isinstance(status, int) else 0)
 
 
 def exit_status(error: OmnibedError) -> int:

@@ -44,6 +44,13 @@ def _fail(message: str, code: int) -> NoReturn:
     raise SystemExit(code)
 
 
+def _help_without_command(context: typer.Context) -> None:
+    """A group's callback: `omnibed` or `omnibed emulate` alone prints its help."""
+    if context.invoked_subcommand is None:
+        typer.echo(context.get_help(), nl=False)  # Typer's rich help prints itself, returns ""
+        raise typer.Exit()
+
+
 def _api() -> Omnibed:
     return Omnibed()
 

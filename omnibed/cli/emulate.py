@@ -19,6 +19,7 @@ from omnibed.cli.common import (
     Shell,
     _api,
     _argv,
+    _help_without_command,
     _print_json,
     _progress,
     _uninterruptible,
@@ -35,7 +36,8 @@ if TYPE_CHECKING:
 
 emulate_app = typer.Typer(
     help="Build a virtual platform (vnodes and vnetworks, Distem-style) on a reservation.",
-    no_args_is_help=True,
+    invoke_without_command=True,
+    callback=_help_without_command,
 )
 Platform = Annotated[Path, typer.Argument(help="Platform description (YAML), see examples/.")]
 

@@ -12,11 +12,13 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from omnibed.cli.common import _help_without_command
 from omnibed.emulator import images
 
 image_app = typer.Typer(
     help="Root filesystem images for container vnodes (Debian, built with mmdebstrap).",
-    no_args_is_help=True,
+    invoke_without_command=True,
+    callback=_help_without_command,
 )
 out = Console()
 err = Console(stderr=True)
