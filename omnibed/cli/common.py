@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import signal
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Annotated, Any, NoReturn
 
@@ -59,10 +59,40 @@ def _print_json(data: Any) -> None:
     print(json.dumps(data, indent=2, default=str))
 
 
+class Display:
+    """A live progress display on stderr while omnibed waits: a spinner, what it waits for
+    with the latest words of the testbed or emulator, the time spent, and one row per
+    pnode with a count (`vnodes built 3/8`). Shown only when stderr is a terminal, and
+    erased when done: nothing of it reaches a pipe or a file."""
+
+    def __init__(self, what: str) -> None:
+        from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+        self.what = what
+        self.live = Progress(
+            SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
+            console=err, transient=True, disable=not err.is_terminal,
+        )  # fmt: skip
+        self.task = self.live.add_task(what, total=None)
+        self.rows: dict[str, Any] = {}
+
+    def __call__(self, line: str) -> None:
+        """Show `line` (the current step, in the testbed's or emulator's words)."""
+        self.live.update(self.task, description=f"{self.what}: {escape(line)}")
+
+    def count(self, pnode: str, step: str, done: int, total: int) -> None:
+        """Show `done`/`total` of `step` on `pnode`'s row (made at its first count)."""
+        text = f"  {escape(pnode)}: {escape(step)} {done}/{total}"
+        if pnode not in self.rows:
+            self.rows[pnode] = self.live.add_task(text, total=None)
+        self.live.update(self.rows[pnode], description=text)
+
+
 @contextmanager
-def _progress(what: str) -> Iterator[Callable[[str], None]]:
-    with err.status(what) as status:
-        yield lambda line: status.update(f"{what}: {line}")
+def _progress(what: str) -> Iterator[Display]:
+    display = Display(what)
+    with display.live:
+        yield display
 
 
 @contextmanager

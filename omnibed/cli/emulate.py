@@ -96,7 +96,9 @@ def _emulate_up(
     emulator = _emulator(api, name)
     try:
         with _progress(f"building {label} on {name}") as progress:
-            built = emulator.up(platform, force=force, install=install, progress=progress)
+            built = emulator.up(
+                platform, force=force, install=install, progress=progress, count=progress.count
+            )
     except PlatformError as error:  # the plan does not fit the pnodes: name the file
         raise error if error.origin else error.located(label) from None
     out.print(built.summary(), highlight=False)

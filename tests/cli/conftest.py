@@ -21,7 +21,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Built]:
     try:
         up = omnibed(home, "emulate", "up", name, str(platform))
         assert up.returncode == 0, up.stderr
-        yield Built(home, name, platform)
+        yield Built(home, name, platform, reserved, up)
     finally:
         released = omnibed(home, "release", name)
         assert released.returncode == 0, released.stderr

@@ -38,3 +38,5 @@ class Built:
     home: Path
     name: str
     platform: Path
+    reserved: subprocess.CompletedProcess[str]  # what `omnibed reserve` printed
+    up: subprocess.CompletedProcess[str]  # what `omnibed emulate up` printed
