@@ -7,14 +7,16 @@ import json
 import signal
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 
-from omnibed.api import Omnibed
 from omnibed.core.errors import UsageError
+
+if TYPE_CHECKING:  # loaded by the commands that use it, not by `--help`
+    from omnibed.api import Omnibed
 
 out = Console()
 err = Console(stderr=True)
@@ -52,6 +54,8 @@ def _help_without_command(context: typer.Context) -> None:
 
 
 def _api() -> Omnibed:
+    from omnibed.api import Omnibed
+
     return Omnibed()
 
 

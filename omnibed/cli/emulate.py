@@ -11,7 +11,6 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.table import Table
 
-from omnibed.api import Omnibed
 from omnibed.cli.common import (
     AsJson,
     Command,
@@ -30,6 +29,7 @@ from omnibed.cli.remote_output import EXIT_STATUSES_HELP, Outcome, Streams, fini
 from omnibed.core.errors import UsageError
 
 if TYPE_CHECKING:
+    from omnibed.api import Omnibed
     from omnibed.emulator.agent.state import Shaping
     from omnibed.emulator.coordinator import Emulator
     from omnibed.emulator.model import Platform as PlatformSpec
