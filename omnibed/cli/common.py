@@ -15,7 +15,9 @@ from rich.markup import escape
 
 from omnibed.core.errors import UsageError
 
-if TYPE_CHECKING:  # loaded by the commands that use it, not by `--help`
+if TYPE_CHECKING:  # loaded by the commands that use them, not by `--help`
+    from rich.progress import TaskID
+
     from omnibed.api import Omnibed
 
 out = Console()
@@ -72,13 +74,13 @@ class Display:
     def __init__(self, what: str) -> None:
         from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-        self.what = what
+        self.what = escape(what)  # a file name may hold [brackets]: no rich markup
         self.live = Progress(
             SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
             console=err, transient=True, disable=not err.is_terminal,
         )  # fmt: skip
-        self.task = self.live.add_task(what, total=None)
-        self.rows: dict[str, Any] = {}
+        self.task = self.live.add_task(self.what, total=None)
+        self.rows: dict[str, TaskID] = {}
 
     def __call__(self, line: str) -> None:
         """Show `line` (the current step, in the testbed's or emulator's words)."""
