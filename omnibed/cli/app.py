@@ -123,9 +123,9 @@ def _options(pairs: list[str] | None) -> dict[str, str]:
 
 
 def _walltime(text: str) -> timedelta:
-    try:
-        from omnibed.core.timeutil import parse_walltime
+    from omnibed.core.timeutil import parse_walltime
 
+    try:
         return parse_walltime(text)
     except ValueError as error:
         raise UsageError(str(error)) from None
@@ -134,9 +134,9 @@ def _walltime(text: str) -> timedelta:
 def _start(text: str | None) -> datetime | None:
     if text is None:
         return None
-    try:
-        from omnibed.core.timeutil import to_utc
+    from omnibed.core.timeutil import to_utc
 
+    try:
         return to_utc(datetime.fromisoformat(text), assume_zone="UTC")
     except ValueError:
         raise UsageError(f"--start {text!r} is not an ISO date such as 2026-12-01T08:00Z") from None

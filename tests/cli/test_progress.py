@@ -76,3 +76,34 @@ def test_on_a_pipe_nothing_but_the_result(built: Built) -> None:
     assert built.up.stderr == ""
     assert "\x1b" not in built.up.stdout and "vnodes built" not in built.up.stdout
     assert "lan" in built.up.stdout and "wan" in built.up.stdout  # the summary of modes
+
+
+CONTAINERS = """\
+networks:
+  - {name: lan, cidr: 10.83.0.0/24}
+nodes:
+  - name: box-{i}
+    per_pnode: 2
+    image: progress
+    ifaces:
+      - {name: if0, network: lan}
+"""
+
+
+@pytest.mark.slow
+def test_emulate_up_shows_each_pnode_uploading_its_image(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    image = omnibed(home, "image", "build", "progress", "--packages", "python3")
+    assert image.returncode == 0, image.stderr
+    platform = tmp_path / "containers.yaml"
+    platform.write_text(CONTAINERS)
+    reserved = omnibed(home, "reserve", "-t", "local", "-n", "1")
+    assert reserved.returncode == 0, reserved.stderr
+    name = reserved.stdout.strip()
+    try:
+        up, shown = on_a_terminal(home, "emulate", "up", name, str(platform))
+        assert up.returncode == 0, shown
+        assert re.search(r"pnode-1: MiB of image progress uploaded (\d+)/\1\b", shown), shown
+        assert "pnode-1: vnodes built 2/2" in shown, shown
+    finally:
+        assert omnibed(home, "release", name).returncode == 0
