@@ -11,8 +11,11 @@ given only to jobs of type `exotic` (the Grid'5000 admission rule), `{cluster='x
 nodes. A walltime change is registered and granted at a later scheduling pass
 (`walltime_grant_delay`), at most `walltime_grant_cap` seconds of it. A deleted job keeps
 running for `kill_delay` seconds, and a second DELETE meanwhile says it was already killed.
-Job collections are paginated (`offset`, `limit`, at most `page_size` a page); with
-`filters_ignored` the collection ignores its filters, as an unfiltered listing would.
+A job gives its times as g5k-api does: `started_at` 0 until it starts, `scheduled_at` (OAR's
+predicted start) only once the scheduler has placed it, `stopped_at` once it has ended.
+Job collections are paginated (`offset`, `limit`, at most `page_size` a page, newest
+first); with `filters_ignored` the collection ignores its filters, as an unfiltered listing
+would.
 Deployments (kadeploy) finish after one `step`, append their `key` to the node's
 authorized_keys file (`node_keys[fqdn]`, a real sshd's) and answer OK, or KO for the nodes
 in `deploy_ko`. Every request needs HTTP Basic auth. Faults (`faults`, see
@@ -71,6 +74,7 @@ class _Job:
     count: int = 0  # nodes asked
     pool: list[str] = field(default_factory=list)  # the nodes its selectors allow
     killed_at: float | None = None
+    stopped: float | None = None  # when it ended (OAR's stop_time)
     walltime_change: tuple[float, int] | None = None  # (granted at, seconds)
 
     def window(self) -> tuple[float, float]:
@@ -174,6 +178,7 @@ class FakeGrid5000:
             return job.ended
         if job.killed_at is not None and now >= job.killed_at + self.kill_delay:
             job.ended, job.message = "error", "job deleted by the user"
+            job.stopped = job.killed_at + self.kill_delay
             return "error"
         if job.walltime_change is not None and now >= job.walltime_change[0]:
             job.walltime += job.walltime_change[1]
@@ -188,12 +193,12 @@ class FakeGrid5000:
         if now < max(job.start, job.submitted + self.step) + self.step:
             return "launching"
         if job.fail_with:
-            job.ended, job.message = "error", job.fail_with
+            job.ended, job.message, job.stopped = "error", job.fail_with, now
             return "error"
         if job.started is None:
             job.started = now
         if now > job.started + job.walltime:
-            job.ended = "terminated"
+            job.ended, job.stopped = "terminated", job.started + job.walltime
             return "terminated"
         return "running"
 
@@ -222,16 +227,39 @@ class FakeGrid5000:
             "user_uid": job.user, "queue": job.body.get("queue", "default"),
             "types": job.types, "walltime": job.walltime, "command": job.body.get("command"),
             "project": job.body.get("project", "default"), "message": job.message,
-            "submitted_at": int(job.submitted), "scheduled_at": int(job.start),
+            "submitted_at": int(job.submitted),
             "started_at": int(job.started) if job.started else 0,
             "properties": job.body.get("properties", ""), "mode": "PASSIVE",
         }
+        scheduled = self._predicted_start(job, state)
+        if scheduled is not None:
+            data["scheduled_at"] = int(scheduled)
+        if job.stopped is not None:
+            data["stopped_at"] = int(job.stopped)
         if not listed:
             running = state == "running"
             data["assigned_nodes"] = job.nodes if running else []
             data["resources_by_type"] = {
                 "cores": [], "vlans": [job.vlan] if running and job.vlan else []}
         return data
+
+    def _predicted_start(self, job: _Job, state: str) -> float | None:
+        """OAR's predicted start (gantt_jobs_predictions), which g5k-api gives as
+        `scheduled_at` and leaves out when there is none (grid5000/g5k-api lib/oar/job.rb;
+        `started_at` is OAR's start_time, 0 until the job starts; `stopped_at` its
+        stop_time, absent until it stops): an advance reservation is in the gantt from its
+        submission, at its start; any other job only from the first scheduling pass (one
+        `step` after submission), at the end of the jobs holding its nodes while it queues;
+        an ended job has left the gantt."""
+        if job.ended or state not in _LIVE:
+            return None
+        if job.started is not None or job.body.get("reservation"):
+            return job.started or job.start
+        if time.time() < job.submitted + self.step:
+            return None
+        if len(job.nodes) < job.count:
+            return self._could_run_at(job.pool, job)
+        return job.start
 
     def _submit(self, site: str, body: dict[str, Any]) -> tuple[int, Any]:
         resources = str(body.get("resources", ""))
@@ -373,7 +401,8 @@ class FakeGrid5000:
         if rest == ["jobs"] and method == "GET":
             filters = {} if self.filters_ignored else query
             states = set(filter(None, filters.get("state", "").split(",")))
-            items = [self._job_json(j, listed=True) for j in self.jobs.values() if j.site == site
+            newest_first = sorted(self.jobs.values(), key=lambda j: -j.uid)  # as g5k-api
+            items = [self._job_json(j, listed=True) for j in newest_first if j.site == site
                      and filters.get("name") in (None, j.body.get("name"))
                      and filters.get("user") in (None, j.user)]
             items = [i for i in items if not states or i["state"] in states]
