@@ -11,8 +11,9 @@ given only to jobs of type `exotic` (the Grid'5000 admission rule), `{cluster='x
 nodes. A walltime change is registered and granted at a later scheduling pass
 (`walltime_grant_delay`), at most `walltime_grant_cap` seconds of it. A deleted job keeps
 running for `kill_delay` seconds, and a second DELETE meanwhile says it was already killed.
-A job gives its times as g5k-api does: `started_at` 0 until it starts, `scheduled_at` (OAR's
-predicted start) only once the scheduler has placed it, `stopped_at` once it has ended.
+A job gives its times as g5k-api does: `started_at` 0 until it starts (an advance
+reservation's start once accepted), `scheduled_at` (OAR's predicted start) only once the
+scheduler has placed it, `stopped_at` once it has ended.
 Job collections are paginated (`offset`, `limit`, at most `page_size` a page, newest
 first); with `filters_ignored` the collection ignores its filters, as an unfiltered listing
 would.
@@ -228,7 +229,7 @@ class FakeGrid5000:
             "types": job.types, "walltime": job.walltime, "command": job.body.get("command"),
             "project": job.body.get("project", "default"), "message": job.message,
             "submitted_at": int(job.submitted),
-            "started_at": int(job.started) if job.started else 0,
+            "started_at": int(job.started or self._reserved_start(job)),
             "properties": job.body.get("properties", ""), "mode": "PASSIVE",
         }
         scheduled = self._predicted_start(job, state)
@@ -243,10 +244,17 @@ class FakeGrid5000:
                 "cores": [], "vlans": [job.vlan] if running and job.vlan else []}
         return data
 
+    @staticmethod
+    def _reserved_start(job: _Job) -> float:
+        """An advance reservation's start, which OAR writes in the job's start_time when it
+        accepts the reservation (a real waiting one: tests/fixtures/grid5000/
+        job-rennes-384886.json); 0 for any other job not started yet."""
+        return job.start if job.body.get("reservation") else 0
+
     def _predicted_start(self, job: _Job, state: str) -> float | None:
         """OAR's predicted start (gantt_jobs_predictions), which g5k-api gives as
         `scheduled_at` and leaves out when there is none (grid5000/g5k-api lib/oar/job.rb;
-        `started_at` is OAR's start_time, 0 until the job starts; `stopped_at` its
+        `started_at` is OAR's start_time, see `_reserved_start`; `stopped_at` its
         stop_time, absent until it stops): an advance reservation is in the gantt from its
         submission, at its start; any other job only from the first scheduling pass (one
         `step` after submission), at the end of the jobs holding its nodes while it queues;
