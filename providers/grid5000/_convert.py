@@ -103,9 +103,10 @@ def reservation(job: Mapping[str, Any], site: str) -> Reservation:
     g5k-api gives OAR's times: `started_at` (0 until the job starts; an advance
     reservation's start once OAR accepted it), `scheduled_at` (the scheduler's predicted
     start, absent until its first pass has placed the job: an advance reservation's start,
-    or when a queued job's nodes will be free) and `stopped_at` (absent until it ends). The start is the first known of these, else now: a job not
-    placed yet starts no earlier (never its submission, which would make a job that waits
-    longer than its walltime look over). The end is `stopped_at`, else start + walltime."""
+    or when a queued job's nodes will be free) and `stopped_at` (absent until it ends).
+    The start is the first known of these, else now: a job not placed yet starts no
+    earlier (never its submission, which would make a job that waits longer than its
+    walltime look over). The end is `stopped_at`, else start + walltime."""
     known = job.get("started_at") or job.get("scheduled_at")
     start = from_epoch(known) if known else utcnow()
     stopped = job.get("stopped_at")
