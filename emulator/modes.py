@@ -115,6 +115,15 @@ def _host(address: str) -> str:
         raise PlatformError(f"{address!r} is not an IP address") from None
 
 
+def _prefixed(nic: Nic, address: str) -> bool:
+    """Whether `nic` gives `address` with the length of its subnet's prefix."""
+    return any(
+        _host(a) == address and "/" in a and ipaddress.ip_interface(a).network.prefixlen
+        < ipaddress.ip_interface(a).max_prefixlen
+        for a in nic.addresses
+    )
+
+
 def _verdict(nic: Nic, probe: ProbeResult | None) -> tuple[bool | None, str]:
     """Whether `nic` passes foreign MACs: True, False (known to drop), None (unknown)."""
     said = f"the provider said {nic.foreign_mac.value}"
@@ -304,9 +313,14 @@ class _Decider:
                 )
             out[p] = (holder, facts.address)
         where = _group({p: f"{a} on the {n.role.value} NIC {n.name}" for p, (n, a) in out.items()})
+        if all(_prefixed(nic, address) for nic, address in out.values()):
+            return out, (
+                f"the pnodes' addresses ({where}), which share no subnet: VXLAN relies on "
+                "the routers between them"
+            )
         return out, (
-            f"the pnodes' addresses ({where}), which share no subnet: VXLAN relies on the "
-            "routers between them"
+            f"the pnodes' addresses ({where}), whose subnets the provider does not say: "
+            "VXLAN relies on them reaching each other"
         )
 
     def _one_subnet(

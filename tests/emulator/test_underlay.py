@@ -64,3 +64,18 @@ def test_addresses_that_share_no_subnet_are_said_to_be_routed_and_where_they_are
     assert "over the control NIC" not in choice.reason
     assert "p0: 10.10.1.1 on the experiment NIC eth1" in choice.reason
     assert "share no subnet: VXLAN relies on the routers between them" in choice.reason
+
+
+def test_bare_control_addresses_are_not_said_to_share_no_subnet() -> None:
+    """A provider that gives addresses without a prefix length (Grid'5000's Reference API)
+    leaves the subnet unknown: the reason says so instead of claiming different subnets."""
+    pnodes = [
+        PnodeFacts(f"p{i}", f"172.16.20.{i + 1}", (
+            nic("eno1", NicRole.CONTROL, f"172.16.20.{i + 1}"),
+        ))
+        for i in range(2)
+    ]
+    choice = vxlan(*pnodes)
+    assert dict(choice.addresses) == {"p0": "172.16.20.1", "p1": "172.16.20.2"}
+    assert "share no subnet" not in choice.reason
+    assert "whose subnets the provider does not say" in choice.reason
