@@ -116,12 +116,9 @@ def _host(address: str) -> str:
 
 
 def _prefixed(nic: Nic, address: str) -> bool:
-    """Whether `nic` gives `address` with the length of its subnet's prefix."""
-    return any(
-        _host(a) == address and "/" in a and ipaddress.ip_interface(a).network.prefixlen
-        < ipaddress.ip_interface(a).max_prefixlen
-        for a in nic.addresses
-    )
+    """Whether `nic` gives `address` with its subnet (a prefix shorter than the address)."""
+    ifaces = (ipaddress.ip_interface(a) for a in nic.addresses if "/" in a)
+    return any(str(i.ip) == address and i.network.prefixlen < i.max_prefixlen for i in ifaces)
 
 
 def _verdict(nic: Nic, probe: ProbeResult | None) -> tuple[bool | None, str]:
@@ -292,7 +289,7 @@ class _Decider:
         reach each other: the first role (extra, experiment, control) whose NICs have an
         address in one subnet on every pnode (one segment: they reach each other directly).
         Failing that, each pnode's control address, and the words say that they share no
-        subnet, so that VXLAN relies on the routers between them."""
+        subnet (or that the provider does not give it), so that VXLAN relies on routers."""
         for role in (*_BRIDGE_ROLES, NicRole.CONTROL):
             found = self._one_subnet(pnodes, role)
             if found is not None:
