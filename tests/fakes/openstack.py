@@ -198,7 +198,8 @@ class FakeOpenStack:
                 else:
                     try:
                         status, payload, headers = fake._route(
-                            method, path, query, body, self.headers.get("X-Auth-Token"))
+                            method, path, query, body, self.headers.get("X-Auth-Token"),
+                            _compute_version(self.headers))
                     except Exception as error:  # a bug of the fake or its backer: say it
                         status, payload, headers = 500, {"error": {
                             "code": 500, "message": f"fake failed: {error!r}"}}, {}
@@ -231,18 +232,24 @@ class FakeOpenStack:
         return Handler
 
     # routing -------------------------------------------------------------------------------
-    def _route(self, method: str, path: str, query: str, body: Any,
-               token: str | None) -> tuple[int, Any, dict[str, str]]:
+    def _route(self, method: str, path: str, query: str, body: Any, token: str | None,
+               compute_version: tuple[int, int] = (2, 1)) -> tuple[int, Any, dict[str, str]]:
         with self._lock:
             self.state.requests.append((method, path, body))
             if path.startswith("/identity"):
                 return self._identity(method, path, body)
             if self.faults.revoked:  # every token issued so far is refused
                 self.tokens.clear()
-            if token not in self.tokens:
+            # version documents are public: each service's api-paste/WSGI root answers them
+            # before authentication, and keystoneauth asks for them without a token first
+            public = path in ("/compute", "/compute/v2.1", "/network", "/image", "/reservation")
+            if token not in self.tokens and not public:
                 return 401, {"error": {"code": 401, "message": "The request you have made "
                                        "requires authentication.", "title": "Unauthorized"}}, {}
-            for prefix, handler in (("/reservation", self._blazar), ("/compute", self._nova),
+            if path.startswith("/compute"):
+                return self._nova(method, path.removeprefix("/compute") or "/", body,
+                                  compute_version)
+            for prefix, handler in (("/reservation", self._blazar),
                                     ("/network", self._neutron), ("/image", self._glance)):
                 if path.startswith(prefix):
                     return handler(method, path[len(prefix):] or "/", query, body)
@@ -445,7 +452,8 @@ class FakeOpenStack:
                     lease["end_date"] = past.strftime("%Y-%m-%dT%H:%M:00.000000")
 
     # Nova ----------------------------------------------------------------------------------
-    def _nova(self, method: str, path: str, query: str, body: Any) -> tuple[int, Any, dict]:
+    def _nova(self, method: str, path: str, body: Any,
+              version: tuple[int, int]) -> tuple[int, Any, dict]:
         base = self.url + "/compute/v2.1"
         if path in ("/", "/v2.1"):
             version = {"id": "v2.1", "status": "CURRENT", "version": "2.79",
@@ -505,7 +513,8 @@ class FakeOpenStack:
         if path in ("/servers", "/servers/detail") and method == "GET":
             for server in self.state.servers.values():
                 self._advance_server(server)
-            return 200, {"servers": [_public(s) for s in self.state.servers.values()]}, {}
+            return 200, {"servers": [_server_view(s, version)
+                                     for s in self.state.servers.values()]}, {}
         match = re.fullmatch(r"/servers/([\w-]+)(/action)?", path)
         server = self.state.servers.get(match.group(1)) if match else None
         if server is None:
@@ -517,7 +526,7 @@ class FakeOpenStack:
                                                                 f"{image['id']}"}
         if method == "GET":
             self._advance_server(server)
-            return 200, {"server": _public(server)}, {}
+            return 200, {"server": _server_view(server, version)}, {}
         if method == "DELETE":
             self._delete_server(server["id"])
             return 204, None, {}
@@ -742,6 +751,29 @@ def _error_body(path: str, status: int, message: str) -> dict:
 def _public(resource: dict) -> dict:
     """A resource as the service shows it: without the fake's own bookkeeping (`_...` keys)."""
     return {k: v for k, v in resource.items() if not k.startswith("_")}
+
+
+def _compute_version(headers: Any) -> tuple[int, int]:
+    """The compute microversion a client asked for (`OpenStack-API-Version: compute 2.79`, or
+    the older `X-OpenStack-Nova-API-Version: 2.79`); 2.1 when it asked for none."""
+    asked = headers.get("OpenStack-API-Version") or ""
+    value = asked.split()[-1] if asked.startswith("compute ") else (
+        headers.get("X-OpenStack-Nova-API-Version") or "2.1")
+    if value == "latest":
+        return (2, 79)
+    major, _, minor = value.partition(".")
+    return (int(major), int(minor or 0))
+
+
+def _server_view(server: dict, version: tuple[int, int]) -> dict:
+    """A server as Nova shows it at `version`: from 2.47 its flavor is embedded (name and
+    sizes, no id), as nova/api/openstack/compute/views/servers.py writes it."""
+    view = _public(server)
+    if version >= (2, 47):
+        name = next(n for n, fid in FLAVORS.items() if fid == server["flavor"]["id"])
+        view["flavor"] = {"original_name": name, "vcpus": 1, "ram": 512, "disk": 10,
+                          "ephemeral": 0, "swap": 0, "extra_specs": {}}
+    return view
 
 
 def _mark_done(lease: dict, event_type: str) -> None:

@@ -9,8 +9,11 @@ read endpoint, a filter the fake ignores) fails here instead of on the real test
 from __future__ import annotations
 
 import json
+import logging
+import os
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import openstack
 import pytest
@@ -200,35 +203,68 @@ def test_common_read_endpoints_answer(session: ks_session.Session) -> None:
     assert _get(session, "image", "/v2/schemas/images")["name"] == "images"
 
 
+def test_version_documents_answer_without_a_token(session: ks_session.Session) -> None:
+    """keystoneauth asks each endpoint's versions without a token first; services answer."""
+    for service in ("compute", "image", "network"):
+        answer = session.get("", authenticated=False, raise_exc=False, endpoint_filter={
+            "service_type": service, "region_name": SITE})
+        assert answer.status_code == 200, (service, answer.text)
+
+
 # -- the openstack command -------------------------------------------------------------------
 
 
+@pytest.fixture(scope="module")
+def osc_cloud() -> Iterator[FakeOpenStack]:
+    """One cloud for every `openstack` run of this module: the command keeps clients and
+    the endpoints it discovered for the whole process (osc-lib's ClientCache, openstacksdk),
+    so in one process it can only ever talk to one cloud, as in a real session."""
+    with FakeOpenStack() as fake, pytest.MonkeyPatch.context() as env:
+        for name in [n for n in os.environ if n.startswith("OS_")]:
+            env.delenv(name)
+        for name, value in {"OS_AUTH_URL": fake.auth_url, "OS_USERNAME": "demo",
+                            "OS_PASSWORD": "secret", "OS_PROJECT_NAME": PROJECT_NAME,
+                            "OS_USER_DOMAIN_NAME": "Default",
+                            "OS_PROJECT_DOMAIN_NAME": "Default", "OS_REGION_NAME": SITE,
+                            "OS_IDENTITY_API_VERSION": "3"}.items():
+            env.setenv(name, value)
+        yield fake
+
+
 @pytest.fixture
-def openstack_cli(cloud: FakeOpenStack, monkeypatch: pytest.MonkeyPatch, capsys):
-    """Runs `openstack ARGS -f json` in this process against the fake; returns its JSON."""
-    import os
+def openstack_cli(osc_cloud: FakeOpenStack, capsys: pytest.CaptureFixture[str]):
+    """Runs `openstack ARGS -f json` in this process against `osc_cloud`; returns its JSON
+    (`... set ...` commands print nothing and return None)."""
 
-    for name in [n for n in os.environ if n.startswith("OS_")]:
-        monkeypatch.delenv(name)
-    for name, value in {"OS_AUTH_URL": cloud.auth_url, "OS_USERNAME": "demo",
-                        "OS_PASSWORD": "secret", "OS_PROJECT_NAME": PROJECT_NAME,
-                        "OS_USER_DOMAIN_NAME": "Default", "OS_PROJECT_DOMAIN_NAME": "Default",
-                        "OS_REGION_NAME": SITE, "OS_IDENTITY_API_VERSION": "3"}.items():
-        monkeypatch.setenv(name, value)
-
-    def run(*args: str) -> object:
+    def run(*args: str) -> Any:
+        root = logging.getLogger()
+        handlers, level = list(root.handlers), root.level
         capsys.readouterr()
-        status = openstack_shell.main([*args, "-f", "json"])
+        try:
+            quiet = "set" in args  # `... set` prints nothing
+            status = openstack_shell.main([*args] if quiet else [*args, "-f", "json"])
+        finally:  # the command logs to this test's captured stderr: not past the test
+            root.handlers[:], root.level = handlers, level
         out, err = capsys.readouterr()
-        assert status == 0, err
+        assert not status, err  # 0, or None from blazarclient's `lease set`
+        if quiet:
+            return None
         # blazarclient's create says "Created a new lease:" on a line before the JSON
         return json.loads(out[min(i for i in (out.find("{"), out.find("[")) if i >= 0):])
 
     return run
 
 
-def test_openstack_command_reads_images_networks_and_servers(openstack_cli, blazar) -> None:
-    assert [i["Name"] for i in openstack_cli("image", "list")] == ["CC-Ubuntu22.04"]
+@pytest.fixture
+def osc_session(osc_cloud: FakeOpenStack) -> ks_session.Session:
+    auth = v3.Password(auth_url=osc_cloud.auth_url, username="demo", password="secret",
+                       project_name=PROJECT_NAME, user_domain_name="Default",
+                       project_domain_name="Default")
+    return ks_session.Session(auth=auth)
+
+
+def test_openstack_command_reads_images_networks_and_quotas(openstack_cli, osc_session) -> None:
+    assert "CC-Ubuntu22.04" in [i["Name"] for i in openstack_cli("image", "list")]
     assert openstack_cli("image", "show", "CC-Ubuntu22.04")["visibility"] == "public"
     assert {n["Name"] for n in openstack_cli("network", "list")} == set(NETWORKS)
     assert [n["Name"] for n in openstack_cli("network", "list", "--external")] == ["public"]
@@ -238,10 +274,10 @@ def test_openstack_command_reads_images_networks_and_servers(openstack_cli, blaz
         "10.140.80.0/22", "192.5.87.0/24"}
     assert [g["Name"] for g in openstack_cli("security", "group", "list")] == ["default"]
     assert {f["Name"] for f in openstack_cli("flavor", "list")} == set(FLAVORS)
-    assert openstack_cli("keypair", "list") == []
-    assert openstack_cli("server", "list") == []
-    assert openstack_cli("port", "list") == []
-    assert openstack_cli("floating", "ip", "list") == []
+    osc_session.post("/os-keypairs", json={"keypair": {
+        "name": "laptop", "public_key": "ssh-ed25519 AAAA user@laptop"}},
+        endpoint_filter={"service_type": "compute", "region_name": SITE})
+    assert "laptop" in [k["Name"] for k in openstack_cli("keypair", "list")]
     limits = {q["Resource"]: q["Limit"] for q in openstack_cli("quota", "show")}
     assert limits["instances"] == 100 and limits["floating_ips"] == 100
 
@@ -251,7 +287,32 @@ def test_openstack_command_manages_a_lease(openstack_cli) -> None:
                          "min=1,max=1,resource_type=physical:host", "--start-date", _later(2),
                          "--end-date", _later(3), "cli-lease")
     assert made["name"] == "cli-lease"
-    listed = openstack_cli("reservation", "lease", "list")
-    assert [x["name"] for x in listed] == ["cli-lease"]
-    shown = openstack_cli("reservation", "lease", "show", "cli-lease")
-    assert shown["id"] == made["id"]
+    assert "cli-lease" in [x["name"] for x in openstack_cli("reservation", "lease", "list")]
+    assert openstack_cli("reservation", "lease", "show", "cli-lease")["id"] == made["id"]
+    openstack_cli("reservation", "lease", "set", "--prolong-for", "1h", "cli-lease")
+    longer = openstack_cli("reservation", "lease", "show", "cli-lease")["end_date"]
+    assert datetime.fromisoformat(longer) - datetime.fromisoformat(made["end_date"]) == (
+        timedelta(hours=1))
+
+
+def test_openstack_command_shows_a_server_on_a_lease(openstack_cli, osc_session) -> None:
+    made = openstack_cli("reservation", "lease", "create", "--reservation",
+                         "min=1,max=1,resource_type=physical:host", "--start-date", "now",
+                         "--end-date", _later(2), "served")
+    while openstack_cli("reservation", "lease", "show", "served")["status"] != "ACTIVE":
+        pass
+    reservation = json.loads(made["reservations"])["id"]  # the command shows it as JSON text
+    server = {"name": "node-1", "imageRef": BASE_IMAGES["CC-Ubuntu22.04"],
+              "flavorRef": FLAVORS["baremetal"], "networks": [{"uuid": NETWORKS["sharednet1"]}]}
+    osc_session.post("/servers", json={"server": server,
+                                       "os:scheduler_hints": {"reservation": reservation}},
+                     endpoint_filter={"service_type": "compute", "region_name": SITE})
+    while openstack_cli("server", "show", "node-1")["status"] != "ACTIVE":
+        pass
+    listed = openstack_cli("server", "list", "--name", "node-1")
+    assert [(s["Name"], s["Status"], s["Flavor"]) for s in listed] == [
+        ("node-1", "ACTIVE", "baremetal")]
+    address = openstack_cli("server", "show", "node-1")["addresses"]["sharednet1"][0]
+    ports = openstack_cli("port", "list", "--server", "node-1")
+    assert [p["Fixed IP Addresses"][0]["ip_address"] for p in ports] == [address]
+    assert ports[0]["Fixed IP Addresses"][0]["subnet_id"] == SUBNETS[NETWORKS["sharednet1"]]
