@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import signal
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
@@ -68,8 +69,9 @@ def _print_json(data: Any) -> None:
 class Display:
     """A live progress display on stderr while omnibed waits: a spinner, what it waits for
     with the latest words of the testbed or emulator, the time spent, and one row per
-    pnode with a count (`vnodes built 3/8`). Shown only when stderr is a terminal, and
-    erased when done: nothing of it reaches a pipe or a file."""
+    pnode with a count (`vnodes built 3/8`). Shown only when both stdout and stderr are
+    terminals (`name=$(omnibed reserve ...)` stays quiet), and erased when done: nothing
+    of it reaches a pipe or a file."""
 
     def __init__(self, what: str) -> None:
         from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
@@ -77,7 +79,7 @@ class Display:
         self.what = escape(what)  # a file name may hold [brackets]: no rich markup
         self.live = Progress(
             SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
-            console=err, transient=True, disable=not err.is_terminal,
+            console=err, transient=True, disable=not (err.is_terminal and sys.stdout.isatty()),
         )  # fmt: skip
         self.task = self.live.add_task(self.what, total=None)
         self.rows: dict[str, TaskID] = {}
