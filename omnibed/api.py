@@ -20,7 +20,6 @@ from omnibed.core.errors import OmnibedError, ReleaseFailed, ReservationNotFound
 from omnibed.core.kit import check_options
 from omnibed.core.ledger import Entry, Ledger, omnibed_home, process_owner
 from omnibed.core.login import Login
-from omnibed.core.plugins import ProviderRegistry, load_providers
 from omnibed.core.provider import Progress, Provider, no_progress
 from omnibed.core.reservation_access import ReservationAccess
 from omnibed.core.timeutil import utcnow
@@ -36,6 +35,7 @@ from omnibed.core.types import (
 
 if TYPE_CHECKING:  # paramiko loads only for the commands that log in to nodes
     from omnibed.core import ssh
+    from omnibed.core.plugins import ProviderRegistry  # pluggy: only when a provider is used
 
 
 class Omnibed:
@@ -59,6 +59,8 @@ class Omnibed:
     @cached_property
     def registry(self) -> ProviderRegistry:
         """The installed providers, found at first use (listing the ledger needs none)."""
+        from omnibed.core.plugins import load_providers
+
         return load_providers()
 
     # -- providers and paths ------------------------------------------------------------
