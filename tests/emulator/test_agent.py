@@ -285,6 +285,27 @@ def test_a_trunk_joins_two_bridges_into_one_segment(pnodes: Pnodes) -> None:
 
 
 @pytest.mark.root
+def test_bridge_ports_on_the_pnode_carry_no_ipv6(pnodes: Pnodes) -> None:
+    """Host-side veths and trunk ends are bridge ports: IPv6 off on them, so the pnode holds
+    no IPv6 route per port (with one each, every link going up or down walked them all:
+    apply and teardown of N vnodes grew with N squared)."""
+    pnode = pnodes.pnode()
+    agent = pnodes.agent(pnode)
+    state = pnodes.track(agent, chained(pnodes.state(pnode, per_network=3)))
+    agent.call(ops.APPLY, state=state.to_json())
+    a, b, c = state.vifaces
+    assert _ping(agent, a.netns, c.address)["exit_status"] == 0  # across the trunk
+    ports = {v.host_ifname for v in state.vifaces}
+    ports |= {end for t in state.trunks for end in (t.name, t.peer)}
+    routes = _sh("ip", "-n", pnode, "-6", "route", "show", "table", "all").stdout.splitlines()
+    assert [r for r in routes if set(r.split()) & ports] == []
+    for port in sorted(ports):
+        disabled = _sh("ip", "netns", "exec", pnode, "sysctl", "-n",
+                       f"net.ipv6.conf.{port}.disable_ipv6").stdout.strip()
+        assert disabled == "1", port
+
+
+@pytest.mark.root
 def test_vxlan_unicast_carries_ping_between_pnodes(pnodes: Pnodes) -> None:
     pa, pb = pnodes.pnode(), pnodes.pnode()
     _sh("ip", "link", "add", f"oa{pnodes.tag}u", "netns", pa, "type", "veth",
