@@ -12,7 +12,9 @@ lays out for it (planner.bridge_chain). Compared, side by side:
              iproute2 cannot switch namespace inside a batch, so the floor leaves out the
              addresses and link-up inside the vnodes: it is a lower bound.
 
-Prints seconds and ms per vnode up and down, the memory each vnode takes (MemAvailable
+Prints seconds and ms per vnode up and down, the CPU time our processes spent going up (the
+agent's, or the `ip`/`tc` processes'; less sensitive to a loaded machine than wall time,
+but blind to the kernel's background workers), the memory each vnode takes (MemAvailable
 before and after up), the load average, and how ms per vnode grows from the first size.
 The namespaces' mount points are on a tmpfs of the benchmark's own mount namespace, as
 under a pnode's /run: on a journal-less ext4 (this machine's /run), creating a file right
@@ -25,6 +27,7 @@ from __future__ import annotations
 import ctypes
 import os
 import platform
+import resource
 import subprocess
 import sys
 import time
@@ -50,7 +53,20 @@ MS_PRIVATE = 1 << 18
 class Result:
     up: float
     down: float
-    kib: float = 0.0  # memory taken while up, in KiB
+    kib: float | None = None  # memory taken while up, in KiB (None: not measured)
+    cpu: float = 0.0  # CPU seconds of our processes while going up (not the kernel's workers)
+
+
+def _agent_cpu(pid: int) -> float:
+    """User + system CPU seconds of process `pid` so far."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def _available_kib() -> int:
@@ -120,17 +136,18 @@ def _bridges(state: PnodeState) -> list[str]:
 def agent(pnode: str, state: PnodeState) -> Result:
     with LocalAgentSession(netns=pnode, python="/usr/bin/python3", bundle=build()) as session:
         session.call(ops.HELLO)
-        free = _available_kib()
+        free, cpu = _available_kib(), _agent_cpu(session.proc.pid)
         t0 = time.perf_counter()
         session.call(ops.APPLY, state=state.to_json())
         t1 = time.perf_counter()
-        used = free - _available_kib()
+        used, cpu = free - _available_kib(), _agent_cpu(session.proc.pid) - cpu
         session.call(ops.TEARDOWN, state=state.to_json())
         t2 = time.perf_counter()
-    return Result(t1 - t0, t2 - t1, used)
+    return Result(t1 - t0, t2 - t1, used, cpu)
 
 
 def per_object(pnode: str, state: PnodeState) -> Result:
+    cpu = _children_cpu()
     t0 = time.perf_counter()
     for line in _bridges(state):
         _run(["ip", "-n", pnode, *line.split()])
@@ -144,6 +161,7 @@ def per_object(pnode: str, state: PnodeState) -> Result:
         _run(["ip", "-n", pnode, "link", "set", v.host_ifname, "master", v.bridge, "up"])
         _run(["tc", "-n", pnode, "qdisc", "add", "dev", v.host_ifname, "root", *TBF.split()])
     t1 = time.perf_counter()
+    cpu = _children_cpu() - cpu
     for v in state.vifaces:
         _run(["ip", "-n", pnode, "link", "del", v.host_ifname])
         _run(["ip", "netns", "del", v.netns])
@@ -152,7 +170,7 @@ def per_object(pnode: str, state: PnodeState) -> Result:
     for b in state.bridges:
         _run(["ip", "-n", pnode, "link", "del", b.name])
     t2 = time.perf_counter()
-    return Result(t1 - t0, t2 - t1)
+    return Result(t1 - t0, t2 - t1, cpu=cpu)
 
 
 def batch(pnode: str, state: PnodeState) -> Result:
@@ -166,16 +184,16 @@ def batch(pnode: str, state: PnodeState) -> Result:
         ]
     tc = [f"qdisc add dev {v.host_ifname} root {TBF}" for v in state.vifaces]
     down = [f"link del group {GROUP}"] + [f"netns del {v.netns}" for v in state.vifaces]
-    free = _available_kib()
+    free, cpu = _available_kib(), _children_cpu()
     t0 = time.perf_counter()
     # `ip -n` would create the namespaces in a private mount namespace: nsenter --net only
     _run(["nsenter", f"--net=/run/netns/{pnode}", "ip", "-batch", "-"], "\n".join(lines) + "\n")
     _run(["tc", "-n", pnode, "-batch", "-"], "\n".join(tc) + "\n")
     t1 = time.perf_counter()
-    used = free - _available_kib()
+    used, cpu = free - _available_kib(), _children_cpu() - cpu
     _run(["ip", "-n", pnode, "-batch", "-"], "\n".join(down) + "\n")
     t2 = time.perf_counter()
-    return Result(t1 - t0, t2 - t1, used)
+    return Result(t1 - t0, t2 - t1, used, cpu)
 
 
 def measure(n: int, how: Callable[[str, PnodeState], Result]) -> Result:
@@ -205,8 +223,8 @@ def main(sizes: list[int]) -> None:
     _private_run_netns()
     build()  # not timed
     print(_machine())
-    print(f"{'N':>6} {'method':<11} {'up s':>7} {'ms/vnode':>9} {'down s':>7} {'ms/vnode':>9} "
-          f"{'KiB/vnode':>10} {'load 1m':>8}")
+    print(f"{'N':>6} {'method':<11} {'up s':>7} {'ms/vnode':>9} {'cpu ms/v':>9} {'down s':>7} "
+          f"{'ms/vnode':>9} {'KiB/vnode':>10} {'load 1m':>8}")
     per_vnode: dict[str, list[tuple[int, Result]]] = {}
     for n in sizes:
         ways = {"agent": agent, "batch": batch}
@@ -216,8 +234,10 @@ def main(sizes: list[int]) -> None:
         for name, how in ways.items():
             r = results[name] = measure(n, how)
             per_vnode.setdefault(name, []).append((n, r))
-            print(f"{n:>6} {name:<11} {r.up:>7.2f} {r.up / n * 1000:>9.2f} {r.down:>7.2f} "
-                  f"{r.down / n * 1000:>9.2f} {r.kib / n:>10.0f} {os.getloadavg()[0]:>8.1f}")
+            kib = f"{r.kib / n:.0f}" if r.kib is not None else "-"
+            print(f"{n:>6} {name:<11} {r.up:>7.2f} {r.up / n * 1000:>9.2f} "
+                  f"{r.cpu / n * 1000:>9.2f} {r.down:>7.2f} {r.down / n * 1000:>9.2f} {kib:>10} "
+                  f"{os.getloadavg()[0]:>8.1f}")
             sys.stdout.flush()
         a, b = results["agent"], results["batch"]
         line = f"up agent/batch {a.up / b.up:.2f}x, down agent/batch {a.down / b.down:.2f}x"
@@ -227,7 +247,8 @@ def main(sizes: list[int]) -> None:
     for name in ("agent", "batch"):
         (n0, r0), rest = per_vnode[name][0], per_vnode[name][1:]
         growth = ", ".join(
-            f"{n}: up {r.up / n / (r0.up / n0):.2f}x down {r.down / n / (r0.down / n0):.2f}x"
+            f"{n}: up {r.up / n / (r0.up / n0):.2f}x (cpu {r.cpu / n / (r0.cpu / n0):.2f}x) "
+            f"down {r.down / n / (r0.down / n0):.2f}x"
             for n, r in rest
         )
         print(f"{name} ms/vnode against {n0} vnodes: {growth}")
