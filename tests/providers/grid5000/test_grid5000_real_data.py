@@ -14,6 +14,7 @@ import pytest
 import requests
 
 from omnibed.core.errors import ProviderTimeout, ReservationError, UsageError
+from omnibed.core.login import Login
 from omnibed.core.types import NicRole, ReservationRequest, ReservationState
 from omnibed.providers.grid5000 import Grid5000Provider, _convert
 from tests.fakes.grid5000 import FIXTURES, FakeGrid5000
@@ -47,6 +48,37 @@ def test_every_reference_record_gives_one_control_nic_and_only_ethernet(path: Pa
         assert nic.mac == adapter["mac"]
         if nic.role is not NicRole.CONTROL:  # not configured on a fresh node
             assert nic.addresses == ()
+
+
+@pytest.mark.parametrize("path", NODE_FIXTURES, ids=[p.stem for p in NODE_FIXTURES])
+def test_every_reference_node_is_reserved_and_described_as_its_file_says(
+    provider: Grid5000Provider, fake: FakeGrid5000, path: Path
+) -> None:
+    """Each fixture's node, reserved through the fake by its cluster: its name, SSH endpoint,
+    architecture, cluster and site, and its NICs (names, MACs, roles, the control address)
+    are the file's."""
+    record = json.loads(path.read_text())
+    cluster = record["uid"].rsplit("-", 1)[0]
+    mounted = next(a for a in record["network_adapters"]
+                   if a["interface"] == "Ethernet" and a.get("mounted"))
+    fqdn = mounted["network_address"]
+    site = fqdn.split(".")[1]
+    ready = provider.wait(provider.reserve(ask(f"g5k-{cluster}", site=site, cluster=cluster)),
+                          timeout=30)
+    (node,) = provider.list_nodes(ready)
+    assert (node.id, node.hostname) == (fqdn, record["uid"])
+    assert (node.ssh.host, node.ssh.port, node.ssh.user) == (fqdn, 22, fake.username)
+    assert [jump.host for jump in node.ssh.jumps] == ["access.grid5000.fr"]
+    assert (node.arch, node.hardware, node.site) == (
+        record["architecture"]["platform_type"], cluster, site)
+    nowhere = Login(Path("/nonexistent/id_ed25519"), "ssh-ed25519 AAAA", Path("/nonexistent/kh"))
+    ethernet = [a for a in record["network_adapters"] if a["interface"] == "Ethernet"
+                and not a.get("management") and (a.get("mounted") or a.get("mountable"))]
+    assert [(n.name, n.mac, n.role, n.addresses)
+            for n in provider.nic_capabilities(ready, node, nowhere)] == [
+        (a["name"], a["mac"], NicRole.CONTROL if a is mounted else NicRole.EXPERIMENT,
+         (a["ip"],) if a is mounted else ()) for a in ethernet]
+    provider.release(ready)
 
 
 def test_an_unmounted_nic_has_no_address_although_the_reference_lists_one() -> None:
