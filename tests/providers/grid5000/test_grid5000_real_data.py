@@ -148,6 +148,32 @@ def test_more_nodes_than_the_cluster_has_is_refused(provider: Grid5000Provider) 
         provider.reserve(ask("g5k-toomany", 4, site="nancy", cluster="gros"))
 
 
+def test_an_advance_reservation_is_placed_by_its_window_not_by_who_is_busy_now(
+    provider: Grid5000Provider, fake: FakeGrid5000
+) -> None:
+    """OAR takes an advance reservation when its nodes are free over its whole window: busy
+    now but free then is accepted; overlapping a job is refused, saying when it could run."""
+    first = provider.wait(provider.reserve(ask("g5k-now", 3, site="nancy", cluster="gros")),
+                          timeout=30)
+    after = ReservationRequest(name="g5k-after", nodes=3, duration=timedelta(hours=1),
+                               start=first.end + timedelta(minutes=10),
+                               extra={"poll": "0.05", "site": "nancy", "cluster": "gros"})
+    assert provider.reserve(after).state is ReservationState.WAITING
+    clash = ReservationRequest(name="g5k-clash", nodes=3, duration=timedelta(hours=1),
+                               start=datetime.now(UTC) + timedelta(minutes=10),
+                               extra={"poll": "0.05", "site": "nancy", "cluster": "gros"})
+    posts = len(job_posts(fake))
+    with pytest.raises(ReservationError) as refused:
+        provider.reserve(clash)
+    assert len(job_posts(fake)) == posts + 1
+    assert refused.value.retry_at is not None and refused.value.retry_at >= first.end
+    assert provider.find("g5k-clash") is None
+    assert sorted(str(uid) for uid in fake.live_jobs()) == sorted(
+        [first.id, provider.find("g5k-after").id])
+    provider.release(first)
+    provider.release(provider.find("g5k-after"))
+
+
 def test_properties_select_the_nodes(provider: Grid5000Provider, fake: FakeGrid5000) -> None:
     reservation = provider.reserve(
         ask("g5k-host", site="nancy", properties="host in ('gros-3.nancy.grid5000.fr')"))
