@@ -27,7 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from omnibed.core.errors import ApplyError, EmulatorError, PreflightError, UsageError
 from omnibed.core.kit import write_json
@@ -53,6 +53,7 @@ from .transport import AgentConnection, Agents, DirectAgents, for_each
 
 PLAN_FILE = "emulation.json"
 PROBE_TIMEOUT = 2.0
+T = TypeVar("T")
 # A TCP connection to the discard port: refused or accepted means the address answered.
 # Only python3 is sure to be on a pnode (no ping needed).
 _REACH = """
@@ -468,7 +469,10 @@ class Emulator:
         return name
 
     def connectivity(self) -> list[Reachability]:
-        """Ping, in every vnetwork, from one vnode per pnode to one vnode on each other pnode."""
+        """Whether, in every vnetwork, one vnode per pnode reaches one vnode on the next
+        pnode, in a ring: each pnode sends once and is reached once, and the pnodes check
+        at the same time, so the check grows with neither the number of pnodes nor its
+        square."""
         the_plan = self._require()
         probes = []
         for network in the_plan.networks:
@@ -477,10 +481,12 @@ class Emulator:
                 for iface in vnode.ifaces:
                     if iface.network == network.name and vnode.pnode not in firsts:
                         firsts[vnode.pnode] = (vnode, iface.address.split("/")[0])
-            for src_pnode, (src, _) in firsts.items():
-                for dst_pnode, (dst, address) in firsts.items():
-                    if dst_pnode != src_pnode:
-                        probes.append((network.name, src, dst, address))
+            ring = list(firsts.values())
+            if len(ring) < 2:
+                continue
+            for index, (src, _) in enumerate(ring):
+                dst, address = ring[(index + 1) % len(ring)]
+                probes.append((network.name, src, dst, address))
         results = self._run(  # the pnode's python3 in the vnode's netns: images may lack it
             [(src, ["python3", "-I", "-c", _REACH, address]) for _, src, _, address in probes],
             inside=False,
@@ -729,21 +735,36 @@ def _upload(
 def _probe(
     sessions: Mapping[str, AgentConnection], facts: list[PnodeFacts]
 ) -> dict[str, ProbeResult]:
-    """Each pnode with a candidate NIC listens while the next one sends it the two frames."""
+    """Each pnode with a candidate NIC listens while the next one in a ring sends it the two
+    frames: every pnode listens, then every one sends, then every one collects, each step on
+    all pnodes at once, so the probe takes one collect timeout at most whatever their number."""
     targets = probe_targets(facts)
     pnodes = [f.id for f in facts if f.id in targets]
     if len(pnodes) < 2:
         return {}
-    results = {}
-    for index, receiver in enumerate(pnodes):
-        sender = pnodes[(index + 1) % len(pnodes)]
-        nonce = secrets.token_hex(8)
-        mac = sessions[receiver].call(ops.PROBE_LISTEN, nic=targets[receiver], nonce=nonce)["mac"]
-        sessions[sender].call(ops.PROBE_SEND, nic=targets[sender], peer_mac=mac, nonce=nonce)
-        arrived = sessions[receiver].call(ops.PROBE_COLLECT, nonce=nonce, timeout=PROBE_TIMEOUT)
-        results[receiver] = ProbeResult(
-            foreign_src_ok="src" in arrived["arrived"],
-            foreign_dst_ok="dst" in arrived["arrived"],
-            nic=targets[receiver],
+    nonces = {pnode: secrets.token_hex(8) for pnode in pnodes}
+    receiver_of = {pnodes[(i + 1) % len(pnodes)]: pnode for i, pnode in enumerate(pnodes)}
+    probed = {pnode: sessions[pnode] for pnode in pnodes}
+    macs = _all_or_raise(for_each(probed, lambda p, s: s.call(
+        ops.PROBE_LISTEN, nic=targets[p], nonce=nonces[p])["mac"]))
+    _all_or_raise(for_each(probed, lambda p, s: s.call(
+        ops.PROBE_SEND, nic=targets[p], peer_mac=macs[receiver_of[p]],
+        nonce=nonces[receiver_of[p]])))
+    arrived = _all_or_raise(for_each(probed, lambda p, s: s.call(
+        ops.PROBE_COLLECT, nonce=nonces[p], timeout=PROBE_TIMEOUT)["arrived"]))  # fmt: skip
+    return {
+        pnode: ProbeResult(
+            foreign_src_ok="src" in arrived[pnode],
+            foreign_dst_ok="dst" in arrived[pnode],
+            nic=targets[pnode],
         )
-    return results
+        for pnode in pnodes
+    }
+
+
+def _all_or_raise(outcome: Mapping[str, T | BaseException]) -> dict[str, T]:
+    """`outcome` of `for_each` if nothing failed; else the first failure is raised."""
+    for result in outcome.values():
+        if isinstance(result, BaseException):
+            raise result
+    return dict(outcome)  # type: ignore[arg-type]
