@@ -111,6 +111,7 @@ class ControlAgents:
         """One running agent per pnode for the `with` block; `endpoints_of(pnodes)` is asked
         only for those the control process has no connection to. PreflightError names the
         pnodes where no agent could be started."""
+        os.close(open_private_dir(self.directory))  # refused here once, not per pnode
         leased: dict[str, _Leased] = {}
         try:
             answers = for_each({p: p for p in pnodes}, lambda p, _: self._lease(scope, p))
