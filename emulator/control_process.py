@@ -27,6 +27,7 @@ from omnibed.core import ssh
 from omnibed.core.errors import OmnibedError
 from omnibed.core.types import SSHEndpoint
 
+from .bundle import Bundle, build
 from .control import SOCKET, _locked, open_private_dir
 from .transport import AgentSession, ByteStream, check_python
 
@@ -37,9 +38,10 @@ WAKE = 0.5  # s between two checks of idleness
 class _Link:
     """One SSH connection to a pnode, shared by its agents."""
 
-    def __init__(self, endpoint: SSHEndpoint, known_hosts: Path) -> None:
+    def __init__(self, endpoint: SSHEndpoint, known_hosts: Path, bundle: Bundle) -> None:
         self.endpoint = endpoint
         self.known_hosts = known_hosts
+        self.bundle = bundle
         self.client = ssh.connect(endpoint, known_hosts)
         try:
             check_python(self.client, endpoint.label())
@@ -55,13 +57,15 @@ class _Link:
         return transport is not None and transport.is_active()
 
     def agent(self) -> AgentSession:
-        return AgentSession(self.endpoint, self.known_hosts, client=self.client)
+        return AgentSession(self.endpoint, self.known_hosts, bundle=self.bundle,
+                            client=self.client)
 
 
 class Pool:
     """Links and idle agents by lease key (`scope\\0pnode`), and the leases under way."""
 
-    def __init__(self) -> None:
+    def __init__(self, bundle: Bundle) -> None:
+        self.bundle = bundle  # built once: every agent this process starts runs it
         self.lock = threading.Lock()
         self.links: dict[str, _Link] = {}
         self.idle: dict[str, list[AgentSession]] = {}
@@ -107,7 +111,7 @@ class Pool:
             if link is None or not link.alive():
                 if endpoint is None or known_hosts is None:
                     return None
-                link = _Link(endpoint, known_hosts)
+                link = _Link(endpoint, known_hosts, self.bundle)
                 with self.lock:
                     old, self.links[key] = self.links.get(key), link
                 if old is not None:
@@ -235,7 +239,7 @@ def _same_user(conn: socket.socket) -> bool:
 def serve(listener: socket.socket, inode: int, idle: float, directory: Path) -> None:
     """Accept commands until idle; then close everything and remove the socket if it is
     still this process's."""
-    pool = Pool()
+    pool = Pool(build())
     listener.settimeout(WAKE)
     try:
         while not pool.done(idle):

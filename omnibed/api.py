@@ -13,6 +13,7 @@ import os
 import secrets
 import shutil
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from functools import cached_property
@@ -272,10 +273,16 @@ class Omnibed:
         return provider.list_nodes(reservation)
 
     def nics(self, name: str, nodes: Sequence[Node] | None = None) -> dict[str, list[Nic]]:
-        """node id -> its NICs; `nodes`: the reservation's nodes, if the caller listed them."""
+        """node id -> its NICs; `nodes`: the reservation's nodes, if the caller listed them.
+        The nodes are asked at the same time (a provider may log in to each)."""
         provider, reservation, nodes = self._reservation_nodes(name, nodes)
         login = self.login(name, nodes)
-        return {node.id: provider.nic_capabilities(reservation, node, login) for node in nodes}
+        if not nodes:
+            return {}
+        with ThreadPoolExecutor(max_workers=min(32, len(nodes))) as pool:
+            found = pool.map(lambda node: provider.nic_capabilities(reservation, node, login),
+                             nodes)
+            return {node.id: nics for node, nics in zip(nodes, found, strict=True)}
 
     def root_endpoints(
         self, name: str, nodes: Sequence[Node] | None = None
