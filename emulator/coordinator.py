@@ -487,9 +487,9 @@ class Emulator:
             for index, (src, _) in enumerate(ring):
                 dst, address = ring[(index + 1) % len(ring)]
                 probes.append((network.name, src, dst, address))
+        reach = ["python3", "-I", "-S", "-c", _REACH]  # -S: no site, a quarter of the start
         results = self._run(  # the pnode's python3 in the vnode's netns: images may lack it
-            [(src, ["python3", "-I", "-c", _REACH, address]) for _, src, _, address in probes],
-            inside=False,
+            [(src, [*reach, address]) for _, src, _, address in probes], inside=False
         )
         return [
             Reachability(network, src.name, dst.name, ok=result.exit_status == 0)
