@@ -163,7 +163,8 @@ class ControlAgents:
         )
 
     def forget(self, scope: str) -> None:
-        """End the agents of `scope` (a released reservation), if a control process runs."""
+        """End the agents of every lease scope that starts with `scope` and a NUL (those of
+        a released reservation: its folder), if a control process runs."""
         fd = open_private_dir(self.directory)
         try:
             with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:

@@ -597,10 +597,6 @@ class Emulator:
         scope = f"{self.access.state_dir}\0{self.access.reservation_id}"
         return self.agents.lease(scope, pnodes, endpoints_of, self.access.known_hosts)
 
-    def forget(self) -> None:
-        """End the agents kept for this reservation (it is being released)."""
-        self.agents.forget(str(self.access.state_dir))
-
 
 def _viface(the_plan: Plan, where: str) -> Viface:
     """The viface VNODE.IFACE names (vnode and iface names may hold dots); UsageError

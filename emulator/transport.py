@@ -251,10 +251,6 @@ class Agents(Protocol):
         how to log in to those that need it."""
         ...
 
-    def forget(self, scope: str) -> None:
-        """End what is kept for the reservation `scope` names (it is being released)."""
-        ...
-
 
 class DirectAgents:
     """Agents started for one lease and ended with it, by this process itself."""
@@ -288,9 +284,6 @@ class DirectAgents:
                     session.close()
                 except Exception:  # closing a broken channel must not hide the real error
                     pass
-
-    def forget(self, scope: str) -> None:
-        """Nothing outlives a lease here."""
 
 
 def for_each(

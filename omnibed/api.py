@@ -42,6 +42,7 @@ if TYPE_CHECKING:  # paramiko loads only for the commands that log in to nodes
     from omnibed.core import ssh
     from omnibed.emulator.coordinator import Emulator
 
+CONTROL_DIR = "control"  # in the omnibed home: the control process's socket (0700)
 CONTROL_IDLE = 300.0  # s the control process keeps a reservation's agents unused
 
 
@@ -378,24 +379,24 @@ class Omnibed:
         from omnibed.emulator.coordinator import Emulator
 
         idle = _control_idle()
-        agents = ControlAgents(self.home / "control", idle) if idle > 0 else None
+        agents = ControlAgents(self.home / CONTROL_DIR, idle) if idle > 0 else None
         return Emulator(self.access(name), agents)
 
     def _emulation_down(self, name: str) -> None:
         """Tear down the platform of `name` if it runs one, then end the agents kept for it."""
+        from omnibed.emulator.control import ControlAgents
         from omnibed.emulator.coordinator import PLAN_FILE
 
-        if not _is_folder_name(name) or self.ledger.get(name) is None:
+        if not _is_folder_name(name):
             return
-        emulator = self.emulator(name)
         try:
             if (self.reservation_dir(name) / PLAN_FILE).exists():
-                emulator.down()
+                self.emulator(name).down()
         finally:
             # the agents end with their pnodes anyway: a control process that cannot be
             # told must not keep the reservation from being released
             with contextlib.suppress(OmnibedError, OSError):
-                emulator.forget()
+                ControlAgents(self.home / CONTROL_DIR, 0).forget(str(self.reservation_dir(name)))
 
     def gc(self) -> tuple[list[tuple[str, str]], list[tuple[str, OmnibedError]]]:
         """Release what is expired or whose owning process is gone.
@@ -427,7 +428,7 @@ class Omnibed:
         from omnibed.emulator.control import remove_stale_socket
 
         with contextlib.suppress(OmnibedError, OSError):
-            remove_stale_socket(self.home / "control")
+            remove_stale_socket(self.home / CONTROL_DIR)
 
     @staticmethod
     def _node(provider: Provider, reservation: Reservation, node_id: str) -> Node:

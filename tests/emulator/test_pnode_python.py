@@ -40,7 +40,8 @@ def _pnode_path(tmp_path: Path, python3: str | None) -> str:
 def test_pnode_without_a_usable_python_is_named(
     tmp_path: Path, python3: str | None, said: str, kept: bool
 ) -> None:
-    agents: Agents = ControlAgents(tmp_path / "control", idle=5) if kept else DirectAgents()
+    control = ControlAgents(tmp_path / "control", idle=5)
+    agents: Agents = control if kept else DirectAgents()
     keys = ssh.ensure_keypair(tmp_path / "keys")
     path = _pnode_path(tmp_path, python3)
     home = tmp_path / "home"  # no shell start-up file may change PATH
@@ -52,6 +53,6 @@ def test_pnode_without_a_usable_python_is_named(
                                  tmp_path / "known_hosts")
             with lease:
                 pass
-        agents.forget("scope")
+        control.forget("scope")  # ends the control process, if this test started one
     assert list(refused.value.missing) == ["pnode-7"]
     assert said in str(refused.value) and ">= 3.9" in str(refused.value)
