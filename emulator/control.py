@@ -43,6 +43,7 @@ SOCKET = "socket"
 LOCK = "lock"
 LOG = "log"
 HANDSHAKE_TIMEOUT = 120.0  # s to start an agent (SSH login, bundle upload) for one lease
+FORGET_TIMEOUT = 10.0  # s a release waits for a control process to close what it kept
 
 EndpointsOf = Callable[[Sequence[str]], Mapping[str, SSHEndpoint]]
 
@@ -168,7 +169,7 @@ class ControlAgents:
         fd = open_private_dir(self.directory)
         try:
             with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-                sock.settimeout(HANDSHAKE_TIMEOUT)
+                sock.settimeout(FORGET_TIMEOUT)
                 try:
                     sock.connect(_path(fd, SOCKET))
                 except (FileNotFoundError, ConnectionRefusedError):
