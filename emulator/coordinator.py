@@ -18,6 +18,7 @@ took until then. A failure at any step removes everything from every pnode.
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import secrets
 import threading
@@ -50,6 +51,14 @@ from .planner import (
     plan,
 )
 from .transport import AgentConnection, Agents, DirectAgents, for_each
+
+# (pnode, step, done, total): how far one pnode is in a step of `up`, e.g. ("p1",
+# "vnodes built", 3, 8) or ("p1", "MiB of image debian uploaded", 12, 40)
+PnodeCount = Callable[[str, str, int, int], None]
+
+
+def no_count(pnode: str, step: str, done: int, total: int) -> None:
+    """The default `count` callback: says nothing."""
 
 PLAN_FILE = "emulation.json"
 PROBE_TIMEOUT = 2.0
@@ -199,10 +208,12 @@ class Emulator:
         force: bool = False,
         install: bool = False,
         progress: Progress = no_progress,
+        count: PnodeCount = no_count,
     ) -> Plan:
         """Build `platform`; on any failure nothing is left on any pnode. `install`: the
         pnodes of container vnodes that lack runc get it from their package manager
-        before the preflight (which otherwise names them)."""
+        before the preflight (which otherwise names them). `progress` gets each step,
+        `count` each pnode's image bytes uploaded and vnodes built."""
         from . import vnode_ssh  # paramiko: only for what logs in
 
         started = time.monotonic()
@@ -235,7 +246,7 @@ class Emulator:
             known_hosts = self.access.known_hosts
             vnode_ssh.record_host_keys(known_hosts, the_plan)
             try:
-                self._build(sessions, the_plan, images, progress)
+                self._build(sessions, the_plan, images, progress, count)
             except BaseException as failure:
                 rollback = _errors(_on_all(sessions, ops.TEARDOWN, the_plan))
                 if not rollback:
@@ -272,11 +283,18 @@ class Emulator:
         the_plan: Plan,
         images: Mapping[str, ImageRef],
         progress: Progress,
+        count: PnodeCount,
     ) -> None:
         """Network, images, containers, SSH: raises (ApplyError, ...) at the first failure."""
         from . import vnode_ssh  # paramiko: only for what logs in
 
         boxes = {s.pnode: s for s in the_plan.states if s.containers}
+        vnodes = {s.pnode: sum(v.pnode == s.pnode for v in the_plan.vnodes)
+                  for s in the_plan.states}  # fmt: skip
+
+        def built(pnode: str) -> None:
+            count(pnode, "vnodes built", vnodes[pnode], vnodes[pnode])
+
         if boxes:
             progress("uploading images to the pnodes that lack them")
             by_sha = {ref.sha256: ref for ref in images.values()}
@@ -288,13 +306,22 @@ class Emulator:
                     lambda p, state: _upload(
                         sessions[p], endpoints[p], known_hosts,
                         [by_sha[sha] for sha in sorted({c.sha256 for c in state.containers})],
+                        lambda step, done, total: count(p, step, done, total),
                     ),
                 )
             )  # fmt: skip
             if failures:
                 raise ApplyError(failures, rolled_back=True)
         progress(f"building {len(the_plan.vnodes)} vnodes")
-        failures = _errors(_on_all(sessions, ops.APPLY, the_plan))
+        for pnode, total in vnodes.items():
+            count(pnode, "vnodes built", 0, total)
+
+        def apply(pnode: str, session: AgentConnection) -> None:
+            session.call(ops.APPLY, state=the_plan.state(pnode).to_json())
+            if pnode not in boxes:  # container vnodes are built once they run
+                built(pnode)
+
+        failures = _errors(for_each(sessions, apply))
         if failures:
             raise ApplyError(failures, rolled_back=True)
         if not boxes:
@@ -314,12 +341,11 @@ class Emulator:
                 str(self.access.key_file),
                 stop=stop,
             )  # fmt: skip
-            failures = _errors(
-                for_each(
-                    {p: sessions[p] for p in boxes},
-                    lambda p, s: s.call(ops.CONTAINERS_START, state=boxes[p].to_json()),
-                )
-            )
+            def start(pnode: str, session: AgentConnection) -> None:
+                session.call(ops.CONTAINERS_START, state=boxes[pnode].to_json())
+                built(pnode)
+
+            failures = _errors(for_each({p: sessions[p] for p in boxes}, start))
             if failures:
                 stop.set()
                 raise ApplyError(failures, rolled_back=True)
@@ -700,12 +726,21 @@ def _vnode_side(text: str) -> bool:
     return bool(colon) and "/" not in head and head != ""
 
 
+def _in_mib(count: Callable[[str, int, int], None], step: str, done: int, size: int) -> None:
+    """`count` of `step` with bytes `done` out of `size` in MiB (the total rounded up)."""
+    count(step, done >> 20, -(-size >> 20))
+
+
 def _upload(
-    session: AgentConnection, endpoint: SSHEndpoint, known_hosts: Path, refs: Sequence[ImageRef]
+    session: AgentConnection,
+    endpoint: SSHEndpoint,
+    known_hosts: Path,
+    refs: Sequence[ImageRef],
+    count: Callable[[str, int, int], None],
 ) -> list[str]:
     """Put each image of `refs` the pnode lacks into its root-only image directory, over
     SFTP as root (a partial name, renamed once whole; the agent checks its sha256 before
-    unpacking); the names of those uploaded."""
+    unpacking); the names of those uploaded. `count(step, MiB sent, MiB in all)` as it goes."""
     from omnibed.core import ssh  # paramiko: only for what logs in
 
     sent = []
@@ -716,7 +751,8 @@ def _upload(
         partial = f"{reply['path']}.partial-{secrets.token_hex(4)}"
         with ssh.open_sftp(endpoint, known_hosts) as sftp:
             try:
-                sftp.put(str(ref.path), partial)
+                step = f"MiB of image {ref.name} uploaded"
+                sftp.put(str(ref.path), partial, callback=functools.partial(_in_mib, count, step))
                 sftp.posix_rename(partial, reply["path"])
             except BaseException:
                 try:

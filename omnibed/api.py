@@ -24,7 +24,6 @@ from omnibed.core.errors import OmnibedError, ReleaseFailed, ReservationNotFound
 from omnibed.core.kit import check_options
 from omnibed.core.ledger import Entry, Ledger, omnibed_home, process_owner
 from omnibed.core.login import Login
-from omnibed.core.plugins import ProviderRegistry, load_providers
 from omnibed.core.provider import Progress, Provider, no_progress
 from omnibed.core.reservation_access import ReservationAccess
 from omnibed.core.timeutil import utcnow
@@ -40,6 +39,7 @@ from omnibed.core.types import (
 
 if TYPE_CHECKING:  # paramiko loads only for the commands that log in to nodes
     from omnibed.core import ssh
+    from omnibed.core.plugins import ProviderRegistry  # pluggy: only when a provider is used
     from omnibed.emulator.coordinator import Emulator
 
 CONTROL_DIR = "control"  # in the omnibed home: the control process's socket (0700)
@@ -67,6 +67,8 @@ class Omnibed:
     @cached_property
     def registry(self) -> ProviderRegistry:
         """The installed providers, found at first use (listing the ledger needs none)."""
+        from omnibed.core.plugins import load_providers
+
         return load_providers()
 
     # -- providers and paths ------------------------------------------------------------

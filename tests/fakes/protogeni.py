@@ -23,8 +23,10 @@ path): an HTTP error, a ProtoGENI error code (`code=`), a late answer, a dropped
 and expired credentials (`revoke`: from then on the authorities refuse the user credential
 with CHAPI code 1 and the aggregate refuses every slice credential with code 15, EXPIRED);
 `inject(method, am_code, output)` is the code fault in one call; `fail_next_sliver(message)`
-makes the next sliver end `failed`. Error answers carry `am_type`, `am_code` and
-`protogeni_error_url` as ProtoGENI's do (geni-lib reads all three). `live()` says which
+makes the next sliver end `failed`; `expire(slice_name)` makes time reach the sliver's
+expiration, after which the aggregate reaps it as ProtoGENI does (nodes freed,
+SEARCHFAILED). Error answers carry `am_type`, `am_code` and `protogeni_error_url` as
+ProtoGENI's do (geni-lib reads all three). `live()` says which
 slivers still hold nodes.
 SliverStatus gives the expiration as `pg_expires` (ProtoGENI's name; `geni_expires` is the
 AM API's). [unverified against a live AM] CreateImage returning `[image_urn, image_url]`.
@@ -230,6 +232,8 @@ class _Handler(SimpleXMLRPCRequestHandler):
             method = ""
         fake = self.server.fake
         fake.state.calls.append(method)
+        if self.path == AM_PATH:
+            fake._reap()
         fault = fake.faults.take(method, self.path)
         if fault is not None and fault.kind == "drop":
             drop_connection(self)
@@ -384,6 +388,28 @@ class FakeProtoGENI:
         with self.lock:
             return [f"sliver of {s.slice_name!r} ({s.status}, {len(s.node_slivers)} nodes)"
                     for s in self.state.slivers.values()]
+
+    def expire(self, slice_name: str, *, slice_too: bool = False) -> None:
+        """Time passes: the sliver of `slice_name` reaches its expiration (and, with
+        `slice_too`, so does its slice). The next aggregate call reaps it (see `_reap`)."""
+        with self.lock:
+            past = _now() - dt.timedelta(seconds=1)
+            self._sliver_by_name(slice_name).expires = past
+            if slice_too:
+                for slice_ in self.state.slices.values():
+                    if slice_.name == slice_name:
+                        slice_.expires = past
+
+    def _reap(self) -> None:
+        """Tear down every sliver past its expiration, as ProtoGENI's expire daemon does
+        (emulab-devel protogeni/scripts/expire_daemon): the nodes are freed and the
+        aggregate forgets the sliver, so that later calls on its slice answer SEARCHFAILED
+        (or EXPIRED once the slice credential has expired too)."""
+        with self.lock:
+            for urn, sliver in list(self.state.slivers.items()):
+                if sliver.expires <= _now():
+                    del self.state.slivers[urn]
+                    self._teardown(sliver)
 
     def fail_next_sliver(self, message: str) -> None:
         """The next sliver created ends `failed` with `message` instead of `ready`."""

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import time
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -177,3 +177,58 @@ def test_nodes_say_their_architecture_cluster_and_site(provider: Grid5000Provide
     assert {(n.arch, n.hardware, n.site) for n in provider.list_nodes(x86)} == {
         ("x86_64", "gros", "nancy")}
     provider.release(x86)
+
+
+def test_a_job_oar_has_not_placed_yet_is_not_over_before_it_starts(
+    provider: Grid5000Provider, fake: FakeGrid5000
+) -> None:
+    """Until OAR's first scheduling pass a job has no `scheduled_at` and `started_at` is 0:
+    its start is not known, but it is not its submission (a short job left unscheduled
+    longer than its walltime would look over, and `omnibed gc` would release it)."""
+    fake.step = 3.0  # the scheduling pass comes late
+    short = ReservationRequest(name="g5k-unplaced", nodes=1, duration=timedelta(seconds=1),
+                               extra={"poll": "0.05", "site": "nancy"})
+    provider.reserve(short)
+    time.sleep(1.5)
+    listed = provider.client.find_jobs("nancy", "g5k-unplaced", _convert.LIVE_STATES)
+    assert "scheduled_at" not in listed[0] and listed[0]["started_at"] == 0
+    asked = datetime.now(UTC).replace(microsecond=0)
+    found = provider.find("g5k-unplaced")
+    assert found is not None and found.state is ReservationState.WAITING
+    assert found.start >= asked and found.end > datetime.now(UTC)
+    provider.release(found)
+
+
+def test_a_queued_job_starts_when_oar_predicts_it(provider: Grid5000Provider,
+                                                  fake: FakeGrid5000) -> None:
+    """A job queued behind a running one is placed at that job's end (`scheduled_at`)."""
+    first = provider.wait(provider.reserve(ask("g5k-busy", 3, site="nancy", cluster="gros")),
+                          timeout=30)
+    second = provider.reserve(ask("g5k-queued", 3, site="nancy", cluster="gros"))
+    time.sleep(2 * fake.step)
+    queued = provider.find("g5k-queued")
+    assert queued is not None and queued.state is ReservationState.WAITING
+    assert abs(queued.start - first.end) < timedelta(seconds=2)
+    assert queued.end - queued.start == timedelta(hours=1)
+    provider.release(first)
+    provider.release(second)
+
+
+def test_an_advance_reservation_shows_its_start_and_an_ended_job_its_stop(
+    provider: Grid5000Provider, fake: FakeGrid5000
+) -> None:
+    start = (datetime.now(UTC) + timedelta(days=1)).replace(microsecond=0)
+    later = ReservationRequest(name="g5k-tomorrow", nodes=1, duration=timedelta(hours=1),
+                               start=start, extra={"poll": "0.05", "site": "nancy"})
+    reservation = provider.reserve(later)
+    found = provider.find("g5k-tomorrow")
+    assert found is not None and found.state is ReservationState.WAITING
+    assert (reservation.start, found.start, found.end) == (start, start,
+                                                           start + timedelta(hours=1))
+    provider.release(found)
+    ready = provider.wait(provider.reserve(ask("g5k-stopped", site="nancy")), timeout=30)
+    provider.release(ready)
+    ended = provider.client.job("nancy", ready.id)
+    assert ended is not None and "scheduled_at" not in ended
+    view = _convert.reservation(ended, "nancy")
+    assert view.end == _convert.from_epoch(ended["stopped_at"]) < ready.end
