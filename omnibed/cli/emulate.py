@@ -11,7 +11,6 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.table import Table
 
-from omnibed.api import Omnibed
 from omnibed.cli.common import (
     AsJson,
     Command,
@@ -19,6 +18,7 @@ from omnibed.cli.common import (
     Shell,
     _api,
     _argv,
+    _help_without_command,
     _print_json,
     _progress,
     _uninterruptible,
@@ -29,13 +29,15 @@ from omnibed.cli.remote_output import EXIT_STATUSES_HELP, Outcome, Streams, fini
 from omnibed.core.errors import UsageError
 
 if TYPE_CHECKING:
+    from omnibed.api import Omnibed
     from omnibed.emulator.agent.state import Shaping
     from omnibed.emulator.coordinator import Emulator
     from omnibed.emulator.model import Platform as PlatformSpec
 
 emulate_app = typer.Typer(
     help="Build a virtual platform (vnodes and vnetworks, Distem-style) on a reservation.",
-    no_args_is_help=True,
+    invoke_without_command=True,
+    callback=_help_without_command,
 )
 Platform = Annotated[Path, typer.Argument(help="Platform description (YAML), see examples/.")]
 
@@ -54,9 +56,7 @@ def _emulate_and_run(
 
 
 def _emulator(api: Omnibed, name: str) -> Emulator:
-    from omnibed.emulator.coordinator import Emulator
-
-    return Emulator(api.access(name))
+    return api.emulator(name)
 
 
 def _platform(platform_file: Path, pnodes: int | None = None) -> PlatformSpec:
@@ -94,7 +94,9 @@ def _emulate_up(
     emulator = _emulator(api, name)
     try:
         with _progress(f"building {label} on {name}") as progress:
-            built = emulator.up(platform, force=force, install=install, progress=progress)
+            built = emulator.up(
+                platform, force=force, install=install, progress=progress, count=progress.count
+            )
     except PlatformError as error:  # the plan does not fit the pnodes: name the file
         raise error if error.origin else error.located(label) from None
     out.print(built.summary(), highlight=False)

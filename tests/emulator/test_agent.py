@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import importlib.util
 import io
 import os
 import stat
@@ -31,8 +32,13 @@ AGENT = Path(agent_package.__file__).resolve().parent
 def test_bundle_carries_the_whole_agent_package() -> None:
     with zipfile.ZipFile(io.BytesIO(build().data)) as archive:
         carried = {name for name in archive.namelist() if name.startswith(f"{PACKAGE}/")}
-    assert carried == {f"{PACKAGE}/{path.name}" for path in AGENT.glob("*.py")}
-    assert f"{PACKAGE}/containers.py" in carried
+        sources = {f"{PACKAGE}/{path.name}" for path in AGENT.glob("*.py")}
+        assert carried == sources | {f"{name}c" for name in sources}
+        assert f"{PACKAGE}/containers.py" in carried
+        for name in sources:  # each module's bytecode is of its own source, for this python
+            source, compiled = archive.read(name), archive.read(f"{name}c")
+            assert compiled[:4] == importlib.util.MAGIC_NUMBER
+            assert compiled[8:16] == importlib.util.source_hash(source), name
 
 
 def test_bundle_is_deterministic_and_named_by_its_sha256() -> None:
