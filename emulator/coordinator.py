@@ -25,21 +25,19 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from omnibed.core import ssh
 from omnibed.core.errors import ApplyError, EmulatorError, PreflightError, UsageError
 from omnibed.core.kit import write_json
 from omnibed.core.provider import Progress, no_progress
 from omnibed.core.reservation_access import ReservationAccess
 from omnibed.core.types import Node, SSHEndpoint
 
-from . import vnode_ssh
 from .agent import ops
 from .agent.state import FROZEN, RUNNING, STOPPED, Route, Shaping, Viface
-from .bundle import build
 from .image_refs import ImageRef, resolve
 from .model import Platform, parse_loss, parse_rate, parse_time
 from .modes import PnodeFacts, ProbeResult, probe_targets
@@ -52,7 +50,7 @@ from .planner import (
     container_prefix,
     plan,
 )
-from .transport import AgentConnection, AgentSession, for_each
+from .transport import AgentConnection, Agents, DirectAgents, for_each
 
 # (pnode, step, done, total): how far one pnode is in a step of `up`, e.g. ("p1",
 # "vnodes built", 3, 8) or ("p1", "MiB of image debian uploaded", 12, 40)
@@ -64,6 +62,7 @@ def no_count(pnode: str, step: str, done: int, total: int) -> None:
 
 PLAN_FILE = "emulation.json"
 PROBE_TIMEOUT = 2.0
+T = TypeVar("T")
 # A TCP connection to the discard port: refused or accepted means the address answered.
 # Only python3 is sure to be on a pnode (no ping needed).
 _REACH = """
@@ -223,8 +222,10 @@ class Reachability:
 class Emulator:
     """The virtual platform of one reservation (`Omnibed.access(name)` gives `access`)."""
 
-    def __init__(self, access: ReservationAccess) -> None:
+    def __init__(self, access: ReservationAccess, agents: Agents | None = None) -> None:
+        """`agents`: where commands get their agents (default: each starts its own)."""
         self.access = access
+        self.agents: Agents = agents or DirectAgents()
         self.reservation = access.name
         self.plan_path = access.state_dir / PLAN_FILE
         # seconds from the start of the last `up` until its container vnodes ran and every
@@ -246,6 +247,8 @@ class Emulator:
         pnodes of container vnodes that lack runc get it from their package manager
         before the preflight (which otherwise names them). `progress` gets each step,
         `count` each pnode's image bytes uploaded and vnodes built."""
+        from . import vnode_ssh  # paramiko: only for what logs in
+
         started = time.monotonic()
         self.reachable_after = None
         if self.plan_path.exists():
@@ -260,7 +263,7 @@ class Emulator:
         nics = self.access.nics(nodes)
         facts = [PnodeFacts.from_node(node, nics[node.id]) for node in nodes]
         progress("starting the agent on every pnode")
-        with self._sessions(nodes) as sessions:
+        with self._sessions([node.id for node in nodes], nodes) as sessions:
             progress("probing whether the underlay passes foreign MACs")
             probe = _probe(sessions, facts)
             containers = self._containers(sessions, images) if images else None
@@ -293,6 +296,8 @@ class Emulator:
         self, sessions: Mapping[str, AgentConnection], images: Mapping[str, ImageRef]
     ) -> Containers:
         """What the planner needs for container vnodes, from each pnode's agent."""
+        from . import vnode_ssh  # paramiko: only for what logs in
+
         hello = for_each(sessions, lambda _, session: session.call(ops.HELLO))
         problems = {p: [str(r)] for p, r in hello.items() if isinstance(r, BaseException)}
         if problems:
@@ -314,6 +319,8 @@ class Emulator:
         count: PnodeCount,
     ) -> None:
         """Network, images, containers, SSH: raises (ApplyError, ...) at the first failure."""
+        from . import vnode_ssh  # paramiko: only for what logs in
+
         boxes = {s.pnode: s for s in the_plan.states if s.containers}
         vnodes = {s.pnode: sum(v.pnode == s.pnode for v in the_plan.vnodes)
                   for s in the_plan.states}  # fmt: skip
@@ -381,10 +388,12 @@ class Emulator:
 
     def down(self) -> list[str]:
         """Remove the platform from every pnode; idempotent; the vnodes that were removed."""
+        from . import vnode_ssh  # paramiko: only for what logs in
+
         the_plan = self.load()
         if the_plan is None:
             return []
-        with self._sessions() as sessions:
+        with self._sessions(the_plan.pnodes) as sessions:
             failures = _errors(_on_all(sessions, ops.TEARDOWN, the_plan))
         if failures:
             raise EmulatorError(
@@ -419,7 +428,7 @@ class Emulator:
         """Vnodes, their pnode and addresses, the mode of every vnetwork with its reason,
         each container vnode's state, and what each pnode has of the platform."""
         the_plan = self._require()
-        with self._sessions() as sessions:
+        with self._sessions(the_plan.pnodes) as sessions:
             present = _on_all(sessions, ops.STATUS, the_plan)
             boxed = {p: sessions[p] for p in sessions if the_plan.state(p).containers}
             running = for_each(
@@ -467,6 +476,8 @@ class Emulator:
     def ssh_command(self, vnode: str, command: str | None = None) -> list[str]:
         """The OpenSSH argv of a root login to container vnode `vnode` through its pnode,
         with its recorded host key; `command` (a shell string) runs instead of a shell."""
+        from . import vnode_ssh  # paramiko: only for what logs in
+
         the_plan = self._require()
         target = the_plan.vnode(vnode)
         if not target.ssh:
@@ -485,6 +496,10 @@ class Emulator:
     def copy(self, source: str, target: str) -> str:
         """Copy a file between here and an `ssh: true` vnode over SFTP through its pnode; one
         of `source` and `target` is `VNODE:PATH`. Returns the vnode's name."""
+        from omnibed.core import ssh  # paramiko: only for what logs in
+
+        from . import vnode_ssh
+
         the_plan = self._require()
         remote = [side for side in (source, target) if _vnode_side(side)]
         if len(remote) != 1:
@@ -519,7 +534,10 @@ class Emulator:
         return name
 
     def connectivity(self) -> list[Reachability]:
-        """Ping, in every vnetwork, from one vnode per pnode to one vnode on each other pnode."""
+        """Whether, in every vnetwork, one vnode per pnode reaches one vnode on the next
+        pnode, in a ring: each pnode sends once and is reached once, and the pnodes check
+        at the same time, so the check grows with neither the number of pnodes nor its
+        square."""
         the_plan = self._require()
         probes = []
         for network in the_plan.networks:
@@ -528,13 +546,15 @@ class Emulator:
                 for iface in vnode.ifaces:
                     if iface.network == network.name and vnode.pnode not in firsts:
                         firsts[vnode.pnode] = (vnode, iface.address.split("/")[0])
-            for src_pnode, (src, _) in firsts.items():
-                for dst_pnode, (dst, address) in firsts.items():
-                    if dst_pnode != src_pnode:
-                        probes.append((network.name, src, dst, address))
+            ring = list(firsts.values())
+            if len(ring) < 2:
+                continue
+            for index, (src, _) in enumerate(ring):
+                dst, address = ring[(index + 1) % len(ring)]
+                probes.append((network.name, src, dst, address))
+        reach = ["python3", "-I", "-S", "-c", _REACH]  # -S: no site, a quarter of the start
         results = self._run(  # the pnode's python3 in the vnode's netns: images may lack it
-            [(src, ["python3", "-I", "-c", _REACH, address]) for _, src, _, address in probes],
-            inside=False,
+            [(src, [*reach, address]) for _, src, _, address in probes], inside=False
         )
         return [
             Reachability(network, src.name, dst.name, ok=result.exit_status == 0)
@@ -556,8 +576,7 @@ class Emulator:
         by_pnode: dict[str, list[int]] = {}
         for index, (vnode, _) in enumerate(jobs):
             by_pnode.setdefault(vnode.pnode, []).append(index)
-        nodes = [node for node in self.access.nodes() if node.id in by_pnode]
-        with self._sessions(nodes) as sessions:
+        with self._sessions(list(by_pnode)) as sessions:
 
             def run_there(pnode: str, session: AgentConnection) -> list[VnodeResult]:
                 results = []
@@ -614,7 +633,7 @@ class Emulator:
         else:
             changed = replace(viface, input=shaping)
         pnode = the_plan.vnode(viface.vnode).pnode
-        with self._sessions(self._pnode(pnode)) as sessions:
+        with self._sessions([pnode]) as sessions:
             reply = sessions[pnode].call(ops.SHAPE, viface=asdict(changed), direction=direction)
         if reply["problems"]:
             raise PreflightError({pnode: reply["problems"]})
@@ -633,7 +652,7 @@ class Emulator:
                 f"vnode {vnode.name} is {run}, its interfaces down: "
                 f"`omnibed emulate {again} {self.reservation} {vnode.name}` first"
             )
-        with self._sessions(self._pnode(vnode.pnode)) as sessions:
+        with self._sessions([vnode.pnode]) as sessions:
             sessions[vnode.pnode].call(ops.LINK, netns=viface.netns, ifname=viface.ifname, up=up)
         self._save(_with_viface(the_plan, viface, replace(viface, up=up)))
 
@@ -681,8 +700,7 @@ class Emulator:
             by_pnode.setdefault(vnode.pnode, []).append(vnode)
         done: dict[str, str] = {}
         failures: dict[str, str] = {}
-        nodes = [node for node in self.access.nodes() if node.id in by_pnode]
-        with self._sessions(nodes) as sessions:
+        with self._sessions(list(by_pnode)) as sessions:
 
             def change_there(pnode: str, session: AgentConnection) -> None:
                 state = the_plan.state(pnode)
@@ -712,49 +730,19 @@ class Emulator:
             )
         return {v.name: done.get(v.name, runs[v.name]) for v in targets}
 
-    def _pnode(self, pnode: str) -> list[Node]:
-        """Node `pnode` of the reservation, as `_sessions` takes it."""
-        return [node for node in self.access.nodes() if node.id == pnode]
-
     # -- sessions ---------------------------------------------------------------------------
 
-    def _sessions(self, nodes: Sequence[Node] | None = None) -> _Sessions:
-        """Agents on `nodes` (default: every pnode of the reservation)."""
-        endpoints = self.access.root_endpoints(nodes)
-        return _Sessions(endpoints, self.access.known_hosts)
+    def _sessions(
+        self, pnodes: Sequence[str], nodes: Sequence[Node] | None = None
+    ) -> AbstractContextManager[dict[str, AgentConnection]]:
+        """One agent per pnode of `pnodes` (`nodes`: the reservation's, if already listed)."""
 
+        def endpoints_of(wanted: Sequence[str]) -> Mapping[str, SSHEndpoint]:
+            listed = self.access.nodes() if nodes is None else nodes
+            return self.access.root_endpoints([node for node in listed if node.id in wanted])
 
-class _Sessions:
-    """One agent per pnode, opened in parallel; a pnode that cannot run it is named."""
-
-    def __init__(self, endpoints: Mapping[str, SSHEndpoint], known_hosts: Path) -> None:
-        self.endpoints = endpoints
-        self.known_hosts = known_hosts
-        self.sessions: dict[str, AgentConnection] = {}
-
-    def __enter__(self) -> dict[str, AgentConnection]:
-        bundle = build()
-        opened = for_each(
-            self.endpoints,
-            lambda _, endpoint: AgentSession(endpoint, self.known_hosts, bundle=bundle),
-        )
-        problems = {}
-        for pnode, result in opened.items():
-            if isinstance(result, BaseException):
-                problems[pnode] = [str(result)]
-            else:
-                self.sessions[pnode] = result
-        if problems:
-            self.__exit__()
-            raise PreflightError(problems)
-        return self.sessions
-
-    def __exit__(self, *exc: object) -> None:
-        for session in self.sessions.values():
-            try:
-                session.close()
-            except Exception:  # closing a broken channel must not hide the real error
-                pass
+        scope = f"{self.access.state_dir}\0{self.access.reservation_id}"
+        return self.agents.lease(scope, pnodes, endpoints_of, self.access.known_hosts)
 
 
 def _viface(the_plan: Plan, where: str) -> Viface:
@@ -908,6 +896,8 @@ def _upload(
     """Put each image of `refs` the pnode lacks into its root-only image directory, over
     SFTP as root (a partial name, renamed once whole; the agent checks its sha256 before
     unpacking); the names of those uploaded. `count(step, MiB sent, MiB in all)` as it goes."""
+    from omnibed.core import ssh  # paramiko: only for what logs in
+
     sent = []
     for ref in refs:
         reply = session.call(ops.CONTAINERS_IMAGE, sha256=ref.sha256)
@@ -932,21 +922,36 @@ def _upload(
 def _probe(
     sessions: Mapping[str, AgentConnection], facts: list[PnodeFacts]
 ) -> dict[str, ProbeResult]:
-    """Each pnode with a candidate NIC listens while the next one sends it the two frames."""
+    """Each pnode with a candidate NIC listens while the next one in a ring sends it the two
+    frames: every pnode listens, then every one sends, then every one collects, each step on
+    all pnodes at once, so the probe takes one collect timeout at most whatever their number."""
     targets = probe_targets(facts)
     pnodes = [f.id for f in facts if f.id in targets]
     if len(pnodes) < 2:
         return {}
-    results = {}
-    for index, receiver in enumerate(pnodes):
-        sender = pnodes[(index + 1) % len(pnodes)]
-        nonce = secrets.token_hex(8)
-        mac = sessions[receiver].call(ops.PROBE_LISTEN, nic=targets[receiver], nonce=nonce)["mac"]
-        sessions[sender].call(ops.PROBE_SEND, nic=targets[sender], peer_mac=mac, nonce=nonce)
-        arrived = sessions[receiver].call(ops.PROBE_COLLECT, nonce=nonce, timeout=PROBE_TIMEOUT)
-        results[receiver] = ProbeResult(
-            foreign_src_ok="src" in arrived["arrived"],
-            foreign_dst_ok="dst" in arrived["arrived"],
-            nic=targets[receiver],
+    nonces = {pnode: secrets.token_hex(8) for pnode in pnodes}
+    receiver_of = {pnodes[(i + 1) % len(pnodes)]: pnode for i, pnode in enumerate(pnodes)}
+    probed = {pnode: sessions[pnode] for pnode in pnodes}
+    macs = _all_or_raise(for_each(probed, lambda p, s: s.call(
+        ops.PROBE_LISTEN, nic=targets[p], nonce=nonces[p])["mac"]))
+    _all_or_raise(for_each(probed, lambda p, s: s.call(
+        ops.PROBE_SEND, nic=targets[p], peer_mac=macs[receiver_of[p]],
+        nonce=nonces[receiver_of[p]])))
+    arrived = _all_or_raise(for_each(probed, lambda p, s: s.call(
+        ops.PROBE_COLLECT, nonce=nonces[p], timeout=PROBE_TIMEOUT)["arrived"]))  # fmt: skip
+    return {
+        pnode: ProbeResult(
+            foreign_src_ok="src" in arrived[pnode],
+            foreign_dst_ok="dst" in arrived[pnode],
+            nic=targets[pnode],
         )
-    return results
+        for pnode in pnodes
+    }
+
+
+def _all_or_raise(outcome: Mapping[str, T | BaseException]) -> dict[str, T]:
+    """`outcome` of `for_each` if nothing failed; else the first failure is raised."""
+    for result in outcome.values():
+        if isinstance(result, BaseException):
+            raise result
+    return dict(outcome)  # type: ignore[arg-type]

@@ -56,9 +56,7 @@ def _emulate_and_run(
 
 
 def _emulator(api: Omnibed, name: str) -> Emulator:
-    from omnibed.emulator.coordinator import Emulator
-
-    return Emulator(api.access(name))
+    return api.emulator(name)
 
 
 def _platform(platform_file: Path, pnodes: int | None = None) -> PlatformSpec:

@@ -587,7 +587,8 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 def _load_reference(copies: int) -> dict[str, dict[str, dict[str, dict[str, Any]]]]:
-    """{site: {cluster: {host: record}}} from the fixture records, each cloned `copies` times."""
+    """{site: {cluster: {host: record}}} from the fixture records, each cloned `copies` times
+    (the first clone is the file's node, MACs included)."""
     reference: dict[str, dict[str, dict[str, dict[str, Any]]]] = {}
     for path in sorted(FIXTURES.glob("*-1.json")):
         record = json.loads(path.read_text())
@@ -599,9 +600,10 @@ def _load_reference(copies: int) -> dict[str, dict[str, dict[str, dict[str, Any]
             clone = json.loads(json.dumps(record).replace(f'{host}"', f'{cluster}-{index}"')
                                .replace(f"{host}.", f"{cluster}-{index}.")
                                .replace(f"{host}-", f"{cluster}-{index}-"))
-            for adapter in clone["network_adapters"]:  # each clone its own MACs
+            for adapter in clone["network_adapters"]:  # the file's MACs, then each its own
                 mac = adapter["mac"].split(":")
-                adapter["mac"] = ":".join([*mac[:4], f"{index:02x}", mac[5]])
+                mac[4] = f"{(int(mac[4], 16) + index - 1) % 256:02x}"
+                adapter["mac"] = ":".join(mac)
             reference.setdefault(site, {}).setdefault(cluster, {})[f"{cluster}-{index}"] = clone
     return reference
 

@@ -100,6 +100,20 @@ def test_blazarclient_is_refused_as_blazar_refuses(blazar) -> None:
     assert twice.value.kwargs["code"] == 409
 
 
+def test_blazarclient_cannot_defer_a_lease_that_has_started(blazar, cloud: FakeOpenStack
+                                                           ) -> None:
+    lease = blazar.lease.create("started", _later(1), _later(3), _hosts(), [])
+    an_hour_ago = datetime.now(UTC).replace(tzinfo=None, microsecond=0) - timedelta(hours=1)
+    cloud.state.leases[lease["id"]]["start_date"] = an_hour_ago.isoformat(timespec="microseconds")
+    with pytest.raises(blazar_exception.BlazarClientException) as deferred:
+        blazar.lease.update(lease["id"], defer_by="1h")
+    assert deferred.value.kwargs["code"] == 403
+    longer = blazar.lease.update(lease["id"], prolong_for="1h")  # its end may still move
+    assert datetime.fromisoformat(longer["end_date"]) - datetime.fromisoformat(
+        lease["end_date"]) == timedelta(hours=1)
+    blazar.lease.delete(lease["id"])
+
+
 def test_lease_bodies_are_shaped_as_blazar_writes_them(blazar, cloud: FakeOpenStack) -> None:
     start, end = _later(2), _later(5)
     made = blazar.lease.create("shaped", start, end, _hosts(), [])
