@@ -6,7 +6,8 @@ Each stdin line is a request {"op": NAME, ...}; each gets exactly one stdout lin
   hello                                   -> python, pyroute2 versions, pid, euid
   preflight {state}                       -> problems: [sentence, ...] (nothing changed)
   apply {state}                           -> created_namespaces, created_links; on failure
-                                             also object and rolled_back
+                                             also object and rolled_back (then forwarding
+                                             and routes: vroutes.py)
   teardown {state}                        -> removed_namespaces (idempotent)
   status {state}                          -> namespaces, links, group_links, complete, absent
   probe-listen {nic, nonce}               -> mac (the listener keeps listening)
@@ -39,7 +40,12 @@ Each stdin line is a request {"op": NAME, ...}; each gets exactly one stdout lin
                                              actions, log}]
   timeline-cancel {instance, id?}         -> cancelled: the ids of the runners stopped
 
-teardown stops the instance's timelines, then removes its containers, then its network.
+  vnode-run {action, container, vifaces}  -> run: the vnode's run state after action (stop,
+                                             start, freeze, thaw; lifecycle.py); container
+                                             is its ContainerSpec, null for a netns only
+
+teardown stops the instance's timelines, then removes its containers (frozen ones too:
+runc thaws them to kill them), then its network.
 """
 
 from __future__ import annotations
@@ -70,11 +76,12 @@ TIMELINE_PREPARE = "timeline-prepare"
 TIMELINE_GO = "timeline-go"
 TIMELINE_STATUS = "timeline-status"
 TIMELINE_CANCEL = "timeline-cancel"
+VNODE_RUN = "vnode-run"
 
 ALL = (
     HELLO, PREFLIGHT, APPLY, TEARDOWN, STATUS, PROBE_LISTEN, PROBE_SEND, PROBE_COLLECT, EXEC,
     CONTAINERS_PREFLIGHT, CONTAINERS_INSTALL, CONTAINERS_IMAGE, CONTAINERS_START, CONTAINERS_STATUS,
-    CONTAINERS_EXEC, CONTAINERS_REMOVE, SHAPE, LINK, TIMELINE_PREPARE, TIMELINE_GO,
+    CONTAINERS_EXEC, CONTAINERS_REMOVE, SHAPE, LINK, VNODE_RUN, TIMELINE_PREPARE, TIMELINE_GO,
     TIMELINE_STATUS, TIMELINE_CANCEL,
 )  # fmt: skip
 
