@@ -16,8 +16,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.markup import escape
-from rich.table import Table
 
 from omnibed.cli.common import (
     AsJson,
@@ -32,6 +30,7 @@ from omnibed.cli.common import (
     _progress,
     _uninterruptible,
     err,
+    escape,
     out,
 )
 from omnibed.cli.emulate import _emulate_and_run, _platform, emulate_app
@@ -173,16 +172,19 @@ def providers(
     if as_json:
         _print_json({"providers": rows, "errors": [str(e) for e in registry.errors]})
         return
+    from rich.table import Table
+
     for row in rows:  # one block per testbed, so that every name fits 80 columns whole
         facts = Table.grid(padding=(0, 2))
         facts.add_column(no_wrap=True)
         facts.add_column()
         for what in ("verbs", "capabilities", "options"):
             facts.add_row(f"  {what}", ", ".join(row[what]) or "-")
-        out.print(f"[bold]{escape(row['name'])}[/]  from {escape(row['source'])}", highlight=False)
-        out.print(facts, highlight=False)
+        title = f"[bold]{escape(row['name'])}[/]  from {escape(row['source'])}"
+        out().print(title, highlight=False)
+        out().print(facts, highlight=False)
     for error in registry.errors:
-        err.print(f"[yellow]warning:[/] {error}")
+        err().print(f"[yellow]warning:[/] {error}")
 
 
 def _provider_row(registry: ProviderRegistry, name: str) -> dict[str, Any]:
@@ -226,16 +228,16 @@ def doctor(testbed: Annotated[str | None, typer.Option("--testbed", "-t")] = Non
     bad = 0
     for name in names:
         provider_class = api.registry.get(name)
-        out.print(f"[bold]{name}[/]")
+        out().print(f"[bold]{name}[/]")
         for check in provider_class.doctor(api.home / "providers" / name):
             mark = "[green]ok[/]  " if check.ok else "[red]missing[/]"
-            out.print(f"  {mark} {check.what}" + (f": {check.detail}" if check.detail else ""))
+            out().print(f"  {mark} {check.what}" + (f": {check.detail}" if check.detail else ""))
             if not check.ok:
                 bad += 1
                 if check.fix:
-                    out.print(f"          fix: {check.fix}")
+                    out().print(f"          fix: {check.fix}")
     for error in api.registry.errors:
-        out.print(f"[red]plugin error[/] {error}")
+        out().print(f"[red]plugin error[/] {error}")
     raise typer.Exit(1 if bad and testbed else 0)
 
 
@@ -287,7 +289,7 @@ def _release_if_reserved(
             request.name, provider=entry.testbed, cause=cause, error=error
         ) from error
     if released:
-        err.print(f"released {request.name}")
+        err().print(f"released {request.name}")
 
 
 @app.command()
@@ -315,14 +317,14 @@ def reserve(
             _release_if_reserved(api, request, error)
             raise
     api.ledger.set_owner(request.name, None, token=request.token)  # kept until `release`
-    out.print(request.name)
+    out().print(request.name)
 
 
 def _warn_unreadable(entries: list[Entry]) -> None:
     """One warning line per ledger row that cannot be read whole."""
     for e in entries:
         if e.problem:
-            err.print(
+            err().print(
                 f"[yellow]warning:[/] ledger row {escape(repr(e.name))} cannot be read"
                 f" ({escape(e.problem)}): `omnibed release {escape(e.name)}` releases it"
                 f" by name on {escape(e.testbed)}",
@@ -339,12 +341,14 @@ def list_reservations(as_json: AsJson = False) -> None:
     if as_json:
         _print_json([e.to_json() for e in entries])
         return
+    from rich.table import Table
+
     table = Table("name", "testbed", "state", "end (UTC)", "id")
     for e in entries:
         made = e.reservation
         end, made_id = (made.end.isoformat(), made.id) if made else ("-", "-")
         table.add_row(e.name, e.testbed, e.state.value, end, made_id)
-    out.print(table)
+    out().print(table)
 
 
 @app.command()
@@ -354,11 +358,13 @@ def nodes(name: Name, as_json: AsJson = False) -> None:
     if as_json:
         _print_json([n.to_json() for n in found])
         return
+    from rich.table import Table
+
     table = Table("id", "hostname", "addresses", "ssh")
     for n in found:
         via = " via " + ", ".join(j.label() for j in n.ssh.jumps) if n.ssh.jumps else ""
         table.add_row(n.id, n.hostname, " ".join(n.addresses), n.ssh.label() + via)
-    out.print(table)
+    out().print(table)
 
 
 @app.command()
@@ -368,6 +374,8 @@ def nics(name: Name, as_json: AsJson = False) -> None:
     if as_json:
         _print_json({node: [nic.to_json() for nic in nics] for node, nics in by_node.items()})
         return
+    from rich.table import Table
+
     table = Table("node", "nic", "role", "mac", "mtu", "foreign MACs", "multicast")
     for node, node_nics in by_node.items():
         for nic in node_nics:
@@ -380,7 +388,7 @@ def nics(name: Name, as_json: AsJson = False) -> None:
                 nic.foreign_mac.value,
                 nic.multicast.value,
             )
-    out.print(table)
+    out().print(table)
 
 
 def _run_and_report(api: Omnibed, name: str, argv: list[str], *, as_json: bool = False) -> int:
@@ -439,7 +447,7 @@ def snapshot(
     """Save a node's disk as an image; reserve from it later with `-o image=IMAGE`."""
     with _progress(f"snapshotting {node}"):
         created = _api().snapshot(name, node, image)
-    out.print(created)
+    out().print(created)
 
 
 @app.command()
@@ -453,7 +461,7 @@ def extend(
 
     new_end = max(reservation.end, utcnow()) + _walltime(by)
     granted = api.extend(name, new_end)
-    out.print(granted.end.isoformat())
+    out().print(granted.end.isoformat())
 
 
 @app.command()
@@ -464,7 +472,7 @@ def release(name: Name) -> None:
         raise UsageError(f"no reservation called {name!r}: see `omnibed ls`")
     with _uninterruptible(), _progress(f"releasing {name}"):
         api.release(name)
-    out.print(f"released {name}")
+    out().print(f"released {name}")
 
 
 @app.command()
@@ -478,12 +486,12 @@ def gc() -> None:
     with _uninterruptible():
         released, failed = api.gc()
     for name, why in released:
-        out.print(f"released {name} ({why})")
+        out().print(f"released {name} ({why})")
     if not released and not failed:
-        out.print("nothing to release")
+        out().print("nothing to release")
     _warn_unreadable(api.ledger.entries())
     for name, error in failed:
-        err.print(
+        err().print(
             f"[bold red]error:[/] {escape(name)} is still live: {escape(str(error))};"
             " `omnibed gc` again later",
             highlight=False, soft_wrap=True,
@@ -533,7 +541,7 @@ def reserve_and_run(
             if not keep:
                 _release_if_reserved(api, request, sys.exc_info()[1])
             elif api.ledger.set_owner(request.name, None, token=request.token):
-                err.print(f"kept {request.name}: `omnibed release {request.name}` when done")
+                err().print(f"kept {request.name}: `omnibed release {request.name}` when done")
     raise typer.Exit(status)
 
 

@@ -3,6 +3,7 @@ progress."""
 
 from __future__ import annotations
 
+import functools
 import json
 import signal
 import sys
@@ -11,18 +12,38 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
-from rich.console import Console
-from rich.markup import escape
 
 from omnibed.core.errors import UsageError
 
 if TYPE_CHECKING:  # loaded by the commands that use them, not by `--help`
+    from rich.console import Console
     from rich.progress import TaskID
 
     from omnibed.api import Omnibed
 
-out = Console()
-err = Console(stderr=True)
+
+@functools.cache
+def out() -> Console:
+    """The rich console on stdout, made at first use: a command whose output is the remote
+    command's own bytes or JSON (`emulate exec` of one vnode, `--json`) never loads rich."""
+    from rich.console import Console
+
+    return Console()
+
+
+@functools.cache
+def err() -> Console:
+    """The rich console on stderr, made at first use (see :func:`out`)."""
+    from rich.console import Console
+
+    return Console(stderr=True)
+
+
+def escape(text: str) -> str:
+    """`text` shown as it is in rich markup (a name may hold [brackets])."""
+    from rich.markup import escape as rich_escape
+
+    return rich_escape(text)
 
 Name = Annotated[str, typer.Argument(help="Reservation name, as `omnibed ls` shows it.")]
 AsJson = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
@@ -45,7 +66,7 @@ Shell = Annotated[
 
 
 def _fail(message: str, code: int) -> NoReturn:
-    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+    err().print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     raise SystemExit(code)
 
 
@@ -79,7 +100,7 @@ class Display:
         self.what = escape(what)  # a file name may hold [brackets]: no rich markup
         self.live = Progress(
             SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
-            console=err, transient=True, disable=not (err.is_terminal and sys.stdout.isatty()),
+            console=err(), transient=True, disable=not (err().is_terminal and sys.stdout.isatty()),
         )  # fmt: skip
         self.task = self.live.add_task(self.what, total=None)
         self.rows: dict[str, TaskID] = {}

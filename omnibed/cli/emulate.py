@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.table import Table
 
 from omnibed.cli import timeline
 from omnibed.cli.common import (
@@ -100,17 +99,17 @@ def _emulate_up(
             )
     except PlatformError as error:  # the plan does not fit the pnodes: name the file
         raise error if error.origin else error.located(label) from None
-    out.print(built.summary(), highlight=False)
+    out().print(built.summary(), highlight=False)
     if emulator.scheduled is not None:
         timeline.scheduled_line(emulator.scheduled, name)
     if emulator.reachable_after is not None:
-        out.print(f"vnodes reachable in {emulator.reachable_after:.1f} s", highlight=False)
+        out().print(f"vnodes reachable in {emulator.reachable_after:.1f} s", highlight=False)
     if len(built.pnodes) > 1:
         with _progress("checking connectivity between pnodes"):
             checks = emulator.connectivity()
         for check in checks:
             verdict = "[green]reachable[/]" if check.ok else "[red]unreachable[/]"
-            out.print(f"{check.network}: {check.source} -> {check.target} {verdict}")
+            out().print(f"{check.network}: {check.source} -> {check.target} {verdict}")
 
 
 def _exec_and_report(
@@ -164,13 +163,15 @@ def emulate_status(
         _print_json(status.to_json())
         return
     for network in status.networks:
-        out.print(
+        out().print(
             f"[bold]{network.name}[/] {network.cidr}: {network.mode}"
             f" (MTU {network.mtu}) - {network.reason}",
             highlight=False,
         )
     boxes = any(vnode.container for vnode in status.vnodes)
     columns = ("image", "state", "limits", "OOM kills") if boxes else ()
+    from rich.table import Table
+
     table = Table("vnode", "pnode", "addresses", "run", *columns)
     links = Table("interface", "link", "output (vnode -> network)", "input (network -> vnode)")
     for vnode in status.vnodes:
@@ -186,9 +187,9 @@ def emulate_status(
                     link = f"[red]down[/] ({run})"  # held down whatever was set
                 shaped = (_shaping_text(viface.output), _shaping_text(viface.input))
                 links.add_row(f"{vnode.name}.{iface.name}", link, *shaped)
-    out.print(table)
+    out().print(table)
     if links.row_count:
-        out.print(links)
+        out().print(links)
     routes = Table("vnode", "routes")
     for vnode in status.vnodes:
         through = ", ".join(f"{r.to} via {r.via}" for r in status.routes.get(vnode.name, ()))
@@ -196,11 +197,11 @@ def emulate_status(
             forwards = " (forwards)" if vnode.name in status.forwarding else ""
             routes.add_row(f"{vnode.name}{forwards}", through or "-")
     if routes.row_count:
-        out.print(routes)
+        out().print(routes)
     for pnode, state in status.pnodes.items():
         problem = state.problem()
         if problem is not None:
-            err.print(f"[yellow]warning:[/] {pnode}: {problem}")
+            err().print(f"[yellow]warning:[/] {pnode}: {problem}")
 
 
 _RUN_STYLE = {"stopped": "[red]stopped[/]", "frozen": "[blue]frozen[/]"}
@@ -300,7 +301,7 @@ def emulate_down(name: Name) -> None:
     """Remove the platform from every pnode (the reservation stays)."""
     with _uninterruptible(), _progress(f"tearing down the platform of {name}"):
         removed = _emulator(_api(), name).down()
-    out.print(f"removed {len(removed)} vnodes" if removed else "no platform to remove")
+    out().print(f"removed {len(removed)} vnodes" if removed else "no platform to remove")
 
 
 def _container_cells(box: dict[str, Any] | None) -> list[str]:
@@ -340,7 +341,7 @@ def emulate_cp(
     """Copy a file to or from an `ssh: true` vnode: `omnibed emulate cp NAME LOCAL VNODE:PATH`
     or `omnibed emulate cp NAME VNODE:PATH LOCAL` (SFTP through its pnode)."""
     vnode = _emulator(_api(), name).copy(source, target)
-    out.print(f"copied {source} -> {target} ({vnode})", highlight=False)
+    out().print(f"copied {source} -> {target} ({vnode})", highlight=False)
 
 
 @emulate_app.command("set")
@@ -361,7 +362,7 @@ def emulate_set(
             raise UsageError(f"property {pair!r} is not KEY=VALUE (e.g. rate=10mbit)")
         changes[key] = None if value == "none" else value
     shaping = _emulator(_api(), name).set(target, changes)
-    out.print(f"{target}: {_shaping_text(shaping)}", highlight=False)
+    out().print(f"{target}: {_shaping_text(shaping)}", highlight=False)
 
 
 _RATE_UNIT = {"tbit": 10**12, "gbit": 10**9, "mbit": 10**6, "kbit": 10**3, "bit": 1}
@@ -395,7 +396,7 @@ def emulate_link(
     if state not in ("up", "down"):
         raise UsageError(f"link state {state!r} is neither up nor down")
     _emulator(_api(), name).link(target, up=state == "up")
-    out.print(f"{target}: {state}", highlight=False)
+    out().print(f"{target}: {state}", highlight=False)
 
 
 Vnodes = Annotated[list[str], typer.Argument(help="Vnode names.")]
@@ -405,7 +406,7 @@ def _change_run(name: str, action: str, vnodes: list[str]) -> None:
     emulator = _emulator(_api(), name)
     runs = getattr(emulator, action)(vnodes)
     for vnode, run in runs.items():
-        out.print(f"{vnode}: {run}", highlight=False)
+        out().print(f"{vnode}: {run}", highlight=False)
 
 
 @emulate_app.command("stop")

@@ -9,7 +9,6 @@ import json
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
 from omnibed.cli.common import _help_without_command, _progress, out
 from omnibed.emulator import images
@@ -39,7 +38,7 @@ def image_build(
     what = f"building image {name} ({suite}, {arch or images.host_arch()})"
     with _progress(what) as progress:
         image = images.build(name, wanted, suite, arch, progress=progress)
-    out.print(
+    out().print(
         f"image {image.name}: sha256 {image.sha256}, {image.size / 2**20:.0f} MiB, {image.path}",
         highlight=False,
         soft_wrap=True,
@@ -55,6 +54,8 @@ def image_ls(
     if as_json:
         print(json.dumps([images.as_dict(image) for image in cached], indent=2))
         return
+    from rich.table import Table
+
     table = Table("name", "sha256", "arch", "suite", "MiB", "packages")
     for image in cached:
         table.add_row(
@@ -65,11 +66,11 @@ def image_ls(
             f"{image.size / 2**20:.0f}",
             ",".join(image.packages),
         )
-    out.print(table)
+    out().print(table)
 
 
 @image_app.command("rm")
 def image_rm(name: ImageName) -> None:
     """Remove an image from the cache."""
     image = images.remove(name)
-    out.print(f"removed image {image.name} ({image.sha256[:16]})", highlight=False)
+    out().print(f"removed image {image.name} ({image.sha256[:16]})", highlight=False)

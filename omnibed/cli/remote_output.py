@@ -109,5 +109,5 @@ def _print_exit_table(kind: str, statuses: dict[str, int]) -> None:
     table = Table(kind, "exit status", title=f"{len(statuses) - failed}/{len(statuses)} succeeded")
     for who, status in statuses.items():
         table.add_row(who, f"[{'green' if status == 0 else 'red'}]{status}[/]")
-    err.print(table)
+    err().print(table)
 

@@ -7,8 +7,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from rich.table import Table
-
 from omnibed.cli.common import _print_json, _progress, out
 from omnibed.core.errors import UsageError
 
@@ -32,7 +30,7 @@ def schedule_file(emulator: Emulator, timeline_file: Path) -> None:
 
 def scheduled_line(scheduled: Schedule, name: str) -> None:
     count = sum(scheduled.actions.values())
-    out.print(
+    out().print(
         f"timeline {scheduled.id}: {count} actions on {len(scheduled.actions)} pnodes from "
         f"{_clock(scheduled.start)} UTC; `omnibed emulate status {name} --events` shows them",
         highlight=False,
@@ -42,7 +40,7 @@ def scheduled_line(scheduled: Schedule, name: str) -> None:
 def cancel(emulator: Emulator) -> None:
     with _progress("stopping the timelines"):
         stopped = emulator.cancel_events()
-    out.print(f"cancelled {stopped} running timelines" if stopped else "no timeline was running")
+    out().print(f"cancelled {stopped} running timelines" if stopped else "no timeline was running")
 
 
 def show_records(emulator: Emulator, as_json: bool) -> None:
@@ -52,8 +50,10 @@ def show_records(emulator: Emulator, as_json: bool) -> None:
         _print_json([_json(record) for record in records])
         return
     if not records:
-        out.print("no timeline ran on this platform")
+        out().print("no timeline ran on this platform")
         return
+    from rich.table import Table
+
     table = Table("planned", "actual", "late (ms)", "pnode", "event", "from", "outcome")
     for record in records:
         late = record.lateness_ms
@@ -66,7 +66,7 @@ def show_records(emulator: Emulator, as_json: bool) -> None:
             record.where,
             record.outcome,
         )
-    out.print(table)
+    out().print(table)
 
 
 def _clock(epoch: float) -> str:
