@@ -13,11 +13,17 @@ run), and, for each omnibed command, whether it loaded paramiko, openstacksdk, t
 client, the emulator, pluggy or omnibed's API (each should load only for the commands that
 use it).
 
-Run: `.venv/bin/python bench/cli_startup.py [N]` (default 15). Prints figures. Not a test.
+`--omnibed PATH` (repeatable) adds the same omnibed rows for other installations, in the same
+turns: the code before a change, a regular (non-editable) `pip install .` beside this
+editable one, or another Typer. Each row names its installation by its bin directory.
+
+Run: `.venv/bin/python bench/cli_startup.py [N] [--omnibed PATH ...]` (default 15). Prints
+figures. Not a test.
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import resource
 import statistics
@@ -69,14 +75,18 @@ def timed(
     return seconds
 
 
-def loaded(args: list[str], env: dict[str, str]) -> str:
-    done = subprocess.run([sys.executable, "-c", LOADED, *args], env=env,
+def loaded(python: str, args: list[str], env: dict[str, str]) -> str:
+    done = subprocess.run([python, "-c", LOADED, *args], env=env,
                           capture_output=True, text=True, check=False)
     return done.stderr.strip().splitlines()[-1] if done.stderr.strip() else "?"
 
 
 def main() -> None:
-    runs = int(sys.argv[1]) if len(sys.argv) > 1 else 15
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("runs", type=int, nargs="?", default=15)
+    parser.add_argument("--omnibed", action="append", default=[], help="another installation")
+    options = parser.parse_args()
+    runs, installs = options.runs, [OMNIBED, *options.omnibed]
     with tempfile.TemporaryDirectory() as home:
         env = {**os.environ, "OMNIBED_HOME": home}
         typer_app = Path(home) / "typer_app.py"
@@ -86,19 +96,28 @@ def main() -> None:
             ("python -c 'import typer'", [sys.executable, "-c", "import typer"], None),
             ("typer app --help", [sys.executable, str(typer_app), "--help"], None),
             ("typer app ls", [sys.executable, str(typer_app), "ls"], None),
-            *((f"omnibed {' '.join(args)}", [OMNIBED, *args], args)
+            *((_label(omnibed, args), [omnibed, *args], args)
+              for omnibed in installs
               for args in (["--help"], ["--version"], ["ls"], ["providers"])),
         ]
         load = os.getloadavg()[0]
         seconds = timed([argv for _, argv, _ in rows], env, runs)
         print(f"load average {load:.1f} before, {os.getloadavg()[0]:.1f} after")
-        print(f"{'command':28} {'wall best':>9} {'median':>7} {'CPU best':>9} {'median':>7}"
+        width = max(len(label) for label, _, _ in rows)
+        print(f"{'command':{width}} {'wall best':>9} {'median':>7} {'CPU best':>9} {'median':>7}"
               "  heavy modules loaded")
-        for (label, _, args), taken in zip(rows, seconds, strict=True):
-            heavy = loaded(args, env) if args is not None else ""
+        for (label, argv, args), taken in zip(rows, seconds, strict=True):
+            python = str(Path(argv[0]).with_name("python"))
+            heavy = loaded(python, args, env) if args is not None else ""
             wall, cpu = [t[0] for t in taken], [t[1] for t in taken]
-            print(f"{label:28} {min(wall):9.3f} {statistics.median(wall):7.3f}"
+            print(f"{label:{width}} {min(wall):9.3f} {statistics.median(wall):7.3f}"
                   f" {min(cpu):9.3f} {statistics.median(cpu):7.3f}  {heavy}")
+
+
+def _label(omnibed: str, args: list[str]) -> str:
+    """`omnibed --help`, or `omnibed --help (/tmp/venv/bin)` for another installation."""
+    where = "" if omnibed == OMNIBED else f" ({Path(omnibed).parent})"
+    return f"omnibed {' '.join(args)}{where}"
 
 
 if __name__ == "__main__":
