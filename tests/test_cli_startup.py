@@ -58,6 +58,7 @@ def test_command_loads_no_ssh_sdk_nor_emulator(tmp_path: Path, args: list[str]) 
         (["--version"], ("omnibed.api", "omnibed.core.ledger", "pluggy")),
         (["emulate", "--help"], ("omnibed.api", "pluggy")),
         (["ls"], ("pluggy", "omnibed.core.plugins")),
+        (["ls", "--json"], ("pluggy", "omnibed.core.plugins", "rich.console", "rich.table")),
     ],
 )
 def test_help_loads_no_api_and_ls_no_plugin_manager(
