@@ -76,7 +76,9 @@ def timed(
 
 
 def loaded(python: str, args: list[str], env: dict[str, str]) -> str:
-    done = subprocess.run([python, "-c", LOADED, *args], env=env,
+    """The heavy modules `omnibed ARGS` of `python`'s installation loads; run from the empty
+    home, not from a checkout whose omnibed/ would be imported instead of the installed one."""
+    done = subprocess.run([python, "-c", LOADED, *args], env=env, cwd=env["OMNIBED_HOME"],
                           capture_output=True, text=True, check=False)
     return done.stderr.strip().splitlines()[-1] if done.stderr.strip() else "?"
 
