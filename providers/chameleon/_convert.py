@@ -68,6 +68,20 @@ def host_reservation_id(lease: dict) -> str:
     raise ValueError(f"lease {lease.get('id')} has no physical:host reservation")
 
 
+def host_arch(host: dict) -> str:
+    """The CPU architecture of a Blazar host: Chameleon's `architecture.platform_type` extra
+    capability (from its resource registry), else the `arch` of the Nova `cpu_info` Blazar
+    copied (libvirt hosts; Ironic gives none); "" if neither says."""
+    arch = host.get("architecture.platform_type")
+    if arch:
+        return str(arch)
+    try:
+        cpu_info = json.loads(host.get("cpu_info") or "{}")
+    except ValueError:
+        return ""
+    return str(cpu_info.get("arch", "")) if isinstance(cpu_info, dict) else ""
+
+
 def fixed_address(addresses: dict) -> tuple[str, str]:
     """(first fixed IPv4, its MAC) from a Nova server's `addresses`."""
     for entries in addresses.values():
