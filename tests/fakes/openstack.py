@@ -426,8 +426,8 @@ class FakeOpenStack:
                 held = [{"id": r["id"], "lease_id": lease["id"],
                          "start_date": lease["start_date"], "end_date": lease["end_date"]}
                         for lease in self.state.leases.values()
-                        if lease["status"] != "TERMINATED"
-                        for r in lease["reservations"] if host_id in self.allocations.get(r["id"], ())]
+                        if lease["status"] != "TERMINATED" for r in lease["reservations"]
+                        if host_id in self.allocations.get(r["id"], ())]
                 held = [x for x in held if all(x.get(k if k != "reservation_id" else "id") == v
                                                for k, v in wanted.items())]
                 allocations.append({"resource_id": host_id, "reservations": held})
