@@ -69,7 +69,8 @@ def _blazar_host(host_id: int, record: dict) -> dict:
     """A Blazar host as Chameleon's `GET /os-hosts` shows it: the host record
     (doc/api_samples/hosts/host-list-resp.json) with the extra capabilities flattened into it
     (blazar/plugins/oshosts/host_plugin.py get_computehost). Nova's Ironic driver reports no
-    `cpu_info` (nova/virt/ironic/driver.py _node_resource) and names the hypervisor after the
+    `cpu_info` (nova/virt/ironic/driver.py _node_resource; Blazar keeps `str()` of Nova's
+    empty object) and names the hypervisor after the
     Ironic node UUID, the registry's `uid`; Chameleon's inventory sync (doni) adds `uid`,
     `node_name`, `node_type`, and the registry's fields as dotted capabilities, which
     python-chi's lease helpers filter on (`$architecture.platform_type`)."""
@@ -77,7 +78,7 @@ def _blazar_host(host_id: int, record: dict) -> dict:
     return {
         "id": str(host_id), "hypervisor_hostname": uid, "hypervisor_type": "ironic",
         "hypervisor_version": 1, "vcpus": record["architecture"]["smt_size"],
-        "cpu_info": "", "memory_mb": record["main_memory"]["ram_size"] // 2**20,
+        "cpu_info": "{}", "memory_mb": record["main_memory"]["ram_size"] // 2**20,
         "local_gb": 0, "service_name": "ironic-compute", "reservable": True,
         "status": None, "trust_id": uuid.uuid4().hex, "created_at": _db_now(),
         "updated_at": None, "uid": uid, "node_name": f"{record['node_name']}-{host_id}",
