@@ -94,11 +94,13 @@ class ChameleonClient:
         return _blazar_json(response, "list the Blazar hosts")["hosts"]
 
     def allocated_hosts(self, reservation_id: str) -> list[str] | None:
-        """The ids of the Blazar hosts the host reservation holds; None as for `hosts`."""
+        """The ids of the Blazar hosts the host reservation holds; None as for `hosts`, or
+        when Blazar predates the allocations API (it then reads `allocations` as a host id:
+        404)."""
         with map_sdk_errors("list the Blazar host allocations"):
             response = self.conn.reservation.get(
                 "/os-hosts/allocations", params={"reservation_id": reservation_id})
-        if response.status_code == 403:
+        if response.status_code in (403, 404):
             return None
         allocations = _blazar_json(response, "list the Blazar host allocations")["allocations"]
         return [str(x["resource_id"]) for x in allocations if x["reservations"]]

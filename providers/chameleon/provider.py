@@ -530,7 +530,8 @@ def _archs(record: _Record, client: ChameleonClient, servers: list[dict]) -> dic
     hosts = client.hosts()
     if hosts is None:
         return {}
-    by_hypervisor = {h.get("hypervisor_hostname"): _convert.host_arch(h) for h in hosts}
+    by_hypervisor = {h["hypervisor_hostname"]: _convert.host_arch(h) for h in hosts
+                     if h.get("hypervisor_hostname")}
     shared = ""
     if not all(s["hypervisor"] in by_hypervisor for s in servers):
         allocated = client.allocated_hosts(record.host_reservation) or []

@@ -440,7 +440,8 @@ class FakeOpenStack:
 
     def _free_hosts(self, resource_properties: str) -> list[str]:
         """Hosts no live lease holds that match `resource_properties` (omnibed and python-chi
-        send `["==", "$key", value]`; blazar/utils/plugins.py convert_requirements)."""
+        send `["==", "$key", value]`; blazar/utils/plugins.py convert_requirements). Simpler
+        than Blazar: a host held by any live lease is busy, whatever the dates."""
         wanted = json.loads(resource_properties) if resource_properties else []
         held = {host for lease in self.state.leases.values() if lease["status"] != "TERMINATED"
                 for r in lease["reservations"] for host in self.allocations.get(r["id"], ())}
