@@ -438,21 +438,26 @@ class Emulator:
         return list(the_plan.pnodes) if self.folded_path.exists() else list(pnodes)
 
     def _folded(
-        self, the_plan: Plan, sessions: Mapping[str, AgentConnection]
-    ) -> tuple[Plan, dict[str, list[dict[str, Any]]]]:
+        self,
+        the_plan: Plan,
+        sessions: Mapping[str, AgentConnection],
+        reported: Mapping[str, list[dict[str, Any]]] | None = None,
+    ) -> Plan:
         """`the_plan` with what the platform's timelines changed since it was saved
-        (shaping, link states) folded in, each change once, saved when that changed it;
-        and the timelines as the pnodes reported them. `sessions`: every pnode's."""
+        (shaping, link states) folded in, each change once, saved when that changed it.
+        `sessions`: every pnode's; `reported`: their timelines if already asked (a pnode
+        that cannot be asked is left for a later command)."""
         if not self.folded_path.exists():
-            return the_plan, {}
-        reported = timeline.reports(sessions, the_plan.instance)
+            return the_plan
+        if reported is None:
+            reported = timeline.reports(sessions, the_plan.instance, strict=False)
         folded = set(json.loads(self.folded_path.read_text())["folded"])
         before = len(folded)
         the_plan = timeline.fold(the_plan, reported, folded)
         if len(folded) != before:
             self._save(the_plan)
             write_json(self.folded_path, {"folded": sorted(folded)})
-        return the_plan, reported
+        return the_plan
 
     def _require(self) -> Plan:
         the_plan = self.load()
@@ -470,7 +475,7 @@ class Emulator:
         each container vnode's state, and what each pnode has of the platform."""
         the_plan = self._require()
         with self._sessions(the_plan.pnodes) as sessions:
-            the_plan, _ = self._folded(the_plan, sessions)
+            the_plan = self._folded(the_plan, sessions)
             present = _on_all(sessions, ops.STATUS, the_plan)
             boxed = {p: sessions[p] for p in sessions if the_plan.state(p).containers}
             running = for_each(
@@ -672,7 +677,7 @@ class Emulator:
         _shaping(getattr(viface, direction), properties)  # bad input before any SSH
         pnode = the_plan.vnode(viface.vnode).pnode
         with self._sessions(self._asked(the_plan, [pnode])) as sessions:
-            the_plan, _ = self._folded(the_plan, sessions)
+            the_plan = self._folded(the_plan, sessions)
             viface = _viface(the_plan, where)
             shaping = _shaping(getattr(viface, direction), properties)
             if direction == "output":
@@ -698,7 +703,7 @@ class Emulator:
                 f"`omnibed emulate {again} {self.reservation} {vnode.name}` first"
             )
         with self._sessions(self._asked(the_plan, [vnode.pnode])) as sessions:
-            the_plan, _ = self._folded(the_plan, sessions)
+            the_plan = self._folded(the_plan, sessions)
             viface = _viface(the_plan, target)
             sessions[vnode.pnode].call(ops.LINK, netns=viface.netns, ifname=viface.ifname, up=up)
         self._save(_with_viface(the_plan, viface, replace(viface, up=up)))
@@ -748,7 +753,7 @@ class Emulator:
         done: dict[str, str] = {}
         failures: dict[str, str] = {}
         with self._sessions(self._asked(the_plan, list(by_pnode))) as sessions:
-            the_plan, _ = self._folded(the_plan, sessions)
+            the_plan = self._folded(the_plan, sessions)
 
             def change_there(pnode: str, session: AgentConnection) -> None:
                 state = the_plan.state(pnode)
@@ -791,7 +796,7 @@ class Emulator:
         first = time.time() + timeline.START_LEAD if start is None else start
         timeline.resolve(events, the_plan, first)  # bad input before any SSH
         with self._sessions(the_plan.pnodes) as sessions:
-            the_plan, _ = self._folded(the_plan, sessions)  # shaping builds on what ran
+            the_plan = self._folded(the_plan, sessions)  # shaping builds on what ran
             self._note_timeline()
             return timeline.start(sessions, the_plan, events, start)
 
@@ -799,9 +804,8 @@ class Emulator:
         """Every action of the platform's timelines: planned and actual time, outcome."""
         the_plan = self._require()
         with self._sessions(the_plan.pnodes) as sessions:
-            _, reported = self._folded(the_plan, sessions)
-            if not reported:
-                reported = timeline.reports(sessions, the_plan.instance)
+            reported = timeline.reports(sessions, the_plan.instance)
+            self._folded(the_plan, sessions, reported)
         return timeline.records_of(reported)
 
     def cancel_events(self) -> int:

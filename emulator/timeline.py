@@ -464,13 +464,18 @@ class Record:
         return None if self.actual is None else (self.actual - self.planned) * 1000
 
 
-def reports(sessions: Mapping[str, AgentConnection], instance: str) -> dict[str, list[dict]]:
+def reports(
+    sessions: Mapping[str, AgentConnection], instance: str, *, strict: bool = True
+) -> dict[str, list[dict]]:
     """{pnode: its runners' timelines of the instance}, as the agents report them (their
-    actions and log lines); the first pnode that could not be asked raises."""
+    actions and log lines); the first pnode that could not be asked raises, or is left
+    out when not `strict`."""
     replies = for_each(sessions, lambda p, s: s.call(ops.TIMELINE_STATUS, instance=instance))
     found = {}
     for pnode, reply in replies.items():
         if isinstance(reply, BaseException):
+            if not strict:
+                continue
             raise reply
         found[pnode] = reply["timelines"]
     return found
