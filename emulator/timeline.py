@@ -18,7 +18,9 @@ shell patterns (`vnode-[0-9]`, `vnode-*`). A trace file (relative to the file na
 holds one change per line, `time,vnode,up|down`; blank lines and `#` comments are skipped.
 
 Everything is checked before anything is scheduled: a bad event is a PlatformError naming
-its place (`platform.yaml:12:5`, `churn.csv:7`) (exit status 2).
+its place (`platform.yaml:12:5`, `churn.csv:7`) (exit status 2), and so is one that would
+bring up an interface of a stopped vnode. What ran is the platform's from then on: `fold`
+gives the plan with it, which the coordinator saves.
 """
 
 from __future__ import annotations
