@@ -194,12 +194,26 @@ def test_cpu_share_gives_half_a_core(vnode: Callable[..., ContainerSpec], runtim
 def _traces(runtime: Runtime, name: str) -> dict[str, list[str]]:
     """What container `name` could leave on the pnode."""
     bundle = runtime.bundle(name)
-    with open("/proc/self/mountinfo") as mountinfo:
-        mounts = [line.split()[4] for line in mountinfo if bundle in line]
+    mounts = [line.split()[4] for line in _every_mount_table() if bundle in line]
     cgroup_dirs = [d for d in cgroups.dirs(name).values() if os.path.exists(d)]
     state = [p for p in (bundle, os.path.join(runtime.runc_root, name)) if os.path.exists(p)]
     runc = [known for known in runtime.names() if known == name]
     return {"mounts": mounts, "cgroups": cgroup_dirs, "dirs": state, "runc": runc}
+
+
+def _every_mount_table() -> list[str]:
+    """The mountinfo lines of every mount namespace on this machine (the pnode's and each
+    container's: runc mounts a container's overlay in the container's own)."""
+    seen, lines = set(), []
+    for entry in Path("/proc").iterdir():
+        try:
+            namespace = os.readlink(entry / "ns" / "mnt") if entry.name.isdigit() else None
+            if namespace is not None and namespace not in seen:
+                lines += (entry / "mountinfo").read_text().splitlines()
+                seen.add(namespace)
+        except OSError:  # the process ended meanwhile
+            continue
+    return lines
 
 
 def _mounts_below(directory: str) -> list[str]:
