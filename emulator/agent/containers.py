@@ -4,9 +4,9 @@ A ContainerSpec is plain data, as the agent receives it. Everything lives below 
 (/var/lib/omnibed, root-only):
 
   images/SHA256/rootfs   an image, unpacked once per pnode (rootfs.py)
-  containers/NAME/       the bundle: config.json, rootfs/ (an overlay on the image, or a
-                         private copy; the overlay is mounted in the container's
-                         mount namespace only), upper/ and work/ (the overlay's), ssh/, init.log
+  containers/NAME/       the bundle: config.json, rootfs/ (an overlay on the image, which
+                         runc mounts in the container's mount namespace only, or a
+                         private copy), upper/ and work/ (the overlay's), ssh/, init.log
                          (the init's output), init.pid
 
 runc keeps its state in `runc_root` (/run/omnibed/runc), apart from any other runc user.

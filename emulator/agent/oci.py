@@ -12,6 +12,7 @@ A shared image is the lower layer of an overlay that runc mounts on the containe
 inside the container's own mount namespace: the pnode's mount table does not grow with
 its vnodes (runc reads the whole table at every start), and the overlay goes away with the
 container's last process, whatever killed it.
+
 Python 3.9 compatible; standard library only.
 """
 

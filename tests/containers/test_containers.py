@@ -117,6 +117,22 @@ def test_vnode_sees_the_image_as_root_and_its_name_as_hostname(
     assert runtime.status([spec.name])[spec.name]["state"] == "running"
 
 
+def test_the_overlay_is_mounted_in_the_vnode_only(
+    vnode: Callable[..., ContainerSpec], runtime: Runtime
+) -> None:
+    """runc reads the pnode's whole mount table at every start: the vnodes' overlays are
+    not in it, each is the / of its vnode's own mount namespace."""
+    before = _mounts_below(runtime.root)
+    spec = vnode()
+    written = _run(runtime, spec, "sh", "-c", "echo kept > /written-by-the-vnode")
+    assert written["exit_status"] == 0
+    assert _mounts_below(runtime.root) == before
+    root = _run(runtime, spec, "sh", "-c", "grep ' / / ' /proc/self/mountinfo")["stdout"]
+    assert " - overlay " in root and f"upperdir={runtime.bundle(spec.name)}/upper" in root
+    upper = Path(runtime.bundle(spec.name), "upper", "written-by-the-vnode")
+    assert upper.read_text() == "kept\n"
+
+
 def _ssh_login(spec: ContainerSpec, known_hosts: Path, key: Path) -> paramiko.SSHClient:
     """Log in as root to the vnode's sshd, from inside its network namespace."""
     home = nsutil.current_fd()
