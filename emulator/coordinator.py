@@ -18,27 +18,27 @@ took until then. A failure at any step removes everything from every pnode.
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import secrets
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, replace
+from contextlib import AbstractContextManager
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from omnibed.core import ssh
 from omnibed.core.errors import ApplyError, EmulatorError, PreflightError, UsageError
 from omnibed.core.kit import write_json
 from omnibed.core.provider import Progress, no_progress
 from omnibed.core.reservation_access import ReservationAccess
 from omnibed.core.types import Node, SSHEndpoint
 
-from . import vnode_ssh
+from . import timeline
 from .agent import ops
-from .agent.state import Shaping, Viface
-from .bundle import build
+from .agent.state import FROZEN, RUNNING, STOPPED, Route, Shaping, Viface
 from .image_refs import ImageRef, resolve
 from .model import Platform, parse_loss, parse_rate, parse_time
 from .modes import PnodeFacts, ProbeResult, probe_targets
@@ -51,10 +51,19 @@ from .planner import (
     container_prefix,
     plan,
 )
-from .transport import AgentConnection, AgentSession, for_each
+from .transport import AgentConnection, Agents, DirectAgents, for_each
+
+# (pnode, step, done, total): how far one pnode is in a step of `up`, e.g. ("p1",
+# "vnodes built", 3, 8) or ("p1", "MiB of image debian uploaded", 12, 40)
+PnodeCount = Callable[[str, str, int, int], None]
+
+
+def no_count(pnode: str, step: str, done: int, total: int) -> None:
+    """The default `count` callback: says nothing."""
 
 PLAN_FILE = "emulation.json"
 PROBE_TIMEOUT = 2.0
+T = TypeVar("T")
 # A TCP connection to the discard port: refused or accepted means the address answered.
 # Only python3 is sure to be on a pnode (no ping needed).
 _REACH = """
@@ -120,6 +129,22 @@ class EmulationStatus:
     vnodes: tuple[VnodePlan, ...]
     pnodes: Mapping[str, PnodeStatus]
     containers: Mapping[str, Mapping[str, Any]]  # container name -> what its runtime reports
+    vifaces: Mapping[str, tuple[Viface, ...]] = field(default_factory=dict)  # by vnode
+    runs: Mapping[str, str] = field(default_factory=dict)  # vnode -> recorded, when not running
+    routes: Mapping[str, tuple[Route, ...]] = field(default_factory=dict)  # by vnode
+    forwarding: frozenset[str] = frozenset()  # vnodes that forward between their vnetworks
+
+    def run(self, vnode: VnodePlan) -> str:
+        """running, stopped or frozen: a container vnode's as its runtime reports it (or
+        what the runtime says instead: absent, created, unknown), else as recorded."""
+        if vnode.container is None:
+            return self.runs.get(vnode.name, RUNNING)
+        state = str(self.containers.get(vnode.container, {}).get("state", "unknown"))
+        return {"running": RUNNING, "paused": FROZEN, "stopped": STOPPED}.get(state, state)
+
+    def iface(self, vnode: VnodePlan, name: str) -> Viface | None:
+        """The viface `name` of `vnode` with its current shaping and link state."""
+        return next((v for v in self.vifaces.get(vnode.name, ()) if v.ifname == name), None)
 
     def container(self, vnode: VnodePlan) -> dict[str, Any] | None:
         """A container vnode's image, limits and runtime state; None for a netns-only one."""
@@ -159,12 +184,29 @@ class EmulationStatus:
                     "name": v.name,
                     "pnode": v.pnode,
                     "netns": v.netns,
-                    "ifaces": {i.name: {"address": i.address, "mac": i.mac} for i in v.ifaces},
+                    "ifaces": {
+                        i.name: {"address": i.address, "mac": i.mac, **self._live(v, i.name)}
+                        for i in v.ifaces
+                    },
                     "container": self.container(v),
+                    "run": self.run(v),
+                    "forward": v.name in self.forwarding,
+                    "routes": [{"to": r.to, "via": r.via} for r in self.routes.get(v.name, ())],
                 }
                 for v in self.vnodes
             ],
             "pnodes": {pnode: status.to_json() for pnode, status in self.pnodes.items()},
+        }
+
+    def _live(self, vnode: VnodePlan, name: str) -> dict[str, Any]:
+        """An iface's link state and shaping per direction, for the JSON report."""
+        viface = self.iface(vnode, name)
+        if viface is None:
+            return {}
+        return {
+            "link": "up" if viface.up else "down",
+            "output": asdict(viface.output),
+            "input": asdict(viface.input),
         }
 
 
@@ -181,13 +223,17 @@ class Reachability:
 class Emulator:
     """The virtual platform of one reservation (`Omnibed.access(name)` gives `access`)."""
 
-    def __init__(self, access: ReservationAccess) -> None:
+    def __init__(self, access: ReservationAccess, agents: Agents | None = None) -> None:
+        """`agents`: where commands get their agents (default: each starts its own)."""
         self.access = access
+        self.agents: Agents = agents or DirectAgents()
         self.reservation = access.name
         self.plan_path = access.state_dir / PLAN_FILE
         # seconds from the start of the last `up` until its container vnodes ran and every
         # `ssh: true` one answered SSH; None without container vnodes
         self.reachable_after: float | None = None
+        # the timeline of the platform file, once `up` started it
+        self.scheduled: timeline.Schedule | None = None
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -198,10 +244,14 @@ class Emulator:
         force: bool = False,
         install: bool = False,
         progress: Progress = no_progress,
+        count: PnodeCount = no_count,
     ) -> Plan:
         """Build `platform`; on any failure nothing is left on any pnode. `install`: the
         pnodes of container vnodes that lack runc get it from their package manager
-        before the preflight (which otherwise names them)."""
+        before the preflight (which otherwise names them). `progress` gets each step,
+        `count` each pnode's image bytes uploaded and vnodes built."""
+        from . import vnode_ssh  # paramiko: only for what logs in
+
         started = time.monotonic()
         self.reachable_after = None
         if self.plan_path.exists():
@@ -216,13 +266,14 @@ class Emulator:
         nics = self.access.nics(nodes)
         facts = [PnodeFacts.from_node(node, nics[node.id]) for node in nodes]
         progress("starting the agent on every pnode")
-        with self._sessions(nodes) as sessions:
+        with self._sessions([node.id for node in nodes], nodes) as sessions:
             progress("probing whether the underlay passes foreign MACs")
             probe = _probe(sessions, facts)
             containers = self._containers(sessions, images) if images else None
             the_plan = plan(
                 platform, facts, self.reservation, probe=probe, force=force, containers=containers
             )
+            timeline.resolve(platform.events, the_plan, time.time() + timeline.START_LEAD)
             if install and containers is not None:
                 progress("installing the container runtime where it is missing")
                 _install_runtime(sessions, the_plan)
@@ -232,7 +283,10 @@ class Emulator:
             known_hosts = self.access.known_hosts
             vnode_ssh.record_host_keys(known_hosts, the_plan)
             try:
-                self._build(sessions, the_plan, images, progress)
+                self._build(sessions, the_plan, images, progress, count)
+                if platform.events:
+                    progress("starting the platform's timeline")
+                    self.scheduled = timeline.start(sessions, the_plan, platform.events)
             except BaseException as failure:
                 rollback = _errors(_on_all(sessions, ops.TEARDOWN, the_plan))
                 if not rollback:
@@ -249,6 +303,8 @@ class Emulator:
         self, sessions: Mapping[str, AgentConnection], images: Mapping[str, ImageRef]
     ) -> Containers:
         """What the planner needs for container vnodes, from each pnode's agent."""
+        from . import vnode_ssh  # paramiko: only for what logs in
+
         hello = for_each(sessions, lambda _, session: session.call(ops.HELLO))
         problems = {p: [str(r)] for p, r in hello.items() if isinstance(r, BaseException)}
         if problems:
@@ -267,9 +323,18 @@ class Emulator:
         the_plan: Plan,
         images: Mapping[str, ImageRef],
         progress: Progress,
+        count: PnodeCount,
     ) -> None:
         """Network, images, containers, SSH: raises (ApplyError, ...) at the first failure."""
+        from . import vnode_ssh  # paramiko: only for what logs in
+
         boxes = {s.pnode: s for s in the_plan.states if s.containers}
+        vnodes = {s.pnode: sum(v.pnode == s.pnode for v in the_plan.vnodes)
+                  for s in the_plan.states}  # fmt: skip
+
+        def built(pnode: str) -> None:
+            count(pnode, "vnodes built", vnodes[pnode], vnodes[pnode])
+
         if boxes:
             progress("uploading images to the pnodes that lack them")
             by_sha = {ref.sha256: ref for ref in images.values()}
@@ -281,13 +346,22 @@ class Emulator:
                     lambda p, state: _upload(
                         sessions[p], endpoints[p], known_hosts,
                         [by_sha[sha] for sha in sorted({c.sha256 for c in state.containers})],
+                        lambda step, done, total: count(p, step, done, total),
                     ),
                 )
             )  # fmt: skip
             if failures:
                 raise ApplyError(failures, rolled_back=True)
         progress(f"building {len(the_plan.vnodes)} vnodes")
-        failures = _errors(_on_all(sessions, ops.APPLY, the_plan))
+        for pnode, total in vnodes.items():
+            count(pnode, "vnodes built", 0, total)
+
+        def apply(pnode: str, session: AgentConnection) -> None:
+            session.call(ops.APPLY, state=the_plan.state(pnode).to_json())
+            if pnode not in boxes:  # container vnodes are built once they run
+                built(pnode)
+
+        failures = _errors(for_each(sessions, apply))
         if failures:
             raise ApplyError(failures, rolled_back=True)
         if not boxes:
@@ -307,12 +381,11 @@ class Emulator:
                 str(self.access.key_file),
                 stop=stop,
             )  # fmt: skip
-            failures = _errors(
-                for_each(
-                    {p: sessions[p] for p in boxes},
-                    lambda p, s: s.call(ops.CONTAINERS_START, state=boxes[p].to_json()),
-                )
-            )
+            def start(pnode: str, session: AgentConnection) -> None:
+                session.call(ops.CONTAINERS_START, state=boxes[pnode].to_json())
+                built(pnode)
+
+            failures = _errors(for_each({p: sessions[p] for p in boxes}, start))
             if failures:
                 stop.set()
                 raise ApplyError(failures, rolled_back=True)
@@ -322,10 +395,12 @@ class Emulator:
 
     def down(self) -> list[str]:
         """Remove the platform from every pnode; idempotent; the vnodes that were removed."""
+        from . import vnode_ssh  # paramiko: only for what logs in
+
         the_plan = self.load()
         if the_plan is None:
             return []
-        with self._sessions() as sessions:
+        with self._sessions(the_plan.pnodes) as sessions:
             failures = _errors(_on_all(sessions, ops.TEARDOWN, the_plan))
         if failures:
             raise EmulatorError(
@@ -360,7 +435,7 @@ class Emulator:
         """Vnodes, their pnode and addresses, the mode of every vnetwork with its reason,
         each container vnode's state, and what each pnode has of the platform."""
         the_plan = self._require()
-        with self._sessions() as sessions:
+        with self._sessions(the_plan.pnodes) as sessions:
             present = _on_all(sessions, ops.STATUS, the_plan)
             boxed = {p: sessions[p] for p in sessions if the_plan.state(p).containers}
             running = for_each(
@@ -388,6 +463,12 @@ class Emulator:
             vnodes=the_plan.vnodes,
             pnodes=pnodes,
             containers=containers,
+            vifaces=_vifaces_by_vnode(the_plan),
+            runs={v: run for state in the_plan.states for v, run in state.run.items()},
+            routes=_routes_by_vnode(the_plan),
+            forwarding=frozenset(
+                v.name for v in the_plan.vnodes if v.netns in the_plan.state(v.pnode).forwarding
+            ),
         )
 
     def exec(
@@ -402,6 +483,8 @@ class Emulator:
     def ssh_command(self, vnode: str, command: str | None = None) -> list[str]:
         """The OpenSSH argv of a root login to container vnode `vnode` through its pnode,
         with its recorded host key; `command` (a shell string) runs instead of a shell."""
+        from . import vnode_ssh  # paramiko: only for what logs in
+
         the_plan = self._require()
         target = the_plan.vnode(vnode)
         if not target.ssh:
@@ -420,6 +503,10 @@ class Emulator:
     def copy(self, source: str, target: str) -> str:
         """Copy a file between here and an `ssh: true` vnode over SFTP through its pnode; one
         of `source` and `target` is `VNODE:PATH`. Returns the vnode's name."""
+        from omnibed.core import ssh  # paramiko: only for what logs in
+
+        from . import vnode_ssh
+
         the_plan = self._require()
         remote = [side for side in (source, target) if _vnode_side(side)]
         if len(remote) != 1:
@@ -454,7 +541,10 @@ class Emulator:
         return name
 
     def connectivity(self) -> list[Reachability]:
-        """Ping, in every vnetwork, from one vnode per pnode to one vnode on each other pnode."""
+        """Whether, in every vnetwork, one vnode per pnode reaches one vnode on the next
+        pnode, in a ring: each pnode sends once and is reached once, and the pnodes check
+        at the same time, so the check grows with neither the number of pnodes nor its
+        square."""
         the_plan = self._require()
         probes = []
         for network in the_plan.networks:
@@ -463,13 +553,15 @@ class Emulator:
                 for iface in vnode.ifaces:
                     if iface.network == network.name and vnode.pnode not in firsts:
                         firsts[vnode.pnode] = (vnode, iface.address.split("/")[0])
-            for src_pnode, (src, _) in firsts.items():
-                for dst_pnode, (dst, address) in firsts.items():
-                    if dst_pnode != src_pnode:
-                        probes.append((network.name, src, dst, address))
+            ring = list(firsts.values())
+            if len(ring) < 2:
+                continue
+            for index, (src, _) in enumerate(ring):
+                dst, address = ring[(index + 1) % len(ring)]
+                probes.append((network.name, src, dst, address))
+        reach = ["python3", "-I", "-S", "-c", _REACH]  # -S: no site, a quarter of the start
         results = self._run(  # the pnode's python3 in the vnode's netns: images may lack it
-            [(src, ["python3", "-I", "-c", _REACH, address]) for _, src, _, address in probes],
-            inside=False,
+            [(src, [*reach, address]) for _, src, _, address in probes], inside=False
         )
         return [
             Reachability(network, src.name, dst.name, ok=result.exit_status == 0)
@@ -491,8 +583,7 @@ class Emulator:
         by_pnode: dict[str, list[int]] = {}
         for index, (vnode, _) in enumerate(jobs):
             by_pnode.setdefault(vnode.pnode, []).append(index)
-        nodes = [node for node in self.access.nodes() if node.id in by_pnode]
-        with self._sessions(nodes) as sessions:
+        with self._sessions(list(by_pnode)) as sessions:
 
             def run_there(pnode: str, session: AgentConnection) -> list[VnodeResult]:
                 results = []
@@ -549,7 +640,7 @@ class Emulator:
         else:
             changed = replace(viface, input=shaping)
         pnode = the_plan.vnode(viface.vnode).pnode
-        with self._sessions(self._pnode(pnode)) as sessions:
+        with self._sessions([pnode]) as sessions:
             reply = sessions[pnode].call(ops.SHAPE, viface=asdict(changed), direction=direction)
         if reply["problems"]:
             raise PreflightError({pnode: reply["problems"]})
@@ -560,53 +651,131 @@ class Emulator:
         """Set the interface VNODE.IFACE (`target`) of a vnode up or down, in place."""
         the_plan = self._require()
         viface = _viface(the_plan, target)
-        pnode = the_plan.vnode(viface.vnode).pnode
-        with self._sessions(self._pnode(pnode)) as sessions:
-            sessions[pnode].call(ops.LINK, netns=viface.netns, ifname=viface.ifname, up=up)
+        vnode = the_plan.vnode(viface.vnode)
+        run = the_plan.state(vnode.pnode).run.get(vnode.name, RUNNING)
+        if run == STOPPED or (run == FROZEN and vnode.container is None):
+            again = "start" if run == STOPPED else "thaw"
+            raise UsageError(
+                f"vnode {vnode.name} is {run}, its interfaces down: "
+                f"`omnibed emulate {again} {self.reservation} {vnode.name}` first"
+            )
+        with self._sessions([vnode.pnode]) as sessions:
+            sessions[vnode.pnode].call(ops.LINK, netns=viface.netns, ifname=viface.ifname, up=up)
+        self._save(_with_viface(the_plan, viface, replace(viface, up=up)))
 
-    def _pnode(self, pnode: str) -> list[Node]:
-        """Node `pnode` of the reservation, as `_sessions` takes it."""
-        return [node for node in self.access.nodes() if node.id == pnode]
+    # -- run state ---------------------------------------------------------------------------
+
+    def stop(self, vnodes: Sequence[str]) -> dict[str, str]:
+        """Stop `vnodes` in place: every interface down and, for a container vnode, every
+        process killed. {vnode: run state} of those named; the others untouched."""
+        return self._change_run("stop", vnodes)
+
+    def start(self, vnodes: Sequence[str]) -> dict[str, str]:
+        """Start stopped `vnodes` again: interfaces back to their recorded link state, a
+        container's init run anew (its files kept)."""
+        return self._change_run("start", vnodes)
+
+    def freeze(self, vnodes: Sequence[str]) -> dict[str, str]:
+        """Freeze `vnodes`: a container's processes frozen (freezer cgroup), a
+        namespace-only vnode's interfaces down."""
+        return self._change_run("freeze", vnodes)
+
+    def thaw(self, vnodes: Sequence[str]) -> dict[str, str]:
+        """Thaw frozen `vnodes`: as they were before `freeze`."""
+        return self._change_run("thaw", vnodes)
+
+    def _change_run(self, action: str, names: Sequence[str]) -> dict[str, str]:
+        """Apply `action` to each vnode of `names` on its pnode's agent (pnodes in parallel;
+        the agent does only what is missing: `start` also restarts a container vnode that
+        ended by itself); the saved plan records each change made. Bad input (unknown vnode,
+        a move the vnode's state forbids) is a UsageError before anything changes; a
+        failure on a pnode an EmulatorError naming it, the changes made before it recorded."""
+        the_plan = self._require()
+        if not names:
+            raise UsageError(f"name at least one vnode to {action}")
+        targets = [the_plan.vnode(name) for name in dict.fromkeys(names)]
+        runs = {v.name: the_plan.state(v.pnode).run.get(v.name, RUNNING) for v in targets}
+        for vnode in targets:
+            first = _REFUSED.get((action, runs[vnode.name]))
+            if first is not None:
+                raise UsageError(
+                    f"vnode {vnode.name} is {runs[vnode.name]}: "
+                    f"`omnibed emulate {first} {self.reservation} {vnode.name}` first"
+                )
+        by_pnode: dict[str, list[VnodePlan]] = {}
+        for vnode in targets:
+            by_pnode.setdefault(vnode.pnode, []).append(vnode)
+        done: dict[str, str] = {}
+        failures: dict[str, str] = {}
+        with self._sessions(list(by_pnode)) as sessions:
+
+            def change_there(pnode: str, session: AgentConnection) -> None:
+                state = the_plan.state(pnode)
+                for vnode in by_pnode[pnode]:
+                    box = next((c for c in state.containers if c.name == vnode.container), None)
+                    try:
+                        reply = session.call(
+                            ops.VNODE_RUN,
+                            action=action,
+                            container=None if box is None else asdict(box),
+                            vifaces=[asdict(v) for v in state.vifaces if v.vnode == vnode.name],
+                        )
+                    except EmulatorError as exc:
+                        failures[pnode] = f"{vnode.name}: {exc}"
+                        return
+                    done[vnode.name] = reply["run"]
+
+            for pnode, outcome in for_each(sessions, change_there).items():
+                if isinstance(outcome, BaseException):
+                    failures.setdefault(pnode, str(outcome))
+        self._save(_with_runs(the_plan, done))
+        if failures:
+            raise EmulatorError(
+                f"{action} failed: "
+                + "; ".join(f"{pnode}: {why}" for pnode, why in failures.items())
+                + (f" ({', '.join(done)} did {action})" if done else " (nothing changed)")
+            )
+        return {v.name: done.get(v.name, runs[v.name]) for v in targets}
+
+    # -- timelines (emulator.timeline) -----------------------------------------------------
+
+    def schedule(
+        self, events: Sequence[timeline.Event], *, start: float | None = None
+    ) -> timeline.Schedule:
+        """Hand `events` to the pnodes' agents, which run them from their own clocks; relative
+        times count from `start` (epoch seconds; default START_LEAD seconds from now). Every
+        event is checked first: a PlatformError naming the first bad one, nothing scheduled."""
+        the_plan = self._require()
+        first = time.time() + timeline.START_LEAD if start is None else start
+        timeline.resolve(events, the_plan, first)  # bad input before any SSH
+        with self._sessions(the_plan.pnodes) as sessions:
+            return timeline.start(sessions, the_plan, events, start)
+
+    def events(self) -> list[timeline.Record]:
+        """Every action of the platform's timelines: planned and actual time, outcome."""
+        the_plan = self._require()
+        with self._sessions(the_plan.pnodes) as sessions:
+            return timeline.records(sessions, the_plan.instance)
+
+    def cancel_events(self) -> int:
+        """Stop the rest of the platform's timelines; how many pnode runners were stopped."""
+        the_plan = self._require()
+        with self._sessions(the_plan.pnodes) as sessions:
+            return timeline.cancel(sessions, the_plan.instance)
 
     # -- sessions ---------------------------------------------------------------------------
 
-    def _sessions(self, nodes: Sequence[Node] | None = None) -> _Sessions:
-        """Agents on `nodes` (default: every pnode of the reservation)."""
-        endpoints = self.access.root_endpoints(nodes)
-        return _Sessions(endpoints, self.access.known_hosts)
+    def _sessions(
+        self, pnodes: Sequence[str], nodes: Sequence[Node] | None = None
+    ) -> AbstractContextManager[dict[str, AgentConnection]]:
+        """One agent per pnode of `pnodes` (`nodes`: the reservation's, if already listed)."""
 
+        def endpoints_of(wanted: Sequence[str]) -> Mapping[str, SSHEndpoint]:
+            listed = self.access.nodes() if nodes is None else nodes
+            return self.access.root_endpoints([node for node in listed if node.id in wanted])
 
-class _Sessions:
-    """One agent per pnode, opened in parallel; a pnode that cannot run it is named."""
-
-    def __init__(self, endpoints: Mapping[str, SSHEndpoint], known_hosts: Path) -> None:
-        self.endpoints = endpoints
-        self.known_hosts = known_hosts
-        self.sessions: dict[str, AgentConnection] = {}
-
-    def __enter__(self) -> dict[str, AgentConnection]:
-        bundle = build()
-        opened = for_each(
-            self.endpoints,
-            lambda _, endpoint: AgentSession(endpoint, self.known_hosts, bundle=bundle),
-        )
-        problems = {}
-        for pnode, result in opened.items():
-            if isinstance(result, BaseException):
-                problems[pnode] = [str(result)]
-            else:
-                self.sessions[pnode] = result
-        if problems:
-            self.__exit__()
-            raise PreflightError(problems)
-        return self.sessions
-
-    def __exit__(self, *exc: object) -> None:
-        for session in self.sessions.values():
-            try:
-                session.close()
-            except Exception:  # closing a broken channel must not hide the real error
-                pass
+        scope = f"{self.access.state_dir}\0{self.access.reservation_id}"
+        return self.agents.lease(scope, pnodes, endpoints_of, self.access.known_hosts)
 
 
 def _viface(the_plan: Plan, where: str) -> Viface:
@@ -652,6 +821,40 @@ def _shaping(current: Shaping, properties: Mapping[str, object]) -> Shaping:
         field, parse = SHAPING_FIELDS[key]
         changes[field] = None if value is None else parse(value)
     return replace(current, **changes)
+
+
+# (action, run state) -> the action the vnode needs first
+_REFUSED = {("start", FROZEN): "thaw", ("freeze", STOPPED): "start", ("thaw", STOPPED): "start"}
+
+
+def _with_runs(the_plan: Plan, runs: Mapping[str, str]) -> Plan:
+    """`the_plan` with vnodes `runs` recorded in those run states."""
+    states = []
+    for state in the_plan.states:
+        run = dict(state.run)
+        for vnode in the_plan.vnodes:
+            if vnode.pnode == state.pnode and vnode.name in runs:
+                run.pop(vnode.name, None)
+                if runs[vnode.name] != RUNNING:
+                    run[vnode.name] = runs[vnode.name]
+        states.append(replace(state, run=run))
+    return replace(the_plan, states=tuple(states))
+
+
+def _routes_by_vnode(the_plan: Plan) -> dict[str, tuple[Route, ...]]:
+    found: dict[str, list[Route]] = {}
+    for state in the_plan.states:
+        for route in state.routes:
+            found.setdefault(route.vnode, []).append(route)
+    return {vnode: tuple(routes) for vnode, routes in found.items()}
+
+
+def _vifaces_by_vnode(the_plan: Plan) -> dict[str, tuple[Viface, ...]]:
+    found: dict[str, list[Viface]] = {}
+    for state in the_plan.states:
+        for viface in state.vifaces:
+            found.setdefault(viface.vnode, []).append(viface)
+    return {vnode: tuple(vifaces) for vnode, vifaces in found.items()}
 
 
 def _with_viface(the_plan: Plan, old: Viface, new: Viface) -> Plan:
@@ -711,12 +914,23 @@ def _vnode_side(text: str) -> bool:
     return bool(colon) and "/" not in head and head != ""
 
 
+def _in_mib(count: Callable[[str, int, int], None], step: str, done: int, size: int) -> None:
+    """`count` of `step` with bytes `done` out of `size` in MiB (the total rounded up)."""
+    count(step, done >> 20, -(-size >> 20))
+
+
 def _upload(
-    session: AgentConnection, endpoint: SSHEndpoint, known_hosts: Path, refs: Sequence[ImageRef]
+    session: AgentConnection,
+    endpoint: SSHEndpoint,
+    known_hosts: Path,
+    refs: Sequence[ImageRef],
+    count: Callable[[str, int, int], None],
 ) -> list[str]:
     """Put each image of `refs` the pnode lacks into its root-only image directory, over
     SFTP as root (a partial name, renamed once whole; the agent checks its sha256 before
-    unpacking); the names of those uploaded."""
+    unpacking); the names of those uploaded. `count(step, MiB sent, MiB in all)` as it goes."""
+    from omnibed.core import ssh  # paramiko: only for what logs in
+
     sent = []
     for ref in refs:
         reply = session.call(ops.CONTAINERS_IMAGE, sha256=ref.sha256)
@@ -725,7 +939,8 @@ def _upload(
         partial = f"{reply['path']}.partial-{secrets.token_hex(4)}"
         with ssh.open_sftp(endpoint, known_hosts) as sftp:
             try:
-                sftp.put(str(ref.path), partial)
+                step = f"MiB of image {ref.name} uploaded"
+                sftp.put(str(ref.path), partial, callback=functools.partial(_in_mib, count, step))
                 sftp.posix_rename(partial, reply["path"])
             except BaseException:
                 try:
@@ -740,21 +955,36 @@ def _upload(
 def _probe(
     sessions: Mapping[str, AgentConnection], facts: list[PnodeFacts]
 ) -> dict[str, ProbeResult]:
-    """Each pnode with a candidate NIC listens while the next one sends it the two frames."""
+    """Each pnode with a candidate NIC listens while the next one in a ring sends it the two
+    frames: every pnode listens, then every one sends, then every one collects, each step on
+    all pnodes at once, so the probe takes one collect timeout at most whatever their number."""
     targets = probe_targets(facts)
     pnodes = [f.id for f in facts if f.id in targets]
     if len(pnodes) < 2:
         return {}
-    results = {}
-    for index, receiver in enumerate(pnodes):
-        sender = pnodes[(index + 1) % len(pnodes)]
-        nonce = secrets.token_hex(8)
-        mac = sessions[receiver].call(ops.PROBE_LISTEN, nic=targets[receiver], nonce=nonce)["mac"]
-        sessions[sender].call(ops.PROBE_SEND, nic=targets[sender], peer_mac=mac, nonce=nonce)
-        arrived = sessions[receiver].call(ops.PROBE_COLLECT, nonce=nonce, timeout=PROBE_TIMEOUT)
-        results[receiver] = ProbeResult(
-            foreign_src_ok="src" in arrived["arrived"],
-            foreign_dst_ok="dst" in arrived["arrived"],
-            nic=targets[receiver],
+    nonces = {pnode: secrets.token_hex(8) for pnode in pnodes}
+    receiver_of = {pnodes[(i + 1) % len(pnodes)]: pnode for i, pnode in enumerate(pnodes)}
+    probed = {pnode: sessions[pnode] for pnode in pnodes}
+    macs = _all_or_raise(for_each(probed, lambda p, s: s.call(
+        ops.PROBE_LISTEN, nic=targets[p], nonce=nonces[p])["mac"]))
+    _all_or_raise(for_each(probed, lambda p, s: s.call(
+        ops.PROBE_SEND, nic=targets[p], peer_mac=macs[receiver_of[p]],
+        nonce=nonces[receiver_of[p]])))
+    arrived = _all_or_raise(for_each(probed, lambda p, s: s.call(
+        ops.PROBE_COLLECT, nonce=nonces[p], timeout=PROBE_TIMEOUT)["arrived"]))  # fmt: skip
+    return {
+        pnode: ProbeResult(
+            foreign_src_ok="src" in arrived[pnode],
+            foreign_dst_ok="dst" in arrived[pnode],
+            nic=targets[pnode],
         )
-    return results
+        for pnode in pnodes
+    }
+
+
+def _all_or_raise(outcome: Mapping[str, T | BaseException]) -> dict[str, T]:
+    """`outcome` of `for_each` if nothing failed; else the first failure is raised."""
+    for result in outcome.values():
+        if isinstance(result, BaseException):
+            raise result
+    return dict(outcome)  # type: ignore[arg-type]

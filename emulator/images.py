@@ -21,7 +21,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from omnibed.core.errors import OmnibedError, UsageError
-from omnibed.core.ledger import omnibed_home
 from omnibed.emulator.agent.rootfs import sha256_of
 
 # Debian architecture -> what `uname -m` says on a machine that runs it
@@ -49,6 +48,8 @@ class Image:
 
 
 def cache_dir() -> Path:
+    from omnibed.core.ledger import omnibed_home  # the ledger's code loads with a command
+
     directory = omnibed_home() / "images"
     directory.mkdir(mode=0o700, exist_ok=True)
     return directory

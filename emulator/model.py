@@ -16,6 +16,11 @@ sizes are bytes (`512MiB`, `1GiB`, `64MB`, or a number of bytes).
 A vnode with `image` is a container vnode (docs/containers.md): `images:` maps a name to a
 `source` (a rootfs tarball, `file:///...` or a path); a name not listed there is an image of
 `omnibed image ls`. Which images exist is checked by :mod:`omnibed.emulator.image_refs`.
+
+Between vnetworks: a vnode with `forward: true` forwards packets between its vnetworks;
+`routes: auto` on the platform gives every vnode a route to each vnetwork it is not on
+through such gateways (:mod:`omnibed.emulator.routing`), and a vnode's own
+`routes: [{to: CIDR, via: ADDRESS}]` are added to (or replace) those.
 """
 
 from __future__ import annotations
@@ -25,10 +30,10 @@ import ipaddress
 import math
 import re
 import reprlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
@@ -36,7 +41,11 @@ from omnibed.core.errors import PlatformError
 from omnibed.emulator.agent.containers import MIN_MEMORY
 from omnibed.emulator.agent.state import Shaping
 
+if TYPE_CHECKING:
+    from omnibed.emulator.timeline import Event
+
 MODES = ("auto", "bridge", "vxlan")
+ROUTES = ("auto", "none")
 DEFAULT_VXLAN_PORT = 4789
 IFNAME_MAX_BYTES = 15  # IFNAMSIZ (16 bytes) less the terminating NUL
 MAX_VNODES_PER_PNODE = 10_000  # each takes a network namespace and ~340 KiB of memory
@@ -325,6 +334,31 @@ class CpuSpec:
 
 
 @dataclass(frozen=True)
+class RouteSpec:
+    """A vnode's own route: to network `to` (a CIDR) through the gateway address `via`,
+    which lies in one of the vnode's vnetworks."""
+
+    to: str
+    via: str
+
+    def __post_init__(self) -> None:
+        try:
+            object.__setattr__(self, "to", str(ipaddress.ip_network(str(self.to))))
+        except ValueError:
+            raise PlatformError(
+                f"{show(self.to)} is not a network in CIDR notation (e.g. 10.2.0.0/24)",
+                where="to",
+            ) from None
+        try:
+            object.__setattr__(self, "via", str(ipaddress.ip_address(str(self.via))))
+        except ValueError:
+            raise PlatformError(
+                f"{show(self.via)} is not an IP address (the gateway's, without prefix)",
+                where="via",
+            ) from None
+
+
+@dataclass(frozen=True)
 class ImageSource:
     """An image a platform names: `source` is a rootfs tarball (`file:///path` or a path)."""
 
@@ -361,6 +395,10 @@ class VNodeSpec:
     With `image`, each vnode is a container started from that image: `shared` (an overlay
     on one copy per pnode; else a private copy), `cpu`, `memory` (bytes, or a size such as
     '512MiB'), `ssh` (an sshd inside, the reservation's key authorised for root).
+
+    `forward`: the vnode forwards packets between its vnetworks (a gateway, for the
+    platform's `routes: auto`); `routes`: its own routes, which replace those `routes: auto`
+    gives it to the same networks.
     """
 
     name: str
@@ -372,6 +410,8 @@ class VNodeSpec:
     cpu: CpuSpec | None = None
     memory: int | str | None = None
     ssh: bool = False
+    forward: bool = False
+    routes: Sequence[RouteSpec] = ()
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str):
@@ -418,7 +458,17 @@ class VNodeSpec:
                 "or a node id",
                 where="pnode",
             )
+        if not isinstance(self.forward, bool):
+            raise PlatformError(
+                f"vnode {self.name!r}: forward {show(self.forward)} must be true or false",
+                where="forward",
+            )
         object.__setattr__(self, "ifaces", tuple(self.ifaces))
+        object.__setattr__(self, "routes", tuple(self.routes))
+        if not all(isinstance(route, RouteSpec) for route in self.routes):
+            raise PlatformError(
+                f"vnode {self.name!r}: routes must be RouteSpec objects", where="routes"
+            )
         seen: set[str] = set()
         for k, iface in enumerate(self.ifaces):
             where = f"ifaces[{k}]"
@@ -481,14 +531,23 @@ class VNodeSpec:
 
 @dataclass(frozen=True)
 class Platform:
-    """A whole virtual platform; cross-references are checked here."""
+    """A whole virtual platform; cross-references are checked here. `routes`: 'auto'
+    installs in every vnode a route to every vnetwork it is not on, through the vnodes
+    that forward (Distem's complete vroutes); 'none' installs none."""
 
     networks: Sequence[Network] = ()
     nodes: Sequence[VNodeSpec] = ()
     vxlan_port: int = DEFAULT_VXLAN_PORT
     images: Sequence[ImageSource] = ()
+    routes: str = "none"
+    events: Sequence[Event] = ()  # its timeline, started once it is built (emulator.timeline)
 
     def __post_init__(self) -> None:
+        if self.routes not in ROUTES:
+            raise PlatformError(
+                f"{show(self.routes)} is not one of {', '.join(ROUTES)}", where="routes"
+            )
+        object.__setattr__(self, "events", tuple(self.events))
         object.__setattr__(self, "networks", tuple(self.networks))
         object.__setattr__(self, "nodes", tuple(self.nodes))
         object.__setattr__(self, "images", tuple(self.images))
@@ -539,6 +598,14 @@ class Platform:
                     f"two vnodes are called {node.name!r}", where=f"nodes[{n}].name"
                 )
             templates.add(node.name)
+            on = [by_name[i.network].network for i in node.ifaces if i.network in by_name]
+            for r, route in enumerate(node.routes):
+                if not any(ipaddress.ip_address(route.via) in net for net in on):
+                    raise PlatformError(
+                        f"vnode {node.name!r}: gateway {route.via} is on none of its "
+                        f"vnetworks ({', '.join(str(net) for net in on) or 'it has no iface'})",
+                        where=f"nodes[{n}].routes[{r}].via",
+                    )
             for k, iface in enumerate(node.ifaces):
                 place = f"nodes[{n}].ifaces[{k}]"
                 where = f"vnode {node.name!r} iface {iface.name!r}"
@@ -574,9 +641,13 @@ class Platform:
 
 # --- YAML / mapping loader -------------------------------------------------------------
 
-_TOP_KEYS = ("images", "networks", "nodes", "vxlan_port")
+_TOP_KEYS = ("images", "networks", "nodes", "vxlan_port", "routes", "events")
 _NETWORK_KEYS = ("name", "cidr", "mode")
-_NODE_KEYS = ("name", "per_pnode", "pnode", "ifaces", "image", "shared", "cpu", "memory", "ssh")
+_NODE_KEYS = (
+    "name", "per_pnode", "pnode", "ifaces", "image", "shared", "cpu", "memory", "ssh", "forward",
+    "routes",
+)  # fmt: skip
+_ROUTE_KEYS = ("to", "via")
 _CPU_KEYS = ("cores", "share")
 _IMAGE_KEYS = ("source",)
 _IFACE_KEYS = ("name", "network", "address", "output", "input")
@@ -631,8 +702,16 @@ def _link(data: object, where: str) -> LinkSpec | None:
     return _at(where, LinkSpec, **fields) if fields else None
 
 
-def platform_from_dict(data: object) -> Platform:
-    """Build a Platform from the parsed YAML structure (see examples/listing1.yaml)."""
+def platform_from_dict(
+    data: object,
+    *,
+    base: Path | None = None,
+    locate: Callable[[str], str] = lambda where: where,
+) -> Platform:
+    """Build a Platform from the parsed YAML structure (see examples/listing1.yaml); its
+    events' traces are read from `base`, `locate` names an event's place in the file."""
+    from omnibed.emulator.timeline import events_from_list  # it reads rates as this module
+
     top = _fields(data, "", _TOP_KEYS, ("nodes",))
     networks = []
     for n, item in enumerate(_list(top.get("networks"), "networks")):
@@ -654,7 +733,11 @@ def platform_from_dict(data: object) -> Platform:
         if fields.get("cpu") is not None:
             cw = f"{where}.cpu"
             fields["cpu"] = _at(cw, CpuSpec, **_fields(fields["cpu"], cw, _CPU_KEYS))
-        nodes.append(_at(where, VNodeSpec, ifaces=ifaces, **fields))
+        routes = []
+        for r, raw in enumerate(_list(fields.pop("routes", None), f"{where}.routes")):
+            rw = f"{where}.routes[{r}]"
+            routes.append(_at(rw, RouteSpec, **_fields(raw, rw, _ROUTE_KEYS, _ROUTE_KEYS)))
+        nodes.append(_at(where, VNodeSpec, ifaces=ifaces, routes=routes, **fields))
     images = []
     raw_images = top.get("images") or {}
     if not isinstance(raw_images, Mapping):
@@ -667,7 +750,12 @@ def platform_from_dict(data: object) -> Platform:
         fields = _fields(item, where, _IMAGE_KEYS, ("source",))
         images.append(_at(where, ImageSource, name=name, **fields))
     port = top.get("vxlan_port", DEFAULT_VXLAN_PORT)
-    return Platform(networks=networks, nodes=nodes, vxlan_port=port, images=images)
+    routes = top.get("routes", "none")
+    events = events_from_list(top.get("events"), base=base, locate=locate)
+    return Platform(
+        networks=networks, nodes=nodes, vxlan_port=port, images=images, routes=routes,
+        events=events,
+    )
 
 
 def _is_path(text: str) -> bool:
@@ -789,6 +877,7 @@ def load_platform(source: str | Path | Mapping[str, Any]) -> Platform:
     """A Platform from a YAML file path, YAML text, or an already parsed mapping."""
     if not isinstance(source, str | Path):
         return platform_from_dict(source)
+    base = None
     if isinstance(source, str) and not _is_path(source):
         raw: str | bytes = source
         origin = "platform"
@@ -805,8 +894,13 @@ def load_platform(source: str | Path | Mapping[str, Any]) -> Platform:
                 "write many vnodes with per_pnode"
             )
         origin = str(path)
+        base = path.parent
     data, root = _parse(raw, origin)
     try:
-        return platform_from_dict(data)
+        return platform_from_dict(
+            data, base=base, locate=lambda where: _mark(origin, _locate(root, where))
+        )
     except PlatformError as exc:
+        if exc.origin:  # an event's error, already placed
+            raise
         raise exc.located(_mark(origin, _locate(root, exc.where))) from None

@@ -9,9 +9,10 @@ was run, the runtime probe. Rules, in order:
   control NIC is never a bridge uplink (the SSH session must not be re-parented); a NIC
   passes when the probe saw foreign source and destination MACs pass, or, not probed,
   when the provider says yes; unknown and not probed means no;
-- otherwise unicast VXLAN with head-end replication (multicast is never needed), over an
-  extra or experiment NIC that has an address in one subnet on every pnode, else over the
-  control NIC and the pnode's control address; MTU = underlay MTU - 50 (IPv4) or - 70;
+- otherwise unicast VXLAN with head-end replication (multicast is never needed), over
+  addresses that reach each other: those of an extra, else experiment, else control NIC
+  that has an address in one subnet on every pnode; failing that, over each pnode's
+  control address, routed (the reason says so); MTU = underlay MTU - 50 (IPv4) or - 70;
 - `bridge` forced also accepts unknown NICs, refuses NICs known to drop foreign MACs
   (PlatformError), or with `force` builds it anyway, flagged `unreachable_expected`;
 - `vxlan` forced always works.
@@ -112,6 +113,12 @@ def _host(address: str) -> str:
         return str(ipaddress.ip_interface(address).ip)
     except ValueError:
         raise PlatformError(f"{address!r} is not an IP address") from None
+
+
+def _prefixed(nic: Nic, address: str) -> bool:
+    """Whether `nic` gives `address` with its subnet (a prefix shorter than the address)."""
+    ifaces = (ipaddress.ip_interface(a) for a in nic.addresses if "/" in a)
+    return any(str(i.ip) == address and i.network.prefixlen < i.max_prefixlen for i in ifaces)
 
 
 def _verdict(nic: Nic, probe: ProbeResult | None) -> tuple[bool | None, str]:
@@ -278,24 +285,17 @@ class _Decider:
         )
 
     def underlay(self, pnodes: tuple[str, ...]) -> tuple[dict[str, tuple[Nic, str]], str]:
-        """(pnode -> (NIC, address)) for VXLAN, and which NIC it is in words."""
-        for role in _BRIDGE_ROLES:
-            picked: dict[str, tuple[Nic, ipaddress.IPv4Interface | ipaddress.IPv6Interface]] = {}
-            for p in pnodes:
-                for nic in self.free(p, role):
-                    ifaces = [ipaddress.ip_interface(a) for a in nic.addresses]
-                    ifaces = [i for i in ifaces if i.network.prefixlen < i.max_prefixlen]
-                    if ifaces:
-                        picked[p] = (nic, ifaces[0])
-                        break
-                else:
-                    break
-            subnets = {i.network for _, i in picked.values()}
-            if len(picked) == len(pnodes) and len(subnets) == 1:
-                return (
-                    {p: (n, str(i.ip)) for p, (n, i) in picked.items()},
-                    f"the {role.value} NIC",
-                )
+        """(pnode -> (NIC, address)) for VXLAN, and in words which NIC and why its addresses
+        reach each other: the first role (extra, experiment, control) whose NICs have an
+        address in one subnet on every pnode (one segment: they reach each other directly).
+        Failing that, each pnode's control address, and the words say that they share no
+        subnet (or that the provider does not give it), so that VXLAN relies on routers."""
+        for role in (*_BRIDGE_ROLES, NicRole.CONTROL):
+            found = self._one_subnet(pnodes, role)
+            if found is not None:
+                picked, subnet = found
+                names = _group({p: n.name for p, (n, _) in picked.items()})
+                return picked, f"the {role.value} NIC ({names}), addresses in one subnet {subnet}"
         out: dict[str, tuple[Nic, str]] = {}
         for p in pnodes:
             facts = self.facts[p]
@@ -309,7 +309,40 @@ class _Decider:
                     "its provider's nic_capabilities must report the control NIC"
                 )
             out[p] = (holder, facts.address)
-        return out, "the control NIC"
+        where = _group({p: f"{a} on the {n.role.value} NIC {n.name}" for p, (n, a) in out.items()})
+        if all(_prefixed(nic, address) for nic, address in out.values()):
+            return out, (
+                f"the pnodes' addresses ({where}), which share no subnet: VXLAN relies on "
+                "the routers between them"
+            )
+        return out, (
+            f"the pnodes' addresses ({where}), whose subnets the provider does not say: "
+            "VXLAN relies on them reaching each other"
+        )
+
+    def _one_subnet(
+        self, pnodes: tuple[str, ...], role: NicRole
+    ) -> tuple[dict[str, tuple[Nic, str]], str] | None:
+        """A NIC of `role` and its address on each pnode, all addresses in one subnet (the
+        first pnode's subnets tried in order); None when no subnet is on every pnode."""
+        ifaces = {
+            p: [
+                (nic, iface)
+                for nic in self.free(p, role)
+                for iface in map(ipaddress.ip_interface, nic.addresses)
+                if iface.network.prefixlen < iface.max_prefixlen
+            ]
+            for p in pnodes
+        }
+        for _, first in ifaces[pnodes[0]]:
+            picked = {
+                p: next(((n, str(i.ip)) for n, i in ifaces[p] if i.network == first.network),
+                        None)
+                for p in pnodes
+            }
+            if all(picked.values()):
+                return {p: pick for p, pick in picked.items() if pick}, str(first.network)
+        return None
 
     def vxlan(self, req: Request, why_not_bridge: str) -> Choice:
         underlay, which = self.underlay(req.pnodes)
@@ -321,8 +354,7 @@ class _Decider:
             )
         overhead = VXLAN_OVERHEAD[versions.pop()] if versions else VXLAN_OVERHEAD[4]
         mtu = min(n.mtu for n, _ in underlay.values()) - overhead
-        names = _group({p: n.name for p, (n, _) in underlay.items()})
-        reason = f"unicast VXLAN over {which} ({names}), MTU {mtu}: {why_not_bridge}"
+        reason = f"unicast VXLAN over {which}, MTU {mtu}: {why_not_bridge}"
         return Choice(
             "vxlan",
             reason,

@@ -47,7 +47,7 @@ from typing import Any
 from omnibed.core.errors import PlatformError, UsageError
 from omnibed.emulator.agent import nsutil
 from omnibed.emulator.agent.containers import ContainerSpec, tarball_path
-from omnibed.emulator.agent.state import Bridge, PnodeState, Shaping, Trunk, Viface, Vxlan
+from omnibed.emulator.agent.state import Bridge, PnodeState, Route, Shaping, Trunk, Viface, Vxlan
 from omnibed.emulator.image_refs import ImageRef
 from omnibed.emulator.model import (
     IFNAME_MAX_BYTES,
@@ -66,6 +66,7 @@ from omnibed.emulator.modes import (
     Request,
     choose_modes,
 )
+from omnibed.emulator.routing import Attachment, complete_routes
 
 MAX_NETWORKS = 256  # VNIs per instance
 MAX_VNODES = 100_000  # per emulation: the plan is held in the CLI's memory
@@ -511,6 +512,37 @@ def _containers(
     return out
 
 
+def _routes(
+    platform: Platform,
+    vnodes: list[tuple[str, int, VNodeSpec]],
+    ids: Sequence[str],
+    netns_of: list[str],
+    addresses: Mapping[tuple[str, str], str],
+) -> dict[str, list[Route]]:
+    """Each pnode's routes: each vnode's own, and those `routes: auto` gives it to other
+    networks."""
+    by_pnode: dict[str, list[Route]] = {p: [] for p in ids}
+    found: dict[str, list[tuple[str, str]]] = {}
+    if platform.routes == "auto":
+        found = complete_routes(
+            {net.name: str(net.network) for net in platform.networks},
+            {
+                name: [
+                    Attachment(i.network, addresses[(name, i.name)].split("/")[0])
+                    for i in spec.ifaces
+                ]
+                for name, _, spec in vnodes
+            },
+            [name for name, _, spec in vnodes if spec.forward],
+        )
+    for k, (name, p_index, spec) in enumerate(vnodes):
+        own = {route.to: route.via for route in spec.routes}
+        auto = [(to, via) for to, via in found.get(name, ()) if to not in own]
+        for to, via in [*auto, *own.items()]:
+            by_pnode[ids[p_index]].append(Route(name, netns_of[k], to, via))
+    return by_pnode
+
+
 def plan(
     platform: Platform,
     pnodes: Sequence[PnodeFacts],
@@ -636,6 +668,11 @@ def plan(
             )
         )  # fmt: skip
 
+    forwarding: dict[str, list[str]] = {p: [] for p in ids}
+    for k, (_, p_index, spec) in enumerate(vnodes):
+        if spec.forward:
+            forwarding[ids[p_index]].append(netns_of[k])
+    routes = _routes(platform, vnodes, ids, netns_of, addresses)
     states = tuple(
         PnodeState(
             instance=instance,
@@ -647,6 +684,8 @@ def plan(
             vifaces=tuple(vifaces[p]),
             trunks=tuple(trunks[p]),
             containers=tuple(container_specs[p]),
+            forwarding=tuple(forwarding[p]),
+            routes=tuple(routes[p]),
         )
         for p in ids
     )

@@ -8,24 +8,26 @@ pnode and runs it; the agent then exchanges JSON lines on the same channel.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import shlex
 import subprocess
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Protocol, Self, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, Self, TypeVar
 
-import paramiko
-
-from omnibed.core import ssh
-from omnibed.core.errors import EmulatorError, SSHError
+from omnibed.core.errors import EmulatorError, PreflightError, SSHError
 from omnibed.core.types import SSHEndpoint
 
 from .agent import MIN_PYTHON, launcher
-from .bundle import Bundle, build
+
+if TYPE_CHECKING:  # paramiko and pyroute2 load only where an agent is started here
+    import paramiko
+
+    from .bundle import Bundle
 
 AGENT_DIR = "/var/lib/omnibed/agent"  # on every pnode: root's, mode 0700
 LAUNCHER = Path(launcher.__file__).read_text()
@@ -77,9 +79,7 @@ class AgentConnection:
     def request(self, op: str, **args: Any) -> dict[str, Any]:
         """Send one request and return the agent's reply, whether ok or not."""
         try:
-            self._writer.write(json.dumps({"op": op, **args}).encode() + b"\n")
-            self._writer.flush()
-            line = self._reader.readline()
+            line = self.exchange(json.dumps({"op": op, **args}).encode() + b"\n")
         except OSError as exc:
             raise SSHError(f"{self.label}: agent channel broke during {op}: {exc}") from exc
         if not line:
@@ -87,6 +87,12 @@ class AgentConnection:
                 f"{self.label}: the agent exited during {op}: {self._stderr_tail()}"
             )
         return json.loads(line)
+
+    def exchange(self, line: bytes) -> bytes:
+        """Send one request line as it is; its reply line, or b"" if the agent is gone."""
+        self._writer.write(line)
+        self._writer.flush()
+        return self._reader.readline()
 
     def call(self, op: str, **args: Any) -> dict[str, Any]:
         """`request`, raising AgentError when the reply is not ok."""
@@ -114,6 +120,8 @@ class LocalAgentSession(AgentConnection):
     def __init__(
         self, *, netns: str | None = None, python: str = "python3", bundle: Bundle | None = None
     ) -> None:
+        from .bundle import build
+
         fd = os.memfd_create("omnibed-agent.pyz")
         try:
             with open(fd, "wb", closefd=False) as archive:
@@ -145,7 +153,12 @@ class LocalAgentSession(AgentConnection):
 
 
 class AgentSession(AgentConnection):
-    """The agent on the pnode behind `endpoint`, installed and started over SSH."""
+    """The agent on the pnode behind `endpoint`, installed and started over SSH.
+
+    With `client` (an SSH connection to that pnode whose python3 was checked, see
+    `check_python`), the agent runs on a new channel of it, which `close` leaves open;
+    otherwise the session logs in, checks python3, and logs out at `close`.
+    """
 
     def __init__(
         self,
@@ -155,12 +168,19 @@ class AgentSession(AgentConnection):
         bundle: Bundle | None = None,
         timeout: float = 30,
         agent_dir: str = AGENT_DIR,
+        client: paramiko.SSHClient | None = None,
     ) -> None:
+        from omnibed.core import ssh
+
+        from .bundle import build
+
         bundle = bundle or build()
-        self.client = ssh.connect(endpoint, known_hosts, timeout)
+        self.owns_client = client is None
+        self.client = client or ssh.connect(endpoint, known_hosts, timeout)
         label = endpoint.label()
         try:
-            _check_python(self.client, label)
+            if self.owns_client:
+                check_python(self.client, label)
             transport = self.client.get_transport()
             assert transport is not None  # a connected client always has one
             self.channel = transport.open_session()
@@ -168,7 +188,7 @@ class AgentSession(AgentConnection):
             super().__init__(label, writer, reader)
             self._launch(bundle, agent_dir)
         except BaseException:
-            self.client.close()
+            self._end()
             raise
 
     def _launch(self, bundle: Bundle, agent_dir: str) -> None:
@@ -189,11 +209,26 @@ class AgentSession(AgentConnection):
         data = self.channel.makefile_stderr("rb").read()
         return data.decode(errors="replace")[-2000:] or "(no stderr)"
 
+    def alive(self) -> bool:
+        """Whether the agent may still answer: its channel and SSH connection are open."""
+        transport = self.client.get_transport()
+        return (
+            transport is not None and transport.is_active() and not self.channel.closed
+            and not self.channel.exit_status_ready()
+        )
+
     def close(self) -> None:
         try:
             self.channel.shutdown_write()
             self.channel.recv_exit_status()
         finally:
+            self._end()
+
+    def _end(self) -> None:
+        """Close the channel, and the SSH connection if this session opened it."""
+        if hasattr(self, "channel"):
+            self.channel.close()
+        if self.owns_client:
             self.client.close()
             # paramiko's files flush their buffer when finalised: they go now, not in a later
             # garbage collection (at exit, when a failure's traceback holds this session)
@@ -201,7 +236,8 @@ class AgentSession(AgentConnection):
             self._writer = self._reader = _Closed()
 
 
-def _check_python(client: paramiko.SSHClient, label: str) -> None:
+def check_python(client: paramiko.SSHClient, label: str) -> None:
+    """EmulatorError unless the pnode behind `client` has python3 >= MIN_PYTHON."""
     _, stdout, stderr = client.exec_command("python3 --version")
     text = (stdout.read() + stderr.read()).decode(errors="replace").strip()
     found = re.search(r"Python (\d+)\.(\d+)", text)
@@ -217,6 +253,54 @@ def _check_python(client: paramiko.SSHClient, label: str) -> None:
             f"{label}: python3 is {found.group(0)}, the omnibed agent needs >= {oldest}: "
             "use a newer image or install a newer python3"
         )
+
+
+EndpointsOf = Callable[[Sequence[str]], Mapping[str, SSHEndpoint]]
+
+
+class Agents(Protocol):
+    """Where a command gets one running agent per pnode for a while (a lease)."""
+
+    def lease(
+        self, scope: str, pnodes: Sequence[str], endpoints_of: EndpointsOf, known_hosts: Path
+    ) -> contextlib.AbstractContextManager[dict[str, AgentConnection]]:
+        """Agents of `pnodes` of the reservation `scope` names; `endpoints_of(pnodes)` tells
+        how to log in to those that need it."""
+        ...
+
+
+class DirectAgents:
+    """Agents started for one lease and ended with it, by this process itself."""
+
+    @contextlib.contextmanager
+    def lease(
+        self,
+        scope: str,
+        pnodes: Sequence[str],
+        endpoints_of: EndpointsOf,
+        known_hosts: Path,
+    ) -> Iterator[dict[str, AgentConnection]]:
+        """One agent per pnode, started in parallel; PreflightError names the pnodes where
+        none could be."""
+        from .bundle import build
+
+        bundle = build()
+        opened = for_each(
+            endpoints_of(pnodes),
+            lambda _, endpoint: AgentSession(endpoint, known_hosts, bundle=bundle),
+        )
+        sessions = {p: s for p, s in opened.items() if not isinstance(s, BaseException)}
+        try:
+            problems = {p: [str(s)] for p, s in opened.items() if isinstance(s, BaseException)}
+            if problems:
+                raise PreflightError(problems)
+            yield dict(sessions)
+        finally:
+            for session in sessions.values():
+                try:
+                    session.close()
+                except Exception:  # closing a broken channel must not hide the real error
+                    pass
 
 
 def for_each(

@@ -7,9 +7,13 @@ before the testbed is called, has its own key pair and known_hosts, and is relea
 
 from __future__ import annotations
 
+import contextlib
+import math
+import os
 import secrets
 import shutil
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from functools import cached_property
@@ -20,7 +24,6 @@ from omnibed.core.errors import OmnibedError, ReleaseFailed, ReservationNotFound
 from omnibed.core.kit import check_options
 from omnibed.core.ledger import Entry, Ledger, omnibed_home, process_owner
 from omnibed.core.login import Login
-from omnibed.core.plugins import ProviderRegistry, load_providers
 from omnibed.core.provider import Progress, Provider, no_progress
 from omnibed.core.reservation_access import ReservationAccess
 from omnibed.core.timeutil import utcnow
@@ -36,6 +39,11 @@ from omnibed.core.types import (
 
 if TYPE_CHECKING:  # paramiko loads only for the commands that log in to nodes
     from omnibed.core import ssh
+    from omnibed.core.plugins import ProviderRegistry  # pluggy: only when a provider is used
+    from omnibed.emulator.coordinator import Emulator
+
+CONTROL_DIR = "control"  # in the omnibed home: the control process's socket (0700)
+CONTROL_IDLE = 300.0  # s the control process keeps a reservation's agents unused
 
 
 class Omnibed:
@@ -59,6 +67,8 @@ class Omnibed:
     @cached_property
     def registry(self) -> ProviderRegistry:
         """The installed providers, found at first use (listing the ledger needs none)."""
+        from omnibed.core.plugins import load_providers
+
         return load_providers()
 
     # -- providers and paths ------------------------------------------------------------
@@ -266,10 +276,16 @@ class Omnibed:
         return provider.list_nodes(reservation)
 
     def nics(self, name: str, nodes: Sequence[Node] | None = None) -> dict[str, list[Nic]]:
-        """node id -> its NICs; `nodes`: the reservation's nodes, if the caller listed them."""
+        """node id -> its NICs; `nodes`: the reservation's nodes, if the caller listed them.
+        The nodes are asked at the same time (a provider may log in to each)."""
         provider, reservation, nodes = self._reservation_nodes(name, nodes)
         login = self.login(name, nodes)
-        return {node.id: provider.nic_capabilities(reservation, node, login) for node in nodes}
+        if not nodes:
+            return {}
+        with ThreadPoolExecutor(max_workers=min(32, len(nodes))) as pool:
+            found = pool.map(lambda node: provider.nic_capabilities(reservation, node, login),
+                             nodes)
+            return {node.id: nics for node, nics in zip(nodes, found, strict=True)}
 
     def root_endpoints(
         self, name: str, nodes: Sequence[Node] | None = None
@@ -356,11 +372,33 @@ class Omnibed:
             raise teardown_error
         return True
 
-    def _emulation_down(self, name: str) -> None:
-        from omnibed.emulator.coordinator import PLAN_FILE, Emulator
+    def emulator(self, name: str) -> Emulator:
+        """The virtual platform of reservation `name`, its agents kept running between
+        commands by the user's control process (see :mod:`omnibed.emulator.control`) unless
+        $OMNIBED_CONTROL_IDLE is 0; that process ends after that many seconds unused
+        (default CONTROL_IDLE) or when its last reservation is released."""
+        from omnibed.emulator.control import ControlAgents
+        from omnibed.emulator.coordinator import Emulator
 
-        if _is_folder_name(name) and (self.reservation_dir(name) / PLAN_FILE).exists():
-            Emulator(self.access(name)).down()
+        idle = _control_idle()
+        agents = ControlAgents(self.home / CONTROL_DIR, idle) if idle > 0 else None
+        return Emulator(self.access(name), agents)
+
+    def _emulation_down(self, name: str) -> None:
+        """Tear down the platform of `name` if it runs one, then end the agents kept for it."""
+        from omnibed.emulator.control import ControlAgents
+        from omnibed.emulator.coordinator import PLAN_FILE
+
+        if not _is_folder_name(name):
+            return
+        try:
+            if (self.reservation_dir(name) / PLAN_FILE).exists():
+                self.emulator(name).down()
+        finally:
+            # the agents end with their pnodes anyway: a control process that cannot be
+            # told must not keep the reservation from being released
+            with contextlib.suppress(OmnibedError, OSError):
+                ControlAgents(self.home / CONTROL_DIR, 0).forget(str(self.reservation_dir(name)))
 
     def gc(self) -> tuple[list[tuple[str, str]], list[tuple[str, OmnibedError]]]:
         """Release what is expired or whose owning process is gone.
@@ -384,7 +422,15 @@ class Omnibed:
                 failed.append((entry.name, error))
             else:
                 released.append((entry.name, why))
+        self._remove_stale_control_socket()
         return released, failed
+
+    def _remove_stale_control_socket(self) -> None:
+        """The socket a killed control process left (the next command would replace it)."""
+        from omnibed.emulator.control import remove_stale_socket
+
+        with contextlib.suppress(OmnibedError, OSError):
+            remove_stale_socket(self.home / CONTROL_DIR)
 
     @staticmethod
     def _node(provider: Provider, reservation: Reservation, node_id: str) -> Node:
@@ -414,7 +460,8 @@ class _Access:
 
     @property
     def reservation_id(self) -> str:
-        return self.api.reservation(self.name)[1].id
+        recorded = self.api.entry(self.name).reservation  # no provider needed to read it
+        return (recorded or self.api.reservation(self.name)[1]).id
 
     @property
     def key_file(self) -> Path:
@@ -435,6 +482,20 @@ class _Access:
 
     def root_endpoint(self, node_id: str) -> SSHEndpoint:
         return self.api.root_endpoint(self.name, node_id)
+
+
+def _control_idle() -> float:
+    """Seconds the control process stays unused: $OMNIBED_CONTROL_IDLE or CONTROL_IDLE."""
+    text = os.environ.get("OMNIBED_CONTROL_IDLE", "")
+    try:
+        idle = float(text) if text else CONTROL_IDLE
+    except ValueError:
+        raise UsageError(
+            f"OMNIBED_CONTROL_IDLE={text!r} is not a number of seconds (0: no control process)"
+        ) from None
+    if not math.isfinite(idle) or idle < 0:
+        raise UsageError(f"OMNIBED_CONTROL_IDLE={text!r} must be 0 or more seconds")
+    return idle
 
 
 def _is_folder_name(name: str) -> bool:

@@ -37,3 +37,23 @@ def test_command_loads_no_ssh_sdk_nor_emulator(tmp_path: Path, args: list[str]) 
     loaded = json.loads(done.stderr.strip().splitlines()[-1])
     assert "omnibed.cli.app" in loaded  # the command did run
     assert [name for name in loaded if name.split(".")[0] in HEAVY or name in HEAVY] == []
+
+
+@pytest.mark.parametrize(
+    ("args", "unused"),
+    [
+        (["--help"], ("omnibed.api", "omnibed.core.ledger", "pluggy")),
+        (["--version"], ("omnibed.api", "omnibed.core.ledger", "pluggy")),
+        (["emulate", "--help"], ("omnibed.api", "pluggy")),
+        (["ls"], ("pluggy", "omnibed.core.plugins")),
+    ],
+)
+def test_help_loads_no_api_and_ls_no_plugin_manager(
+    tmp_path: Path, args: list[str], unused: tuple[str, ...]
+) -> None:
+    env = {**os.environ, "OMNIBED_HOME": str(tmp_path)}
+    done = subprocess.run([sys.executable, "-c", LOADED, *args], env=env,
+                          capture_output=True, text=True, timeout=60)
+    loaded = json.loads(done.stderr.strip().splitlines()[-1])
+    assert "omnibed.cli.app" in loaded  # the command did run
+    assert [name for name in unused if name in loaded] == []

@@ -6,7 +6,8 @@ Each stdin line is a request {"op": NAME, ...}; each gets exactly one stdout lin
   hello                                   -> python, pyroute2 versions, pid, euid
   preflight {state}                       -> problems: [sentence, ...] (nothing changed)
   apply {state}                           -> created_namespaces, created_links; on failure
-                                             also object and rolled_back
+                                             also object and rolled_back (then forwarding
+                                             and routes: vroutes.py)
   teardown {state}                        -> removed_namespaces (idempotent)
   status {state}                          -> namespaces, links, group_links, complete, absent
   probe-listen {nic, nonce}               -> mac (the listener keeps listening)
@@ -31,8 +32,20 @@ Each stdin line is a request {"op": NAME, ...}; each gets exactly one stdout lin
                                              lacks: nothing changed); else the direction's
                                              root qdisc now matches the viface's shaping
   link {netns, ifname, up}                -> {}: the vnode's interface is up or down
+  timeline-prepare {instance, id, actions}-> problems: [sentence, ...] (kernel features the
+                                             shaping lacks: nothing runs); else pid of the
+                                             detached runner, waiting (see timeline.py)
+  timeline-go {instance, id, start}       -> running: whether the runner was told its start
+  timeline-status {instance}              -> timelines: [{id, running, created, start,
+                                             actions, log}]
+  timeline-cancel {instance, id?}         -> cancelled: the ids of the runners stopped
 
-teardown removes the state's containers before its network.
+  vnode-run {action, container, vifaces}  -> run: the vnode's run state after action (stop,
+                                             start, freeze, thaw; lifecycle.py); container
+                                             is its ContainerSpec, null for a netns only
+
+teardown stops the instance's timelines, then removes its containers (frozen ones too:
+runc thaws them to kill them), then its network.
 """
 
 from __future__ import annotations
@@ -59,11 +72,17 @@ CONTAINERS_EXEC = "containers-exec"
 CONTAINERS_REMOVE = "containers-remove"
 SHAPE = "shape"
 LINK = "link"
+TIMELINE_PREPARE = "timeline-prepare"
+TIMELINE_GO = "timeline-go"
+TIMELINE_STATUS = "timeline-status"
+TIMELINE_CANCEL = "timeline-cancel"
+VNODE_RUN = "vnode-run"
 
 ALL = (
     HELLO, PREFLIGHT, APPLY, TEARDOWN, STATUS, PROBE_LISTEN, PROBE_SEND, PROBE_COLLECT, EXEC,
     CONTAINERS_PREFLIGHT, CONTAINERS_INSTALL, CONTAINERS_IMAGE, CONTAINERS_START, CONTAINERS_STATUS,
-    CONTAINERS_EXEC, CONTAINERS_REMOVE, SHAPE, LINK,
+    CONTAINERS_EXEC, CONTAINERS_REMOVE, SHAPE, LINK, VNODE_RUN, TIMELINE_PREPARE, TIMELINE_GO,
+    TIMELINE_STATUS, TIMELINE_CANCEL,
 )  # fmt: skip
 
 

@@ -15,8 +15,8 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from . import live, nsutil, ops, probe
-from .containers import ContainerError, Runtime, tarball_path
+from . import lifecycle, live, nsutil, ops, probe, timeline, vroutes
+from .containers import ContainerError, ContainerSpec, Runtime, tarball_path
 from .netlink_apply import Applier, ApplyFailure, status, teardown
 from .preflight import preflight
 from .state import PnodeState, Viface
@@ -31,7 +31,7 @@ class Agent:
         self.handlers: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
             ops.HELLO: self.hello,
             ops.PREFLIGHT: lambda r: {"problems": preflight(_state(r))},
-            ops.APPLY: lambda r: Applier(_state(r)).run(),
+            ops.APPLY: self.apply,
             ops.TEARDOWN: self.teardown,
             ops.STATUS: lambda r: status(_state(r)),
             ops.PROBE_LISTEN: self.probe_listen,
@@ -53,6 +53,17 @@ class Agent:
             ops.CONTAINERS_REMOVE: lambda r: {"removed": self.runtime.remove(r["names"])},
             ops.SHAPE: lambda r: live.shape(Viface.from_json(r["viface"]), str(r["direction"])),
             ops.LINK: lambda r: live.set_link(str(r["netns"]), str(r["ifname"]), bool(r["up"])),
+            ops.VNODE_RUN: self.vnode_run,
+            ops.TIMELINE_PREPARE: lambda r: timeline.prepare(
+                str(r["instance"]), str(r["id"]), list(r["actions"])
+            ),
+            ops.TIMELINE_GO: lambda r: timeline.go(
+                str(r["instance"]), str(r["id"]), float(r["start"])
+            ),
+            ops.TIMELINE_STATUS: lambda r: {"timelines": timeline.records(str(r["instance"]))},
+            ops.TIMELINE_CANCEL: lambda r: {
+                "cancelled": timeline.cancel(str(r["instance"]), r.get("id"))
+            },
         }
 
     def handle(self, request: dict[str, Any]) -> dict[str, Any]:
@@ -88,11 +99,30 @@ class Agent:
             "machine": os.uname().machine,
         }
 
-    def teardown(self, request: dict[str, Any]) -> dict[str, Any]:
-        """The state's containers first (they hold its namespaces), then its network."""
+    def apply(self, request: dict[str, Any]) -> dict[str, Any]:
+        """The state's network, then its forwarding and routes (all removed if they fail)."""
         state = _state(request)
+        done = Applier(state).run()
+        try:
+            vroutes.apply(state)
+        except ApplyFailure:
+            teardown(state)
+            raise
+        return done
+
+    def teardown(self, request: dict[str, Any]) -> dict[str, Any]:
+        """The state's timelines first (they change its links), its containers (they hold
+        its namespaces), then its network."""
+        state = _state(request)
+        timeline.cancel(state.instance, remove=True)
         removed = self.runtime.remove([c.name for c in state.containers])
         return {**teardown(state), "removed_containers": removed}
+
+    def vnode_run(self, request: dict[str, Any]) -> dict[str, Any]:
+        box = request.get("container")
+        container = None if box is None else ContainerSpec.from_json(box)
+        vifaces = [Viface.from_json(v) for v in request["vifaces"]]
+        return {"run": lifecycle.change(self.runtime, str(request["action"]), container, vifaces)}
 
     def containers_image(self, request: dict[str, Any]) -> dict[str, Any]:
         sha256 = request["sha256"]

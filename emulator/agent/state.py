@@ -13,6 +13,10 @@ from typing import Any
 
 from .containers import ContainerSpec
 
+# a vnode's run state (lifecycle.py), and the action that leads to each
+RUNNING, STOPPED, FROZEN = "running", "stopped", "frozen"
+ACTIONS = {"stop": STOPPED, "start": RUNNING, "freeze": FROZEN, "thaw": RUNNING}
+
 
 @dataclass(frozen=True)
 class Shaping:
@@ -70,7 +74,9 @@ class Vxlan:
 
 @dataclass(frozen=True)
 class Viface:
-    """A veth pair: `host_ifname` on the bridge, `ifname` inside the vnode's namespace."""
+    """A veth pair: `host_ifname` on the bridge, `ifname` inside the vnode's namespace.
+    `up`: its link state as the user last set it (`emulate link`); a stopped vnode has
+    every link down whatever this says, and gets this state back when started."""
 
     vnode: str
     netns: str
@@ -82,12 +88,24 @@ class Viface:
     mtu: int
     output: Shaping = field(default_factory=Shaping)  # vnode -> network: egress of `ifname`
     input: Shaping = field(default_factory=Shaping)  # network -> vnode: egress of `host_ifname`
+    up: bool = True
 
     @classmethod
     def from_json(cls, item: dict[str, Any]) -> Viface:
         return cls(
             **{**item, "output": Shaping(**item["output"]), "input": Shaping(**item["input"])}
         )
+
+
+@dataclass(frozen=True)
+class Route:
+    """A route in vnode `vnode`'s namespace `netns`: to network `to` (CIDR) through the
+    gateway address `via`, on the vnetwork the vnode shares with it."""
+
+    vnode: str
+    netns: str
+    to: str
+    via: str
 
 
 @dataclass(frozen=True)
@@ -103,6 +121,10 @@ class PnodeState:
     vifaces: tuple[Viface, ...] = ()
     trunks: tuple[Trunk, ...] = ()  # after the bridges: what joins them
     containers: tuple[ContainerSpec, ...] = ()  # container vnodes, started after the network
+    forwarding: tuple[str, ...] = ()  # namespaces that forward between their vnetworks
+    routes: tuple[Route, ...] = ()  # after the addresses: what they go through
+    # vnode -> STOPPED or FROZEN for those not running (absent: RUNNING)
+    run: dict[str, str] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -119,6 +141,9 @@ class PnodeState:
             vifaces=tuple(Viface.from_json(v) for v in data["vifaces"]),
             trunks=tuple(Trunk(**t) for t in data.get("trunks", ())),
             containers=tuple(ContainerSpec.from_json(c) for c in data.get("containers", ())),
+            forwarding=tuple(data.get("forwarding", ())),
+            routes=tuple(Route(**r) for r in data.get("routes", ())),
+            run=dict(data.get("run", {})),
         )
 
     def kernel_needs(self) -> set[str]:

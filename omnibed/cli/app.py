@@ -13,13 +13,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.markup import escape
 from rich.table import Table
 
-from omnibed.api import Omnibed
 from omnibed.cli.common import (
     AsJson,
     Command,
@@ -28,6 +27,7 @@ from omnibed.cli.common import (
     _api,
     _argv,
     _fail,
+    _help_without_command,
     _print_json,
     _progress,
     _uninterruptible,
@@ -38,17 +38,17 @@ from omnibed.cli.emulate import _emulate_and_run, _platform, emulate_app
 from omnibed.cli.image import image_app
 from omnibed.cli.remote_output import EXIT_STATUSES_HELP, Outcome, Streams, finish
 from omnibed.core.errors import OmnibedError, ReleaseFailed, UsageError
-from omnibed.core.ledger import Entry, process_owner
-from omnibed.core.plugins import ProviderRegistry
-from omnibed.core.provider import VERBS, implemented_verbs
-from omnibed.core.timeutil import parse_walltime, to_utc, utcnow
-from omnibed.core.types import Capability, ReservationRequest
+
+if TYPE_CHECKING:  # the API, ledger and providers load when a command uses them, not for --help
+    from omnibed.api import Omnibed
+    from omnibed.core.ledger import Entry
+    from omnibed.core.plugins import ProviderRegistry
+    from omnibed.core.types import ReservationRequest
 
 app = typer.Typer(
     help="Reserve machines on research testbeds, run commands on them as root, and emulate "
     "virtual platforms on them. Start with `omnibed reserve-and-run --testbed local "
     "--nodes 3 -- id -u` (as root).",
-    no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
 Testbed = Annotated[
@@ -79,23 +79,32 @@ def _print_version(asked: bool) -> None:
         raise typer.Exit()
 
 
-@app.callback()
+@app.callback(invoke_without_command=True)
 def _everywhere(
+    context: typer.Context,
     version: Annotated[bool, typer.Option(
         "--version", callback=_print_version, is_eager=True,
         help="Print omnibed's version and exit.")] = False,
 ) -> None:
-    pass
+    _help_without_command(context)
 
 
 def main() -> None:
-    """Console-script entry point."""
+    """Console-script entry point: every error ends as one line on stderr (see
+    :func:`exit_status`), a mistake in the command line too."""
     try:
-        app()
+        status = app(standalone_mode=False)
+    except typer.TyperException as error:  # what the command line parser refuses
+        context = getattr(error, "ctx", None)
+        hint = f" (see `{context.command_path} --help`)" if context is not None else ""
+        _fail(error.format_message().rstrip(".") + hint, error.exit_code)
+    except typer.Abort:
+        _fail("aborted", 1)
     except OmnibedError as error:
         _fail(str(error), exit_status(error))
     except KeyboardInterrupt:
         _fail("interrupted", 130)
+    raise SystemExit(status if isinstance(status, int) else 0)
 
 
 def exit_status(error: OmnibedError) -> int:
@@ -114,6 +123,8 @@ def _options(pairs: list[str] | None) -> dict[str, str]:
 
 
 def _walltime(text: str) -> timedelta:
+    from omnibed.core.timeutil import parse_walltime
+
     try:
         return parse_walltime(text)
     except ValueError as error:
@@ -123,6 +134,8 @@ def _walltime(text: str) -> timedelta:
 def _start(text: str | None) -> datetime | None:
     if text is None:
         return None
+    from omnibed.core.timeutil import to_utc
+
     try:
         return to_utc(datetime.fromisoformat(text), assume_zone="UTC")
     except ValueError:
@@ -174,6 +187,8 @@ def providers(
 
 def _provider_row(registry: ProviderRegistry, name: str) -> dict[str, Any]:
     """What `omnibed providers --json` says of one testbed."""
+    from omnibed.core.provider import implemented_verbs
+
     provider_class = registry.providers[name]
     caps = provider_class.capabilities
     return {
@@ -188,6 +203,9 @@ def _provider_row(registry: ProviderRegistry, name: str) -> dict[str, Any]:
 
 def _verb_table(registry: ProviderRegistry) -> str:
     """Which verbs each testbed implements, derived from its code and capabilities."""
+    from omnibed.core.provider import VERBS, implemented_verbs
+    from omnibed.core.types import Capability
+
     header = ["testbed", *VERBS, "extra NICs", "advance reservation"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for name, provider_class in sorted(registry.providers.items()):
@@ -238,6 +256,8 @@ def _request(api, testbed, nodes, walltime, name, extra_nics, options, start=Non
 
 def _reserve_and_wait(api: Omnibed, testbed: str, request: ReservationRequest) -> None:
     """Reserve with the calling process as owner and wait, showing progress."""
+    from omnibed.core.ledger import process_owner
+
     with _progress(f"reserving {request.nodes} node(s) on {testbed} as {request.name}") as progress:
         api.reserve(testbed, request, owner=process_owner())
         progress("waiting for the nodes")
@@ -429,6 +449,8 @@ def extend(
     """Move a reservation's end later; prints the end the testbed granted."""
     api = _api()
     _, reservation = api.reservation(name)
+    from omnibed.core.timeutil import utcnow
+
     new_end = max(reservation.end, utcnow()) + _walltime(by)
     granted = api.extend(name, new_end)
     out.print(granted.end.isoformat())

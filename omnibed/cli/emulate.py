@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.table import Table
 
-from omnibed.api import Omnibed
+from omnibed.cli import timeline
 from omnibed.cli.common import (
     AsJson,
     Command,
@@ -19,6 +19,7 @@ from omnibed.cli.common import (
     Shell,
     _api,
     _argv,
+    _help_without_command,
     _print_json,
     _progress,
     _uninterruptible,
@@ -29,13 +30,15 @@ from omnibed.cli.remote_output import EXIT_STATUSES_HELP, Outcome, Streams, fini
 from omnibed.core.errors import UsageError
 
 if TYPE_CHECKING:
+    from omnibed.api import Omnibed
     from omnibed.emulator.agent.state import Shaping
     from omnibed.emulator.coordinator import Emulator
     from omnibed.emulator.model import Platform as PlatformSpec
 
 emulate_app = typer.Typer(
     help="Build a virtual platform (vnodes and vnetworks, Distem-style) on a reservation.",
-    no_args_is_help=True,
+    invoke_without_command=True,
+    callback=_help_without_command,
 )
 Platform = Annotated[Path, typer.Argument(help="Platform description (YAML), see examples/.")]
 
@@ -54,9 +57,7 @@ def _emulate_and_run(
 
 
 def _emulator(api: Omnibed, name: str) -> Emulator:
-    from omnibed.emulator.coordinator import Emulator
-
-    return Emulator(api.access(name))
+    return api.emulator(name)
 
 
 def _platform(platform_file: Path, pnodes: int | None = None) -> PlatformSpec:
@@ -94,10 +95,14 @@ def _emulate_up(
     emulator = _emulator(api, name)
     try:
         with _progress(f"building {label} on {name}") as progress:
-            built = emulator.up(platform, force=force, install=install, progress=progress)
+            built = emulator.up(
+                platform, force=force, install=install, progress=progress, count=progress.count
+            )
     except PlatformError as error:  # the plan does not fit the pnodes: name the file
         raise error if error.origin else error.located(label) from None
     out.print(built.summary(), highlight=False)
+    if emulator.scheduled is not None:
+        timeline.scheduled_line(emulator.scheduled, name)
     if emulator.reachable_after is not None:
         out.print(f"vnodes reachable in {emulator.reachable_after:.1f} s", highlight=False)
     if len(built.pnodes) > 1:
@@ -143,8 +148,17 @@ def emulate_up(
 
 
 @emulate_app.command("status")
-def emulate_status(name: Name, as_json: AsJson = False) -> None:
+def emulate_status(
+    name: Name,
+    as_json: AsJson = False,
+    events: Annotated[bool, typer.Option(
+        "--events", help="Show what the timelines ran: each action's planned and actual time."
+    )] = False,
+) -> None:
     """Show vnodes, their pnode and addresses, and each vnetwork's mode with its reason."""
+    if events:
+        timeline.show_records(_emulator(_api(), name), as_json)
+        return
     status = _emulator(_api(), name).status()
     if as_json:
         _print_json(status.to_json())
@@ -157,18 +171,39 @@ def emulate_status(name: Name, as_json: AsJson = False) -> None:
         )
     boxes = any(vnode.container for vnode in status.vnodes)
     columns = ("image", "state", "limits", "OOM kills") if boxes else ()
-    table = Table("vnode", "pnode", "addresses", *columns)
+    table = Table("vnode", "pnode", "addresses", "run", *columns)
+    links = Table("interface", "link", "output (vnode -> network)", "input (network -> vnode)")
     for vnode in status.vnodes:
         addresses = ", ".join(f"{iface.name}={iface.address}" for iface in vnode.ifaces)
         cells = _container_cells(status.container(vnode)) if boxes else []
-        table.add_row(vnode.name, vnode.pnode, addresses, *cells)
+        run = status.run(vnode)
+        table.add_row(vnode.name, vnode.pnode, addresses, _RUN_STYLE.get(run, run), *cells)
+        for iface in vnode.ifaces:
+            viface = status.iface(vnode, iface.name)
+            if viface is not None:
+                link = "up" if viface.up else "[red]down[/]"
+                if run == "stopped" or (run == "frozen" and vnode.container is None):
+                    link = f"[red]down[/] ({run})"  # held down whatever was set
+                shaped = (_shaping_text(viface.output), _shaping_text(viface.input))
+                links.add_row(f"{vnode.name}.{iface.name}", link, *shaped)
     out.print(table)
+    if links.row_count:
+        out.print(links)
+    routes = Table("vnode", "routes")
+    for vnode in status.vnodes:
+        through = ", ".join(f"{r.to} via {r.via}" for r in status.routes.get(vnode.name, ()))
+        if through or vnode.name in status.forwarding:
+            forwards = " (forwards)" if vnode.name in status.forwarding else ""
+            routes.add_row(f"{vnode.name}{forwards}", through or "-")
+    if routes.row_count:
+        out.print(routes)
     for pnode, state in status.pnodes.items():
         problem = state.problem()
         if problem is not None:
             err.print(f"[yellow]warning:[/] {pnode}: {problem}")
 
 
+_RUN_STYLE = {"stopped": "[red]stopped[/]", "frozen": "[blue]frozen[/]"}
 PICTURE_FORMATS = ("mermaid", "svg", "dot")
 
 
@@ -239,9 +274,14 @@ def emulate_exec(
     vnode: Annotated[str, typer.Argument(help="Vnode name, or `all`.")],
     command: Command = None,
     shell: Shell = None,
-    as_json: Annotated[bool, typer.Option(
-        "--json", help="Print each vnode's exit status, stdout and stderr as one JSON object "
-        "(`stdout_base64` instead of `stdout` for output that is not UTF-8).")] = False,
+    as_json: Annotated[
+        bool,
+        typer.Option(
+            "--json",
+            help="Print each vnode's exit status, stdout and stderr as one JSON object "
+            "(`stdout_base64` instead of `stdout` for output that is not UTF-8).",
+        ),
+    ] = False,
 ) -> None:
     """Run a command in a vnode (or `all`): `omnibed emulate exec NAME VNODE -- PROGRAM ARGS`.
 
@@ -356,3 +396,66 @@ def emulate_link(
         raise UsageError(f"link state {state!r} is neither up nor down")
     _emulator(_api(), name).link(target, up=state == "up")
     out.print(f"{target}: {state}", highlight=False)
+
+
+Vnodes = Annotated[list[str], typer.Argument(help="Vnode names.")]
+
+
+def _change_run(name: str, action: str, vnodes: list[str]) -> None:
+    emulator = _emulator(_api(), name)
+    runs = getattr(emulator, action)(vnodes)
+    for vnode, run in runs.items():
+        out.print(f"{vnode}: {run}", highlight=False)
+
+
+@emulate_app.command("stop")
+def emulate_stop(name: Name, vnodes: Vnodes) -> None:
+    """Stop vnodes in place (others untouched): their interfaces go down and a container
+    vnode's processes are killed: `omnibed emulate stop NAME vnode-3`."""
+    _change_run(name, "stop", vnodes)
+
+
+@emulate_app.command("start")
+def emulate_start(name: Name, vnodes: Vnodes) -> None:
+    """Start stopped vnodes again: interfaces back as they were, a container vnode's init
+    run anew with its files kept."""
+    _change_run(name, "start", vnodes)
+
+
+@emulate_app.command("freeze")
+def emulate_freeze(name: Name, vnodes: Vnodes) -> None:
+    """Freeze vnodes: a container vnode's processes are frozen (its network stays); a
+    namespace-only vnode has its interfaces taken down."""
+    _change_run(name, "freeze", vnodes)
+
+
+@emulate_app.command("thaw")
+def emulate_thaw(name: Name, vnodes: Vnodes) -> None:
+    """Thaw frozen vnodes: as they were before `omnibed emulate freeze`."""
+    _change_run(name, "thaw", vnodes)
+
+
+@emulate_app.command("events")
+def emulate_events(
+    name: Name,
+    timeline_file: Annotated[Path | None, typer.Argument(
+        help="YAML with `events:` (a platform file's events, or a file of its own)."
+    )] = None,
+    cancel: Annotated[bool, typer.Option(
+        "--cancel", help="Stop the rest of every running timeline of the platform."
+    )] = False,
+) -> None:
+    """Start a timeline of live changes on the running platform, run by each pnode's agent
+    from its own clock (`at: 10s` counts from about one second after this command reaches
+    the pnodes); `emulate status NAME --events` shows what ran when."""
+    if cancel == (timeline_file is not None):
+        raise UsageError(
+            "give a timeline file or --cancel: `omnibed emulate events NAME FILE` or "
+            "`omnibed emulate events NAME --cancel`"
+        )
+    emulator = _emulator(_api(), name)
+    if cancel:
+        timeline.cancel(emulator)
+    else:
+        assert timeline_file is not None
+        timeline.schedule_file(emulator, timeline_file)

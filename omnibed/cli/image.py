@@ -9,17 +9,16 @@ import json
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from omnibed.cli.common import _help_without_command, _progress, out
 from omnibed.emulator import images
 
 image_app = typer.Typer(
     help="Root filesystem images for container vnodes (Debian, built with mmdebstrap).",
-    no_args_is_help=True,
+    invoke_without_command=True,
+    callback=_help_without_command,
 )
-out = Console()
-err = Console(stderr=True)
 ImageName = Annotated[str, typer.Argument(help="Image name, as `omnibed image ls` shows it.")]
 
 
@@ -38,10 +37,8 @@ def image_build(
     """Build a Debian rootfs image (minbase plus PACKAGES) and cache it under NAME."""
     wanted = [p.strip() for p in packages.split(",") if p.strip()]
     what = f"building image {name} ({suite}, {arch or images.host_arch()})"
-    with err.status(what) as status:
-        image = images.build(
-            name, wanted, suite, arch, progress=lambda line: status.update(f"{what}: {line}")
-        )
+    with _progress(what) as progress:
+        image = images.build(name, wanted, suite, arch, progress=progress)
     out.print(
         f"image {image.name}: sha256 {image.sha256}, {image.size / 2**20:.0f} MiB, {image.path}",
         highlight=False,

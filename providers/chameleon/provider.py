@@ -82,6 +82,7 @@ class _Record:
     server_ids: list[str] = field(default_factory=list)
     fip_id: str | None = None
     fip_address: str | None = None
+    asked: str = ""  # when omnibed asked Blazar for the lease (UTC ISO); "" in older records
 
     @property
     def kvm(self) -> bool:
@@ -194,11 +195,12 @@ class ChameleonProvider(Provider):
         options["site"] = site
         if request.image:
             options["image"] = request.image
-        start = request.start or utcnow()
+        asked = utcnow()
+        start = request.start or asked
         record = _Record(name=request.name, id=str(uuid.uuid4()), site=site, options=options,
                          nodes=request.nodes, start=start.isoformat(),
                          end=(start + request.duration).isoformat(),
-                         public_key=request.public_key)
+                         public_key=request.public_key, asked=asked.isoformat())
         client = self._client(record)
         self._save(record)  # before the testbed call: a lost answer still gets released
         try:
@@ -228,8 +230,7 @@ class ChameleonProvider(Provider):
             return self._reservation(record, ReservationState.WAITING)
         client = self._client(record)
         if record.lease_id is None:  # the create call's answer was lost: look by name
-            leases = [x for x in client.leases_named(name)
-                      if x.get("status") not in ("TERMINATED", "DELETING")]
+            leases = _leases_made_for(client, record)
             if leases:
                 record.lease_id = leases[0]["id"]
                 record.host_reservation = _convert.host_reservation_id(leases[0])
@@ -490,10 +491,7 @@ class ChameleonProvider(Provider):
             attempt(f"key pair {record.keypair}", partial(client.delete_keypair, record.keypair))
         leases = {record.lease_id} if record.lease_id else set()
         if not record.kvm and not leases:  # the create answer was lost: made since the record
-            made = datetime.fromisoformat(record.start) - timedelta(minutes=5)
-            leases = {x["id"] for x in client.leases_named(record.name)
-                      if x.get("status") != "TERMINATED"
-                      and _convert.parse_blazar_date(x["created_at"]) >= made}
+            leases = {x["id"] for x in _leases_made_for(client, record)}
         for lease_id in leases:
             attempt(f"lease {lease_id}", partial(client.delete_lease, lease_id))
         if failures:
@@ -508,6 +506,16 @@ class ChameleonProvider(Provider):
             self.release(self._reservation(record, ReservationState.ERROR))
         except OmnibedError as error:  # the record stays: `omnibed release` retries
             cause.add_note(f"and releasing what was made failed too: {error}")
+
+
+def _leases_made_for(client: ChameleonClient, record: _Record) -> list[dict]:
+    """The live leases named like `record` that Blazar made since omnibed asked for one (its
+    answer was lost). A lease of that name made before (a teammate's, in the same project)
+    is not ours: Blazar refused our create with a 409 for it."""
+    made = datetime.fromisoformat(record.asked or record.start) - timedelta(minutes=5)
+    return [x for x in client.leases_named(record.name)
+            if x.get("status") not in ("TERMINATED", "DELETING")
+            and _convert.parse_blazar_date(x["created_at"]) >= made]
 
 
 def _hardware(record: _Record) -> str:

@@ -13,7 +13,8 @@ into exception classes, which `map_geni_errors` maps in turn:
     3, 15 (GENI FORBIDDEN, EXPIRED) -> CredentialsError (refused or expired credential)
     other ProtoGENIError / AMError -> ProviderError
     clearinghouse code 1 or 2      -> CredentialsError, other codes -> ProviderError
-    key decryption, expired creds  -> CredentialsError
+    key decryption, expired user credential -> CredentialsError
+    expired slice credential       -> ReservationNotFound (the slice, and its sliver, ended)
     TLS failure                    -> CredentialsError (the certificate)
     HTTP error, connection failure -> ProviderError saying to retry
 """
@@ -43,6 +44,7 @@ NO_CAPACITY = {
     28: "the request could not be mapped onto the aggregate's resources",
 }
 SEARCH_FAILED = 12  # GENI AM API: no such slice or sliver
+GONE_FIX = "`omnibed release` it to forget it, and reserve again"
 CH_AUTH_CODES = {1, 2}  # CHAPI AUTHENTICATION_ERROR, AUTHORIZATION_ERROR
 AM_AUTH_CODES = {3: "refused", 15: "expired"}  # GENI AM API FORBIDDEN, EXPIRED
 
@@ -80,7 +82,7 @@ def map_geni_errors(action: str, pem: str = "cloudlab.pem") -> Iterator[None]:
         code = am_code(error)
         if code == SEARCH_FAILED:
             raise ReservationNotFound(
-                f"{action}: CloudLab has no such sliver (expired or released)",
+                f"{action}: CloudLab has no such sliver (expired or released); {GONE_FIX}",
                 provider=PROVIDER,
                 testbed_message=_text(error),
             ) from error
@@ -120,7 +122,15 @@ def map_geni_errors(action: str, pem: str = "cloudlab.pem") -> Iterator[None]:
             " or passphrase_file (the passphrase is your CloudLab portal password)",
             source=pem,
         ) from error
-    except (SliceCredInfo.CredentialExpiredError, Context.UserCredExpiredError) as error:
+    except SliceCredInfo.CredentialExpiredError as error:
+        # the slice itself has expired, and its sliver with it: nothing is wrong with the pem
+        raise ReservationNotFound(
+            f"{action}: its slice expired on {error.expires} UTC and CloudLab freed its"
+            f" nodes; {GONE_FIX}",
+            provider=PROVIDER,
+            testbed_message=str(error),
+        ) from error
+    except Context.UserCredExpiredError as error:
         raise CredentialsError(
             f"{action}: {error}; download a fresh cloudlab.pem from the portal", source=pem
         ) from error

@@ -98,15 +98,25 @@ def job_body(
 
 
 def reservation(job: Mapping[str, Any], site: str) -> Reservation:
-    """The omnibed view of an OAR job payload."""
-    start_epoch = job.get("started_at") or job.get("scheduled_at") or job.get("submitted_at")
-    start = from_epoch(start_epoch) if start_epoch else utcnow()
+    """The omnibed view of an OAR job payload, in an item or a listing alike.
+
+    g5k-api gives OAR's times: `started_at` (0 until the job starts; an advance
+    reservation's start once OAR accepted it), `scheduled_at` (the scheduler's predicted
+    start, absent until its first pass has placed the job: an advance reservation's start,
+    or when a queued job's nodes will be free) and `stopped_at` (absent until it ends).
+    The start is the first known of these, else now: a job not placed yet starts no
+    earlier (never its submission, which would make a job that waits longer than its
+    walltime look over). The end is `stopped_at`, else start + walltime."""
+    known = job.get("started_at") or job.get("scheduled_at")
+    start = from_epoch(known) if known else utcnow()
+    stopped = job.get("stopped_at")
     return Reservation(
         provider=PROVIDER,
         id=str(job["uid"]),
         name=job.get("name") or "",
         start=start,
-        end=start + timedelta(seconds=int(job.get("walltime") or 0)),
+        end=from_epoch(stopped) if stopped
+        else start + timedelta(seconds=int(job.get("walltime") or 0)),
         state=STATE_MAP.get(str(job.get("state", "")).lower(), ReservationState.UNKNOWN),
         site=site,
         extra={

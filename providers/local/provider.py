@@ -35,7 +35,7 @@ from omnibed.core.types import (
     SSHEndpoint,
     Tri,
 )
-from omnibed.providers.local import cgroups, images, rootfs, sshd, underlay
+from omnibed.providers.local import cgroups, images, neighbours, rootfs, sshd, underlay
 from omnibed.providers.local.profiles import (
     DEFAULT_PROFILE,
     PROFILES,
@@ -194,6 +194,7 @@ class LocalProvider(Provider):
             if image is not None:
                 images.unpack(image, upper)
             sshd.start(node.netns, node_dir, prefix)
+        neighbours.make_room()
         for node in record.nodes:
             sshd.wait_accepting(node.address, Path(node.dir))
 

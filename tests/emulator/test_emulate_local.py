@@ -126,6 +126,12 @@ def test_mode_reachability_and_clean_down(
                 ["ping", "-c", "1", "-W", "2", "-M", "do", "-s", str(mtu - 28), far],
             )
             assert full_frame[plan.vnodes[0].name].exit_status == 0, "MTU not carried"
+            checks = emulator.connectivity()
+            assert all(check.ok for check in checks), checks
+            pnode_of = {v.name: v.pnode for v in plan.vnodes}
+            # a ring: each pnode is checked from once and reached once, not every pair
+            assert sorted(pnode_of[c.source] for c in checks) == sorted(plan.pnodes)
+            assert sorted(pnode_of[c.target] for c in checks) == sorted(plan.pnodes)
         finally:
             emulator.down()
         assert {v.netns for v in plan.vnodes} & netns_names() == set()

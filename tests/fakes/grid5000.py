@@ -11,11 +11,18 @@ given only to jobs of type `exotic` (the Grid'5000 admission rule), `{cluster='x
 nodes. A walltime change is registered and granted at a later scheduling pass
 (`walltime_grant_delay`), at most `walltime_grant_cap` seconds of it. A deleted job keeps
 running for `kill_delay` seconds, and a second DELETE meanwhile says it was already killed.
-Job collections are paginated (`offset`, `limit`, at most `page_size` a page); with
-`filters_ignored` the collection ignores its filters, as an unfiltered listing would.
+A job gives its times as g5k-api does: `started_at` 0 until it starts (an advance
+reservation's start once accepted), `scheduled_at` (OAR's predicted start) only once the
+scheduler has placed it, `stopped_at` once it has ended.
+Job collections are paginated (`offset`, `limit`, at most `page_size` a page, newest
+first); with `filters_ignored` the collection ignores its filters, as an unfiltered listing
+would.
 Deployments (kadeploy) finish after one `step`, append their `key` to the node's
 authorized_keys file (`node_keys[fqdn]`, a real sshd's) and answer OK, or KO for the nodes
-in `deploy_ko`. Every request needs HTTP Basic auth. Faults (`faults`, see
+in `deploy_ko`; `GET /sites/X/deployments` lists them as g5k-api does (newest first, `user`,
+`status`, `offset`, `limit`). `/sites/X/status` and `/sites/X/clusters/Y/status` say, as
+g5k-api's OAR status does, which live jobs hold each node (and, for a site, each VLAN).
+Every request needs HTTP Basic auth. Faults (`faults`, see
 tests/fakes/faults.py): a status with an OAR-style message, a late answer, a dropped
 connection, a refused login (HTTP 401); `error_next_job()` makes a job fail. `live()` says
 which jobs still hold nodes.
@@ -71,6 +78,7 @@ class _Job:
     count: int = 0  # nodes asked
     pool: list[str] = field(default_factory=list)  # the nodes its selectors allow
     killed_at: float | None = None
+    stopped: float | None = None  # when it ended (OAR's stop_time)
     walltime_change: tuple[float, int] | None = None  # (granted at, seconds)
 
     def window(self) -> tuple[float, float]:
@@ -174,6 +182,7 @@ class FakeGrid5000:
             return job.ended
         if job.killed_at is not None and now >= job.killed_at + self.kill_delay:
             job.ended, job.message = "error", "job deleted by the user"
+            job.stopped = job.killed_at + self.kill_delay
             return "error"
         if job.walltime_change is not None and now >= job.walltime_change[0]:
             job.walltime += job.walltime_change[1]
@@ -188,12 +197,12 @@ class FakeGrid5000:
         if now < max(job.start, job.submitted + self.step) + self.step:
             return "launching"
         if job.fail_with:
-            job.ended, job.message = "error", job.fail_with
+            job.ended, job.message, job.stopped = "error", job.fail_with, now
             return "error"
         if job.started is None:
             job.started = now
         if now > job.started + job.walltime:
-            job.ended = "terminated"
+            job.ended, job.stopped = "terminated", job.started + job.walltime
             return "terminated"
         return "running"
 
@@ -222,16 +231,46 @@ class FakeGrid5000:
             "user_uid": job.user, "queue": job.body.get("queue", "default"),
             "types": job.types, "walltime": job.walltime, "command": job.body.get("command"),
             "project": job.body.get("project", "default"), "message": job.message,
-            "submitted_at": int(job.submitted), "scheduled_at": int(job.start),
-            "started_at": int(job.started) if job.started else 0,
+            "submitted_at": int(job.submitted),
+            "started_at": int(job.started or self._reserved_start(job)),
             "properties": job.body.get("properties", ""), "mode": "PASSIVE",
         }
+        scheduled = self._predicted_start(job, state)
+        if scheduled is not None:
+            data["scheduled_at"] = int(scheduled)
+        if job.stopped is not None:
+            data["stopped_at"] = int(job.stopped)
         if not listed:
             running = state == "running"
             data["assigned_nodes"] = job.nodes if running else []
             data["resources_by_type"] = {
                 "cores": [], "vlans": [job.vlan] if running and job.vlan else []}
         return data
+
+    @staticmethod
+    def _reserved_start(job: _Job) -> float:
+        """An advance reservation's start, which OAR writes in the job's start_time when it
+        accepts the reservation (a real waiting one: tests/fixtures/grid5000/
+        job-rennes-384886.json); 0 for any other job not started yet."""
+        return job.start if job.body.get("reservation") else 0
+
+    def _predicted_start(self, job: _Job, state: str) -> float | None:
+        """OAR's predicted start (gantt_jobs_predictions), which g5k-api gives as
+        `scheduled_at` and leaves out when there is none (grid5000/g5k-api lib/oar/job.rb;
+        `started_at` is OAR's start_time, see `_reserved_start`; `stopped_at` its
+        stop_time, absent until it stops): an advance reservation is in the gantt from its
+        submission, at its start; any other job only from the first scheduling pass (one
+        `step` after submission), at the end of the jobs holding its nodes while it queues;
+        an ended job has left the gantt."""
+        if job.ended or state not in _LIVE:
+            return None
+        if job.started is not None or job.body.get("reservation"):
+            return job.started or job.start
+        if time.time() < job.submitted + self.step:
+            return None
+        if len(job.nodes) < job.count:
+            return self._could_run_at(job.pool, job)
+        return job.start
 
     def _submit(self, site: str, body: dict[str, Any]) -> tuple[int, Any]:
         resources = str(body.get("resources", ""))
@@ -340,6 +379,66 @@ class FakeGrid5000:
                 answer[address] = {"status": "failure", "message": "not in a job of yours"}
         return answer
 
+    def _status(self, site: str, clusters: list[str], path: str) -> dict[str, Any]:
+        """`GET /sites/X/status` and `/sites/X/clusters/Y/status`, as g5k-api's
+        SitesController#status and ClustersController#status answer (lib/oar/resource.rb
+        `status`): `nodes` keyed by network address, each with OAR's `hard` state, a `soft`
+        state (`free`, or `busy` while a job runs on it), its core slots, and `reservations`:
+        the live jobs holding it, running or planned. `disks` (none here) is always there; a
+        site's status also has its `vlans` (kavlan resources) the same way."""
+        holders: dict[str, list[dict[str, Any]]] = {}
+        running: set[str] = set()
+        for job in self.jobs.values():
+            state = self._state(job)
+            if job.site != site or state not in _LIVE:
+                continue
+            for node in job.nodes:
+                holders.setdefault(node, []).append(self._job_json(job, listed=True))
+                if state == "running":
+                    running.add(node)
+            if job.vlan is not None:
+                holders.setdefault(f"vlan {job.vlan}", []).append(self._job_json(job, listed=True))
+                if state == "running":
+                    running.add(f"vlan {job.vlan}")
+        nodes = {}
+        for cluster in clusters:
+            for host, record in sorted(self.reference[site][cluster].items()):
+                address = f"{host}.{site}.grid5000.fr"
+                cores = int(record.get("architecture", {}).get("nb_cores") or 1)
+                busy = address in running
+                nodes[address] = {"hard": "alive", "soft": "busy" if busy else "free",
+                                  "comment": "", "free_slots": 0 if busy else cores,
+                                  "freeable_slots": 0, "busy_slots": cores if busy else 0,
+                                  "reservations": holders.get(address, [])}
+        url = f"/stable{path}"
+        answer: dict[str, Any] = {
+            "uid": int(time.time()), "nodes": nodes, "disks": {},
+            "links": [{"rel": "self", "href": url, "type": "application/vnd.grid5000.item+json"},
+                      {"rel": "parent", "href": url.removesuffix("/status"),
+                       "type": "application/vnd.grid5000.item+json"}]}
+        if path == f"/sites/{site}/status":
+            answer["vlans"] = {vlan: {"hard": "alive", "type": kind,
+                                      "soft": "busy" if f"vlan {vlan}" in running else "free",
+                                      "reservations": holders.get(f"vlan {vlan}", [])}
+                               for kind, vlans in _VLAN_IDS.items() for vlan in vlans}
+        return answer
+
+    def _deployment_list(self, site: str, query: dict[str, str], path: str) -> dict[str, Any]:
+        """`GET /sites/X/deployments`, as g5k-api's DeploymentsController#index answers:
+        newest first (`reverse=true`: oldest first), filtered by `user` and `status`, paged
+        by `offset` and `limit` (50 unless asked, at most 500), with the `total`."""
+        items = [self._deployment_json(uid) for uid, deployment in self.deployments.items()
+                 if deployment["site"] == site]
+        items = [item for item in items if query.get("user") in (None, item["user_uid"])
+                 and query.get("status") in (None, item["status"])]
+        items.sort(key=lambda item: (item["created_at"], item["uid"]),
+                   reverse=query.get("reverse") != "true")
+        offset = max(int(query.get("offset") or 0), 0)
+        limit = min(int(query.get("limit") or 50), 500)
+        return {"total": len(items), "offset": offset, "items": items[offset:offset + limit],
+                "links": [{"rel": "self", "href": f"/stable{path}",
+                           "type": "application/vnd.grid5000.collection+json"}]}
+
     # -- routing -----------------------------------------------------------------------------
 
     def handle(self, method: str, path: str, query: dict[str, str], body: Any) -> tuple[int, Any]:
@@ -364,16 +463,14 @@ class FakeGrid5000:
         if rest[:1] == ["clusters"]:
             return self._reference(site, rest[1:])
         if rest == ["status"]:
-            busy = {n for j in self.jobs.values() if self._state(j) == "running" for n in j.nodes}
-            return 200, {"nodes": {f"{h}.{site}.grid5000.fr": {
-                "hard": "alive", "soft": "busy" if f"{h}.{site}.grid5000.fr" in busy else "free",
-                "reservations": []} for c in ref[site].values() for h in c}}
+            return 200, self._status(site, sorted(ref[site]), f"/sites/{site}/status")
         if rest == ["jobs"] and method == "POST":
             return self._submit(site, body or {})
         if rest == ["jobs"] and method == "GET":
             filters = {} if self.filters_ignored else query
             states = set(filter(None, filters.get("state", "").split(",")))
-            items = [self._job_json(j, listed=True) for j in self.jobs.values() if j.site == site
+            newest_first = sorted(self.jobs.values(), key=lambda j: -j.uid)  # as g5k-api
+            items = [self._job_json(j, listed=True) for j in newest_first if j.site == site
                      and filters.get("name") in (None, j.body.get("name"))
                      and filters.get("user") in (None, j.user)]
             items = [i for i in items if not states or i["state"] in states]
@@ -408,6 +505,8 @@ class FakeGrid5000:
                 return 202, {"status": "walltime change registered", "walltime": job.walltime}
         if rest == ["deployments"] and method == "POST":
             return self._deploy(site, body or {})
+        if rest == ["deployments"] and method == "GET":
+            return 200, self._deployment_list(site, query, f"/sites/{site}/deployments")
         if rest[:1] == ["deployments"] and len(rest) == 2 and rest[1] in self.deployments:
             return 200, self._deployment_json(rest[1])
         if rest[:1] == ["vlans"]:
@@ -433,6 +532,8 @@ class FakeGrid5000:
         nodes = clusters[rest[0]]
         if len(rest) == 1:
             return 200, self.clusters.get(rest[0], {"uid": rest[0], "type": "cluster"})
+        if rest[1:] == ["status"]:
+            return 200, self._status(site, [rest[0]], f"/sites/{site}/clusters/{rest[0]}/status")
         if rest[1:] == ["nodes"]:
             return 200, {"items": [nodes[h] for h in sorted(nodes)], "total": len(nodes)}
         if len(rest) == 3 and rest[2] in nodes:
@@ -486,7 +587,8 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 def _load_reference(copies: int) -> dict[str, dict[str, dict[str, dict[str, Any]]]]:
-    """{site: {cluster: {host: record}}} from the fixture records, each cloned `copies` times."""
+    """{site: {cluster: {host: record}}} from the fixture records, each cloned `copies` times
+    (the first clone is the file's node, MACs included)."""
     reference: dict[str, dict[str, dict[str, dict[str, Any]]]] = {}
     for path in sorted(FIXTURES.glob("*-1.json")):
         record = json.loads(path.read_text())
@@ -498,9 +600,10 @@ def _load_reference(copies: int) -> dict[str, dict[str, dict[str, dict[str, Any]
             clone = json.loads(json.dumps(record).replace(f'{host}"', f'{cluster}-{index}"')
                                .replace(f"{host}.", f"{cluster}-{index}.")
                                .replace(f"{host}-", f"{cluster}-{index}-"))
-            for adapter in clone["network_adapters"]:  # each clone its own MACs
+            for adapter in clone["network_adapters"]:  # the file's MACs, then each its own
                 mac = adapter["mac"].split(":")
-                adapter["mac"] = ":".join([*mac[:4], f"{index:02x}", mac[5]])
+                mac[4] = f"{(int(mac[4], 16) + index - 1) % 256:02x}"
+                adapter["mac"] = ":".join(mac)
             reference.setdefault(site, {}).setdefault(cluster, {})[f"{cluster}-{index}"] = clone
     return reference
 

@@ -12,7 +12,15 @@ mid-run) or as behaviour knobs (``hosts``, ``quota``, ``server_fault``, ``lease_
 A ``backer`` may give servers a real machine (an sshd in a network namespace): it is called
 when a server becomes ACTIVE, when a floating IP is bound to it and when it is deleted.
 
-Payload shapes follow the api-ref samples in tests/fixtures/chameleon/.
+Payload shapes follow the api-ref samples in tests/fixtures/chameleon/ and the services'
+source where the samples are silent: Blazar's lease, reservation and event records and its two
+date forms (`2017-02-21T14:50:00.000000` for lease and event dates, `2017-12-27 10:00:00` for
+`created_at`/`updated_at`), Nova's scheduler hints under both spellings, Neutron's list
+filters (URL-encoded values, repeated values, `fields`, `limit`/`marker` with `next` links),
+Glance's `limit`/`marker` and schemas, and the reads clients make besides omnibed's (subnets,
+security groups, key pairs, Nova and Neutron quotas). tests/providers/chameleon/
+test_chameleon_second_clients.py holds the fake to python-blazarclient and the `openstack`
+command.
 """
 
 from __future__ import annotations
@@ -27,6 +35,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Protocol
+from urllib.parse import parse_qs, urlencode
 
 from tests.fakes.faults import Faults, drop_connection
 
@@ -36,6 +45,9 @@ PROJECT_ID = "aa45f56901ef45ee95e3d211097c0ea3"
 PROJECT_NAME = "CH-000000"
 NETWORKS = {"sharednet1": "a87cc70a-3e15-4acf-8205-9b711a3531b7",
             "public": "0b901727-cca2-43ed-bcc8-c21b0982dcb1"}
+SUBNETS = {NETWORKS["sharednet1"]: "6f6e3a42-8a33-4e8a-a4c3-6b6f2a5b4c10",
+           NETWORKS["public"]: "1ba2a2f0-3d5c-4c29-8d6b-2f0a6f0d7b21"}
+SECURITY_GROUP = "85cc3048-abc3-43cc-89b3-377341426ac5"
 BASE_IMAGES = {"CC-Ubuntu22.04": "70a599e0-31e7-49b7-b260-868f441e862b"}
 FLAVORS = {"baremetal": "1", "m1.small": "2"}
 
@@ -74,6 +86,24 @@ class Cloud:
 
 def _now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")
+
+
+def _db_now() -> str:
+    """Blazar's `created_at`/`updated_at`: blazar/db/sqlalchemy/model_base.py writes the DB
+    column (whole seconds) with `isoformat(' ')`, e.g. `2017-12-27 10:00:00` (python-chi
+    parses exactly this form and fails on any other)."""
+    return datetime.now(UTC).replace(tzinfo=None, microsecond=0).isoformat(" ")
+
+
+def _zulu_now() -> str:
+    """Nova's and Glance's timestamps, e.g. `2017-02-14T19:23:58Z` (their api-ref samples)."""
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _blazar_time(value: datetime) -> str:
+    """Blazar's lease and event dates: oslo.serialization's jsonutils writes datetimes with
+    timeutils.PERFECT_TIME_FORMAT, e.g. `2017-02-21T14:50:00.000000`."""
+    return value.strftime("%Y-%m-%dT%H:%M:%S.%f")
 
 
 class FakeOpenStack:
@@ -168,7 +198,8 @@ class FakeOpenStack:
                 else:
                     try:
                         status, payload, headers = fake._route(
-                            method, path, query, body, self.headers.get("X-Auth-Token"))
+                            method, path, query, body, self.headers.get("X-Auth-Token"),
+                            _compute_version(self.headers))
                     except Exception as error:  # a bug of the fake or its backer: say it
                         status, payload, headers = 500, {"error": {
                             "code": 500, "message": f"fake failed: {error!r}"}}, {}
@@ -201,18 +232,24 @@ class FakeOpenStack:
         return Handler
 
     # routing -------------------------------------------------------------------------------
-    def _route(self, method: str, path: str, query: str, body: Any,
-               token: str | None) -> tuple[int, Any, dict[str, str]]:
+    def _route(self, method: str, path: str, query: str, body: Any, token: str | None,
+               compute_version: tuple[int, int] = (2, 1)) -> tuple[int, Any, dict[str, str]]:
         with self._lock:
             self.state.requests.append((method, path, body))
             if path.startswith("/identity"):
                 return self._identity(method, path, body)
             if self.faults.revoked:  # every token issued so far is refused
                 self.tokens.clear()
-            if token not in self.tokens:
+            # version documents are public: each service's api-paste/WSGI root answers them
+            # before authentication, and keystoneauth asks for them without a token first
+            public = path in ("/compute", "/compute/v2.1", "/network", "/image", "/reservation")
+            if token not in self.tokens and not public:
                 return 401, {"error": {"code": 401, "message": "The request you have made "
                                        "requires authentication.", "title": "Unauthorized"}}, {}
-            for prefix, handler in (("/reservation", self._blazar), ("/compute", self._nova),
+            if path.startswith("/compute"):
+                return self._nova(method, path.removeprefix("/compute") or "/", body,
+                                  compute_version)
+            for prefix, handler in (("/reservation", self._blazar),
                                     ("/network", self._neutron), ("/image", self._glance)):
                 if path.startswith(prefix):
                     return handler(method, path[len(prefix):] or "/", query, body)
@@ -280,7 +317,7 @@ class FakeOpenStack:
         if path == "/v1/leases" and method == "GET":
             for lease in self.state.leases.values():
                 self._advance_lease(lease)
-            return 200, {"leases": list(self.state.leases.values())}, {}
+            return 200, {"leases": [_public(x) for x in self.state.leases.values()]}, {}
         if path == "/v1/leases" and method == "POST":
             return self._create_lease(body, error)
         match = re.fullmatch(r"/v1/leases/([\w-]+)", path)
@@ -289,7 +326,7 @@ class FakeOpenStack:
             return error(404, f"Object with {{'lease_id': '{path}'}} not found")
         if method == "GET":
             self._advance_lease(lease)
-            return 200, {"lease": lease}, {}
+            return 200, {"lease": _public(lease)}, {}
         if method == "PUT":  # blazar/manager/service.py update_lease, its checks in order
             now = datetime.now(UTC).replace(tzinfo=None, second=0, microsecond=0)
             start = datetime.fromisoformat(lease["start_date"])
@@ -309,10 +346,13 @@ class FakeOpenStack:
             busy = self.hosts_busy_from
             if busy is not None and new_end > busy.replace(tzinfo=None):
                 return error(500, "Not enough hosts available")
-            lease["start_date"] = new_start.strftime("%Y-%m-%dT%H:%M:%S.%f")
-            lease["end_date"] = new_end.strftime("%Y-%m-%dT%H:%M:%S.%f")
-            lease["updated_at"] = _now()
-            return 200, {"lease": lease}, {}
+            lease["start_date"] = _blazar_time(new_start)
+            lease["end_date"] = _blazar_time(new_end)
+            lease["updated_at"] = _db_now()
+            for event in lease["events"]:
+                event["time"] = _blazar_time({"start_lease": new_start, "end_lease": new_end}.get(
+                    event["event_type"], max(new_start, new_end - timedelta(minutes=60))))
+            return 200, {"lease": _public(lease)}, {}
         if method == "DELETE":
             self._end_lease(lease)
             del self.state.leases[lease["id"]]
@@ -350,18 +390,25 @@ class FakeOpenStack:
                 if wanted["min"] > self.hosts:
                     return error(500, "Not enough hosts available")
                 self.hosts -= wanted["min"]
-            reservations.append({**wanted, "id": str(uuid.uuid4()), "lease_id": lease_id,
+            reservations.append({"resource_properties": "", **wanted, "id": str(uuid.uuid4()),
+                                 "lease_id": lease_id, "resource_id": str(uuid.uuid4()),
                                  "status": "pending", "missing_resources": False,
-                                 "resources_changed": False, "created_at": _now()})
-        start = _now() if body["start_date"] == "now" else _blazar_iso(body["start_date"])
-        lease = {"id": lease_id, "name": body["name"], "start_date": start,
-                 "end_date": _blazar_iso(body["end_date"]), "status": "PENDING",
+                                 "resources_changed": False, "created_at": _db_now(),
+                                 "updated_at": None})
+        # service.py create_lease: a start_lease and an end_lease event, and a before_end_lease
+        # event `minutes_before_end_lease` (default 60) before the end, never before the start
+        times = {"start_lease": start, "end_lease": end,
+                 "before_end_lease": max(start, end - timedelta(minutes=60))}
+        events = [{"id": str(uuid.uuid4()), "lease_id": lease_id, "event_type": kind,
+                   "time": _blazar_time(at), "status": "UNDONE", "created_at": _db_now(),
+                   "updated_at": None} for kind, at in times.items()]
+        lease = {"id": lease_id, "name": body["name"], "start_date": _blazar_time(start),
+                 "end_date": _blazar_time(end), "status": "PENDING",
                  "degraded": False, "user_id": USER_ID, "project_id": PROJECT_ID,
-                 "trust_id": uuid.uuid4().hex, "created_at": _now(), "updated_at": None,
-                 "reservations": reservations, "events": [], "_seen": 0,
-                 "_sent": {"start_date": body["start_date"], "end_date": body["end_date"]}}
+                 "trust_id": uuid.uuid4().hex, "created_at": _db_now(), "updated_at": None,
+                 "reservations": reservations, "events": events, "_seen": 0}
         self.state.leases[lease_id] = lease
-        return 201, {"lease": lease}, {}
+        return 201, {"lease": _public(lease)}, {}
 
     def _advance_lease(self, lease: dict) -> None:
         if lease["status"] in ("TERMINATED", "ERROR"):
@@ -380,6 +427,8 @@ class FakeOpenStack:
             lease["_seen"] = 0
             for reservation in lease["reservations"]:
                 reservation["status"] = lease["status"].lower()
+            if lease["status"] == "ACTIVE":
+                _mark_done(lease, "start_lease")
 
     def _end_lease(self, lease: dict) -> None:
         """What Blazar does at a lease's end (or deletion): its servers go, its hosts return."""
@@ -392,6 +441,7 @@ class FakeOpenStack:
         lease["status"] = "TERMINATED"
         for reservation in lease["reservations"]:
             reservation["status"] = "deleted"
+        _mark_done(lease, "end_lease")
 
     def expire(self, name: str) -> None:
         """Time passes: the lease called `name` reaches its end."""
@@ -402,7 +452,8 @@ class FakeOpenStack:
                     lease["end_date"] = past.strftime("%Y-%m-%dT%H:%M:00.000000")
 
     # Nova ----------------------------------------------------------------------------------
-    def _nova(self, method: str, path: str, query: str, body: Any) -> tuple[int, Any, dict]:
+    def _nova(self, method: str, path: str, body: Any,
+              version: tuple[int, int]) -> tuple[int, Any, dict]:
         base = self.url + "/compute/v2.1"
         if path in ("/", "/v2.1"):
             version = {"id": "v2.1", "status": "CURRENT", "version": "2.79",
@@ -428,8 +479,25 @@ class FakeOpenStack:
                              f"Key pair '{pair['name']}' already exists."}}, {}
             self.state.keypairs[pair["name"]] = {
                 "name": pair["name"], "public_key": pair["public_key"], "type": "ssh",
-                "fingerprint": "fake", "user_id": USER_ID}
+                "fingerprint": "fake", "user_id": USER_ID, "id": len(self.state.keypairs) + 1,
+                "created_at": _now(), "updated_at": None, "deleted": False,
+                "deleted_at": None}
             return 200, {"keypair": self.state.keypairs[pair["name"]]}, {}
+        if path == "/os-keypairs" and method == "GET":  # api-ref: each wrapped in "keypair"
+            brief = ("name", "public_key", "fingerprint", "type")
+            return 200, {"keypairs": [{"keypair": {k: pair[k] for k in brief}}
+                                      for pair in self.state.keypairs.values()]}, {}
+        match = re.fullmatch(r"/os-quota-sets/([\w-]+)(/detail)?", path)
+        if match and method == "GET":  # api-ref: show a quota (detail: in_use, limit, reserved)
+            limits = {"cores": 2000, "instances": self.quota["instances"], "key_pairs": 100,
+                      "metadata_items": 128, "ram": 5120000, "server_groups": 10,
+                      "server_group_members": 10}
+            if not match.group(2):
+                return 200, {"quota_set": {"id": match.group(1), **limits}}, {}
+            used = {"instances": len(self.state.servers), "key_pairs": len(self.state.keypairs)}
+            return 200, {"quota_set": {"id": match.group(1), **{
+                k: {"limit": v, "in_use": used.get(k, 0), "reserved": 0}
+                for k, v in limits.items()}}}, {}
         match = re.fullmatch(r"/os-keypairs/([^/]+)", path)
         if match:
             pair = self.state.keypairs.get(match.group(1))
@@ -445,7 +513,8 @@ class FakeOpenStack:
         if path in ("/servers", "/servers/detail") and method == "GET":
             for server in self.state.servers.values():
                 self._advance_server(server)
-            return 200, {"servers": [_public(s) for s in self.state.servers.values()]}, {}
+            return 200, {"servers": [_server_view(s, version)
+                                     for s in self.state.servers.values()]}, {}
         match = re.fullmatch(r"/servers/([\w-]+)(/action)?", path)
         server = self.state.servers.get(match.group(1)) if match else None
         if server is None:
@@ -457,7 +526,7 @@ class FakeOpenStack:
                                                                 f"{image['id']}"}
         if method == "GET":
             self._advance_server(server)
-            return 200, {"server": _public(server)}, {}
+            return 200, {"server": _server_view(server, version)}, {}
         if method == "DELETE":
             self._delete_server(server["id"])
             return 204, None, {}
@@ -465,7 +534,9 @@ class FakeOpenStack:
 
     def _create_server(self, body: dict) -> tuple[int, Any, dict]:
         wanted = body["server"]
-        hints = body.get("OS-SCH-HNT:scheduler_hints") or {}
+        # nova/api/openstack/compute/servers.py create: `os:scheduler_hints`, else the older
+        # `OS-SCH-HNT:scheduler_hints` (both in the api-ref; clients send either)
+        hints = body.get("os:scheduler_hints") or body.get("OS-SCH-HNT:scheduler_hints") or {}
         if len(self.state.servers) >= self.quota["instances"]:
             return 403, {"forbidden": {"code": 403, "message": "Quota exceeded for instances: "
                                        f"Requested 1, but already used "
@@ -488,8 +559,8 @@ class FakeOpenStack:
             "key_name": wanted.get("key_name"), "metadata": wanted.get("metadata", {}),
             "image": {"id": wanted["imageRef"], "links": []},
             "flavor": {"id": wanted["flavorRef"], "links": []}, "addresses": {},
-            "tenant_id": PROJECT_ID, "user_id": USER_ID, "created": _now(),
-            "updated": _now(), "hostId": uuid.uuid4().hex, "links": [],
+            "tenant_id": PROJECT_ID, "user_id": USER_ID, "created": _zulu_now(),
+            "updated": _zulu_now(), "hostId": uuid.uuid4().hex, "links": [],
             "OS-EXT-STS:vm_state": "building", "_reservation": reservation,
             "_network": network, "_seen": 0}
         return 202, {"server": {"id": server_id, "links": [], "OS-DCF:diskConfig": "MANUAL",
@@ -505,7 +576,7 @@ class FakeOpenStack:
             return
         if self.server_fault:
             server.update(status="ERROR", fault={
-                "code": 500, "message": self.server_fault, "created": _now()})
+                "code": 500, "message": self.server_fault, "created": _zulu_now()})
             server["OS-EXT-STS:vm_state"] = "error"
             return
         if self.backer is not None:
@@ -519,7 +590,7 @@ class FakeOpenStack:
         self.state.ports[port_id] = {
             "id": port_id, "name": "", "network_id": server["_network"],
             "device_id": server["id"], "device_owner": "compute:nova",
-            "mac_address": mac, "fixed_ips": [{"subnet_id": uuid.uuid4().hex,
+            "mac_address": mac, "fixed_ips": [{"subnet_id": SUBNETS[server["_network"]],
                                                "ip_address": address}],
             "port_security_enabled": not server["flavor"]["id"] == FLAVORS["baremetal"],
             "allowed_address_pairs": [], "security_groups": [], "status": "ACTIVE",
@@ -547,28 +618,35 @@ class FakeOpenStack:
             return 200, {"versions": [{"id": "v2.0", "status": "CURRENT", "links": [
                 {"href": self.url + "/network/v2.0/", "rel": "self"}]}]}, {}
         path = path.removeprefix("/v2.0")
-        filters = dict(p.split("=", 1) for p in query.split("&") if "=" in p)
-        if path == "/networks":
-            nets = [{"id": nid, "name": name, "status": "ACTIVE", "shared": True,
-                     "router:external": name == "public", "subnets": [],
-                     "port_security_enabled": True, "project_id": PROJECT_ID}
-                    for name, nid in NETWORKS.items()]
-            nets = [n for n in nets if all(str(n.get(k)) == v for k, v in filters.items()
-                                           if k in ("name", "id"))]
-            return 200, {"networks": nets}, {}
-        match = re.fullmatch(r"/networks/([\w-]+)", path)
-        if match:
-            for name, nid in NETWORKS.items():
-                if match.group(1) == nid:
-                    return 200, {"network": {"id": nid, "name": name, "status": "ACTIVE",
-                                             "router:external": name == "public"}}, {}
-            return 404, {"NeutronError": {"type": "NetworkNotFound", "detail": "",
-                                          "message": f"Network {match.group(1)} could not "
-                                          "be found."}}, {}
-        if path == "/ports" and method == "GET":
-            ports = [p for p in self.state.ports.values()
-                     if all(str(p.get(k)) == v for k, v in filters.items())]
-            return 200, {"ports": ports}, {}
+        collections = {"networks": _networks, "subnets": _subnets,
+                       "security-groups": _security_groups,
+                       "ports": lambda: list(self.state.ports.values()),
+                       "floatingips": lambda: list(self.state.floatingips.values())}
+        kind, _, item = path.strip("/").partition("/")
+        if kind in collections and method == "GET" and not item:
+            return 200, _neutron_list(kind, collections[kind](), query,
+                                      f"{self.url}/network/v2.0/{kind}"), {}
+        if kind in ("networks", "subnets", "security-groups") and method == "GET":
+            singular = {"networks": "network", "subnets": "subnet",
+                        "security-groups": "security_group"}[kind]
+            for resource in collections[kind]():
+                if resource["id"] == item:
+                    return 200, {singular: resource}, {}
+            missing = {"networks": "Network", "subnets": "Subnet",
+                       "security-groups": "Security group"}[kind]
+            return 404, {"NeutronError": {"type": f"{missing.replace(' ', '')}NotFound",
+                                          "detail": "", "message": f"{missing} {item} could "
+                                          "not be found."}}, {}
+        match = re.fullmatch(r"/quotas/([\w-]+)(/details)?", path)
+        if match and method == "GET":  # neutron api-ref: show quota (details: used, limit)
+            limits = {"floatingip": self.quota["floatingip"], "network": 100, "port": 500,
+                      "rbac_policy": 10, "router": 10, "security_group": 10,
+                      "security_group_rule": 100, "subnet": 100, "subnetpool": -1}
+            if not match.group(2):
+                return 200, {"quota": limits}, {}
+            used = {"floatingip": len(self.state.floatingips), "port": len(self.state.ports)}
+            return 200, {"quota": {k: {"limit": v, "used": used.get(k, 0), "reserved": 0}
+                                   for k, v in limits.items()}}, {}
         match = re.fullmatch(r"/ports/([\w-]+)", path)
         if match:
             port = self.state.ports.get(match.group(1))
@@ -579,10 +657,6 @@ class FakeOpenStack:
                 del self.state.ports[port["id"]]
                 return 204, None, {}
             return 200, {"port": port}, {}
-        if path == "/floatingips" and method == "GET":
-            fips = [f for f in self.state.floatingips.values()
-                    if all(str(f.get(k)) == v for k, v in filters.items())]
-            return 200, {"floatingips": fips}, {}
         if path == "/floatingips" and method == "POST":
             if len(self.state.floatingips) >= self.quota["floatingip"]:
                 return 409, {"NeutronError": {"type": "OverQuota", "detail": "",
@@ -623,8 +697,8 @@ class FakeOpenStack:
         self.state.images[image_id] = {
             "id": image_id, "name": name, "status": "active", "visibility": "private",
             "container_format": "bare", "disk_format": "qcow2", "min_disk": 0, "min_ram": 0,
-            "protected": False, "tags": [], "owner": PROJECT_ID, "created_at": _now(),
-            "updated_at": _now(), "self": f"/v2/images/{image_id}",
+            "protected": False, "tags": [], "owner": PROJECT_ID, "created_at": _zulu_now(),
+            "updated_at": _zulu_now(), "self": f"/v2/images/{image_id}",
             "file": f"/v2/images/{image_id}/file", "schema": "/v2/schemas/image",
             "size": 13167616, "os_hidden": False, "instance_uuid": server_id}
         return self.state.images[image_id]
@@ -634,15 +708,24 @@ class FakeOpenStack:
             return 200, {"versions": [{"id": "v2.16", "status": "CURRENT", "links": [
                 {"href": self.url + "/image/v2/", "rel": "self"}]}]}, {}
         path = path.removeprefix("/v2")
-        filters = dict(p.split("=", 1) for p in query.split("&") if "=" in p)
         images = [*({"id": iid, "name": name, "status": "active", "visibility": "public",
-                     "tags": [], "container_format": "bare", "disk_format": "qcow2"}
+                     "tags": [], "container_format": "bare", "disk_format": "qcow2",
+                     "min_disk": 0, "min_ram": 0, "protected": False, "os_hidden": False,
+                     "owner": None, "size": 2147483648, "self": f"/v2/images/{iid}",
+                     "file": f"/v2/images/{iid}/file", "schema": "/v2/schemas/image",
+                     "created_at": "2023-01-04T18:24:26Z", "updated_at": "2023-01-04T18:24:26Z"}
                     for name, iid in BASE_IMAGES.items()), *self.state.images.values()]
         if path == "/images" and method == "GET":
-            found = [i for i in images if all(str(i.get(k)) == v for k, v in filters.items()
-                                              if k in ("name", "id"))]
-            return 200, {"images": found, "schema": "/v2/schemas/images",
-                         "first": "/v2/images"}, {}
+            return 200, _glance_list(images, query), {}
+        if path == "/schemas/image" and method == "GET":
+            return 200, _GLANCE_IMAGE_SCHEMA, {}
+        if path == "/schemas/images" and method == "GET":
+            return 200, {"name": "images", "properties": {
+                "images": {"type": "array", "items": _GLANCE_IMAGE_SCHEMA},
+                "schema": {"type": "string"}, "first": {"type": "string"},
+                "next": {"type": "string"}},
+                "links": [{"rel": "first", "href": "{first}"}, {"rel": "next", "href": "{next}"},
+                          {"rel": "describedby", "href": "{schema}"}]}, {}
         if path == "/images" and method == "POST":  # what `openstack image create` sends
             image = self._add_image(body["name"])
             image["uploaded_by"] = "cc-snapshot"
@@ -665,8 +748,39 @@ def _error_body(path: str, status: int, message: str) -> dict:
     return {"error": {"message": message, "code": status}}
 
 
-def _public(server: dict) -> dict:
-    return {k: v for k, v in server.items() if not k.startswith("_")}
+def _public(resource: dict) -> dict:
+    """A resource as the service shows it: without the fake's own bookkeeping (`_...` keys)."""
+    return {k: v for k, v in resource.items() if not k.startswith("_")}
+
+
+def _compute_version(headers: Any) -> tuple[int, int]:
+    """The compute microversion a client asked for (`OpenStack-API-Version: compute 2.79`, or
+    the older `X-OpenStack-Nova-API-Version: 2.79`); 2.1 when it asked for none."""
+    asked = headers.get("OpenStack-API-Version") or ""
+    value = asked.split()[-1] if asked.startswith("compute ") else (
+        headers.get("X-OpenStack-Nova-API-Version") or "2.1")
+    if value == "latest":
+        return (2, 79)
+    major, _, minor = value.partition(".")
+    return (int(major), int(minor or 0))
+
+
+def _server_view(server: dict, version: tuple[int, int]) -> dict:
+    """A server as Nova shows it at `version`: from 2.47 its flavor is embedded (name and
+    sizes, no id), as nova/api/openstack/compute/views/servers.py writes it."""
+    view = _public(server)
+    if version >= (2, 47):
+        name = next(n for n, fid in FLAVORS.items() if fid == server["flavor"]["id"])
+        view["flavor"] = {"original_name": name, "vcpus": 1, "ram": 512, "disk": 10,
+                          "ephemeral": 0, "swap": 0, "extra_specs": {}}
+    return view
+
+
+def _mark_done(lease: dict, event_type: str) -> None:
+    """Blazar's manager marks an event DONE once it has run it."""
+    for event in lease["events"]:
+        if event["event_type"] == event_type:
+            event.update(status="DONE", updated_at=_db_now())
 
 
 def _blazar_date(value: str | None, default: datetime) -> datetime | None:
@@ -681,6 +795,138 @@ def _blazar_date(value: str | None, default: datetime) -> datetime | None:
         return None
 
 
-def _blazar_iso(value: str) -> str:
-    """Blazar answers `YYYY-MM-DDTHH:MM:SS.ffffff` for the `YYYY-MM-DD HH:MM` it was sent."""
-    return datetime.strptime(value, "%Y-%m-%d %H:%M").strftime("%Y-%m-%dT%H:%M:%S.%f")
+def _networks() -> list[dict]:
+    """Chameleon's shared networks, as neutron's api-ref shows a network."""
+    return [{"id": nid, "name": name, "status": "ACTIVE", "admin_state_up": True,
+             "shared": True, "router:external": name == "public", "subnets": [SUBNETS[nid]],
+             "port_security_enabled": True, "mtu": 1500, "availability_zones": ["nova"],
+             "availability_zone_hints": [], "ipv4_address_scope": None,
+             "ipv6_address_scope": None, "description": "", "tags": [],
+             "project_id": PROJECT_ID, "tenant_id": PROJECT_ID, "revision_number": 1,
+             "created_at": "2016-03-08T20:19:41Z", "updated_at": "2016-03-08T20:19:41Z"}
+            for name, nid in NETWORKS.items()]
+
+
+def _subnets() -> list[dict]:
+    """One IPv4 subnet per network (sharednet1's as on CHI@UC: 10.140.80.0/22)."""
+    cidrs = {"sharednet1": ("10.140.80.0/22", "10.140.83.254"),
+             "public": ("192.5.87.0/24", "192.5.87.1")}
+    return [{"id": SUBNETS[nid], "name": f"{name}-subnet", "network_id": nid, "ip_version": 4,
+             "cidr": cidrs[name][0], "gateway_ip": cidrs[name][1], "enable_dhcp": True,
+             "dns_nameservers": [], "host_routes": [], "allocation_pools": [],
+             "ipv6_address_mode": None, "ipv6_ra_mode": None, "subnetpool_id": None,
+             "service_types": [], "description": "", "tags": [], "project_id": PROJECT_ID,
+             "tenant_id": PROJECT_ID, "revision_number": 0,
+             "created_at": "2016-03-08T20:19:41Z", "updated_at": "2016-03-08T20:19:41Z"}
+            for name, nid in NETWORKS.items()]
+
+
+def _security_groups() -> list[dict]:
+    """The project's `default` group: egress open, ingress from its own members only."""
+    rules = [{"id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"rule-{n}")), "direction": direction,
+              "ethertype": ethertype, "protocol": None, "port_range_min": None,
+              "port_range_max": None, "remote_ip_prefix": None,
+              "remote_group_id": SECURITY_GROUP if direction == "ingress" else None,
+              "security_group_id": SECURITY_GROUP, "project_id": PROJECT_ID,
+              "tenant_id": PROJECT_ID, "description": "", "revision_number": 0}
+             for n, (direction, ethertype) in enumerate(
+                 [(d, e) for d in ("egress", "ingress") for e in ("IPv4", "IPv6")])]
+    return [{"id": SECURITY_GROUP, "name": "default", "description": "Default security group",
+             "stateful": True, "shared": False, "security_group_rules": rules, "tags": [],
+             "project_id": PROJECT_ID, "tenant_id": PROJECT_ID, "revision_number": 1,
+             "created_at": "2016-03-08T20:19:41Z", "updated_at": "2016-03-08T20:19:41Z"}]
+
+
+_NEUTRON_PAGING = {"fields", "limit", "marker", "page_reverse", "sort_key", "sort_dir"}
+
+
+def _neutron_list(kind: str, items: list[dict], query: str, url: str) -> dict:
+    """A Neutron list answer, as neutron/api/v2/base.py and api_common.py make it.
+
+    Query values are URL-decoded; an attribute given twice matches either value; booleans
+    match `true`/`True`/`1`. `fields=` (repeatable) keeps only those attributes. `limit=`
+    and `marker=` page through the items sorted by id, and a full page carries a `next`
+    link in `<collection>_links` (api_common.get_pagination_links).
+    """
+    params = parse_qs(query, keep_blank_values=True)
+    wanted = {k: v for k, v in params.items() if k not in _NEUTRON_PAGING}
+
+    def matches(resource: dict, key: str, values: list[str]) -> bool:
+        have = resource.get(key)
+        if isinstance(have, bool):
+            return have in {value.lower() in ("true", "1") for value in values}
+        return str(have) in values
+
+    found = sorted((r for r in items if all(matches(r, k, v) for k, v in wanted.items())),
+                   key=lambda r: r["id"])
+    marker = params.get("marker", [None])[-1]
+    if marker is not None:
+        found = [r for r in found if r["id"] > marker]
+    collection = kind.replace("-", "_")
+    answer: dict[str, Any] = {}
+    limit = int(params.get("limit", ["0"])[-1] or 0)
+    if limit > 0:
+        found = found[:limit]
+        if len(found) == limit:
+            rest = {k: v for k, v in params.items() if k not in ("limit", "marker")}
+            following = urlencode({**rest, "limit": limit, "marker": found[-1]["id"]},
+                                  doseq=True)
+            answer[f"{collection}_links"] = [{"rel": "next", "href": f"{url}?{following}"}]
+    fields = params.get("fields")
+    if fields:
+        found = [{k: v for k, v in r.items() if k in fields} for r in found]
+    answer[collection] = [_public(r) for r in found]
+    return answer
+
+
+# glance/api/v2/images.py get_schema, reduced to the attributes this fake's images carry
+_GLANCE_IMAGE_SCHEMA: dict[str, Any] = {
+    "name": "image", "additionalProperties": {"type": "string"},
+    "properties": {
+        "id": {"type": "string", "pattern": "^([0-9a-fA-F]){8}-([0-9a-fA-F]){4}-([0-9a-fA-F]){4}"
+               "-([0-9a-fA-F]){4}-([0-9a-fA-F]){12}$"},
+        "name": {"type": ["null", "string"], "maxLength": 255},
+        "status": {"type": "string", "readOnly": True, "enum": [
+            "queued", "saving", "active", "killed", "deleted", "uploading", "importing",
+            "pending_delete", "deactivated"]},
+        "visibility": {"type": "string", "enum": ["community", "public", "private", "shared"]},
+        "protected": {"type": "boolean"}, "os_hidden": {"type": "boolean"},
+        "owner": {"type": ["null", "string"], "maxLength": 255},
+        "container_format": {"type": ["null", "string"], "enum": [
+            None, "ami", "ari", "aki", "bare", "ovf", "ova", "docker", "compressed"]},
+        "disk_format": {"type": ["null", "string"], "enum": [
+            None, "ami", "ari", "aki", "vhd", "vhdx", "vmdk", "raw", "qcow2", "vdi", "iso",
+            "ploop"]},
+        "size": {"type": ["null", "integer"], "readOnly": True},
+        "min_ram": {"type": "integer"}, "min_disk": {"type": "integer"},
+        "tags": {"type": "array", "items": {"type": "string", "maxLength": 255}},
+        "created_at": {"type": "string", "readOnly": True},
+        "updated_at": {"type": "string", "readOnly": True},
+        "self": {"type": "string", "readOnly": True},
+        "file": {"type": "string", "readOnly": True},
+        "schema": {"type": "string", "readOnly": True}},
+    "links": [{"rel": "self", "href": "{self}"}, {"rel": "enclosure", "href": "{file}"},
+              {"rel": "describedby", "href": "{schema}"}]}
+
+
+def _glance_list(images: list[dict], query: str) -> dict:
+    """A Glance image list (api-ref "List images"): URL-decoded filters on any attribute,
+    `limit`/`marker` paging with a `next` link while a page is full."""
+    params = parse_qs(query, keep_blank_values=True)
+    wanted = {k: v[-1] for k, v in params.items()
+              if k not in ("limit", "marker", "sort", "sort_key", "sort_dir", "member_status")}
+    found = [i for i in images if all(str(i.get(k)) == v for k, v in wanted.items())]
+    marker = params.get("marker", [None])[-1]
+    if marker is not None:
+        ids = [i["id"] for i in found]
+        found = found[ids.index(marker) + 1:] if marker in ids else []
+    answer: dict[str, Any] = {"schema": "/v2/schemas/images", "first": "/v2/images"}
+    limit = int(params.get("limit", ["0"])[-1] or 0)
+    if limit > 0:
+        found = found[:limit]
+        if len(found) == limit:
+            rest = {k: v for k, v in params.items() if k not in ("limit", "marker")}
+            answer["next"] = "/v2/images?" + urlencode(
+                {**rest, "limit": limit, "marker": found[-1]["id"]}, doseq=True)
+    answer["images"] = found
+    return answer

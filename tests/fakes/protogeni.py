@@ -23,11 +23,16 @@ path): an HTTP error, a ProtoGENI error code (`code=`), a late answer, a dropped
 and expired credentials (`revoke`: from then on the authorities refuse the user credential
 with CHAPI code 1 and the aggregate refuses every slice credential with code 15, EXPIRED);
 `inject(method, am_code, output)` is the code fault in one call; `fail_next_sliver(message)`
-makes the next sliver end `failed`. Error answers carry `am_type`, `am_code` and
-`protogeni_error_url` as ProtoGENI's do (geni-lib reads all three). `live()` says which
+makes the next sliver end `failed`; `expire(slice_name)` makes time reach the sliver's
+expiration, after which the aggregate reaps it as ProtoGENI does (nodes freed,
+SEARCHFAILED). Error answers carry `am_type`, `am_code` and `protogeni_error_url` as
+ProtoGENI's do (geni-lib reads all three). `live()` says which
 slivers still hold nodes.
-SliverStatus gives the expiration as `pg_expires` (ProtoGENI's name; `geni_expires` is the
-AM API's). [unverified against a live AM] CreateImage returning `[image_urn, image_url]`.
+ListResources without a slice gives an advertisement of `capacity` PCs saying which are free
+(only those with `geni_available`); GetVersion lists the GENI 3 request and advertisement
+RSpec versions. SliverStatus gives the expiration as `pg_expires` (ProtoGENI's name;
+`geni_expires` is the AM API's). [unverified against a live AM] CreateImage returning
+`[image_urn, image_url]`.
 """
 
 from __future__ import annotations
@@ -58,6 +63,7 @@ from lxml import etree
 from tests.fakes.faults import Faults, drop_connection
 
 GENI = "http://www.geni.net/resources/rspec/3"
+EMULAB = "http://www.protogeni.net/resources/rspec/ext/emulab/1"
 AUTHORITY = "utah.cloudlab.us"
 CMID = f"urn:publicid:IDN+{AUTHORITY}+authority+cm"
 AM_PATH = "/protogeni/xmlrpc/am/2.0"
@@ -230,6 +236,8 @@ class _Handler(SimpleXMLRPCRequestHandler):
             method = ""
         fake = self.server.fake
         fake.state.calls.append(method)
+        if self.path == AM_PATH:
+            fake._reap()
         fault = fake.faults.take(method, self.path)
         if fault is not None and fault.kind == "drop":
             drop_connection(self)
@@ -385,6 +393,28 @@ class FakeProtoGENI:
             return [f"sliver of {s.slice_name!r} ({s.status}, {len(s.node_slivers)} nodes)"
                     for s in self.state.slivers.values()]
 
+    def expire(self, slice_name: str, *, slice_too: bool = False) -> None:
+        """Time passes: the sliver of `slice_name` reaches its expiration (and, with
+        `slice_too`, so does its slice). The next aggregate call reaps it (see `_reap`)."""
+        with self.lock:
+            past = _now() - dt.timedelta(seconds=1)
+            self._sliver_by_name(slice_name).expires = past
+            if slice_too:
+                for slice_ in self.state.slices.values():
+                    if slice_.name == slice_name:
+                        slice_.expires = past
+
+    def _reap(self) -> None:
+        """Tear down every sliver past its expiration, as ProtoGENI's expire daemon does
+        (emulab-devel protogeni/scripts/expire_daemon): the nodes are freed and the
+        aggregate forgets the sliver, so that later calls on its slice answer SEARCHFAILED
+        (or EXPIRED once the slice credential has expired too)."""
+        with self.lock:
+            for urn, sliver in list(self.state.slivers.items()):
+                if sliver.expires <= _now():
+                    del self.state.slivers[urn]
+                    self._teardown(sliver)
+
     def fail_next_sliver(self, message: str) -> None:
         """The next sliver created ends `failed` with `message` instead of `ready`."""
         self._fail_next = message
@@ -499,14 +529,45 @@ class FakeProtoGENI:
     # -- aggregate manager (AM API v2 + ProtoGENI CreateImage) ------------------------
 
     def _GetVersion(self, options=None):  # noqa: N802 -- the wire names
+        """The AM API v2 GetVersion: the API, and the request and advertisement RSpec
+        versions (GAPI_AM_API_V2 requires both lists; ProtoGENI's GeniAM.pm gives GENI 3)."""
+        def rspec(kind: str) -> dict[str, Any]:
+            return {"type": "GENI", "version": "3", "schema": f"{GENI}/{kind}.xsd",
+                    "namespace": GENI, "extensions": [EMULAB]}
+
         return self._ok({"geni_api": 2, "geni_am_type": "protogeni",
-                         "geni_api_versions": {"2": self.am_url}})
+                         "geni_api_versions": {"2": self.am_url},
+                         "geni_request_rspec_versions": [rspec("request")],
+                         "geni_ad_rspec_versions": [rspec("ad")]})
+
+    def _advertisement(self, available_only: bool) -> str:
+        """The aggregate's nodes as ProtoGENI advertises them (the node shape of the opstate
+        extension's example advertisement in the Emulab source): `capacity` PCs, each of one
+        hardware type, able to run raw-pc and emulab-xen slivers, `available now` false for
+        those slivers hold; with `geni_available`, only the free ones."""
+        busy = sum(len(s.node_slivers) for s in self.state.slivers.values())
+        root = etree.Element(f"{{{GENI}}}rspec", type="advertisement",
+                             nsmap={None: GENI, "emulab": EMULAB})
+        for index in range(self.capacity):
+            if available_only and index < busy:
+                continue
+            name = f"pc{index + 1}"
+            node = etree.SubElement(root, f"{{{GENI}}}node", component_manager_id=CMID,
+                                    component_name=name, exclusive="true",
+                                    component_id=f"urn:publicid:IDN+{AUTHORITY}+node+{name}")
+            hardware = etree.SubElement(node, f"{{{GENI}}}hardware_type",
+                                        name=self.hardware_types[index % len(self.hardware_types)])
+            etree.SubElement(hardware, f"{{{EMULAB}}}node_type", type_slots="1")
+            for sliver_type in ("raw-pc", "emulab-xen"):
+                etree.SubElement(node, f"{{{GENI}}}sliver_type", name=sliver_type)
+            etree.SubElement(node, f"{{{GENI}}}available", now=str(index >= busy).lower())
+        return etree.tostring(root).decode()
 
     def _ListResources(self, creds, options):  # noqa: N802
         with self.lock:
             slice_urn = options.get("geni_slice_urn")
             if not slice_urn:
-                return self._ok(f'<rspec xmlns="{GENI}" type="advertisement"/>')
+                return self._ok(self._advertisement(bool(options.get("geni_available"))))
             bad = self._check_slice_cred(slice_urn, creds)
             if bad:
                 return bad

@@ -1,8 +1,10 @@
 """Nodes for the fake ProtoGENI aggregate, backed by real sshd (needs root).
 
-Each node is a network namespace joined to the host by a veth pair on a random
-198.18.0.0/15 /30 (RFC 2544 benchmark space, unused elsewhere on this machine), with a
-real sshd (tests/fakes/sshd.py) on port 22 of its address. `ip netns exec` bind-mounts
+Each node is a network namespace whose `eth0` is plugged, like every node of the backend,
+into one host bridge: the experiment's control network, one random /24 of 198.19.0.0/16
+(RFC 2544 benchmark space, unused elsewhere on this machine), whose first address is the
+host's and the nodes' default gateway. A real sshd (tests/fakes/sshd.py) listens on port 22
+of the node's address. `ip netns exec` bind-mounts
 `/etc/netns/<ns>/{passwd,group,shadow,sudoers}` over `/etc` for that sshd and everything
 it spawns, so each node has, as on CloudLab:
 
@@ -14,9 +16,12 @@ it spawns, so each node has, as on CloudLab:
 
 Its experiment interfaces are devices `eth1`, `eth2`, ... (veths) carrying the MACs and
 addresses the manifest announces (their RSpec names, such as `node0:if0`, are not Linux
-names); its default route goes out of `eth0`, whose address is the node's control address.
-Raw PCs are reached on <node address>:22. Xen VMs are reached like CloudLab's: one shared
-host address (127.0.0.1) and a per-VM forwarded port, relayed to the VM's sshd.
+names); the host ends of the interfaces in one subnet are plugged into one host bridge,
+the LAN that joins them. Its default route goes out of `eth0`, whose address is the node's
+control address. Raw PCs are reached on <node address>:22. Xen VMs are reached like
+CloudLab's: one shared host address (127.0.0.1) and a per-VM forwarded port, relayed to the
+VM's sshd; the manifest gives them no host IPv4, and their control address is private to
+the experiment's control network (CloudLab's VMs get one in 172.16.0.0/12).
 The `hostname` a node reports is this machine's, unrelated to the manifest's host names.
 """
 
@@ -92,48 +97,74 @@ class _Forwarder:
         self.listener.close()
 
 
-class _Node:
-    """One netns node: veth, /etc overrides, homes, sshd."""
+class _Bridges:
+    """The host bridges of one backend: the control network (`subnet`, the host holding its
+    first address) and one bridge per experiment subnet, each made on first use."""
 
-    def __init__(self, tag: str, index: int, username: str, keys: list[str],
-                 interfaces: list[tuple[str, str]]) -> None:
+    def __init__(self, tag: str) -> None:
+        self.tag = tag
+        self.subnet = ipaddress.ip_network(f"198.19.{secrets.randbelow(256)}.0/24")
+        self.names: dict[str, str] = {}
+
+    def plug(self, port: str, subnet: str) -> None:
+        """Enslave host link `port` to the bridge of `subnet` and bring it up."""
+        name = self.names.get(subnet)
+        if name is None:
+            name = self.names[subnet] = f"oc{self.tag}b{len(self.names)}"
+            _ip("link", "add", name, "type", "bridge")
+            if subnet == str(self.subnet):
+                _ip("addr", "add", f"{self.subnet.network_address + 1}/24", "dev", name)
+            _ip("link", "set", name, "up")
+        _ip("link", "set", port, "master", name, "up")
+
+    def close(self) -> None:
+        for name in self.names.values():
+            subprocess.run(["ip", "link", "del", name], capture_output=True)
+        self.names.clear()
+
+
+class _Node:
+    """One netns node: eth0 on the control bridge, experiment veths, /etc overrides, homes,
+    sshd."""
+
+    def __init__(self, tag: str, index: int, control: _Bridges, username: str,
+                 keys: list[str], interfaces: list[tuple[str, str]]) -> None:
         self.netns = f"omnibed-cl-{tag}-{index}"
         self.host_if = f"oc{tag}{index}h"
         self.etc = Path("/etc/netns") / self.netns
         self.directory = Path(tempfile.mkdtemp(prefix=f"omnibed-cl-{tag}-{index}-"))
         self.sshd: FakeSSHD | None = None
-        subnet = ipaddress.ip_network(
-            f"198.18.{secrets.randbelow(256)}.{4 * secrets.randbelow(64)}/30"
-        )
-        host_ip, self.address = (str(a) for a in list(subnet.hosts())[:2])
+        self.address = str(control.subnet.network_address + index + 1)
         try:
-            self._network(host_ip, interfaces)
+            self._network(control, interfaces)
             self.root_home, self.user_home = self._accounts(username, keys)
             self.sshd = _NodeSSHD([], address=self.address, port=22, netns=self.netns).start()
         except BaseException:
             self.stop()
             raise
 
-    def _network(self, host_ip: str, interfaces: list[tuple[str, str]]) -> None:
+    def _network(self, bridges: _Bridges, interfaces: list[tuple[str, str]]) -> None:
         _ip("netns", "add", self.netns)
         _ip("link", "add", self.host_if, "type", "veth", "peer", "name", "eth0",
             "netns", self.netns)
-        _ip("addr", "add", f"{host_ip}/30", "dev", self.host_if)
-        _ip("link", "set", self.host_if, "up")
-        for args in (("addr", "add", f"{self.address}/30", "dev", "eth0"),
+        bridges.plug(self.host_if, str(bridges.subnet))
+        gateway = str(bridges.subnet.network_address + 1)
+        for args in (("addr", "add", f"{self.address}/{bridges.subnet.prefixlen}", "dev",
+                      "eth0"),
                      ("link", "set", "eth0", "up"), ("link", "set", "lo", "up"),
-                     ("route", "add", "default", "via", host_ip, "dev", "eth0")):
+                     ("route", "add", "default", "via", gateway, "dev", "eth0")):
             _ip("-n", self.netns, *args)
         for number, (mac, address) in enumerate(interfaces, start=1):
-            name = f"eth{number}"
+            name, host_end = f"eth{number}", f"{self.host_if[:-1]}e{number}"
             mac = ":".join(mac[i:i + 2] for i in range(0, 12, 2))  # the manifest's 02ab...
-            # a veth (its peer left unplugged on the host; it goes with the netns): this
-            # kernel may lack the dummy module
-            _ip("link", "add", f"{self.host_if[:-1]}e{number}", "type", "veth", "peer",
-                "name", name, "address", mac, "netns", self.netns)
+            # a veth whose host end joins the LAN's bridge: this kernel may lack the dummy
+            # module
+            _ip("link", "add", host_end, "type", "veth", "peer", "name", name, "address", mac,
+                "netns", self.netns)
             _ip("-n", self.netns, "link", "set", name, "up")
             if address:
                 _ip("-n", self.netns, "addr", "add", address, "dev", name)
+                bridges.plug(host_end, str(ipaddress.ip_interface(address).network))
 
     def _accounts(self, username: str, keys: list[str]) -> tuple[Path, Path]:
         self.directory.chmod(0o755)
@@ -177,6 +208,7 @@ class SSHNodes:
 
     def __init__(self) -> None:
         self.tag = secrets.token_hex(3)
+        self.bridges = _Bridges(self.tag)
         self.nodes: dict[tuple[str, str], _Node] = {}
         self.forwarders: dict[tuple[str, str], _Forwarder] = {}
         self._count = 0
@@ -185,8 +217,8 @@ class SSHNodes:
              public_keys: list[str], interfaces: list[tuple[str, str]]) -> tuple[str, int]:
         key = (slice_name, client_id)
         self._count += 1
-        node = self.nodes[key] = _Node(self.tag, self._count, username, public_keys,
-                                       interfaces)
+        node = self.nodes[key] = _Node(self.tag, self._count, self.bridges, username,
+                                       public_keys, interfaces)
         if not xen:
             return node.address, 22
         forwarder = self.forwarders[key] = _Forwarder(XEN_HOST, (node.address, 22))
@@ -207,3 +239,4 @@ class SSHNodes:
     def close(self) -> None:
         for slice_name, client_id in list(self.nodes):
             self.shutdown(slice_name, client_id)
+        self.bridges.close()

@@ -4,6 +4,7 @@ password logins without a project scope."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import urllib.request
 from datetime import UTC, datetime, timedelta
@@ -14,6 +15,7 @@ import pytest
 from omnibed.core.errors import (
     CredentialsError,
     ProviderError,
+    ProviderTimeout,
     ReservationError,
     UsageError,
 )
@@ -135,3 +137,39 @@ def test_a_password_login_to_an_unknown_project_is_refused(
         provider.reserve(request("badscope", openrc=_openrc(tmp_path, cloud, "CH-999999"),
                                  cloud=""))
     assert cloud.live() == []
+
+
+def test_a_teammates_lease_of_the_same_name_is_never_taken_for_a_lost_one(
+    provider: ChameleonProvider, cloud: FakeOpenStack
+) -> None:
+    """Our create's answer is lost (Blazar refused it: the name is a teammate's lease) and
+    the clean-up cannot list leases: later, find and release must leave the teammate's
+    lease alone (it was made before ours could have been)."""
+    assert _blazar(cloud, "POST", "/leases", _body("shared")) == 201  # a teammate's
+    [theirs] = cloud.state.leases.values()
+    theirs["created_at"] = (datetime.now(UTC) - timedelta(hours=1)).strftime(
+        "%Y-%m-%d %H:%M:%S")
+    cloud.faults.delay("POST", r"/reservation/v1/leases$", 3)
+    cloud.faults.fail("GET", r"/reservation/v1/leases$", status=503, times=None)
+    with pytest.raises(ProviderTimeout):
+        provider.reserve(request("shared", nodes=1, api_timeout="1"))
+    cloud.faults.clear()
+    found = provider.find("shared")
+    if found is not None:
+        assert found.extra["lease_id"] != theirs["id"]
+        provider.release(found)
+    assert cloud.state.leases[theirs["id"]]["status"] != "TERMINATED"
+    assert provider.find("shared") is None
+
+
+def test_a_lost_answer_to_an_advance_reservation_leaves_no_lease(
+    provider: ChameleonProvider, cloud: FakeOpenStack
+) -> None:
+    """The lease Blazar made for a later start is found by when it was asked for, not by its
+    start, and released."""
+    later = dataclasses.replace(request("later", nodes=1, api_timeout="1"),
+                                start=datetime.now(UTC) + timedelta(hours=3))
+    cloud.faults.delay("POST", r"/reservation/v1/leases$", 3)
+    with pytest.raises(ProviderTimeout):
+        provider.reserve(later)
+    assert cloud.live() == [] and provider.find("later") is None

@@ -129,7 +129,7 @@ def test_nics_are_the_devices_on_the_node(
         control, extra = provider.nic_capabilities(reservation, node, login)
         assert control.role is NicRole.CONTROL and extra.role is NicRole.EXTRA
         assert (control.name, extra.name) == ("eth0", "eth1")
-        assert control.addresses == (f"{nodes.node(name, node.id).address}/30",)
+        assert control.addresses == (f"{nodes.node(name, node.id).address}/24",)
         assert extra.mac == on_node["eth1"]["address"]
         assert extra.addresses == (f"10.10.1.{index}/24",)
         assert extra.foreign_mac is (Tri.NO if vm else Tri.YES)

@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import json
 import time
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 import requests
 
 from omnibed.core.errors import ProviderTimeout, ReservationError, UsageError
+from omnibed.core.login import Login
 from omnibed.core.types import NicRole, ReservationRequest, ReservationState
 from omnibed.providers.grid5000 import Grid5000Provider, _convert
 from tests.fakes.grid5000 import FIXTURES, FakeGrid5000
@@ -47,6 +48,37 @@ def test_every_reference_record_gives_one_control_nic_and_only_ethernet(path: Pa
         assert nic.mac == adapter["mac"]
         if nic.role is not NicRole.CONTROL:  # not configured on a fresh node
             assert nic.addresses == ()
+
+
+@pytest.mark.parametrize("path", NODE_FIXTURES, ids=[p.stem for p in NODE_FIXTURES])
+def test_every_reference_node_is_reserved_and_described_as_its_file_says(
+    provider: Grid5000Provider, fake: FakeGrid5000, path: Path
+) -> None:
+    """Each fixture's node, reserved through the fake by its cluster: its name, SSH endpoint,
+    architecture, cluster and site, and its NICs (names, MACs, roles, the control address)
+    are the file's."""
+    record = json.loads(path.read_text())
+    cluster = record["uid"].rsplit("-", 1)[0]
+    mounted = next(a for a in record["network_adapters"]
+                   if a["interface"] == "Ethernet" and a.get("mounted"))
+    fqdn = mounted["network_address"]
+    site = fqdn.split(".")[1]
+    ready = provider.wait(provider.reserve(ask(f"g5k-{cluster}", site=site, cluster=cluster)),
+                          timeout=30)
+    (node,) = provider.list_nodes(ready)
+    assert (node.id, node.hostname) == (fqdn, record["uid"])
+    assert (node.ssh.host, node.ssh.port, node.ssh.user) == (fqdn, 22, fake.username)
+    assert [jump.host for jump in node.ssh.jumps] == ["access.grid5000.fr"]
+    assert (node.arch, node.hardware, node.site) == (
+        record["architecture"]["platform_type"], cluster, site)
+    nowhere = Login(Path("/nonexistent/id_ed25519"), "ssh-ed25519 AAAA", Path("/nonexistent/kh"))
+    ethernet = [a for a in record["network_adapters"] if a["interface"] == "Ethernet"
+                and not a.get("management") and (a.get("mounted") or a.get("mountable"))]
+    assert [(n.name, n.mac, n.role, n.addresses)
+            for n in provider.nic_capabilities(ready, node, nowhere)] == [
+        (a["name"], a["mac"], NicRole.CONTROL if a is mounted else NicRole.EXPERIMENT,
+         (a["ip"],) if a is mounted else ()) for a in ethernet]
+    provider.release(ready)
 
 
 def test_an_unmounted_nic_has_no_address_although_the_reference_lists_one() -> None:
@@ -116,6 +148,32 @@ def test_more_nodes_than_the_cluster_has_is_refused(provider: Grid5000Provider) 
         provider.reserve(ask("g5k-toomany", 4, site="nancy", cluster="gros"))
 
 
+def test_an_advance_reservation_is_placed_by_its_window_not_by_who_is_busy_now(
+    provider: Grid5000Provider, fake: FakeGrid5000
+) -> None:
+    """OAR takes an advance reservation when its nodes are free over its whole window: busy
+    now but free then is accepted; overlapping a job is refused, saying when it could run."""
+    first = provider.wait(provider.reserve(ask("g5k-now", 3, site="nancy", cluster="gros")),
+                          timeout=30)
+    after = ReservationRequest(name="g5k-after", nodes=3, duration=timedelta(hours=1),
+                               start=first.end + timedelta(minutes=10),
+                               extra={"poll": "0.05", "site": "nancy", "cluster": "gros"})
+    assert provider.reserve(after).state is ReservationState.WAITING
+    clash = ReservationRequest(name="g5k-clash", nodes=3, duration=timedelta(hours=1),
+                               start=datetime.now(UTC) + timedelta(minutes=10),
+                               extra={"poll": "0.05", "site": "nancy", "cluster": "gros"})
+    posts = len(job_posts(fake))
+    with pytest.raises(ReservationError) as refused:
+        provider.reserve(clash)
+    assert len(job_posts(fake)) == posts + 1
+    assert refused.value.retry_at is not None and refused.value.retry_at >= first.end
+    assert provider.find("g5k-clash") is None
+    assert sorted(str(uid) for uid in fake.live_jobs()) == sorted(
+        [first.id, provider.find("g5k-after").id])
+    provider.release(first)
+    provider.release(provider.find("g5k-after"))
+
+
 def test_properties_select_the_nodes(provider: Grid5000Provider, fake: FakeGrid5000) -> None:
     reservation = provider.reserve(
         ask("g5k-host", site="nancy", properties="host in ('gros-3.nancy.grid5000.fr')"))
@@ -177,3 +235,58 @@ def test_nodes_say_their_architecture_cluster_and_site(provider: Grid5000Provide
     assert {(n.arch, n.hardware, n.site) for n in provider.list_nodes(x86)} == {
         ("x86_64", "gros", "nancy")}
     provider.release(x86)
+
+
+def test_a_job_oar_has_not_placed_yet_is_not_over_before_it_starts(
+    provider: Grid5000Provider, fake: FakeGrid5000
+) -> None:
+    """Until OAR's first scheduling pass a job has no `scheduled_at` and `started_at` is 0:
+    its start is not known, but it is not its submission (a short job left unscheduled
+    longer than its walltime would look over, and `omnibed gc` would release it)."""
+    fake.step = 3.0  # the scheduling pass comes late
+    short = ReservationRequest(name="g5k-unplaced", nodes=1, duration=timedelta(seconds=1),
+                               extra={"poll": "0.05", "site": "nancy"})
+    provider.reserve(short)
+    time.sleep(1.5)
+    listed = provider.client.find_jobs("nancy", "g5k-unplaced", _convert.LIVE_STATES)
+    assert "scheduled_at" not in listed[0] and listed[0]["started_at"] == 0
+    asked = datetime.now(UTC).replace(microsecond=0)
+    found = provider.find("g5k-unplaced")
+    assert found is not None and found.state is ReservationState.WAITING
+    assert found.start >= asked and found.end > datetime.now(UTC)
+    provider.release(found)
+
+
+def test_a_queued_job_starts_when_oar_predicts_it(provider: Grid5000Provider,
+                                                  fake: FakeGrid5000) -> None:
+    """A job queued behind a running one is placed at that job's end (`scheduled_at`)."""
+    first = provider.wait(provider.reserve(ask("g5k-busy", 3, site="nancy", cluster="gros")),
+                          timeout=30)
+    second = provider.reserve(ask("g5k-queued", 3, site="nancy", cluster="gros"))
+    time.sleep(2 * fake.step)
+    queued = provider.find("g5k-queued")
+    assert queued is not None and queued.state is ReservationState.WAITING
+    assert abs(queued.start - first.end) < timedelta(seconds=2)
+    assert queued.end - queued.start == timedelta(hours=1)
+    provider.release(first)
+    provider.release(second)
+
+
+def test_an_advance_reservation_shows_its_start_and_an_ended_job_its_stop(
+    provider: Grid5000Provider, fake: FakeGrid5000
+) -> None:
+    start = (datetime.now(UTC) + timedelta(days=1)).replace(microsecond=0)
+    later = ReservationRequest(name="g5k-tomorrow", nodes=1, duration=timedelta(hours=1),
+                               start=start, extra={"poll": "0.05", "site": "nancy"})
+    reservation = provider.reserve(later)
+    found = provider.find("g5k-tomorrow")
+    assert found is not None and found.state is ReservationState.WAITING
+    assert (reservation.start, found.start, found.end) == (start, start,
+                                                           start + timedelta(hours=1))
+    provider.release(found)
+    ready = provider.wait(provider.reserve(ask("g5k-stopped", site="nancy")), timeout=30)
+    provider.release(ready)
+    ended = provider.client.job("nancy", ready.id)
+    assert ended is not None and "scheduled_at" not in ended
+    view = _convert.reservation(ended, "nancy")
+    assert view.end == _convert.from_epoch(ended["stopped_at"]) < ready.end
