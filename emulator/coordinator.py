@@ -62,6 +62,9 @@ def no_count(pnode: str, step: str, done: int, total: int) -> None:
     """The default `count` callback: says nothing."""
 
 PLAN_FILE = "emulation.json"
+# beside the plan once a timeline was scheduled: the keys of the timelines' actions already
+# folded into the plan (timeline.fold)
+FOLDED_FILE = "timelines-folded.json"
 PROBE_TIMEOUT = 2.0
 T = TypeVar("T")
 # A TCP connection to the discard port: refused or accepted means the address answered.
@@ -229,6 +232,7 @@ class Emulator:
         self.agents: Agents = agents or DirectAgents()
         self.reservation = access.name
         self.plan_path = access.state_dir / PLAN_FILE
+        self.folded_path = access.state_dir / FOLDED_FILE
         # seconds from the start of the last `up` until its container vnodes ran and every
         # `ssh: true` one answered SSH; None without container vnodes
         self.reachable_after: float | None = None
@@ -286,11 +290,13 @@ class Emulator:
                 self._build(sessions, the_plan, images, progress, count)
                 if platform.events:
                     progress("starting the platform's timeline")
+                    self._note_timeline()
                     self.scheduled = timeline.start(sessions, the_plan, platform.events)
             except BaseException as failure:
                 rollback = _errors(_on_all(sessions, ops.TEARDOWN, the_plan))
                 if not rollback:
                     self.plan_path.unlink()
+                    self.folded_path.unlink(missing_ok=True)
                     vnode_ssh.forget_host_keys(known_hosts)
                 elif isinstance(failure, ApplyError):
                     raise ApplyError(failure.failures, rolled_back=False) from None
@@ -408,6 +414,7 @@ class Emulator:
                 + "\n  ".join(f"{p}: {why}" for p, why in failures.items())
             )
         self.plan_path.unlink()
+        self.folded_path.unlink(missing_ok=True)
         vnode_ssh.forget_host_keys(self.access.known_hosts)
         return [v.name for v in the_plan.vnodes]
 
@@ -419,6 +426,38 @@ class Emulator:
     def _save(self, the_plan: Plan) -> None:
         """Write the plan 0600, atomically: it holds the vnodes' SSH host keys."""
         write_json(self.plan_path, the_plan.to_json())
+
+    def _note_timeline(self) -> None:
+        """Record that the platform has timelines whose changes are to be folded in."""
+        if not self.folded_path.exists():
+            write_json(self.folded_path, {"folded": []})
+
+    def _asked(self, the_plan: Plan, pnodes: Sequence[str]) -> list[str]:
+        """The pnodes a command needs agents on: `pnodes`, or every pnode of the platform
+        when it has timelines whose changes may have to be folded in."""
+        return list(the_plan.pnodes) if self.folded_path.exists() else list(pnodes)
+
+    def _folded(
+        self,
+        the_plan: Plan,
+        sessions: Mapping[str, AgentConnection],
+        reported: Mapping[str, list[dict[str, Any]]] | None = None,
+    ) -> Plan:
+        """`the_plan` with what the platform's timelines changed since it was saved
+        (shaping, link states) folded in, each change once, saved when that changed it.
+        `sessions`: every pnode's; `reported`: their timelines if already asked (a pnode
+        that cannot be asked is left for a later command)."""
+        if not self.folded_path.exists():
+            return the_plan
+        if reported is None:
+            reported = timeline.reports(sessions, the_plan.instance, strict=False)
+        folded = set(json.loads(self.folded_path.read_text())["folded"])
+        before = len(folded)
+        the_plan = timeline.fold(the_plan, reported, folded)
+        if len(folded) != before:
+            self._save(the_plan)
+            write_json(self.folded_path, {"folded": sorted(folded)})
+        return the_plan
 
     def _require(self) -> Plan:
         the_plan = self.load()
@@ -436,6 +475,7 @@ class Emulator:
         each container vnode's state, and what each pnode has of the platform."""
         the_plan = self._require()
         with self._sessions(the_plan.pnodes) as sessions:
+            the_plan = self._folded(the_plan, sessions)
             present = _on_all(sessions, ops.STATUS, the_plan)
             boxed = {p: sessions[p] for p in sessions if the_plan.state(p).containers}
             running = for_each(
@@ -634,13 +674,16 @@ class Emulator:
                 "(vnode -> network) or VNODE.IFACE.input (network -> vnode)"
             )
         viface = _viface(the_plan, where)
-        shaping = _shaping(getattr(viface, direction), properties)
-        if direction == "output":
-            changed = replace(viface, output=shaping)
-        else:
-            changed = replace(viface, input=shaping)
+        _shaping(getattr(viface, direction), properties)  # bad input before any SSH
         pnode = the_plan.vnode(viface.vnode).pnode
-        with self._sessions([pnode]) as sessions:
+        with self._sessions(self._asked(the_plan, [pnode])) as sessions:
+            the_plan = self._folded(the_plan, sessions)
+            viface = _viface(the_plan, where)
+            shaping = _shaping(getattr(viface, direction), properties)
+            if direction == "output":
+                changed = replace(viface, output=shaping)
+            else:
+                changed = replace(viface, input=shaping)
             reply = sessions[pnode].call(ops.SHAPE, viface=asdict(changed), direction=direction)
         if reply["problems"]:
             raise PreflightError({pnode: reply["problems"]})
@@ -659,7 +702,9 @@ class Emulator:
                 f"vnode {vnode.name} is {run}, its interfaces down: "
                 f"`omnibed emulate {again} {self.reservation} {vnode.name}` first"
             )
-        with self._sessions([vnode.pnode]) as sessions:
+        with self._sessions(self._asked(the_plan, [vnode.pnode])) as sessions:
+            the_plan = self._folded(the_plan, sessions)
+            viface = _viface(the_plan, target)
             sessions[vnode.pnode].call(ops.LINK, netns=viface.netns, ifname=viface.ifname, up=up)
         self._save(_with_viface(the_plan, viface, replace(viface, up=up)))
 
@@ -707,7 +752,8 @@ class Emulator:
             by_pnode.setdefault(vnode.pnode, []).append(vnode)
         done: dict[str, str] = {}
         failures: dict[str, str] = {}
-        with self._sessions(list(by_pnode)) as sessions:
+        with self._sessions(self._asked(the_plan, list(by_pnode))) as sessions:
+            the_plan = self._folded(the_plan, sessions)
 
             def change_there(pnode: str, session: AgentConnection) -> None:
                 state = the_plan.state(pnode)
@@ -725,7 +771,8 @@ class Emulator:
                         return
                     done[vnode.name] = reply["run"]
 
-            for pnode, outcome in for_each(sessions, change_there).items():
+            changing = {p: sessions[p] for p in by_pnode}
+            for pnode, outcome in for_each(changing, change_there).items():
                 if isinstance(outcome, BaseException):
                     failures.setdefault(pnode, str(outcome))
         self._save(_with_runs(the_plan, done))
@@ -749,13 +796,17 @@ class Emulator:
         first = time.time() + timeline.START_LEAD if start is None else start
         timeline.resolve(events, the_plan, first)  # bad input before any SSH
         with self._sessions(the_plan.pnodes) as sessions:
+            the_plan = self._folded(the_plan, sessions)  # shaping builds on what ran
+            self._note_timeline()
             return timeline.start(sessions, the_plan, events, start)
 
     def events(self) -> list[timeline.Record]:
         """Every action of the platform's timelines: planned and actual time, outcome."""
         the_plan = self._require()
         with self._sessions(the_plan.pnodes) as sessions:
-            return timeline.records(sessions, the_plan.instance)
+            reported = timeline.reports(sessions, the_plan.instance)
+            self._folded(the_plan, sessions, reported)
+        return timeline.records_of(reported)
 
     def cancel_events(self) -> int:
         """Stop the rest of the platform's timelines; how many pnode runners were stopped."""

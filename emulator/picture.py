@@ -3,9 +3,12 @@
 `of_plan(plan)` draws a built platform: one cluster per pnode holding its vnodes, one node
 per vnetwork labelled with its cidr and the mode the planner chose (bridge over which NIC,
 or VXLAN over which underlay NIC), and one edge per viface labelled with its name, address
-and shaping (rate, delay, jitter, loss; `out` is vnode -> vnetwork, `in` the reverse).
+and shaping (rate, delay, jitter, loss; `out` is vnode -> vnetwork, `in` the reverse). A
+vnode that forwards between its vnetworks is drawn bold (DOT) or as a hexagon (Mermaid),
+saying so; each vnode lists its routes to other vnetworks (`route CIDR via ADDRESS`).
 `of_platform(platform)` draws a platform file before it is built: no pnodes and no modes,
-since those come from the reserved pnodes' NICs; a `per_pnode` vnode is one box saying so.
+since those come from the reserved pnodes' NICs; a `per_pnode` vnode is one box saying so;
+its title says `routes: auto` when the platform asks for them.
 
 `dot(picture)` and `mermaid(picture)` are pure text; `svg(picture)` runs Graphviz's `dot`.
 """
@@ -23,15 +26,18 @@ from omnibed.emulator.agent.state import Shaping
 from omnibed.emulator.model import IfaceSpec, Platform
 from omnibed.emulator.planner import NetworkPlan, Plan
 
+FORWARDS = "forwards between its vnetworks"
+
 
 @dataclass(frozen=True)
 class Vnode:
     """A vnode's box: its name and the lines under it, inside its pnode's cluster (None:
-    not placed yet)."""
+    not placed yet); `forward`: it forwards between its vnetworks."""
 
     name: str
     pnode: str | None
     details: tuple[str, ...] = ()
+    forward: bool = False
 
 
 @dataclass(frozen=True)
@@ -101,11 +107,19 @@ def of_plan(plan: Plan) -> Picture:
     shaping = {
         (viface.vnode, viface.ifname): viface for state in plan.states for viface in state.vifaces
     }
+    routes: dict[str, list[str]] = {}
+    for state in plan.states:
+        for route in state.routes:
+            routes.setdefault(route.vnode, []).append(f"route {route.to} via {route.via}")
     vnodes, wires = [], []
     for vnode in plan.vnodes:
-        vnodes.append(
-            Vnode(vnode.name, vnode.pnode, (f"image {vnode.image}",) if vnode.image else ())
+        forward = vnode.netns in plan.state(vnode.pnode).forwarding
+        details = (
+            *((f"image {vnode.image}",) if vnode.image else ()),
+            *((FORWARDS,) if forward else ()),
+            *routes.get(vnode.name, ()),
         )
+        vnodes.append(Vnode(vnode.name, vnode.pnode, details, forward))
         for iface in vnode.ifaces:
             viface = shaping[(vnode.name, iface.name)]
             wires.append(
@@ -144,7 +158,10 @@ def of_platform(platform: Platform, title: str) -> Picture:
             details.append(f"on pnode {spec.pnode}")
         if spec.image:
             details.append(f"image {spec.image}")
-        vnodes.append(Vnode(spec.name, None, tuple(details)))
+        if spec.forward:
+            details.append(FORWARDS)
+        details += [f"route {route.to} via {route.via}" for route in spec.routes]
+        vnodes.append(Vnode(spec.name, None, tuple(details), spec.forward))
         wires += [_spec_wire(spec.name, iface) for iface in spec.ifaces]
     networks = tuple(
         Vnetwork(
@@ -153,6 +170,8 @@ def of_platform(platform: Platform, title: str) -> Picture:
         )
         for n in platform.networks
     )
+    if platform.routes == "auto":
+        title += " (routes: auto, through the vnodes that forward)"
     return Picture(title, (), tuple(vnodes), networks, tuple(wires))
 
 
@@ -185,7 +204,12 @@ def to_graph(picture: Picture) -> graphviz.Graph:
             target = graphviz.Graph(f"cluster_p{k}")
             target.attr(label=graphviz.escape(f"pnode {pnode}"), style="rounded")
         for vnode in boxes:
-            target.node(vnode_ids[vnode.name], _dot_label(vnode.name, vnode.details), shape="box")
+            target.node(
+                vnode_ids[vnode.name],
+                _dot_label(vnode.name, vnode.details),
+                shape="box",
+                **({"style": "bold"} if vnode.forward else {}),
+            )
         if pnode is not None:
             graph.subgraph(target)
     for network in picture.networks:
@@ -237,7 +261,9 @@ def mermaid(picture: Picture) -> str:
         if pnode is not None:
             lines.append(f"  subgraph p{k}[{_mermaid_label(f'pnode {pnode}', ())}]")
         lines += [
-            f"{indent}{vnode_ids[v.name]}[{_mermaid_label(v.name, v.details)}]" for v in boxes
+            f"{indent}{vnode_ids[v.name]}{'{{' if v.forward else '['}"
+            f"{_mermaid_label(v.name, v.details)}{'}}' if v.forward else ']'}"
+            for v in boxes
         ]
         if pnode is not None:
             lines.append("  end")

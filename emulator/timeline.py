@@ -18,7 +18,9 @@ shell patterns (`vnode-[0-9]`, `vnode-*`). A trace file (relative to the file na
 holds one change per line, `time,vnode,up|down`; blank lines and `#` comments are skipped.
 
 Everything is checked before anything is scheduled: a bad event is a PlatformError naming
-its place (`platform.yaml:12:5`, `churn.csv:7`) (exit status 2).
+its place (`platform.yaml:12:5`, `churn.csv:7`) (exit status 2), and so is one that would
+bring up an interface of a stopped vnode. What ran is the platform's from then on: `fold`
+gives the plan with it, which the coordinator saves.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ from typing import Any
 from omnibed.core.errors import EmulatorError, PlatformError, PreflightError
 
 from .agent import ops
-from .agent.state import Shaping, Viface
+from .agent.state import FROZEN, STOPPED, Shaping, Viface
 from .model import parse_loss, parse_rate, parse_time, show
 from .planner import Plan
 from .transport import AgentConnection, for_each
@@ -283,12 +285,17 @@ def resolve(
     events: Sequence[Event], the_plan: Plan, start: float, *, now: float | None = None
 ) -> dict[str, list[Action]]:
     """{pnode: its actions} for `events` on `the_plan` if it starts at `start` (epoch
-    seconds); a PlatformError at the first event naming nothing, or due before `now`.
+    seconds); a PlatformError at the first event naming nothing, due before `now`, or
+    bringing up an interface of a stopped vnode (or of a frozen namespace-only one).
     Shaping builds on the plan's and on earlier events'."""
     now = time.time() if now is None else now
     vifaces = {f"{v.vnode}.{v.ifname}": v for s in the_plan.states for v in s.vifaces}
     pnode_of = {v.name: v.pnode for v in the_plan.vnodes}
     shaped: dict[tuple[str, str], Shaping] = {}
+    # vnodes whose interfaces are down until `emulate start` or `thaw`
+    boxed = {v.name for v in the_plan.vnodes if v.container is not None}
+    down = {vnode: run for s in the_plan.states for vnode, run in s.run.items()
+            if run == STOPPED or (run == FROZEN and vnode not in boxed)}  # fmt: skip
     timed = sorted(enumerate(events), key=lambda pair: (_epoch(pair[1].at, start), pair[0]))
     actions: dict[str, list[Action]] = {}
     for _, event in timed:
@@ -299,6 +306,12 @@ def resolve(
         offset, absolute = (None, at) if isinstance(event.at, datetime) else (event.at, None)
         for viface, change in _changes(event, vifaces, pnode_of, shaped):
             pnode = pnode_of[viface.vnode]
+            if change.get("link", {}).get("up") and viface.vnode in down:
+                raise event.error(
+                    f"vnode {viface.vnode} is {down[viface.vnode]}: a timeline does not bring "
+                    f"its interfaces up; `omnibed emulate start` or `thaw` it first, or leave "
+                    f"it out of this event"
+                )
             label = f"{viface.vnode}.{viface.ifname}"
             action = Action(offset, absolute, event.what(), event.place or label, (change,))
             mine = actions.setdefault(pnode, [])
@@ -453,14 +466,33 @@ class Record:
         return None if self.actual is None else (self.actual - self.planned) * 1000
 
 
-def records(sessions: Mapping[str, AgentConnection], instance: str) -> list[Record]:
-    """What every pnode ran of the instance's timelines, sorted by planned time."""
+def reports(
+    sessions: Mapping[str, AgentConnection], instance: str, *, strict: bool = True
+) -> dict[str, list[dict]]:
+    """{pnode: its runners' timelines of the instance}, as the agents report them (their
+    actions and log lines); the first pnode that could not be asked raises, or is left
+    out when not `strict`."""
     replies = for_each(sessions, lambda p, s: s.call(ops.TIMELINE_STATUS, instance=instance))
-    found = []
+    found = {}
     for pnode, reply in replies.items():
         if isinstance(reply, BaseException):
+            if not strict:
+                continue
             raise reply
-        for timeline in reply["timelines"]:
+        found[pnode] = reply["timelines"]
+    return found
+
+
+def records(sessions: Mapping[str, AgentConnection], instance: str) -> list[Record]:
+    """What every pnode ran of the instance's timelines, sorted by planned time."""
+    return records_of(reports(sessions, instance))
+
+
+def records_of(reported: Mapping[str, list[dict]]) -> list[Record]:
+    """The records of the timelines `reports` gave, sorted by planned time."""
+    found = []
+    for pnode, timelines in reported.items():
+        for timeline in timelines:
             ran = {line["i"]: line for line in timeline["log"] if "i" in line}
             stopped = any("cancelled" in line for line in timeline["log"])
             start = timeline["start"] or timeline["created"]
@@ -486,3 +518,36 @@ def cancel(sessions: Mapping[str, AgentConnection], instance: str) -> int:
             raise reply
         stopped += len(reply["cancelled"])
     return stopped
+
+
+def fold(the_plan: Plan, reported: Mapping[str, list[dict]], folded: set[str]) -> Plan:
+    """`the_plan` with the changes of every action that ran ok and whose key
+    (`timeline/pnode/index`) is not in `folded` applied, in the order they ran: shaping
+    and link state of the vifaces they changed. Their keys are added to `folded`, so that
+    each is applied once, and a later `emulate set` or `link` is not undone."""
+    done = []
+    for pnode, timelines in reported.items():
+        for timeline in timelines:
+            for line in timeline["log"]:
+                key = f"{timeline['id']}/{pnode}/{line.get('i')}"
+                if "i" in line and line["error"] is None and key not in folded:
+                    done.append((line["actual"], key, timeline["actions"][line["i"]]["changes"]))
+    changed = {(v.netns, v.ifname): v for s in the_plan.states for v in s.vifaces}
+    for _, key, changes in sorted(done):
+        folded.add(key)
+        for change in changes:
+            if "link" in change:
+                where = (change["link"]["netns"], change["link"]["ifname"])
+                if where in changed:
+                    changed[where] = replace(changed[where], up=bool(change["link"]["up"]))
+                continue
+            shaped = Viface.from_json(change["shape"]["viface"])
+            direction = change["shape"]["direction"]
+            where = (shaped.netns, shaped.ifname)
+            if where in changed:
+                changed[where] = replace(changed[where], **{direction: getattr(shaped, direction)})
+    states = tuple(
+        replace(state, vifaces=tuple(changed[(v.netns, v.ifname)] for v in state.vifaces))
+        for state in the_plan.states
+    )
+    return replace(the_plan, states=states)

@@ -55,6 +55,19 @@ class ByteStream(Protocol):
     def readline(self) -> bytes: ...
 
 
+class _Closed:
+    """The streams of a closed session: any use is an OSError."""
+
+    def write(self, data: bytes, /) -> object:
+        raise OSError("the agent session is closed")
+
+    def flush(self) -> object:
+        raise OSError("the agent session is closed")
+
+    def readline(self) -> bytes:
+        raise OSError("the agent session is closed")
+
+
 class AgentConnection:
     """One running agent reached through a pair of byte streams."""
 
@@ -217,6 +230,10 @@ class AgentSession(AgentConnection):
             self.channel.close()
         if self.owns_client:
             self.client.close()
+            # paramiko's files flush their buffer when finalised: they go now, not in a later
+            # garbage collection (at exit, when a failure's traceback holds this session)
+            # that may finalise the buffer first ("Exception ignored in BufferedFile.__del__")
+            self._writer = self._reader = _Closed()
 
 
 def check_python(client: paramiko.SSHClient, label: str) -> None:

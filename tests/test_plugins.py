@@ -139,3 +139,28 @@ def test_a_hook_that_returns_a_class_instead_of_a_list_is_reported(tmp_path: Pat
     assert any(p["name"] == "local" for p in listing["providers"])
     assert not any(p["name"] == "lone" for p in listing["providers"])
     assert any("omnibed-lone" in e and "not a list" in e for e in listing["errors"]), listing
+
+
+BUGGY = PLUGIN.replace(
+    "    def reserve(self, request): ...",
+    "    def reserve(self, request):\n        raise RuntimeError('a bug in the buggy plugin')",
+)
+
+
+def test_an_unexpected_error_is_one_line_and_debug_shows_its_traceback(tmp_path: Path) -> None:
+    site = _install_distribution(
+        tmp_path, "omnibed-buggy", "omnibed_buggy", BUGGY.format(cls="Buggy", name="buggy")
+    )
+    env = {**os.environ, "PYTHONPATH": str(site), "OMNIBED_HOME": str(tmp_path / "home")}
+    plain = subprocess.run(
+        [OMNIBED, "reserve", "-t", "buggy"], env=env, capture_output=True, text=True
+    )
+    assert plain.returncode == 1, plain.stderr
+    assert "Traceback" not in plain.stderr and plain.stderr.count("\n") == 1, plain.stderr
+    assert "a bug in the buggy plugin" in plain.stderr and "--debug" in plain.stderr
+    debug = subprocess.run(
+        [OMNIBED, "--debug", "reserve", "-t", "buggy"], env=env, capture_output=True, text=True
+    )
+    assert debug.returncode == 1, debug.stderr
+    assert "Traceback (most recent call last)" in debug.stderr, debug.stderr
+    assert "RuntimeError: a bug in the buggy plugin" in debug.stderr

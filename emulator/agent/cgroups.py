@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+from collections.abc import Sequence
 
 PREFIX = "omnibed-vnode-"  # top-level, so a vnode's CPU weight counts against the pnode's
 ROOT = "/sys/fs/cgroup"
@@ -66,6 +67,11 @@ def dirs(name: str) -> dict[str, str]:
     return {key: mount + cgroup_path(name) for key, mount in hierarchies().items()}
 
 
+def _bases() -> list[str]:
+    """The mount point of every hierarchy a container has a cgroup in."""
+    return [ROOT] if is_v2() else sorted(set(hierarchies().values()))
+
+
 def _read(path: str) -> str:
     with open(path) as file:
         return file.read()
@@ -95,22 +101,22 @@ def counters(name: str) -> dict[str, int]:
         return {}
 
 
-def kill(name: str) -> int:
-    """SIGKILL every process in `name`'s cgroups; how many were signalled."""
-    signalled = 0
-    for directory in sorted(set(dirs(name).values())):
-        signalled += _kill(directory)
-    return signalled
+def kill(names: Sequence[str]) -> set[str]:
+    """SIGKILL every process in the cgroups of containers `names`; the names that had one."""
+    bases = _bases()
+    return {n for n in names if sum(_kill(base + cgroup_path(n)) for base in bases) > 0}
 
 
-def remove(name: str, timeout: float = 5.0) -> list[str]:
-    """Kill what is left in `name`'s cgroups and remove them; the directories removed.
-    Idempotent."""
-    removed = []
-    for directory in sorted(set(dirs(name).values())):
-        if os.path.isdir(directory):
-            _clear(directory, timeout)
-            removed.append(directory)
+def remove(names: Sequence[str], timeout: float = 5.0) -> set[str]:
+    """Kill what is left in the cgroups of containers `names` and remove them; the names
+    that had one. Idempotent."""
+    bases = _bases()
+    removed = set()
+    for name in names:
+        for directory in (base + cgroup_path(name) for base in bases):
+            if os.path.isdir(directory):
+                _clear(directory, timeout)
+                removed.add(name)
     return removed
 
 

@@ -4,7 +4,8 @@ A ContainerSpec is plain data, as the agent receives it. Everything lives below 
 (/var/lib/omnibed, root-only):
 
   images/SHA256/rootfs   an image, unpacked once per pnode (rootfs.py)
-  containers/NAME/       the bundle: config.json, rootfs/ (an overlay on the image, or a
+  containers/NAME/       the bundle: config.json, rootfs/ (an overlay on the image, which
+                         runc mounts in the container's mount namespace only, or a
                          private copy), upper/ and work/ (the overlay's), ssh/, init.log
                          (the init's output), init.pid
 
@@ -273,13 +274,13 @@ class Runtime:
 
     def _make_bundle(self, spec: ContainerSpec, lower: str, swap: bool) -> None:
         bundle = self.bundle(spec.name)
-        merged = os.path.join(bundle, "rootfs")
-        if spec.shared:
+        overlay = None
+        if spec.shared:  # runc mounts it, in the container's mount namespace only
             for part in ("upper", "work", "rootfs"):
                 os.mkdir(os.path.join(bundle, part), 0o700)
-            options = f"lowerdir={lower},upperdir={bundle}/upper,workdir={bundle}/work"
-            nsutil.mount("overlay", merged, "overlay", 0, options)
+            overlay = (lower, f"{bundle}/upper", f"{bundle}/work")
         else:
+            merged = os.path.join(bundle, "rootfs")
             subprocess.run(["cp", "-a", "--reflink=auto", lower, merged], check=True)
         ssh_dir = None
         if spec.ssh:
@@ -292,6 +293,7 @@ class Runtime:
             netns=spec.netns,
             cgroups_path=cgroups.cgroup_path(spec.name),
             ssh_dir=ssh_dir,
+            overlay=overlay,
             cpus=spec.cpus,
             share=spec.share,
             memory=spec.memory,
@@ -355,25 +357,23 @@ class Runtime:
     # -- remove ---------------------------------------------------------------------------
 
     def remove(self, names: Sequence[str], workers: int = 8) -> list[str]:
-        """Remove containers `names` entirely, `workers` at a time; those that existed.
-        Idempotent."""
+        """Remove containers `names` entirely; those that existed. Idempotent. Every
+        container's processes are killed first, through its cgroups (`runc delete --force`
+        would poll each running init for 100 ms), then runc deletes them, `workers` at a
+        time, then what is left of their cgroups and their bundles goes."""
+        existed = {n for n in names if os.path.isdir(os.path.join(self.runc_root, n))}
+        existed |= cgroups.kill(names)
         with ThreadPoolExecutor(max(1, workers)) as pool:
-            existed = list(pool.map(self._remove, names))
-        return [name for name, was in zip(names, existed) if was]  # noqa: B905 (Python 3.9)
-
-    def _remove(self, name: str) -> bool:
-        existed = os.path.isdir(os.path.join(self.runc_root, name))  # runc's state
-        # killed first: `runc delete --force` would poll for the end of a running init
-        existed |= cgroups.kill(name) > 0
-        self._runc("delete", "--force", name, capture_output=True)
-        existed |= bool(cgroups.remove(name))
-        bundle = self.bundle(name)
-        if os.path.isdir(bundle):
-            nsutil.umount(os.path.join(bundle, "rootfs"))
-            _refuse_mounts_below(bundle)
-            shutil.rmtree(bundle)
-            existed = True
-        return existed
+            list(pool.map(lambda n: self._runc("delete", "--force", n, capture_output=True), names))
+        existed |= cgroups.remove(names)
+        bundles = [n for n in names if os.path.isdir(self.bundle(n))]
+        for name in bundles:  # the overlay of a bundle an earlier omnibed mounted itself
+            nsutil.umount(os.path.join(self.bundle(name), "rootfs"))
+        _refuse_mounts_below([self.bundle(n) for n in bundles])
+        for name in bundles:
+            shutil.rmtree(self.bundle(name))
+        existed |= set(bundles)
+        return [name for name in names if name in existed]
 
 
 def _write_private(path: str, text: str) -> None:
@@ -393,11 +393,12 @@ def _has_filesystem(kind: str) -> bool:
         return False
 
 
-def _refuse_mounts_below(directory: str) -> None:
-    """OSError when something is still mounted below `directory` (rmtree would go into it)."""
-    prefix = directory.rstrip("/") + "/"
+def _refuse_mounts_below(directories: Sequence[str]) -> None:
+    """OSError when something is mounted below one of `directories` (rmtree would go into
+    it); the mount table is read once."""
+    prefixes = tuple(directory.rstrip("/") + "/" for directory in directories)
     with open("/proc/self/mountinfo") as mountinfo:
         for line in mountinfo:
             point = line.split()[4]
-            if point.startswith(prefix):
-                raise OSError(f"{point} is still mounted: not removing {directory}")
+            if point.startswith(prefixes):
+                raise OSError(f"{point} is still mounted: not removing its container's bundle")

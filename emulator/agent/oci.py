@@ -7,6 +7,12 @@ as a fraction of those cores (of one core when none are pinned), `memory` is a h
 in bytes (swap included when the pnode swaps). runc maps these resources to cgroup v1 or
 v2 itself. With sshd, the vnode's host key and authorised keys are bind-mounted read-only
 from the bundle: nothing is written into the image through paths it controls.
+
+A shared image is the lower layer of an overlay that runc mounts on the container's /,
+inside the container's own mount namespace: the pnode's mount table does not grow with
+its vnodes (runc reads the whole table at every start), and the overlay goes away with the
+container's last process, whatever killed it.
+
 Python 3.9 compatible; standard library only.
 """
 
@@ -63,13 +69,16 @@ def config(
     netns: str,
     cgroups_path: str,
     ssh_dir: str | None,
+    overlay: tuple[str, str, str] | None = None,
     cpus: Sequence[int] = (),
     share: float | None = None,
     memory: int | None = None,
     swap: bool = False,
 ) -> dict[str, Any]:
     """config.json of a bundle whose rootfs is `rootfs/`; `ssh_dir` (a host directory with
-    host_key and authorized_keys) runs sshd as the container's init, None an idle init."""
+    host_key and authorized_keys) runs sshd as the container's init, None an idle init.
+    `overlay` (lower, upper, work directories): / is an overlay of them, mounted over the
+    empty `rootfs/` in the container's mount namespace."""
     mounts = [
         _mount("/proc", "proc", "proc"),
         _mount("/dev", "tmpfs", "tmpfs", "nosuid", "strictatime", "mode=755", "size=65536k"),
@@ -90,6 +99,10 @@ def config(
         _mount("/run", "tmpfs", "tmpfs", "nosuid", "nodev", "mode=755"),
         _mount("/tmp", "tmpfs", "tmpfs", "nosuid", "nodev", "mode=1777"),
     ]
+    if overlay is not None:
+        lower, upper, work = overlay
+        layers = (f"lowerdir={lower}", f"upperdir={upper}", f"workdir={work}")
+        mounts.insert(0, _mount("/", "overlay", "overlay", *layers))
     if ssh_dir is not None:
         mounts.append(_mount("/run/sshd", "tmpfs", "tmpfs", "nosuid", "nodev", "mode=755"))
         mounts.append(_mount(SSH_DIR, "bind", ssh_dir, "bind", "ro", "nosuid", "nodev"))

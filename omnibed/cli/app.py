@@ -78,19 +78,27 @@ def _print_version(asked: bool) -> None:
         raise typer.Exit()
 
 
+_debugging = False  # `omnibed --debug ...`: a failure also prints its traceback
+
+
 @app.callback(invoke_without_command=True)
 def _everywhere(
     context: typer.Context,
     version: Annotated[bool, typer.Option(
         "--version", callback=_print_version, is_eager=True,
         help="Print omnibed's version and exit.")] = False,
+    debug: Annotated[bool, typer.Option(
+        "--debug", help="On a failure, print its Python traceback before the error line.")] = False,
 ) -> None:
+    global _debugging
+    _debugging = debug
     _help_without_command(context)
 
 
 def main() -> None:
     """Console-script entry point: every error ends as one line on stderr (see
-    :func:`exit_status`), a mistake in the command line too."""
+    :func:`exit_status`), a mistake in the command line and a bug too; `--debug` adds the
+    traceback."""
     try:
         status = app(standalone_mode=False)
     except typer.TyperException as error:  # what the command line parser refuses
@@ -100,10 +108,23 @@ def main() -> None:
     except typer.Abort:
         _fail("aborted", 1)
     except OmnibedError as error:
+        _traceback()
         _fail(str(error), exit_status(error))
     except KeyboardInterrupt:
         _fail("interrupted", 130)
+    except Exception as error:  # a bug, in omnibed or in a provider plugin
+        _traceback()
+        hint = "" if _debugging else "; `omnibed --debug ...` shows where"
+        _fail(f"unexpected {type(error).__name__}: {' '.join(str(error).split())}{hint}", 1)
     raise SystemExit(status if isinstance(status, int) else 0)
+
+
+def _traceback() -> None:
+    """With `--debug`, the traceback of the exception being handled, on stderr."""
+    if _debugging:
+        import traceback
+
+        traceback.print_exc()
 
 
 def exit_status(error: OmnibedError) -> int:

@@ -84,6 +84,27 @@ class ChameleonClient:
         if response.status_code != 404:
             _blazar_json(response, f"delete the lease {lease_id}")
 
+    def hosts(self) -> list[dict] | None:
+        """Blazar's hosts with their extra capabilities; None when the site's policy keeps
+        them from projects (upstream Blazar's default; Chameleon lets projects read them)."""
+        with map_sdk_errors("list the Blazar hosts"):
+            response = self.conn.reservation.get("/os-hosts")
+        if response.status_code == 403:
+            return None
+        return _blazar_json(response, "list the Blazar hosts")["hosts"]
+
+    def allocated_hosts(self, reservation_id: str) -> list[str] | None:
+        """The ids of the Blazar hosts the host reservation holds; None as for `hosts`, or
+        when Blazar predates the allocations API (it then reads `allocations` as a host id:
+        404)."""
+        with map_sdk_errors("list the Blazar host allocations"):
+            response = self.conn.reservation.get(
+                "/os-hosts/allocations", params={"reservation_id": reservation_id})
+        if response.status_code in (403, 404):
+            return None
+        allocations = _blazar_json(response, "list the Blazar host allocations")["allocations"]
+        return [str(x["resource_id"]) for x in allocations if x["reservations"]]
+
     # -- lookups ----------------------------------------------------------------------------
     def image_id(self, name_or_id: str) -> str:
         with map_sdk_errors(f"find the image {name_or_id!r} (-o image=)"):
@@ -131,7 +152,8 @@ class ChameleonClient:
                 return None
         return {"id": found.id, "name": found.name, "status": found.status,
                 "progress": found.progress, "fault": found.fault or {},
-                "addresses": found.addresses or {}, "metadata": found.metadata or {}}
+                "addresses": found.addresses or {}, "metadata": found.metadata or {},
+                "hypervisor": found.hypervisor_hostname or ""}
 
     def servers_tagged(self, key: str, value: str) -> list[str]:
         with map_sdk_errors("list the servers"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import json
 from datetime import UTC, datetime, timedelta
 
@@ -66,6 +67,26 @@ def host_reservation_id(lease: dict) -> str:
         if reservation.get("resource_type") == "physical:host":
             return reservation["id"]
     raise ValueError(f"lease {lease.get('id')} has no physical:host reservation")
+
+
+def host_arch(host: dict) -> str:
+    """The CPU architecture of a Blazar host: Chameleon's `architecture.platform_type` extra
+    capability (from its resource registry), else the `arch` of the Nova `cpu_info` Blazar
+    copied (libvirt hosts; Ironic gives none); "" if neither says. Blazar stores `cpu_info`
+    as `str()` of Nova's object (blazar/utils/openstack/nova.py), a Python literal such as
+    `{'arch': 'x86_64', ...}`, or of an older Nova's JSON string."""
+    arch = host.get("architecture.platform_type")
+    if arch:
+        return str(arch)
+    text = str(host.get("cpu_info") or "{}")
+    try:
+        cpu_info = json.loads(text)
+    except ValueError:
+        try:
+            cpu_info = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            return ""
+    return str(cpu_info.get("arch", "")) if isinstance(cpu_info, dict) else ""
 
 
 def fixed_address(addresses: dict) -> tuple[str, str]:

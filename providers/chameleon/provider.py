@@ -351,11 +351,12 @@ class ChameleonProvider(Provider):
         if gateway is None:
             raise ProviderError(f"{record.name!r} has no floating IP yet, so its nodes cannot"
                                 " be reached: release it and reserve again", provider=self.name)
+        servers = [s for s in map(client.server, record.server_ids) if s is not None]
+        archs = _archs(record, client, servers)
         nodes = []
-        for index, server_id in enumerate(record.server_ids):
-            server = client.server(server_id)
-            if server is None:
-                continue
+        for server in servers:
+            server_id = server["id"]
+            index = record.server_ids.index(server_id)
             address, mac = _convert.fixed_address(server["addresses"])
             host = gateway if index == 0 else address
             nodes.append(Node(
@@ -366,6 +367,7 @@ class ChameleonProvider(Provider):
                        "site": record.site},
                 hardware=_hardware(record),
                 site=record.site,
+                arch=archs.get(server_id, ""),
             ))
         return nodes
 
@@ -516,6 +518,26 @@ def _leases_made_for(client: ChameleonClient, record: _Record) -> list[dict]:
     return [x for x in client.leases_named(record.name)
             if x.get("status") not in ("TERMINATED", "DELETING")
             and _convert.parse_blazar_date(x["created_at"]) >= made]
+
+
+def _archs(record: _Record, client: ChameleonClient, servers: list[dict]) -> dict[str, str]:
+    """Server id -> CPU architecture, from the Blazar host each bare-metal server runs on:
+    the host whose `hypervisor_hostname` (the Ironic node) is the server's, else, when Nova
+    hides that from projects, the hosts of the lease if they all say the same. KVM servers
+    and sites that keep Blazar's hosts from projects give none."""
+    if record.kvm or record.host_reservation is None:
+        return {}
+    hosts = client.hosts()
+    if hosts is None:
+        return {}
+    by_hypervisor = {h["hypervisor_hostname"]: _convert.host_arch(h) for h in hosts
+                     if h.get("hypervisor_hostname")}
+    shared = ""
+    if not all(s["hypervisor"] in by_hypervisor for s in servers):
+        allocated = client.allocated_hosts(record.host_reservation) or []
+        found = {_convert.host_arch(h) for h in hosts if str(h.get("id")) in allocated}
+        shared = found.pop() if len(found) == 1 else ""
+    return {s["id"]: by_hypervisor.get(s["hypervisor"]) or shared for s in servers}
 
 
 def _hardware(record: _Record) -> str:

@@ -99,6 +99,23 @@ def hardware_type(node: Any) -> str:
     return granted or (asked.get("name", "") if asked is not None else "")
 
 
+# The CPU architecture of hardware types the CloudLab, Apt and Emulab manuals' Hardware
+# chapters describe (docs.cloudlab.us/hardware.html), as `uname -m` names it. A type not
+# listed is left unknown ("") rather than guessed, and so are VMs (`pcvm`: the manifest
+# does not name their host's type).
+ARCH_BY_HARDWARE = {
+    "m400": "aarch64",  # Utah: APM X-Gene, 64-bit ARMv8
+    "ibm8335": "ppc64le",  # Clemson: IBM POWER8NVL
+    **dict.fromkeys((
+        "m510", "xl170", "c6525-25g", "c6525-100g",  # Utah: Xeon-D, Xeon E5, AMD EPYC
+        "c220g1", "c240g1", "c220g2", "c240g2", "c220g5",  # Wisconsin: Intel Xeon
+        "c8220", "c6320", "c4130", "dss7500", "c6420", "r7515",  # Clemson: Xeon, EPYC
+        "r320", "c6220",  # Apt: Intel Xeon
+        "d430",  # Emulab: Intel Xeon
+    ), "x86_64"),
+}
+
+
 def ssh_logins(node: Any) -> list[Any]:
     """The node's SSH logins (`authentication="ssh-keys"` or unspecified)."""
     return [login for login in node.logins if login.auth in (None, "ssh-keys")]
@@ -132,8 +149,9 @@ def _login(node: Any, username: str) -> Any:
 def to_node(node: Any, username: str, site: str = "") -> Node:
     """One manifest node as an omnibed Node logging in as the CloudLab user (not yet root).
 
-    `extra` holds the sliver's ids and type; `hardware` is the granted hardware type and
-    `site` the aggregate it runs at (the manifest does not say the CPU architecture)."""
+    `extra` holds the sliver's ids and type; `hardware` is the granted hardware type,
+    `arch` that type's CPU architecture (`ARCH_BY_HARDWARE`: the manifest does not say it)
+    and `site` the aggregate it runs at."""
     login = _login(node, username)
     addresses = tuple(
         iface.address_info[0] for iface in node.interfaces if iface.address_info
@@ -152,6 +170,7 @@ def to_node(node: Any, username: str, site: str = "") -> Node:
         },
         hardware=hardware_type(node),
         site=site,
+        arch=ARCH_BY_HARDWARE.get(hardware_type(node), ""),
     )
 
 

@@ -95,6 +95,27 @@ BAD_INPUTS: dict[str, list[tuple[list[str], list[str]]]] = {
         (["emulate", "link", "{R}", "nosuch.if0", "down"], ["nosuch"]),
         (["emulate", "link", "{R}", "node-0.if0", "sideways"], ["sideways"]),
     ],
+    "emulate events": [
+        (["emulate", "events", GHOST, EXAMPLE], NO_GHOST),
+        (["emulate", "events", "{R}"], ["a timeline file or --cancel"]),
+        (["emulate", "events", "{R}", "{MISSING}"], ["{MISSING}"]),
+    ],
+    "emulate stop": [
+        (["emulate", "stop", GHOST, "node-0"], NO_GHOST),
+        (["emulate", "stop", "{R}", "nosuch"], ["nosuch"]),
+    ],
+    "emulate start": [
+        (["emulate", "start", GHOST, "node-0"], NO_GHOST),
+        (["emulate", "start", "{R}", "nosuch"], ["nosuch"]),
+    ],
+    "emulate freeze": [
+        (["emulate", "freeze", GHOST, "node-0"], NO_GHOST),
+        (["emulate", "freeze", "{R}", "nosuch"], ["nosuch"]),
+    ],
+    "emulate thaw": [
+        (["emulate", "thaw", GHOST, "node-0"], NO_GHOST),
+        (["emulate", "thaw", "{R}", "nosuch"], ["nosuch"]),
+    ],
     "image build": [(["image", "build", "x", "--arch", "sparc"], ["sparc", "amd64"])],
     "image ls": [(["image", "ls", "--bogus"], ["--bogus"])],
     "image rm": [(["image", "rm", GHOST], ["no image called 'ghost'"])],

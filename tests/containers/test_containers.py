@@ -117,6 +117,22 @@ def test_vnode_sees_the_image_as_root_and_its_name_as_hostname(
     assert runtime.status([spec.name])[spec.name]["state"] == "running"
 
 
+def test_the_overlay_is_mounted_in_the_vnode_only(
+    vnode: Callable[..., ContainerSpec], runtime: Runtime
+) -> None:
+    """runc reads the pnode's whole mount table at every start: the vnodes' overlays are
+    not in it, each is the / of its vnode's own mount namespace."""
+    before = _mounts_below(runtime.root)
+    spec = vnode()
+    written = _run(runtime, spec, "sh", "-c", "echo kept > /written-by-the-vnode")
+    assert written["exit_status"] == 0
+    assert _mounts_below(runtime.root) == before
+    root = _run(runtime, spec, "sh", "-c", "grep ' / / ' /proc/self/mountinfo")["stdout"]
+    assert " - overlay " in root and f"upperdir={runtime.bundle(spec.name)}/upper" in root
+    upper = Path(runtime.bundle(spec.name), "upper", "written-by-the-vnode")
+    assert upper.read_text() == "kept\n"
+
+
 def _ssh_login(spec: ContainerSpec, known_hosts: Path, key: Path) -> paramiko.SSHClient:
     """Log in as root to the vnode's sshd, from inside its network namespace."""
     home = nsutil.current_fd()
@@ -194,12 +210,26 @@ def test_cpu_share_gives_half_a_core(vnode: Callable[..., ContainerSpec], runtim
 def _traces(runtime: Runtime, name: str) -> dict[str, list[str]]:
     """What container `name` could leave on the pnode."""
     bundle = runtime.bundle(name)
-    with open("/proc/self/mountinfo") as mountinfo:
-        mounts = [line.split()[4] for line in mountinfo if bundle in line]
+    mounts = [line.split()[4] for line in _every_mount_table() if bundle in line]
     cgroup_dirs = [d for d in cgroups.dirs(name).values() if os.path.exists(d)]
     state = [p for p in (bundle, os.path.join(runtime.runc_root, name)) if os.path.exists(p)]
     runc = [known for known in runtime.names() if known == name]
     return {"mounts": mounts, "cgroups": cgroup_dirs, "dirs": state, "runc": runc}
+
+
+def _every_mount_table() -> list[str]:
+    """The mountinfo lines of every mount namespace on this machine (the pnode's and each
+    container's: runc mounts a container's overlay in the container's own)."""
+    seen, lines = set(), []
+    for entry in Path("/proc").iterdir():
+        try:
+            namespace = os.readlink(entry / "ns" / "mnt") if entry.name.isdigit() else None
+            if namespace is not None and namespace not in seen:
+                lines += (entry / "mountinfo").read_text().splitlines()
+                seen.add(namespace)
+        except OSError:  # the process ended meanwhile
+            continue
+    return lines
 
 
 def _mounts_below(directory: str) -> list[str]:

@@ -321,6 +321,50 @@ def test_bad_input_is_one_line_exit_2_and_starts_nothing(
     assert not os.path.isdir(bundle)
 
 
+def _image_whose_sshd_never_listens(path: Path) -> Path:
+    """A rootfs whose /usr/sbin/sshd is `true` (with the C library it needs, and as
+    /bin/true, which tells its architecture): it exits."""
+    with tarfile.open(path, "w") as archive:
+        for directory in ("bin", "usr", "usr/sbin", "lib", "lib64"):
+            info = tarfile.TarInfo(directory)
+            info.type, info.mode = tarfile.DIRTYPE, 0o755
+            archive.addfile(info)
+        true = shutil.which("true")
+        assert true is not None
+        archive.add(true, "usr/sbin/sshd")
+        archive.add(true, "bin/true")
+        for library in ("/lib/x86_64-linux-gnu/libc.so.6", "/lib64/ld-linux-x86-64.so.2"):
+            archive.add(os.path.realpath(library), library.lstrip("/"))
+    return path
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(os.uname().machine != "x86_64", reason="the image holds this host's libc")
+def test_a_timed_out_ssh_wait_is_one_line_and_leaves_nothing(
+    image_home: Path, idle: tuple[str, str], tmp_path: Path
+) -> None:
+    """`emulate up` whose vnode never answers SSH ends, after its wait (120 s), with one line
+    on stderr (no "Exception ignored in BufferedFile.__del__" from paramiko at exit) and
+    nothing started."""
+    name, reservation_id = idle
+    image = _image_whose_sshd_never_listens(tmp_path / "silent.tar")
+    path = tmp_path / "platform.yaml"
+    path.write_text(
+        f"images: {{silent: {{source: {image}}}}}\n"
+        "nodes: [{name: mute, image: silent, ssh: true}]\n"
+    )
+    done = omnibed(image_home, "emulate", "up", name, str(path))
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert done.stderr.strip().splitlines() == [
+        "error: vnode mute did not answer an SSH login within 120 s (its sshd does not accept "
+        "connections yet): `omnibed emulate status` shows whether it runs"
+    ]
+    assert not (image_home / "reservations" / name / PLAN_FILE).exists()
+    assert leftovers(f"{reservation_id}-") == {
+        "containers": [], "mounts": [], "cgroups": [], "processes": []
+    }  # fmt: skip
+
+
 def test_release_removes_the_containers_even_without_the_plan(
     image_home: Path, tmp_path: Path
 ) -> None:

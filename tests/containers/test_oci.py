@@ -57,3 +57,12 @@ def test_root_in_the_vnode_cannot_reconfigure_the_network_or_the_pnode() -> None
     capabilities = _config()["process"]["capabilities"]
     for kind in ("bounding", "effective", "permitted"):
         assert not {"CAP_NET_ADMIN", "CAP_SYS_ADMIN", "CAP_SYS_MODULE"} & set(capabilities[kind])
+
+
+def test_a_shared_image_is_an_overlay_runc_mounts_on_root_first() -> None:
+    config = _config(overlay=("/i/rootfs", "/b/upper", "/b/work"))
+    first = config["mounts"][0]
+    assert (first["destination"], first["type"]) == ("/", "overlay")
+    assert first["options"] == ["lowerdir=/i/rootfs", "upperdir=/b/upper", "workdir=/b/work"]
+    assert config["root"]["path"] == "rootfs"
+    assert all(m["type"] != "overlay" for m in _config()["mounts"])

@@ -22,6 +22,7 @@ from omnibed.emulator.model import (
     LinkSpec,
     Network,
     Platform,
+    RouteSpec,
     VNodeSpec,
     load_platform,
 )
@@ -226,3 +227,51 @@ def test_readme_picture_is_what_show_draws_of_the_example(tmp_path: Path) -> Non
     assert written is not None, "README lost its picture markers"
     drawn = omnibed(tmp_path, "emulate", "show", "--platform", str(EXAMPLES / "shaped.yaml"))
     assert written.group(1) == drawn.stdout, "README's picture is stale: paste the command's output"
+
+
+@pytest.fixture(scope="module")
+def routed() -> Plan:
+    """examples/routed.yaml on two pnodes: a-0, b-0 on p0, a-1, b-1 on p1, gw forwarding."""
+    return plan(load_platform(EXAMPLES / "routed.yaml"), [facts(0), facts(1)], "routed")
+
+
+def test_a_routed_plan_draws_its_gateway_and_each_vnodes_routes(routed: Plan) -> None:
+    drawn = picture.of_plan(routed)
+    boxes = {v.name: v for v in drawn.vnodes}
+    assert [name for name, v in boxes.items() if v.forward] == ["gw"]
+    gw_left = next(v.address for s in routed.states for v in s.vifaces
+                   if (v.vnode, v.ifname) == ("gw", "if0")).split("/")[0]  # fmt: skip
+    assert "route 10.20.2.0/24 via " + gw_left in boxes["a-0"].details
+    assert not any(line.startswith("route ") for line in boxes["gw"].details)
+    text = picture.dot(drawn)
+    gw_line = next(line for line in text.splitlines() if '"gw' in line)
+    assert "forwards" in gw_line and "bold" in gw_line
+    assert f"route 10.20.2.0/24 via {gw_left}" in text
+    chart = picture.mermaid(drawn)
+    assert any(line.strip().startswith("v") and '{{"gw' in line for line in chart.splitlines())
+    assert f"route 10.20.2.0/24 via {gw_left}" in chart
+
+
+@pytest.mark.skipif(not shutil.which("dot"), reason="Graphviz's dot is not installed")
+def test_the_svg_of_a_routed_plan_shows_the_gateway_and_the_routes(routed: Plan) -> None:
+    root = ET.fromstring(picture.svg(picture.of_plan(routed)))
+    texts = [t.text for t in root.iter(f"{SVG}text")]
+    assert "forwards between its vnetworks" in texts
+    assert sum(1 for t in texts if t and t.startswith("route 10.20.")) == 4, texts
+
+
+def test_a_platform_file_picture_says_which_vnodes_forward_and_how_routes_are_made() -> None:
+    drawn = picture.of_platform(load_platform(EXAMPLES / "routed.yaml"), "routed.yaml")
+    assert [v.name for v in drawn.vnodes if v.forward] == ["gw"]
+    assert "routes: auto" in picture.dot(drawn)
+    own = Platform(
+        [Network("lan", "10.8.0.0/24"), Network("wan", "10.9.0.0/24")],
+        [
+            VNodeSpec("r", forward=True, ifaces=[IfaceSpec("if0", "lan"), IfaceSpec("if1", "wan")]),
+            VNodeSpec("c", ifaces=[IfaceSpec("if0", "lan", address="10.8.0.9")],
+                      routes=[RouteSpec("10.9.0.0/24", "10.8.0.1")]),
+        ],
+    )  # fmt: skip
+    chart = picture.mermaid(picture.of_platform(own, "own"))
+    assert "route 10.9.0.0/24 via 10.8.0.1" in chart
+    assert "routes: auto" not in chart

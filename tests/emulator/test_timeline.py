@@ -325,3 +325,83 @@ def test_up_with_a_bad_timeline_exits_2_and_builds_nothing(tmp_path: Path) -> No
             "the vnodes are vnode-0, vnode-1"
         ]
         assert Emulator(api.access(name)).load() is None
+
+
+def _ifaces(api: Omnibed, name: str) -> dict[str, dict]:
+    """{VNODE.IFACE: its link state and shaping} as `emulate status --json` shows them."""
+    shown = emulate(api, "status", name, "--json")
+    assert shown.returncode == 0, shown.stderr
+    return {
+        f"{vnode['name']}.{iface}": report
+        for vnode in json.loads(shown.stdout)["vnodes"]
+        for iface, report in vnode["ifaces"].items()
+    }
+
+
+def _kernel_up(emulator: Emulator, vnode: str, iface: str) -> bool:
+    """Whether the kernel has `iface` of `vnode` administratively up."""
+    shown = emulator.exec([vnode], ["ip", "-o", "link", "show", "dev", iface])[vnode]
+    assert shown.exit_status == 0, shown.stderr
+    flags = shown.stdout.decode().split("<", 1)[1].split(">", 1)[0].split(",")
+    return "UP" in flags
+
+
+def test_what_a_timeline_did_is_saved_and_later_changes_build_on_it(tmp_path: Path) -> None:
+    api = Omnibed(home=tmp_path / "home")
+    with reserved(api, 1, "baremetal") as name:
+        emulator = Emulator(api.access(name))
+        emulator.up(load_platform(PLATFORM.replace("10.83", "10.87")))
+        try:
+            emulator.schedule([
+                Event(0.2, "set", "vnode-0.if0.output", properties={"rate": "10mbit"}),
+                Event(0.2, "link", "vnode-1.if0", up=False),
+            ])  # fmt: skip
+            deadline = time.time() + 20
+            while any(r.outcome == "pending" for r in emulator.events()):
+                assert time.time() < deadline
+                time.sleep(0.2)
+            shown = _ifaces(api, name)
+            assert shown["vnode-0.if0"]["output"]["rate_bps"] == 10e6
+            assert shown["vnode-1.if0"]["link"] == "down"
+            assert shown["vnode-0.if0"]["link"] == "up"
+            # a vnode started again gets back the link state the timeline left
+            for action in ("stop", "start"):
+                done = emulate(api, action, name, "vnode-1")
+                assert done.returncode == 0, done.stderr
+            assert not _kernel_up(emulator, "vnode-1", "if0")
+            # a later change starts from what the timeline left, once: the timeline's
+            # record does not take the link down again
+            brought = emulate(api, "link", name, "vnode-1.if0", "up")
+            assert brought.returncode == 0, brought.stderr
+            assert _ifaces(api, name)["vnode-1.if0"]["link"] == "up"
+            assert _kernel_up(emulator, "vnode-1", "if0")
+            assert _ifaces(api, name)["vnode-0.if0"]["output"]["rate_bps"] == 10e6
+        finally:
+            emulator.down()
+
+
+def test_a_timeline_does_not_bring_up_a_stopped_vnode(tmp_path: Path) -> None:
+    api = Omnibed(home=tmp_path / "home")
+    timeline = tmp_path / "timeline.yaml"
+    with reserved(api, 1, "baremetal") as name:
+        emulator = Emulator(api.access(name))
+        emulator.up(load_platform(PLATFORM.replace("10.83", "10.88")))
+        try:
+            assert emulator.stop(["vnode-1"]) == {"vnode-1": "stopped"}
+            for line, says in [
+                ("  - {at: 5s, link: 'vnode-*.if0', state: up}\n", "timeline.yaml:3:5: vnode "
+                 "vnode-1 is stopped"),
+                ("  - {at: 5s, vnode: vnode-1, state: up}\n", "timeline.yaml:3:5: vnode "
+                 "vnode-1 is stopped"),
+            ]:  # fmt: skip
+                timeline.write_text("events:\n  - {at: 3s, link: vnode-0.if0, state: down}\n"
+                                    + line)  # fmt: skip
+                refused = emulate(api, "events", name, str(timeline))
+                assert refused.returncode == 2, refused.stderr
+                assert len(refused.stderr.strip().splitlines()) == 1, refused.stderr
+                assert says in refused.stderr
+                assert emulator.events() == []
+            # taking a stopped vnode's link down changes nothing it would not be: allowed
+            emulator.schedule([Event(60.0, "link", "vnode-1.if0", up=False)])
+        finally:
+            emulator.down()

@@ -34,10 +34,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import parse_qs, urlencode
 
 from tests.fakes.faults import Faults, drop_connection
+
+FIXTURES = Path(__file__).parents[1] / "fixtures" / "chameleon"
 
 SITES = ("CHI@UC", "CHI@TACC", "KVM@TACC")
 USER_ID = "5434f637520d4c17bbf254af034b0320"
@@ -50,6 +53,39 @@ SUBNETS = {NETWORKS["sharednet1"]: "6f6e3a42-8a33-4e8a-a4c3-6b6f2a5b4c10",
 SECURITY_GROUP = "85cc3048-abc3-43cc-89b3-377341426ac5"
 BASE_IMAGES = {"CC-Ubuntu22.04": "70a599e0-31e7-49b7-b260-868f441e862b"}
 FLAVORS = {"baremetal": "1", "m1.small": "2"}
+
+
+def registry_record(node_type: str) -> dict:
+    """The resource-registry record of one real Chameleon node of `node_type` (the fixtures
+    hold compute_skylake and compute_arm64)."""
+    for path in sorted(FIXTURES.glob("chameleon_registry_node_*.json")):
+        record = json.loads(path.read_text())
+        if record["node_type"] == node_type:
+            return record
+    raise KeyError(f"no registry fixture of node type {node_type!r}")
+
+
+def _blazar_host(host_id: int, record: dict) -> dict:
+    """A Blazar host as Chameleon's `GET /os-hosts` shows it: the host record
+    (doc/api_samples/hosts/host-list-resp.json) with the extra capabilities flattened into it
+    (blazar/plugins/oshosts/host_plugin.py get_computehost). Nova's Ironic driver reports no
+    `cpu_info` (nova/virt/ironic/driver.py _node_resource; Blazar keeps `str()` of Nova's
+    empty object) and names the hypervisor after the
+    Ironic node UUID, the registry's `uid`; Chameleon's inventory sync (doni) adds `uid`,
+    `node_name`, `node_type`, and the registry's fields as dotted capabilities, which
+    python-chi's lease helpers filter on (`$architecture.platform_type`)."""
+    uid = str(uuid.uuid4())  # each fake host is another machine of the record's kind
+    return {
+        "id": str(host_id), "hypervisor_hostname": uid, "hypervisor_type": "ironic",
+        "hypervisor_version": 1, "vcpus": record["architecture"]["smt_size"],
+        "cpu_info": "{}", "memory_mb": record["main_memory"]["ram_size"] // 2**20,
+        "local_gb": 0, "service_name": "ironic-compute", "reservable": True,
+        "status": None, "trust_id": uuid.uuid4().hex, "created_at": _db_now(),
+        "updated_at": None, "uid": uid, "node_name": f"{record['node_name']}-{host_id}",
+        "node_type": record["node_type"],
+        **{f"architecture.{key}": value for key, value in record["architecture"].items()},
+        "processor.model": record["processor"]["model"],
+    }
 
 
 class Backer(Protocol):
@@ -123,10 +159,15 @@ class FakeOpenStack:
         self.lease_fault = False  # leases go ERROR after STARTING
         self.missing_services: set[str] = set()  # service types left out of the catalogue
         self.hosts_busy_from: datetime | None = None  # another lease takes the hosts then
+        self.hide_hypervisor = False  # Nova's default policy: hypervisor names admin-only
+        self.hosts_forbidden = False  # Blazar's default policy: host lists admin-only
+        self.host_records: dict[str, dict] = {}  # Blazar host id -> host view
+        self.allocations: dict[str, list[str]] = {}  # host reservation id -> Blazar host ids
         self.state = Cloud()
         self.tokens: set[str] = set()
         self.faults = Faults()
         self._lock = threading.RLock()
+        self.add_hosts(registry_record("compute_skylake"), hosts, free=False)
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
@@ -136,6 +177,15 @@ class FakeOpenStack:
             unix = socketserver.ThreadingUnixStreamServer(unix_socket, self._handler())
             unix.daemon_threads = True
             self._servers.append(unix)
+
+    def add_hosts(self, record: dict, count: int, *, free: bool = True) -> None:
+        """`count` more Blazar hosts like the registry `record` (see `registry_record`)."""
+        with self._lock:
+            for _ in range(count):
+                host_id = len(self.host_records) + 1
+                self.host_records[str(host_id)] = _blazar_host(host_id, record)
+            if free:
+                self.hosts += count
 
     def __enter__(self) -> FakeOpenStack:
         for server in self._servers:
@@ -314,6 +364,8 @@ class FakeOpenStack:
         if path == "/":
             return 200, {"versions": [{"id": "v1.0", "status": "CURRENT", "links": [
                 {"href": self.url + "/reservation/v1/", "rel": "self"}]}]}, {}
+        if path.startswith("/v1/os-hosts") and method == "GET":
+            return self._blazar_hosts(path, query, error)
         if path == "/v1/leases" and method == "GET":
             for lease in self.state.leases.values():
                 self._advance_lease(lease)
@@ -359,6 +411,43 @@ class FakeOpenStack:
             return 204, None, {}
         return error(405, "method not allowed")
 
+    def _blazar_hosts(self, path: str, query: str, error: Callable) -> tuple[int, Any, dict]:
+        """`GET /os-hosts`, `/os-hosts/{id}` and `/os-hosts/allocations` (api-ref hosts.inc;
+        allocations filtered by `lease_id` / `reservation_id`, host_plugin.py
+        query_allocations). Chameleon's policy lets projects read them
+        (chi-in-a-box kolla/node_custom_config/blazar/policy.yaml); upstream's is admin-only."""
+        if self.hosts_forbidden:
+            return error(403, "Policy doesn't allow blazar:oshosts:get to be performed.")
+        if path == "/v1/os-hosts":
+            return 200, {"hosts": list(self.host_records.values())}, {}
+        if path == "/v1/os-hosts/allocations":
+            wanted = {key: values[0] for key, values in parse_qs(query).items()}
+            allocations = []
+            for host_id in self.host_records:
+                held = [{"id": r["id"], "lease_id": lease["id"],
+                         "start_date": lease["start_date"], "end_date": lease["end_date"]}
+                        for lease in self.state.leases.values()
+                        if lease["status"] != "TERMINATED" for r in lease["reservations"]
+                        if host_id in self.allocations.get(r["id"], ())]
+                held = [x for x in held if all(x.get(k if k != "reservation_id" else "id") == v
+                                               for k, v in wanted.items())]
+                allocations.append({"resource_id": host_id, "reservations": held})
+            return 200, {"allocations": allocations}, {}
+        host = self.host_records.get(path.removeprefix("/v1/os-hosts/"))
+        if host is None:
+            return error(404, f"Object with {{'host_id': '{path}'}} not found")
+        return 200, {"host": host}, {}
+
+    def _free_hosts(self, resource_properties: str) -> list[str]:
+        """Hosts no live lease holds that match `resource_properties` (omnibed and python-chi
+        send `["==", "$key", value]`; blazar/utils/plugins.py convert_requirements). Simpler
+        than Blazar: a host held by any live lease is busy, whatever the dates."""
+        wanted = json.loads(resource_properties) if resource_properties else []
+        held = {host for lease in self.state.leases.values() if lease["status"] != "TERMINATED"
+                for r in lease["reservations"] for host in self.allocations.get(r["id"], ())}
+        return [host_id for host_id, host in self.host_records.items() if host_id not in held
+                and (not wanted or str(host.get(wanted[1].lstrip("$"))) == str(wanted[2]))]
+
     def _create_lease(self, body: dict, error: Callable) -> tuple[int, Any, dict]:
         """blazar/manager/service.py create_lease: its checks and their HTTP codes."""
         for key in ("start_date", "end_date"):
@@ -386,11 +475,15 @@ class FakeOpenStack:
         lease_id = str(uuid.uuid4())
         reservations = []
         for wanted in body["reservations"]:
+            hosts: list[str] = []
             if wanted["resource_type"] == "physical:host":
-                if wanted["min"] > self.hosts:
+                hosts = self._free_hosts(wanted.get("resource_properties", ""))[:wanted["min"]]
+                if wanted["min"] > min(self.hosts, len(hosts)):
                     return error(500, "Not enough hosts available")
                 self.hosts -= wanted["min"]
-            reservations.append({"resource_properties": "", **wanted, "id": str(uuid.uuid4()),
+            reservation_id = str(uuid.uuid4())
+            self.allocations[reservation_id] = hosts
+            reservations.append({"resource_properties": "", **wanted, "id": reservation_id,
                                  "lease_id": lease_id, "resource_id": str(uuid.uuid4()),
                                  "status": "pending", "missing_resources": False,
                                  "resources_changed": False, "created_at": _db_now(),
@@ -513,7 +606,7 @@ class FakeOpenStack:
         if path in ("/servers", "/servers/detail") and method == "GET":
             for server in self.state.servers.values():
                 self._advance_server(server)
-            return 200, {"servers": [_server_view(s, version)
+            return 200, {"servers": [self._server_view(s, version)
                                      for s in self.state.servers.values()]}, {}
         match = re.fullmatch(r"/servers/([\w-]+)(/action)?", path)
         server = self.state.servers.get(match.group(1)) if match else None
@@ -526,11 +619,20 @@ class FakeOpenStack:
                                                                 f"{image['id']}"}
         if method == "GET":
             self._advance_server(server)
-            return 200, {"server": _server_view(server, version)}, {}
+            return 200, {"server": self._server_view(server, version)}, {}
         if method == "DELETE":
             self._delete_server(server["id"])
             return 204, None, {}
         return 405, {"error": {"message": "method not allowed"}}, {}
+
+    def _server_view(self, server: dict, version: tuple[int, int]) -> dict:
+        """Chameleon's Nova policy shows a server's owner its extended attributes
+        (`os_compute_api:os-extended-server-attributes: rule:admin_or_owner` in chi-in-a-box
+        kolla/node_custom_config/nova/policy.yaml); upstream's shows them to admins only."""
+        view = _server_view(server, version)
+        if self.hide_hypervisor:
+            view.pop("OS-EXT-SRV-ATTR:hypervisor_hostname", None)
+        return view
 
     def _create_server(self, body: dict) -> tuple[int, Any, dict]:
         wanted = body["server"]
@@ -554,7 +656,13 @@ class FakeOpenStack:
                              "There are not enough hosts available."}}, {}
         server_id = str(uuid.uuid4())
         network = wanted["networks"][0]["uuid"]
+        taken = {s.get("OS-EXT-SRV-ATTR:hypervisor_hostname")
+                 for s in self.state.servers.values()}
+        hosts = [self.host_records[h]["hypervisor_hostname"]
+                 for h in self.allocations.get(reservation, ())]
+        hypervisor = next((h for h in hosts if h not in taken), None)
         self.state.servers[server_id] = {
+            **({"OS-EXT-SRV-ATTR:hypervisor_hostname": hypervisor} if hypervisor else {}),
             "id": server_id, "name": wanted["name"], "status": "BUILD", "progress": 0,
             "key_name": wanted.get("key_name"), "metadata": wanted.get("metadata", {}),
             "image": {"id": wanted["imageRef"], "links": []},

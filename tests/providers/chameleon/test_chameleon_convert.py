@@ -75,3 +75,19 @@ def test_every_sdk_exception_is_mapped_to_a_typed_error(cls):
 def test_keystoneauth_errors():
     assert isinstance(translate(ksa.Unauthorized(), "x"), CredentialsError)
     assert isinstance(translate(ksa.ConnectTimeout(), "x"), ProviderTimeout)
+
+
+@pytest.mark.parametrize(("host", "arch"), [
+    # Chameleon: the registry's architecture as an extra capability wins
+    ({"architecture.platform_type": "aarch64", "cpu_info": "{}"}, "aarch64"),
+    # upstream Blazar on libvirt: `str()` of Nova's cpu_info object, as in Blazar's
+    # doc/api_samples/hosts/host-list-resp.json
+    ({"cpu_info": "{'arch': 'ppc64le', 'model': 'POWER8', 'vendor': 'IBM',"
+                  " 'topology': {'cores': 1, 'cells': 1, 'threads': 1, 'sockets': 4}}"},
+     "ppc64le"),
+    ({"cpu_info": '{"arch": "x86_64", "model": "cpu64-rhel6"}'}, "x86_64"),  # Nova < 2.28
+    ({"cpu_info": "{}"}, ""),  # Ironic: no cpu_info
+    ({"cpu_info": "not a literal"}, ""),
+])
+def test_host_arch(host: dict, arch: str) -> None:
+    assert _convert.host_arch(host) == arch

@@ -31,6 +31,7 @@ from tests.fakes.openstack import (
     SECURITY_GROUP,
     SUBNETS,
     FakeOpenStack,
+    registry_record,
 )
 
 SITE = "CHI@UC"
@@ -68,6 +69,28 @@ def _hosts(count: int = 1) -> list[dict]:
 
 
 # -- python-blazarclient ---------------------------------------------------------------------
+
+
+def test_blazarclient_lists_hosts_and_a_node_type_lease_holds_the_matching_ones(
+        blazar, session: ks_session.Session, cloud: FakeOpenStack) -> None:
+    """Hosts as python-chi reads them (`host.list()`, filtered on the registry's fields),
+    and a `$node_type` lease allocated hosts of that type only (`GET
+    /os-hosts/allocations?lease_id=`, as blazarclient's `host.list_allocations` sends)."""
+    cloud.add_hosts(registry_record("compute_arm64"), 1)
+    hosts = blazar.host.list()
+    arm = [h for h in hosts if h["node_type"] == "compute_arm64"]
+    assert len(hosts) == 9 and len(arm) == 1
+    assert arm[0]["architecture.platform_type"] == "aarch64"
+    assert blazar.host.get(arm[0]["id"])["hypervisor_hostname"] == arm[0]["uid"]
+    wanted = [{**_hosts()[0], "resource_properties": json.dumps(
+        ["==", "$node_type", "compute_arm64"])}]
+    lease = blazar.lease.create("arm-lease", _later(2), _later(4), wanted, [])
+    answer = session.get("/os-hosts/allocations", params={"lease_id": lease["id"]},
+                         endpoint_filter={"service_type": "reservation", "region_name": SITE})
+    held = [x["resource_id"] for x in answer.json()["allocations"] if x["reservations"]]
+    assert held == [arm[0]["id"]]
+    with pytest.raises(blazar_exception.BlazarClientException, match="Not enough hosts"):
+        blazar.lease.create("arm-again", _later(2), _later(4), wanted, [])
 
 
 def test_blazarclient_creates_shows_lists_prolongs_and_deletes_a_lease(blazar) -> None:
