@@ -404,10 +404,14 @@ def _agents(reservation_id: str) -> list[str]:
     return found
 
 
-def test_cli_killed_during_up_then_down_leaves_nothing(image_home: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("control_idle", ["0", "300"], ids=["own-agents", "control-process"])
+def test_cli_killed_during_up_then_down_leaves_nothing(
+    image_home: Path, tmp_path: Path, control_idle: str
+) -> None:
     """`emulate up` killed with SIGKILL once its containers run (it waits for their sshd):
-    the agents on the pnodes end with it, and `emulate down` removes every container,
-    mount, cgroup, process and network namespace."""
+    agents it started itself end with it (those of the control process serve on), and
+    `emulate down` removes every container, mount, cgroup, process and network namespace."""
+    env = {**os.environ, "OMNIBED_HOME": str(image_home), "OMNIBED_CONTROL_IDLE": control_idle}
     name, reservation_id = reserve(image_home, 1)
     prefix = f"{reservation_id}-"
     try:
@@ -419,8 +423,7 @@ def test_cli_killed_during_up_then_down_leaves_nothing(image_home: Path, tmp_pat
         )
         up = subprocess.Popen(
             [OMNIBED, "emulate", "up", name, str(path)],
-            env={**os.environ, "OMNIBED_HOME": str(image_home)},
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
         deadline = time.monotonic() + 300
         while len(leftovers(prefix)["containers"]) < 3 and up.poll() is None:
@@ -429,10 +432,12 @@ def test_cli_killed_during_up_then_down_leaves_nothing(image_home: Path, tmp_pat
         up.kill()
         assert up.wait() == -signal.SIGKILL, "`emulate up` ended before it was killed"
         deadline = time.monotonic() + 60
-        while _agents(reservation_id):
+        while control_idle == "0" and _agents(reservation_id):
             assert time.monotonic() < deadline, "the agents outlived the killed CLI"
             time.sleep(0.1)
-        down = omnibed(image_home, "emulate", "down", name)
+        down = subprocess.run(
+            [OMNIBED, "emulate", "down", name], env=env, capture_output=True, text=True
+        )
         assert down.returncode == 0, down.stderr
         assert down.stdout.strip() == "removed 3 vnodes", down.stdout
         assert leftovers(prefix) == {"containers": [], "mounts": [], "cgroups": [], "processes": []}
