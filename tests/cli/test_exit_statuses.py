@@ -35,7 +35,7 @@ BAD_INPUTS: dict[str, list[tuple[list[str], list[str]]]] = {
     "doctor": [(["doctor", "-t", "nowhere"], ["unknown testbed 'nowhere'", "local"])],
     "reserve": [
         (["reserve", "-t", "nowhere"], ["unknown testbed 'nowhere'"]),
-        (["reserve", "-t", "local", "-n", "many"], ["--nodes", "integer"]),
+        (["reserve", "-t", "local", "-n", "many"], ["--nodes", "'many'"]),
     ],
     "ls": [(["ls", "--bogus"], ["--bogus"])],
     "nodes": [
