@@ -24,15 +24,7 @@ from omnibed.core.errors import CredentialsError, UsageError
 from omnibed.core.types import ReservationRequest
 from omnibed.providers.cloudlab import _convert
 from omnibed.providers.cloudlab._errors import SEARCH_FAILED, am_code, map_geni_errors
-from omnibed.providers.cloudlab._settings import Settings, passphrase
-
-# site -> (geni.aggregate module, attribute) of geni-lib's own aggregate definitions
-SITES = {
-    "utah": ("cloudlab", "Utah"),
-    "wisconsin": ("cloudlab", "Wisconsin"),
-    "clemson": ("cloudlab", "Clemson"),
-    "apt": ("apt", "Apt"),
-}
+from omnibed.providers.cloudlab._settings import SITES, Settings, passphrase
 
 
 @functools.cache

@@ -30,6 +30,14 @@ from pathlib import Path
 
 from omnibed.core.errors import CredentialsError
 
+# site -> (geni.aggregate module, attribute) of geni-lib's own aggregate definitions
+SITES = {
+    "utah": ("cloudlab", "Utah"),
+    "wisconsin": ("cloudlab", "Wisconsin"),
+    "clemson": ("cloudlab", "Clemson"),
+    "apt": ("apt", "Apt"),
+}
+
 CONFIG_NAME = "config.toml"
 ENV_PEM = "OMNIBED_CLOUDLAB_PEM"
 ENV_PROJECT = "OMNIBED_CLOUDLAB_PROJECT"

@@ -38,12 +38,12 @@ from omnibed.core.types import (
     SSHEndpoint,
 )
 from omnibed.providers.cloudlab import _convert
-from omnibed.providers.cloudlab._client import SITES, CloudLabClient
 from omnibed.providers.cloudlab._errors import PROVIDER
-from omnibed.providers.cloudlab._settings import load_settings
+from omnibed.providers.cloudlab._settings import SITES, load_settings
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # the client loads xmlrpc and http: only for a command that calls CloudLab
     from omnibed.core.login import Login
+    from omnibed.providers.cloudlab._client import CloudLabClient
 
 DEFAULT_SITE = "utah"
 SLICE_MARGIN = timedelta(hours=1)  # the slice outlives its sliver by this much
@@ -79,6 +79,8 @@ class CloudLabProvider(Provider):
     @property
     def client(self) -> CloudLabClient:
         if self._client is None:
+            from omnibed.providers.cloudlab._client import CloudLabClient
+
             self._client = CloudLabClient(load_settings(self.state_dir), self.state_dir)
         return self._client
 

@@ -25,8 +25,6 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import yaml
-
 from omnibed.core.errors import (
     CredentialsError,
     NotSupported,
@@ -460,6 +458,8 @@ class Grid5000Provider(Provider):
         archive = f"$HOME/public/{image}.tar.zst"  # tgz-g5k logs in to the node as root
         home = on_frontend(f'mkdir -p "$HOME/public" && tgz-g5k -m {shlex.quote(node.id)}'
                            f' -f "{archive}" && echo "$HOME"', "tgz-g5k").strip().splitlines()[-1]
+        import yaml  # only to snapshot: not loaded by every command
+
         base = yaml.safe_load(on_frontend(f"kaenv3 -p {shlex.quote(record['image'])} -u deploy",
                                           "kaenv3 -p"))
         if not isinstance(base, dict):
