@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import threading
 import warnings
 import xmlrpc.client
 from collections.abc import Sequence
@@ -78,6 +79,9 @@ class CloudLabClient:
         self._framework: Any = None
         self._user_urn = ""
         self._user_keys: list[str] = []
+        # geni-lib caches slice credentials in files it rewrites on each call: threads
+        # (nics asks every node at once) must not read one while another writes it
+        self._one_call_at_a_time = threading.RLock()
 
     # -- credentials ------------------------------------------------------------------
 
@@ -126,7 +130,7 @@ class CloudLabClient:
         config.HTTP.TIMEOUT = self.settings.timeout  # every geni-lib call goes through minigcf
         framework = _framework_class()()
         framework.cert = str(cert)
-        with map_geni_errors("loading the CloudLab key", str(key)):
+        with self._one_call_at_a_time, map_geni_errors("loading the CloudLab key", str(key)):
             secret = passphrase(self.settings, prompt=False)
             try:
                 framework.setKey(str(key), secret.encode() if secret is not None else None)
@@ -204,7 +208,7 @@ class CloudLabClient:
 
     def slice_expiration(self, name: str) -> datetime | None:
         """The live slice's expiration (UTC) at the slice authority, or None if there is none."""
-        with map_geni_errors(f"looking up slice {name}"):
+        with self._one_call_at_a_time, map_geni_errors(f"looking up slice {name}"):
             slices = self.framework.listSlices(self.context())
         info = slices.get(self.slice_urn(name)) if isinstance(slices, dict) else None
         if not info or info.get("SLICE_EXPIRED"):
@@ -214,7 +218,7 @@ class CloudLabClient:
     def ensure_slice(self, name: str, expires: datetime) -> datetime:
         """Create the slice or renew it to `expires`; return the expiration granted."""
         current = self.slice_expiration(name)
-        with map_geni_errors(f"creating slice {name}"):
+        with self._one_call_at_a_time, map_geni_errors(f"creating slice {name}"):
             if current is None:
                 self.framework.createSlice(self.context(), name, exp=expires)
             elif current < expires:
@@ -267,14 +271,14 @@ class CloudLabClient:
         self, site: str, name: str, rspec: Any, public_keys: Sequence[str]
     ) -> Any:
         """CreateSliver with our users' keys; return the manifest."""
-        with map_geni_errors(f"creating the sliver of {name} at {site}"):
+        with self._one_call_at_a_time, map_geni_errors(f"creating the sliver of {name} at {site}"):
             return self.aggregate(site).createsliver(self.context(public_keys), name, rspec)
 
     def status(self, site: str, name: str) -> dict[str, Any] | None:
         """SliverStatus, or None when the aggregate has no sliver for the slice."""
         from geni.aggregate.exceptions import AMError
 
-        with map_geni_errors(f"asking the status of {name} at {site}"):
+        with self._one_call_at_a_time, map_geni_errors(f"asking the status of {name} at {site}"):
             try:
                 return self.aggregate(site).sliverstatus(self.context(), name)
             except AMError as error:
@@ -284,7 +288,7 @@ class CloudLabClient:
 
     def manifest(self, site: str, name: str) -> Any:
         """The sliver's manifest (ListResources on the slice)."""
-        with map_geni_errors(f"reading the manifest of {name} at {site}"):
+        with self._one_call_at_a_time, map_geni_errors(f"reading the manifest of {name} at {site}"):
             return self.aggregate(site).listresources(self.context(), name)
 
     def renew_sliver(self, site: str, name: str, end: datetime) -> None:
@@ -292,7 +296,7 @@ class CloudLabClient:
         from geni.aggregate.apis import RenewSliverError
         from geni.minigcf import amapi2
 
-        with map_geni_errors(f"renewing the sliver of {name} at {site}"):
+        with self._one_call_at_a_time, map_geni_errors(f"renewing the sliver of {name} at {site}"):
             context = self.context()
             info = context.getSliceInfo(name)
             cred = Path(info.path).read_text(encoding="latin-1")
@@ -306,7 +310,7 @@ class CloudLabClient:
         """DeleteSliver; False when there was nothing to delete."""
         from geni.aggregate.exceptions import AMError
 
-        with map_geni_errors(f"deleting the sliver of {name} at {site}"):
+        with self._one_call_at_a_time, map_geni_errors(f"deleting the sliver of {name} at {site}"):
             try:
                 self.aggregate(site).deletesliver(self.context(), name)
             except AMError as error:
@@ -320,7 +324,8 @@ class CloudLabClient:
         from geni.aggregate.exceptions import AMError
         from geni.minigcf.util import _rpcpost
 
-        with map_geni_errors(f"creating image {image} from {name} at {site}"):
+        what = f"creating image {image} from {name} at {site}"
+        with self._one_call_at_a_time, map_geni_errors(what):
             context = self.context()
             info = context.getSliceInfo(name)
             cred = Path(info.path).read_text(encoding="latin-1")
