@@ -873,6 +873,19 @@ def _locate(root: yaml.Node | None, where: str) -> yaml.Mark | None:
     return mark
 
 
+def read_capped(path: Path, what: str, hint: str = "") -> bytes:
+    """The bytes of `path` (a `what`, as errors name it), at most MAX_FILE_BYTES;
+    PlatformError when it cannot be read or is larger (`hint` ends that message)."""
+    try:
+        with path.open("rb") as file:
+            raw = file.read(MAX_FILE_BYTES + 1)
+    except OSError as exc:
+        raise PlatformError(f"cannot read {what} {path}: {exc.strerror}") from None
+    if len(raw) > MAX_FILE_BYTES:
+        raise PlatformError(f"{what} {path} is larger than {MAX_FILE_BYTES >> 20} MiB{hint}")
+    return raw
+
+
 def load_platform(source: str | Path | Mapping[str, Any]) -> Platform:
     """A Platform from a YAML file path, YAML text, or an already parsed mapping."""
     if not isinstance(source, str | Path):
@@ -883,16 +896,7 @@ def load_platform(source: str | Path | Mapping[str, Any]) -> Platform:
         origin = "platform"
     else:
         path = Path(source)
-        try:
-            with path.open("rb") as file:
-                raw = file.read(MAX_FILE_BYTES + 1)
-        except OSError as exc:
-            raise PlatformError(f"cannot read platform file {path}: {exc.strerror}") from None
-        if len(raw) > MAX_FILE_BYTES:
-            raise PlatformError(
-                f"platform file {path} is larger than {MAX_FILE_BYTES >> 20} MiB; "
-                "write many vnodes with per_pnode"
-            )
+        raw = read_capped(path, "platform file", "; write many vnodes with per_pnode")
         origin = str(path)
         base = path.parent
     data, root = _parse(raw, origin)

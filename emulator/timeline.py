@@ -241,17 +241,10 @@ def read_trace(name: object, base: Path | None, place: str, offset: float = 0.0)
 def load_events(source: str | Path) -> list[Event]:
     """The events of a timeline file: YAML holding `events:` (as a platform file does, which
     may be given: its other keys are ignored) or only the list."""
-    from .model import MAX_FILE_BYTES, _locate, _mark, _parse
+    from .model import _locate, _mark, _parse, read_capped
 
     path = Path(source)
-    try:
-        with path.open("rb") as file:
-            raw = file.read(MAX_FILE_BYTES + 1)
-    except OSError as exc:
-        raise PlatformError(f"cannot read timeline {path}: {exc.strerror}") from None
-    if len(raw) > MAX_FILE_BYTES:
-        raise PlatformError(f"timeline {path} is larger than {MAX_FILE_BYTES >> 20} MiB")
-    data, root = _parse(raw, str(path))
+    data, root = _parse(read_capped(path, "timeline"), str(path))
     where = "events" if isinstance(data, Mapping) else ""
     items = data.get("events") if isinstance(data, Mapping) else data
     if where and items is None:

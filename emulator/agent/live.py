@@ -66,6 +66,17 @@ def _features(shaping: Shaping) -> set[str]:
     return needs | ({"sch_netem"} if shaping.needs_netem() else set())
 
 
+def add_shaping(batch: nl.Batch, index: int, shaping: Shaping, mtu: int, what: str) -> None:
+    """Add to `batch` the request that gives interface `index` `shaping`: its root qdisc
+    replaced, or removed when `shaping` is empty."""
+    if shaping.is_empty():
+        body = nl.root_qdisc_body(index)
+        # no qdisc of ours there: ENOENT, or EINVAL on the default one
+        batch.add(nl.RTM_DELQDISC, nl.SET, body, what, (errno.ENOENT, errno.EINVAL))
+    else:
+        batch.add(nl.RTM_NEWQDISC, nl.REPLACE, qdisc_request(index, shaping, mtu), what)
+
+
 def shape(viface: Viface, direction: str) -> dict[str, object]:
     """Make `direction` of `viface` shaped as the viface says; problems lists the kernel
     features it lacks for that (then nothing is changed)."""
@@ -81,13 +92,7 @@ def shape(viface: Viface, direction: str) -> dict[str, object]:
         batch, ifname, where = nl.Batch(), viface.host_ifname, "the pnode"
     try:
         index = _index(batch, ifname, where)
-        what = f"{direction} shaping on {ifname}@{where}"
-        if shaping.is_empty():
-            body = nl.root_qdisc_body(index)
-            # no qdisc of ours there: ENOENT, or EINVAL on the default one
-            batch.add(nl.RTM_DELQDISC, nl.SET, body, what, (errno.ENOENT, errno.EINVAL))
-        else:
-            batch.add(nl.RTM_NEWQDISC, nl.REPLACE, qdisc_request(index, shaping, viface.mtu), what)
+        add_shaping(batch, index, shaping, viface.mtu, f"{direction} shaping on {ifname}@{where}")
         _flush(batch)
         if not shaping.is_empty():  # qdiscs see wire-sized packets, as after apply
             offloads_off(batch.fileno(), ifname)

@@ -38,10 +38,10 @@ import time
 from typing import Any
 
 from . import nlbatch as nl
-from .live import _batch_in, _flush, _index
+from .live import _batch_in, _flush, _index, add_shaping
 from .netlink_apply import ApplyFailure
 from .preflight import explain, kernel_missing
-from .shaping import SIOCETHTOOL, offloads_off, qdisc_request
+from .shaping import SIOCETHTOOL, offloads_off
 from .state import Viface
 
 TIMELINES_DIR = "/run/omnibed/timelines"
@@ -315,12 +315,8 @@ class Changer:
         shaping = getattr(viface, direction)
         batch = self._batch(netns)
         index = self._index(netns, ifname)
-        what = f"{direction} shaping on {ifname}@{netns or 'the pnode'}"
-        if shaping.is_empty():
-            body = nl.root_qdisc_body(index)
-            batch.add(nl.RTM_DELQDISC, nl.SET, body, what, (errno.ENOENT, errno.EINVAL))
-        else:
-            batch.add(nl.RTM_NEWQDISC, nl.REPLACE, qdisc_request(index, shaping, viface.mtu), what)
+        add_shaping(batch, index, shaping, viface.mtu,
+                    f"{direction} shaping on {ifname}@{netns or 'the pnode'}")  # fmt: skip
         _flush(batch)
         if not shaping.is_empty() and (netns, ifname) not in self.offloads_off:
             offloads_off(batch.fileno(), ifname)
