@@ -223,7 +223,7 @@ def main() -> None:
         print(f"warm-up: 1 vnode up and down in {time.perf_counter() - start:.1f} s "
               f"(image {args.image} uploaded to the pnode and unpacked there once)")  # fmt: skip
         with tempfile.TemporaryDirectory(prefix="omnibed-bench-sequential-") as pnode:
-            runtime = Runtime(root=f"{pnode}/omnibed", runc_root=f"{pnode}/runc")
+            runtime = Runtime(root=f"{pnode}/omnibed", state_dir=f"{pnode}/state")
             rootfs.unpack(str(image.path), image.sha256, runtime.images_dir)
             print(f"{'N':>5} {'method':<10} {'up s':>7} {'ms/vnode':>8} {'down s':>6} "
                   f"{'MiB/vnode':>9}  load")  # fmt: skip

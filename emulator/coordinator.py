@@ -251,9 +251,9 @@ class Emulator:
         count: PnodeCount = no_count,
     ) -> Plan:
         """Build `platform`; on any failure nothing is left on any pnode. `install`: the
-        pnodes of container vnodes that lack runc get it from their package manager
-        before the preflight (which otherwise names them). `progress` gets each step,
-        `count` each pnode's image bytes uploaded and vnodes built."""
+        pnodes of container vnodes that lack their runtime (crun or runc) get it from their
+        package manager before the preflight (which otherwise names them). `progress` gets
+        each step, `count` each pnode's image bytes uploaded and vnodes built."""
         from . import vnode_ssh  # paramiko: only for what logs in
 
         started = time.monotonic()
@@ -946,8 +946,8 @@ def _preflight(sessions: Mapping[str, AgentConnection], the_plan: Plan) -> None:
 
 
 def _install_runtime(sessions: Mapping[str, AgentConnection], the_plan: Plan) -> None:
-    """runc from the package manager of every pnode of container vnodes that lacks it;
-    PreflightError names the pnodes where that failed."""
+    """The container runtime (crun or runc) from the package manager of every pnode of
+    container vnodes that lacks it; PreflightError names the pnodes where that failed."""
     boxed = {p: s for p, s in sessions.items() if the_plan.state(p).containers}
     outcome = for_each(boxed, lambda _, session: session.call(ops.CONTAINERS_INSTALL))
     failed = {

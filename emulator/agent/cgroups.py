@@ -3,7 +3,8 @@
 runc puts a container with cgroupsPath `/omnibed-vnode-NAME` into that path of every cgroup
 hierarchy: one under cgroup v2 (the testbeds' current images), one per controller and
 named hierarchy under cgroup v1 or the hybrid layout (this machine's). Paths are found
-the way runc finds them, from /proc/self/mountinfo. Python 3.9 compatible; stdlib only.
+the way runc finds them, from /proc/self/mountinfo; crun places them at the same paths.
+Python 3.9 compatible; stdlib only.
 """
 
 from __future__ import annotations
@@ -15,6 +16,10 @@ from collections.abc import Sequence
 
 PREFIX = "omnibed-vnode-"  # top-level, so a vnode's CPU weight counts against the pnode's
 ROOT = "/sys/fs/cgroup"
+# the cgroup v2 hierarchy of the hybrid layout; where none is mounted there (cgroup v1), crun
+# 1.8 still makes a plain directory per container below it, with a cgroup.procs file naming
+# its init (for the `0::` line of /proc/self/cgroup): no cgroup, a stale pid once it ended
+UNIFIED = ROOT + "/unified"
 
 
 def cgroup_path(name: str) -> str:
@@ -25,6 +30,15 @@ def cgroup_path(name: str) -> str:
 def is_v2() -> bool:
     """True when /sys/fs/cgroup is itself the cgroup v2 hierarchy (runc's criterion)."""
     return os.path.exists(os.path.join(ROOT, "cgroup.controllers"))
+
+
+def crun_can_run() -> bool:
+    """False on the hybrid layout whose v2 hierarchy (/sys/fs/cgroup/unified) holds
+    controllers: crun 1.8 refuses it ("cgroups in hybrid mode not supported"). Pure cgroup
+    v2, pure v1 and a hybrid layout without v2 controllers are fine."""
+    if is_v2() or hierarchies().get("") != UNIFIED:
+        return True
+    return not _read(os.path.join(UNIFIED, "cgroup.controllers")).split()
 
 
 def hierarchies() -> dict[str, str]:
@@ -111,13 +125,29 @@ def remove(names: Sequence[str], timeout: float = 5.0) -> set[str]:
     """Kill what is left in the cgroups of containers `names` and remove them; the names
     that had one. Idempotent."""
     bases = _bases()
+    stray = not is_v2() and UNIFIED not in bases
     removed = set()
     for name in names:
         for directory in (base + cgroup_path(name) for base in bases):
             if os.path.isdir(directory):
                 _clear(directory, timeout)
                 removed.add(name)
+        if stray and _remove_plain(UNIFIED + cgroup_path(name)):
+            removed.add(name)
     return removed
+
+
+def _remove_plain(directory: str) -> bool:
+    """Remove crun's plain directory `directory` (no cgroup: its pid is not killed) and its
+    files; whether it was there."""
+    try:
+        entries = os.listdir(directory)
+    except FileNotFoundError:
+        return False
+    for entry in entries:
+        os.unlink(os.path.join(directory, entry))
+    os.rmdir(directory)
+    return True
 
 
 def _kill(directory: str) -> int:

@@ -1,19 +1,24 @@
-"""Container vnodes on a pnode: OCI bundles run by runc in network namespaces omnibed made.
+"""Container vnodes on a pnode: OCI bundles run by crun or runc in network namespaces omnibed
+made.
 
 A ContainerSpec is plain data, as the agent receives it. Everything lives below `root`
 (/var/lib/omnibed, root-only):
 
   images/SHA256/rootfs   an image, unpacked once per pnode (rootfs.py)
-  containers/NAME/       the bundle: config.json, rootfs/ (an overlay on the image, which
-                         runc mounts in the container's mount namespace only, or a
+  containers/NAME/       the bundle: config.json, rootfs/ (an overlay on the image, or a
                          private copy), upper/ and work/ (the overlay's), ssh/, init.log
                          (the init's output), init.pid
 
-runc keeps its state in `runc_root` (/run/omnibed/runc), apart from any other runc user.
-`start` starts a batch, `workers` runc processes at a time, and removes the whole batch
-when one container fails. `remove` leaves no container, process, mount, directory or cgroup,
-also after runc, the agent or the container was killed. Runs as root; Python 3.9
-compatible; standard library only.
+The runtime is crun (C: a start costs about half the CPU of runc's, whose Go runtime starts
+twice) where it is installed and the pnode's cgroup layout lets it run
+(cgroups.crun_can_run), else runc. runc mounts a bundle's overlay itself, in the container's
+mount namespace only; crun cannot mount an overlay on / from config.json (crun issue 1594),
+so for crun the agent mounts it on the bundle's rootfs/ before the first start. Each keeps
+its state apart, below STATE_DIR (/run/omnibed/crun, /run/omnibed/runc), apart from any
+other user of them. `start` starts a batch, `workers` runtime processes at a time, and
+removes the whole batch when one container fails. `remove` leaves no container, process,
+mount, directory or cgroup, also after the runtime, the agent or the container was killed,
+whichever runtime started it. Runs as root; Python 3.9 compatible; standard library only.
 """
 
 from __future__ import annotations
@@ -31,13 +36,16 @@ from typing import Any
 from . import cgroups, nsutil, oci, ops, rootfs
 
 ROOT = "/var/lib/omnibed"
-RUNC_ROOT = "/run/omnibed/runc"
-MIN_MEMORY = 16 << 20  # below this, runc's own init is OOM-killed before the vnode starts
+STATE_DIR = "/run/omnibed"  # each runtime's state in STATE_DIR/<runtime>
+RUNC_ROOT = f"{STATE_DIR}/runc"
+CRUN_ROOT = f"{STATE_DIR}/crun"
+RUNTIMES = ("crun", "runc")  # preferred first
+MIN_MEMORY = 16 << 20  # below this, the runtime's own init is OOM-killed before the vnode starts
 # Debian architecture of an image -> `uname -m` of a pnode that runs it
 MACHINES = {"amd64": "x86_64", "arm64": "aarch64", "ppc64el": "ppc64le", "i386": "i686"}
-INSTALL_HINT = "pass --install to `omnibed emulate up` (it runs apt-get install runc there)"
-# what `emulate up --install` runs where runc is missing, as distem-bootstrap installed LXC
-APT_INSTALL = ("apt-get", "install", "-y", "-q", "--no-install-recommends", "runc")
+# what `emulate up --install` runs where the runtime is missing (+ its name), as
+# distem-bootstrap installed LXC
+APT_INSTALL = ("apt-get", "install", "-y", "-q", "--no-install-recommends")
 APT_UPDATE = ("apt-get", "update", "-q")
 APT_TIMEOUT = 600
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}\Z")
@@ -50,7 +58,7 @@ def tarball_path(sha256: str, root: str = ROOT) -> str:
 
 
 class ContainerError(RuntimeError):
-    """A container could not be started; `name` is the container, the message runc's."""
+    """A container could not be started; `name` is the container, the message the runtime's."""
 
     def __init__(self, name: str, message: str) -> None:
         super().__init__(f"container {name}: {message}")
@@ -127,28 +135,78 @@ def _apt(argv: Sequence[str]) -> str | None:
     return errors[0] if errors else f"{argv[0]} {argv[1]} exited with status {done.returncode}"
 
 
+def _apt_install(program: str) -> str | None:
+    """apt-get install `program`, once more after apt-get update if that failed; None when
+    `program` is on the PATH afterwards, else why not."""
+    failure = _apt((*APT_INSTALL, program))
+    if failure is not None:
+        failure = _apt(APT_UPDATE) or _apt((*APT_INSTALL, program))
+    if failure is None and shutil.which(program) is None:
+        failure = f"it installed no {program} on the PATH ({os.environ.get('PATH')})"
+    return failure
+
+
 def _runc_error(text: str) -> str:
-    """runc's own error message out of its output (logfmt `msg="..."` lines)."""
+    """The runtime's own error message out of its output: runc's logfmt `msg="..."` lines,
+    else the last line (crun's)."""
     messages = re.findall(r'level=error msg="((?:[^"\\]|\\.)*)"', text)
     if messages:
         return messages[-1].replace('\\"', '"')
     lines = [line for line in text.splitlines() if line.strip()]
-    return lines[-1] if lines else "runc failed without a message"
+    return lines[-1] if lines else "the container runtime failed without a message"
+
+
+def choose() -> str:
+    """The runtime to use here: crun when the cgroup layout lets it run and it is installed
+    (or runc is not: crun is then what `install` installs), else runc."""
+    if not cgroups.crun_can_run():
+        return "runc"
+    if shutil.which("crun") is not None or shutil.which("runc") is None:
+        return "crun"
+    return "runc"
 
 
 class Runtime:
-    """The container vnodes of this pnode."""
+    """The container vnodes of this pnode, run by `program` (crun or runc; None: choose())
+    with its state in `state_dir`/<program>."""
 
-    def __init__(self, root: str = ROOT, runc_root: str = RUNC_ROOT, runc: str = "runc"):
+    def __init__(self, root: str = ROOT, state_dir: str = STATE_DIR, program: str | None = None):
         self.images_dir = os.path.join(root, "images")
         self.containers_dir = os.path.join(root, "containers")
         self.root = root
-        self.runc_root = runc_root
-        self.runc = runc
+        self.state_dir = state_dir
+        self.chosen = program is None
+        self.program = program or choose()
+
+    @property
+    def state_root(self) -> str:
+        return self.state_root_of(self.program)
+
+    def state_root_of(self, program: str) -> str:
+        return os.path.join(self.state_dir, os.path.basename(program))
+
+    def _others(self) -> list[str]:
+        """The other runtimes installed here, whose leftovers remove() deletes too."""
+        mine = os.path.basename(self.program)
+        return [p for p in RUNTIMES if p != mine and shutil.which(p) is not None]
+
+    def _state(self, program: str, name: str) -> str:
+        return os.path.join(self.state_root_of(program), name)
+
+    def _delete(self, program: str, name: str) -> None:
+        root = self.state_root_of(program)
+        subprocess.run([program, "--root", root, "delete", "--force", name], capture_output=True,
+                       timeout=60)  # fmt: skip
+
+    @property
+    def mounts_overlay(self) -> bool:
+        """Whether the agent mounts a bundle's overlay (crun), not the runtime (runc)."""
+        return os.path.basename(self.program) != "runc"
 
     def _runc(self, *args: str, timeout: float | None = 60, **kwargs: Any):
+        """The runtime (crun or runc) run with `args`."""
         return subprocess.run(
-            [self.runc, "--root", self.runc_root, *args], timeout=timeout, **kwargs
+            [self.program, "--root", self.state_root, *args], timeout=timeout, **kwargs
         )
 
     def bundle(self, name: str) -> str:
@@ -169,8 +227,11 @@ class Runtime:
         problems: list[str] = []
         if os.geteuid() != 0:
             return [f"container vnodes need root, the agent runs as uid {os.geteuid()}"]
-        if shutil.which(self.runc) is None:
-            problems.append(f"the container runtime runc is not installed: {INSTALL_HINT}")
+        if shutil.which(self.program) is None:
+            problems.append(
+                f"the container runtime {self.program} is not installed: pass --install to "
+                f"`omnibed emulate up` (it runs apt-get install {self.program} there)"
+            )
         machine = os.uname().machine
         for arch in sorted({s.arch for s in specs}):
             if MACHINES.get(arch, arch) != machine:
@@ -199,24 +260,26 @@ class Runtime:
         return problems
 
     def install(self) -> list[str]:
-        """Install runc with apt where it is missing (`emulate up --install`); nothing done
-        when it is there. Why it could not be installed, as sentences; [] when runc is
-        there afterwards. A fresh testbed image's package lists may be missing or stale:
-        when the install fails they are updated and it is tried once more."""
-        if shutil.which(self.runc) is not None:
+        """Install the runtime with apt where it is missing (`emulate up --install`): crun
+        where the cgroup layout lets it run, else runc; nothing done when it is there. Why
+        it could not be installed, as sentences; [] when it is there afterwards. A fresh
+        testbed image's package lists may be missing or stale: when the install fails they
+        are updated and it is tried once more."""
+        program = self.program
+        if shutil.which(program) is not None:
             return []
         if shutil.which("apt-get") is None:
-            return ["the container runtime runc is not installed and this pnode has no "
-                    "apt-get: install runc with its package manager"]  # fmt: skip
-        failure = _apt(APT_INSTALL)
+            return [f"the container runtime {program} is not installed and this pnode has "
+                    f"no apt-get: install {program} with its package manager"]  # fmt: skip
+        failure = _apt_install(program)
+        if failure is not None and self.chosen and program != "runc":
+            if _apt_install("runc") is None:  # an older release without crun
+                self.program = "runc"
+                return []
         if failure is not None:
-            failure = _apt(APT_UPDATE) or _apt(APT_INSTALL)
-        if failure is None and shutil.which(self.runc) is None:
-            failure = f"it installed no {self.runc} on the PATH ({os.environ.get('PATH')})"
-        if failure is not None:
-            return [f"installing the container runtime with `{' '.join(APT_INSTALL)}` "
-                    f"failed: {failure}; install runc there by hand or give the pnode a "
-                    "Debian mirror"]  # fmt: skip
+            return [f"installing the container runtime with `{' '.join(APT_INSTALL)} "
+                    f"{program}` failed: {failure}; install {program} there by hand or give "
+                    "the pnode a Debian mirror"]  # fmt: skip
         return []
 
     def _missing_controllers(self, specs: Sequence[ContainerSpec]) -> list[str]:
@@ -279,6 +342,8 @@ class Runtime:
             for part in ("upper", "work", "rootfs"):
                 os.mkdir(os.path.join(bundle, part), 0o700)
             overlay = (lower, f"{bundle}/upper", f"{bundle}/work")
+            if self.mounts_overlay:  # crun: _run mounts it on rootfs/, in the pnode
+                overlay = None
         else:
             merged = os.path.join(bundle, "rootfs")
             subprocess.run(["cp", "-a", "--reflink=auto", lower, merged], check=True)
@@ -304,6 +369,8 @@ class Runtime:
     def _run(self, spec: ContainerSpec) -> int:
         """Start `spec`'s bundle; the pid of its init. Its output goes to init.log."""
         bundle = self.bundle(spec.name)
+        if spec.shared and self.mounts_overlay:
+            self._mount_overlay(spec)
         log = os.open(os.path.join(bundle, "init.log"), os.O_WRONLY | os.O_CREAT, 0o600)
         try:
             done = self._runc(
@@ -318,6 +385,16 @@ class Runtime:
         with open(os.path.join(bundle, "init.pid")) as pid:
             return int(pid.read())
 
+    def _mount_overlay(self, spec: ContainerSpec) -> None:
+        """Mount `spec`'s overlay on its bundle's rootfs/ for crun, unless it is there
+        already (a container started again); remove() unmounts it."""
+        bundle = self.bundle(spec.name)
+        if os.path.ismount(os.path.join(bundle, "rootfs")):
+            return
+        lower = os.path.join(self.images_dir, spec.sha256, "rootfs")
+        layers = f"lowerdir={lower},upperdir={bundle}/upper,workdir={bundle}/work"
+        nsutil.mount("overlay", os.path.join(bundle, "rootfs"), "overlay", 0, layers)
+
     # -- inspect --------------------------------------------------------------------------
 
     def state(self, name: str) -> dict[str, Any]:
@@ -326,11 +403,13 @@ class Runtime:
         return json.loads(done.stdout) if done.returncode == 0 else {}
 
     def names(self) -> list[str]:
-        """Every container omnibed has here: those runc knows and those with a bundle."""
+        """Every container omnibed has here: those either runtime knows and those with a
+        bundle."""
         done = self._runc("list", "--format", "json", capture_output=True, text=True)
         known = {c["id"] for c in json.loads(done.stdout or "null") or []}
-        if os.path.isdir(self.containers_dir):
-            known |= set(os.listdir(self.containers_dir))
+        for directory in [self.containers_dir, *map(self.state_root_of, self._others())]:
+            if os.path.isdir(directory):
+                known |= set(os.listdir(directory))
         return sorted(known)
 
     def status(self, names: Sequence[str]) -> dict[str, dict[str, Any]]:
@@ -359,12 +438,16 @@ class Runtime:
     def remove(self, names: Sequence[str], workers: int = 8) -> list[str]:
         """Remove containers `names` entirely; those that existed. Idempotent. Every
         container's processes are killed first, through its cgroups (`runc delete --force`
-        would poll each running init for 100 ms), then runc deletes them, `workers` at a
-        time, then what is left of their cgroups and their bundles goes."""
-        existed = {n for n in names if os.path.isdir(os.path.join(self.runc_root, n))}
+        would poll each running init for 100 ms), then the runtime deletes them, `workers` at
+        a time (and the other runtime those it has state of: a pnode where crun came after
+        runc), then what is left of their cgroups and their bundles goes."""
+        deletes = [(self.program, n) for n in names]
+        for other in self._others():
+            deletes += [(other, n) for n in names if os.path.isdir(self._state(other, n))]
+        existed = {n for program, n in deletes if os.path.isdir(self._state(program, n))}
         existed |= cgroups.kill(names)
         with ThreadPoolExecutor(max(1, workers)) as pool:
-            list(pool.map(lambda n: self._runc("delete", "--force", n, capture_output=True), names))
+            list(pool.map(lambda job: self._delete(*job), deletes))
         existed |= cgroups.remove(names)
         bundles = [n for n in names if os.path.isdir(self.bundle(n))]
         for name in bundles:  # the overlay of a bundle an earlier omnibed mounted itself

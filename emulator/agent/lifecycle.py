@@ -6,8 +6,8 @@ nothing; a container vnode also loses every process (its init is killed, as by a
 cut). Started again, each interface gets back its recorded link state (`Viface.up`) and a
 container runs its bundle anew: its files are kept (its overlay), its processes start
 afresh, as after a reboot. A frozen container vnode has its processes frozen by the
-freezer cgroup (runc pause) and its network untouched; a namespace-only vnode has no
-processes of its own, so frozen it has its interfaces down like a stopped one. Thawed,
+freezer cgroup (the runtime's pause) and its network untouched; a namespace-only vnode has
+no processes of its own, so frozen it has its interfaces down like a stopped one. Thawed,
 everything is as before. Each function takes the vnode's container (None for a
 namespace-only vnode) and its vifaces, and raises ContainerError or ApplyFailure naming
 what failed. Python 3.9 compatible; stdlib only.
@@ -89,12 +89,13 @@ def _links(vifaces: Sequence[Viface], up: bool) -> None:
 
 
 def _status(runtime: Runtime, name: str) -> str:
-    """runc's status of container `name`: created, running, paused, stopped or absent."""
+    """The runtime's status of container `name`: created, running, paused, stopped or absent."""
     return str(runtime.state(name).get("status", "absent"))
 
 
 def _runc(runtime: Runtime, name: str, *argv: str) -> None:
-    """runc `argv` about container `name`; ContainerError with runc's message if it fails."""
+    """The runtime run with `argv` about container `name`; ContainerError with its message
+    if it fails."""
     done = runtime._runc(*argv, capture_output=True, text=True)
     if done.returncode != 0:
         raise ContainerError(name, _runc_error(done.stderr + done.stdout))

@@ -18,7 +18,9 @@ Each stdin line is a request {"op": NAME, ...}; each gets exactly one stdout lin
   containers-preflight {state, placed}    -> problems: [sentence, ...] for its container
                                              vnodes (placed: false before the network and
                                              the images are there)
-  containers-install {}                   -> problems: [sentence, ...]: why runc could not be
+  containers-install {}                   -> problems: [sentence, ...]: why the runtime (crun,
+                                             or runc where the cgroup layout refuses crun)
+                                             could not be
                                              installed with apt where missing ([]: it is there)
   containers-image {sha256}               -> present (tarball or unpacked), path to upload
                                              the tarball to (in a root-only directory)
@@ -45,7 +47,7 @@ Each stdin line is a request {"op": NAME, ...}; each gets exactly one stdout lin
                                              is its ContainerSpec, null for a netns only
 
 teardown stops the instance's timelines, then removes its containers (frozen ones too:
-runc thaws them to kill them), then its network.
+the runtime thaws them to kill them), then its network.
 """
 
 from __future__ import annotations

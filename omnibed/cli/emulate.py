@@ -138,7 +138,8 @@ def emulate_up(
     install: Annotated[
         bool,
         typer.Option(
-            help="Install the container runtime (runc) with apt on the pnodes that lack it."
+            help="Install the container runtime (crun, or runc where the pnode's cgroup "
+            "layout refuses crun) with apt on the pnodes that lack it."
         ),
     ] = False,
 ) -> None:

@@ -59,8 +59,9 @@ OPTIONS = {
     "image": "start every pnode's directory from an image made by `omnibed snapshot`",
 }
 NOT_ROOT = "the local testbed needs root: run omnibed with sudo"
-# where the emulator's agent keeps runc's state on a pnode (omnibed.emulator.agent.containers)
-EMULATOR_RUNC_ROOT = "/run/omnibed/runc"
+# where the emulator's agent keeps each container runtime's state on a pnode
+# (omnibed.emulator.agent.containers)
+EMULATOR_RUNTIME_ROOTS = {"crun": "/run/omnibed/crun", "runc": "/run/omnibed/runc"}
 _FACTS = {"mac": Source.API, "mtu": Source.API, "addresses": Source.API,
           "foreign_mac": Source.TABLE, "multicast": Source.TABLE}
 
@@ -354,12 +355,12 @@ class LocalProvider(Provider):
 
 def _remove_containers(reservation_id: str) -> None:
     """Remove the container vnodes the emulator's agent started on the reservation's pnodes
-    with runc (in cgroups of their own, which killing the reservation's cgroup misses): in
-    each pnode's mount namespace, where runc keeps their state."""
-    if shutil.which("runc") is None:
-        return
-    for pid in cgroups.one_per_mount_namespace(reservation_id):
-        enter = ["nsenter", f"--target={pid}", "--mount", "runc", "--root", EMULATOR_RUNC_ROOT]
-        listed = subprocess.run([*enter, "list", "-q"], capture_output=True, text=True)
-        for name in listed.stdout.split():
-            subprocess.run([*enter, "delete", "--force", name], capture_output=True)
+    with crun or runc (in cgroups of their own, which killing the reservation's cgroup
+    misses): in each pnode's mount namespace, where the runtime keeps their state."""
+    runtimes = {p: r for p, r in EMULATOR_RUNTIME_ROOTS.items() if shutil.which(p) is not None}
+    for pid in cgroups.one_per_mount_namespace(reservation_id) if runtimes else ():
+        for program, state_root in runtimes.items():
+            enter = ["nsenter", f"--target={pid}", "--mount", program, "--root", state_root]
+            listed = subprocess.run([*enter, "list", "-q"], capture_output=True, text=True)
+            for name in listed.stdout.split():
+                subprocess.run([*enter, "delete", "--force", name], capture_output=True)

@@ -1,6 +1,7 @@
 """Fixtures of the container vnode tests: the `omnibed` command in a session's own home, one
-image built by `omnibed image build` for the whole session, local reservations, and what a
-reservation's container vnodes could leave on its pnodes."""
+image built by `omnibed image build` for the whole session, a pnode's runtime on this
+machine, fresh network namespaces, local reservations, and what a reservation's container
+vnodes could leave on its pnodes."""
 
 from __future__ import annotations
 
@@ -8,12 +9,14 @@ import json
 import os
 import subprocess
 import sys
+import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from omnibed.emulator.agent import cgroups
-from omnibed.emulator.agent.containers import RUNC_ROOT
+from omnibed.emulator.agent.containers import RUNTIMES, Runtime
 from omnibed.providers.local import cgroups as local_cgroups
 
 OMNIBED = str(Path(sys.executable).with_name("omnibed"))
@@ -58,15 +61,17 @@ def leftovers(prefix: str) -> dict[str, list[str]]:
         for line in Path(f"/proc/{pid}/mountinfo").read_text().splitlines():
             if f"/containers/{prefix}" in line.split()[4]:
                 mounts.append(line.split()[4])
-        listed = subprocess.run(
-            ["nsenter", f"--target={pid}", "--mount", "runc", "--root", RUNC_ROOT, "list", "-q"],
-            capture_output=True,
-            text=True,
-        )
-        if listed.returncode == 127:  # no runc on that pnode: no container either
-            continue
-        assert listed.returncode == 0, listed.stderr
-        containers += [n for n in listed.stdout.split() if n.startswith(prefix)]
+        for program in RUNTIMES:
+            root = Runtime(program=program).state_root
+            listed = subprocess.run(
+                ["nsenter", f"--target={pid}", "--mount", program, "--root", root, "list", "-q"],
+                capture_output=True,
+                text=True,
+            )
+            if listed.returncode == 127:  # that runtime is not on that pnode: no container
+                continue
+            assert listed.returncode == 0, listed.stderr
+            containers += [n for n in listed.stdout.split() if n.startswith(prefix)]
     cgroup_dirs = [
         str(path)
         for mount in cgroups.hierarchies().values()
@@ -82,3 +87,33 @@ def leftovers(prefix: str) -> dict[str, list[str]]:
             continue
     found = {"containers": containers, "mounts": mounts, "cgroups": cgroup_dirs}
     return {**found, "processes": processes}
+
+
+@pytest.fixture(scope="session")
+def image(image_home: Path) -> dict:
+    return json.loads(omnibed(image_home, "image", "ls", "--json").stdout)[0]
+
+
+@pytest.fixture(scope="session")
+def runtime(tmp_path_factory: pytest.TempPathFactory) -> Runtime:
+    """A pnode's container runtime, runc (crun: test_crun.py), in a session
+    directory (the image is unpacked once)."""
+    root = tmp_path_factory.mktemp("pnode")
+    return Runtime(root=str(root / "omnibed"), state_dir=str(root / "state"), program="runc")
+
+
+@pytest.fixture
+def netns() -> Iterator[Callable[[], str]]:
+    """netns(): the name of a fresh network namespace (`ip netns add`), loopback up."""
+    made: list[str] = []
+
+    def make() -> str:
+        name = f"omnibed-t-{uuid.uuid4().hex[:8]}"
+        subprocess.run(["ip", "netns", "add", name], check=True)
+        made.append(name)
+        subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True)
+        return name
+
+    yield make
+    for name in made:
+        subprocess.run(["ip", "netns", "del", name], check=True)

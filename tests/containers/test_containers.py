@@ -6,7 +6,6 @@ leaves nothing behind when removed, also after kill -9."""
 from __future__ import annotations
 
 import base64
-import json
 import os
 import signal
 import socket
@@ -23,38 +22,8 @@ import pytest
 from omnibed.core import ssh
 from omnibed.emulator.agent import cgroups, nsutil
 from omnibed.emulator.agent.containers import ContainerError, ContainerSpec, Runtime
-from tests.containers.conftest import omnibed
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
-
-
-@pytest.fixture(scope="session")
-def image(image_home: Path) -> dict:
-    return json.loads(omnibed(image_home, "image", "ls", "--json").stdout)[0]
-
-
-@pytest.fixture(scope="session")
-def runtime(tmp_path_factory: pytest.TempPathFactory) -> Runtime:
-    """A pnode's container runtime in a session directory (the image is unpacked once)."""
-    root = tmp_path_factory.mktemp("pnode")
-    return Runtime(root=str(root / "omnibed"), runc_root=str(root / "runc"))
-
-
-@pytest.fixture
-def netns() -> Iterator[Callable[[], str]]:
-    """netns(): the name of a fresh network namespace (`ip netns add`), loopback up."""
-    made: list[str] = []
-
-    def make() -> str:
-        name = f"omnibed-t-{uuid.uuid4().hex[:8]}"
-        subprocess.run(["ip", "netns", "add", name], check=True)
-        made.append(name)
-        subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True)
-        return name
-
-    yield make
-    for name in made:
-        subprocess.run(["ip", "netns", "del", name], check=True)
 
 
 @pytest.fixture
@@ -212,7 +181,7 @@ def _traces(runtime: Runtime, name: str) -> dict[str, list[str]]:
     bundle = runtime.bundle(name)
     mounts = [line.split()[4] for line in _every_mount_table() if bundle in line]
     cgroup_dirs = [d for d in cgroups.dirs(name).values() if os.path.exists(d)]
-    state = [p for p in (bundle, os.path.join(runtime.runc_root, name)) if os.path.exists(p)]
+    state = [p for p in (bundle, os.path.join(runtime.state_root, name)) if os.path.exists(p)]
     runc = [known for known in runtime.names() if known == name]
     return {"mounts": mounts, "cgroups": cgroup_dirs, "dirs": state, "runc": runc}
 
@@ -273,7 +242,7 @@ def test_remove_leaves_nothing(
     if kill == "init":
         os.kill(runtime.state(name)["pid"], signal.SIGKILL)
     elif kill == "runc-state-lost":  # runc or the agent killed: runc knows nothing of it
-        subprocess.run(["rm", "-rf", os.path.join(runtime.runc_root, name)], check=True)
+        subprocess.run(["rm", "-rf", os.path.join(runtime.state_root, name)], check=True)
     assert runtime.remove([name]) == [name]
     assert _traces(runtime, name) == {"mounts": [], "cgroups": [], "dirs": [], "runc": []}
     assert _alive(processes) == []
@@ -303,9 +272,9 @@ def test_preflight_names_what_stops_the_vnodes(runtime: Runtime, image: dict) ->
         name="t-pre", hostname="vnode-9", netns="/run/netns/omnibed-t-none",
         image=image["path"], sha256=image["sha256"], arch="arm64", cpus=(0, cores),
     )  # fmt: skip
-    problems = Runtime(runtime.root, runtime.runc_root, runc="omnibed-no-runc").preflight([spec])
+    problems = Runtime(runtime.root, program="omnibed-no-runc").preflight([spec])
     text = "\n".join(problems)
-    assert "runc is not installed: pass --install to `omnibed emulate up`" in text
+    assert "omnibed-no-runc is not installed: pass --install to `omnibed emulate up`" in text
     assert f"vnode-9 is arm64 (aarch64), this pnode is {os.uname().machine}" in text
     assert f"vnode-9 wants cores [0, {cores}], this pnode has {cores}" in text
     assert "network namespace /run/netns/omnibed-t-none of vnode-9 does not exist" in text

@@ -77,12 +77,13 @@ def test_a_pnode_sees_its_own_network_in_sys_and_mounts_nothing_on_the_host(
     assert _mounts_under(provider.state_dir) == [str(node_dir / "fs")]
 
 
-def test_the_local_testbed_knows_where_the_emulator_keeps_runc_state() -> None:
-    """Release removes container vnodes through runc's state on each pnode: one place."""
-    from omnibed.emulator.agent.containers import RUNC_ROOT
-    from omnibed.providers.local.provider import EMULATOR_RUNC_ROOT
+def test_the_local_testbed_knows_where_the_emulator_keeps_runtime_state() -> None:
+    """Release removes container vnodes through each runtime's state on each pnode."""
+    from omnibed.emulator.agent.containers import RUNTIMES, Runtime
+    from omnibed.providers.local.provider import EMULATOR_RUNTIME_ROOTS
 
-    assert EMULATOR_RUNC_ROOT == RUNC_ROOT
+    agent = {p: Runtime(program=p).state_root for p in RUNTIMES}
+    assert EMULATOR_RUNTIME_ROOTS == agent
 
 
 def test_root_has_a_fresh_home_on_each_pnode(
