@@ -3,19 +3,26 @@
 The pnode's writes land in its writable layer, `<node dir>/fs/upper`, on a tmpfs of its own
 (overlayfs refuses an upper layer on the filesystem of its lower one, here the host's `/`);
 the host's files stay untouched. In the pnode's mount namespace /proc, /sys (showing the
-pnode's network namespace, with the host's cgroup hierarchies as on a testbed node), /dev (the
-host's, as a slave) and a fresh /run are mounted, and the pnode's directory is bound at its own
-path (sshd reads its config and key there and writes its pid file and log where the host sees
-them). /var/lib/omnibed, where the emulator's agent keeps its bundle, images and container
-layers, is a directory of the pnode's tmpfs, not of the overlay: overlayfs refuses an overlay
-(a container vnode's) whose upper layer is on one. The host's /run/netns is bound into the
-pnode with shared propagation, so a namespace a pnode session mounts there (an emulator vnode)
-is the host's too, and the other way round.
+pnode's network namespace, with the host's cgroup hierarchies as on a testbed node, as a
+slave), /dev (the host's, as a slave) and a fresh /run are mounted, and the pnode's
+directory is bound at its own path (sshd reads its config and key there and writes its pid
+file and log where the host sees them). /var/lib/omnibed, where the emulator's agent keeps
+its bundle, images and container layers, is a directory of the pnode's tmpfs, not of the
+overlay: overlayfs refuses an overlay (a container vnode's) whose upper layer is on one.
+The host's /run/netns is bound into the pnode with shared propagation, so a namespace a
+pnode session mounts there (an emulator vnode) is the host's too, and the other way round.
 
 root's home, /root, is the pnode's own (an opaque directory of its writable layer, filled
 from /etc/skel), as on a freshly deployed testbed node: the host's root dotfiles (a shell
 start-up that runs the host's tools, a lock file the host keeps changing) stay out of the
 pnode's sessions.
+
+Where the host's cgroup layout is hybrid with controllers in its v2 hierarchy
+(/sys/fs/cgroup/unified), a layout no testbed image has and one crun 1.8 refuses, the pnode
+sees a pure cgroup v1 layout instead: an empty tmpfs replaces that hierarchy in its mount
+namespace, so the emulator runs container vnodes with crun there, as on a testbed node.
+The pnode's processes stay in the reservation's v2 cgroup, which the host places them in
+before they enter the pnode, so release still finds them all.
 
 This contains mistakes (a `rm` or `touch` as root on a pnode), not a hostile root: the pnode
 keeps every capability and sees the host's processes in /proc. The lower layer is the
@@ -47,6 +54,12 @@ mount -t overlay overlay -o "lowerdir=/,upperdir=$fs/upper,workdir=$fs/work" "$r
 mount -t proc proc "$root/proc"
 mount -t sysfs sysfs "$root/sys"
 mount --rbind /sys/fs/cgroup "$root/sys/fs/cgroup"
+mount --make-rslave "$root/sys/fs/cgroup"
+# v2 controllers in a hybrid layout (crun refuses it): a pure v1 layout, as a testbed node's
+if [ -n "$(cat "$root/sys/fs/cgroup/unified/cgroup.controllers" 2>/dev/null)" ]; then
+    umount "$root/sys/fs/cgroup/unified"
+    mount -t tmpfs -o mode=0755 tmpfs "$root/sys/fs/cgroup/unified"
+fi
 mount --rbind /dev "$root/dev"
 mount --make-rslave "$root/dev"
 mount -t tmpfs -o mode=0755 tmpfs "$root/run"

@@ -1,11 +1,12 @@
 """`omnibed emulate up` on pnodes that cannot run the container vnodes as they are, through
-the `omnibed` command on the local testbed: a pnode without the container runtime (runc
-removed with dpkg inside that pnode only: local pnodes are overlays of this machine's /) is
-named by the preflight, which says to pass `--install`; with `--install`, apt installs runc
-there (the pnode reaches no Debian mirror: apt takes the package from this machine's apt
-cache, as a pnode with a mirror would download it) and the platform comes up; when apt
-cannot install it, that pnode and apt's error are named, nothing started. An image for
-another architecture is refused by the preflight with both architectures named."""
+the `omnibed` command on the local testbed: a pnode without a container runtime (crun and
+runc removed with dpkg inside that pnode only: local pnodes are overlays of this machine's
+/) is named by the preflight, which says to pass `--install`; with `--install`, apt
+installs crun there, which its cgroup layout lets run (the pnode reaches no Debian mirror:
+apt takes the package from this machine's apt cache, as a pnode with a mirror would
+download it) and the platform comes up; when apt cannot install it, that pnode and apt's
+error are named, nothing started. An image for another architecture is refused by the
+preflight with both architectures named."""
 
 from __future__ import annotations
 
@@ -30,7 +31,9 @@ PLATFORM = """
 networks: [{name: lan, cidr: 10.9.0.0/24}]
 nodes: [{name: "v-{i}", per_pnode: 1, image: vnode, ifaces: [{name: if0, network: lan}]}]
 """
-CACHED_RUNC = "/var/cache/apt/archives/runc_*.deb"
+# what a local pnode without a runtime gets: its cgroup layout lets crun run (rootfs.py)
+RUNTIME = "crun"
+CACHED = "/var/cache/apt/archives/{}_*.deb"
 
 
 @pytest.fixture(scope="module")
@@ -55,28 +58,33 @@ def _nothing_started(home: Path, name: str, reservation_id: str) -> None:
     assert not [n for n in os.listdir("/run/netns") if n.startswith(f"ob-{instance_tag(name)}-")]
 
 
-def test_a_pnode_without_runc_is_named_and_install_installs_it(
+def test_a_pnode_without_its_runtime_is_named_and_install_installs_it(
     image_home: Path, pnodes: tuple[str, str], tmp_path: Path
 ) -> None:
-    if not glob.glob(CACHED_RUNC):
-        pytest.skip(f"no {CACHED_RUNC}: a local pnode reaches no Debian mirror to install from")
+    cached = CACHED.format(RUNTIME)
+    if not glob.glob(cached):
+        pytest.skip(f"no {cached}: a local pnode reaches no Debian mirror to install from")
     name, reservation_id = pnodes
-    removed = _on_pnode(image_home, name, "pnode-2", "dpkg -r runc && ! command -v runc")
+    # both runtimes removed: a pnode with either runs its containers with it
+    removed = _on_pnode(
+        image_home, name, "pnode-2", "dpkg -r crun runc; ! command -v crun && ! command -v runc"
+    )
     assert removed.exit_status == 0, removed.stdout + removed.stderr
-    assert _on_pnode(image_home, name, "pnode-1", "command -v runc").exit_status == 0
+    assert _on_pnode(image_home, name, "pnode-1", f"command -v {RUNTIME}").exit_status == 0
     path = tmp_path / "platform.yaml"
     path.write_text(PLATFORM)
 
     refused = omnibed(image_home, "emulate", "up", name, str(path))
     assert refused.returncode == 1, refused.stdout + refused.stderr
     assert len(refused.stderr.strip().splitlines()) == 1, refused.stderr
-    assert "pnode-2: the container runtime runc is not installed" in refused.stderr
+    assert f"pnode-2: the container runtime {RUNTIME} is not installed" in refused.stderr
     assert "pass --install" in refused.stderr and "pnode-1" not in refused.stderr
     _nothing_started(image_home, name, reservation_id)
 
     up = omnibed(image_home, "emulate", "up", name, str(path), "--install")
     assert up.returncode == 0, up.stdout + up.stderr
-    installed = _on_pnode(image_home, name, "pnode-2", "dpkg-query -W -f '${Status}' runc")
+    status = f"dpkg-query -W -f '${{Status}}' {RUNTIME}"
+    installed = _on_pnode(image_home, name, "pnode-2", status)
     assert installed.stdout == "install ok installed", installed.stdout + installed.stderr
     seen = omnibed(image_home, "emulate", "exec", name, "all", "--", "hostname")
     assert seen.returncode == 0 and "v-1" in seen.stdout, seen.stdout + seen.stderr
@@ -88,10 +96,12 @@ def test_an_install_that_fails_is_named_with_apt_s_error(
     image_home: Path, pnodes: tuple[str, str], tmp_path: Path
 ) -> None:
     name, reservation_id = pnodes
-    # no runc, and no cached package: apt would have to reach a mirror, which it cannot
+    # no runtime (crun nor runc, which --install falls back to), and no cached package: apt
+    # would have to reach a mirror, which it cannot
     hidden = _on_pnode(
         image_home, name, "pnode-2",
-        f"(dpkg -r runc || true) && rm -f {CACHED_RUNC} && ! command -v runc",
+        "for p in crun runc; do dpkg -r $p; rm -f /var/cache/apt/archives/${p}_*.deb; done;"
+        " ! command -v crun && ! command -v runc",
     )  # fmt: skip
     assert hidden.exit_status == 0, hidden.stdout + hidden.stderr
     path = tmp_path / "platform.yaml"
@@ -100,6 +110,7 @@ def test_an_install_that_fails_is_named_with_apt_s_error(
     assert failed.returncode == 1, failed.stdout + failed.stderr
     assert len(failed.stderr.strip().splitlines()) == 1, failed.stderr
     says = "pnode-2: installing the container runtime with `apt-get install -y -q"
+    assert f"--no-install-recommends {RUNTIME}` failed" in failed.stderr, failed.stderr
     assert says in failed.stderr and "failed: E: " in failed.stderr, failed.stderr
     assert "pnode-1" not in failed.stderr
     _nothing_started(image_home, name, reservation_id)

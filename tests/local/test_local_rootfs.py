@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -75,6 +76,30 @@ def test_a_pnode_sees_its_own_network_in_sys_and_mounts_nothing_on_the_host(
     # tmpfs holding its writable layer
     node_dir = provider.state_dir / reservation.id / "pnode-1"
     assert _mounts_under(provider.state_dir) == [str(node_dir / "fs")]
+
+
+def test_a_pnode_has_a_cgroup_layout_crun_runs_on_and_the_host_keeps_its_own(
+    provider: LocalProvider, reserve: Callable[..., Reservation], keypair: ssh.KeyPair
+) -> None:
+    """This machine's hybrid layout (v2 controllers in /sys/fs/cgroup/unified) is refused
+    by crun: a pnode sees a pure v1 layout instead, as a testbed node may have."""
+    from omnibed.emulator.agent import cgroups
+
+    host = cgroups.hierarchies()
+    reservation = reserve(nodes=1)
+    # the agent's own modules, by the pnode's python3 (root's home, where the venv's python
+    # may live, is the pnode's own)
+    agent_parent = Path(cgroups.__file__).parent.parent
+    check = "from agent import cgroups as g, containers as c; print(g.crun_can_run(), c.choose())"
+    command = f"PYTHONPATH={agent_parent} /usr/bin/python3 -c '{check}'"
+    seen = _on(provider, reservation, "pnode-1", keypair, command)
+    runtime = "crun" if shutil.which("crun") or not shutil.which("runc") else "runc"
+    assert (seen.exit_status, seen.stdout.split()) == (0, ["True", runtime]), seen.stderr
+    layout = _on(provider, reservation, "pnode-1", keypair, "cat /proc/self/mountinfo").stdout
+    controllers = {f for line in layout.splitlines() if " - cgroup " in line
+                   for f in line.split()[-1].split(",")}  # fmt: skip
+    assert {"cpu", "cpuacct", "memory", "cpuset"} <= controllers or cgroups.is_v2()
+    assert cgroups.hierarchies() == host, "the host's cgroup layout changed"
 
 
 def test_the_local_testbed_knows_where_the_emulator_keeps_runtime_state() -> None:
