@@ -8,10 +8,11 @@ Side by side in the same run, on the same machine:
               `Emulator.up` (network, containers, and it returns only once every vnode
               accepted a root login through the pnode, host key checked) and `Emulator.down`.
   sequential  the same containers (same image, limits, sshd as init), each in a network
-              namespace of its own, started by one `runc run` per vnode, one after the
-              other, the way Distem starts LXC containers; then the same root login to each
-              (paramiko, host key checked, 16 at a time, from inside its namespace); down
-              is one `runc delete` per vnode. Its namespaces get loopback only, no veth.
+              namespace of its own, started by one `runc run` per vnode (`crun run` where
+              this machine's cgroup layout lets crun run), one after the other, the way
+              Distem starts LXC containers; then the same root login to each (paramiko,
+              host key checked, 16 at a time, from inside its namespace); down is one
+              delete per vnode. Its namespaces get loopback only, no veth.
 
 Before the figures, a warm-up `up`/`down` of 1 vnode puts the image on the pnode (uploaded
 and unpacked once per pnode, then kept), as a second `emulate up` finds it; the sequential
