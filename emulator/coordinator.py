@@ -27,6 +27,7 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, field, replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -753,7 +754,12 @@ class Emulator:
         done: dict[str, str] = {}
         failures: dict[str, str] = {}
         with self._sessions(self._asked(the_plan, list(by_pnode))) as sessions:
-            the_plan = self._folded(the_plan, sessions)
+            reported = None
+            if self.folded_path.exists():  # a timeline was scheduled: it may be running
+                reported = timeline.reports(sessions, the_plan.instance, strict=False)
+            the_plan = self._folded(the_plan, sessions, reported)
+            if reported and action in ("stop", "freeze"):
+                self._refuse_brought_up(action, targets, the_plan, reported)
 
             def change_there(pnode: str, session: AgentConnection) -> None:
                 state = the_plan.state(pnode)
@@ -783,6 +789,31 @@ class Emulator:
                 + (f" ({', '.join(done)} did {action})" if done else " (nothing changed)")
             )
         return {v.name: done.get(v.name, runs[v.name]) for v in targets}
+
+    def _refuse_brought_up(
+        self,
+        action: str,
+        targets: Sequence[VnodePlan],
+        the_plan: Plan,
+        reported: Mapping[str, list[dict[str, Any]]],
+    ) -> None:
+        """UsageError when a running timeline has yet to bring up an interface that `action`
+        takes down: a stopped vnode's, or a frozen namespace-only one's."""
+        downed = {
+            (v.netns, v.ifname): f"{v.vnode}.{v.ifname}"
+            for vnode in targets
+            if action == "stop" or vnode.container is None
+            for v in the_plan.state(vnode.pnode).vifaces
+            if v.vnode == vnode.name
+        }
+        for planned, netns, ifname in timeline.pending_link_ups(reported):
+            if (netns, ifname) in downed:
+                when = datetime.fromtimestamp(planned, UTC).isoformat(timespec="seconds")
+                raise UsageError(
+                    f"the platform's timeline brings {downed[netns, ifname]} up at {when}: "
+                    f"`omnibed emulate events {self.reservation} --cancel` first, or {action} "
+                    "it once that event ran (nothing changed)"
+                )
 
     # -- timelines (emulator.timeline) -----------------------------------------------------
 

@@ -31,7 +31,7 @@ import io
 import math
 import secrets
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -481,25 +481,44 @@ def records(sessions: Mapping[str, AgentConnection], instance: str) -> list[Reco
     return records_of(reports(sessions, instance))
 
 
-def records_of(reported: Mapping[str, list[dict]]) -> list[Record]:
-    """The records of the timelines `reports` gave, sorted by planned time."""
-    found = []
+def _actions_of(
+    reported: Mapping[str, list[dict]],
+) -> Iterator[tuple[str, dict[str, Any], dict[str, Any], float, dict[str, Any] | None, bool]]:
+    """(pnode, timeline, action, planned time, its log line or None, pending) of every
+    action of the timelines `reports` gave; pending: not run yet and still to run."""
     for pnode, timelines in reported.items():
         for timeline in timelines:
             ran = {line["i"]: line for line in timeline["log"] if "i" in line}
-            stopped = any("cancelled" in line for line in timeline["log"])
+            live = timeline["running"] and not any("cancelled" in ln for ln in timeline["log"])
             start = timeline["start"] or timeline["created"]
             for i, action in enumerate(timeline["actions"]):
                 line = ran.get(i)
                 planned = action["at"] if action["offset"] is None else start + action["offset"]
-                if line is not None:
-                    outcome = "ok" if line["error"] is None else f"failed: {line['error']}"
-                else:
-                    outcome = "pending" if timeline["running"] and not stopped else "cancelled"
-                found.append(Record(timeline["id"], pnode, action["what"], action["where"],
-                                    planned, line and line["actual"], outcome,
-                                    line and line["took"]))  # fmt: skip
+                yield pnode, timeline, action, planned, line, live and line is None
+
+
+def records_of(reported: Mapping[str, list[dict]]) -> list[Record]:
+    """The records of the timelines `reports` gave, sorted by planned time."""
+    found = []
+    for pnode, timeline, action, planned, line, pending in _actions_of(reported):
+        if line is not None:
+            outcome = "ok" if line["error"] is None else f"failed: {line['error']}"
+        else:
+            outcome = "pending" if pending else "cancelled"
+        actual, took = (None, None) if line is None else (line["actual"], line["took"])
+        found.append(Record(timeline["id"], pnode, action["what"], action["where"], planned,
+                            actual, outcome, took))  # fmt: skip
     return sorted(found, key=lambda r: (r.planned, r.pnode, r.what))
+
+
+def pending_link_ups(reported: Mapping[str, list[dict]]) -> list[tuple[float, str, str]]:
+    """(planned time, netns, ifname) of every interface that the timelines `reports` gave
+    have yet to bring up, soonest first."""
+    return sorted(
+        (planned, change["link"]["netns"], change["link"]["ifname"])
+        for _, _, action, planned, _, pending in _actions_of(reported) if pending
+        for change in action["changes"] if change.get("link", {}).get("up")
+    )  # fmt: skip
 
 
 def cancel(sessions: Mapping[str, AgentConnection], instance: str) -> int:

@@ -346,6 +346,34 @@ def _kernel_up(emulator: Emulator, vnode: str, iface: str) -> bool:
     return "UP" in flags
 
 
+def test_a_vnode_a_pending_timeline_brings_up_is_not_stopped(tmp_path: Path) -> None:
+    """Stopping (or freezing, for a namespace-only vnode) takes the vnode's interfaces down;
+    a timeline scheduled before would bring them up again behind the user's back. Refused,
+    nothing changed, until the timeline is cancelled."""
+    api = Omnibed(home=tmp_path / "home")
+    with reserved(api, 1, "baremetal") as name:
+        emulator = Emulator(api.access(name))
+        emulator.up(load_platform(PLATFORM.replace("10.83", "10.87")))
+        try:
+            emulator.schedule([Event(120.0, "link", "vnode-1.if0", up=True),
+                               Event(120.0, "link", "vnode-0.if0", up=False)])  # fmt: skip
+            for action in ("stop", "freeze"):
+                refused = emulate(api, action, name, "vnode-1")
+                assert refused.returncode == 2, refused.stderr
+                assert len(refused.stderr.strip().splitlines()) == 1, refused.stderr
+                assert "vnode-1.if0" in refused.stderr and "--cancel" in refused.stderr
+            assert _kernel_up(emulator, "vnode-1", "if0")
+            shown = emulate(api, "status", name, "--json")
+            runs = {v["name"]: v["run"] for v in json.loads(shown.stdout)["vnodes"]}
+            assert runs == {"vnode-0": "running", "vnode-1": "running"}, shown.stderr
+            # taking a link down is all the timeline does to vnode-0: it may stop
+            assert emulator.stop(["vnode-0"]) == {"vnode-0": "stopped"}
+            assert emulator.cancel_events() == 1
+            assert emulator.stop(["vnode-1"]) == {"vnode-1": "stopped"}
+        finally:
+            emulator.down()
+
+
 def test_what_a_timeline_did_is_saved_and_later_changes_build_on_it(tmp_path: Path) -> None:
     api = Omnibed(home=tmp_path / "home")
     with reserved(api, 1, "baremetal") as name:
