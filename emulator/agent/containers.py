@@ -37,8 +37,6 @@ from . import cgroups, nsutil, oci, ops, rootfs
 
 ROOT = "/var/lib/omnibed"
 STATE_DIR = "/run/omnibed"  # each runtime's state in STATE_DIR/<runtime>
-RUNC_ROOT = f"{STATE_DIR}/runc"
-CRUN_ROOT = f"{STATE_DIR}/crun"
 RUNTIMES = ("crun", "runc")  # preferred first
 MIN_MEMORY = 16 << 20  # below this, the runtime's own init is OOM-killed before the vnode starts
 # Debian architecture of an image -> `uname -m` of a pnode that runs it
@@ -193,20 +191,19 @@ class Runtime:
     def _state(self, program: str, name: str) -> str:
         return os.path.join(self.state_root_of(program), name)
 
-    def _delete(self, program: str, name: str) -> None:
-        root = self.state_root_of(program)
-        subprocess.run([program, "--root", root, "delete", "--force", name], capture_output=True,
-                       timeout=60)  # fmt: skip
-
     @property
     def mounts_overlay(self) -> bool:
         """Whether the agent mounts a bundle's overlay (crun), not the runtime (runc)."""
         return os.path.basename(self.program) != "runc"
 
-    def _runc(self, *args: str, timeout: float | None = 60, **kwargs: Any):
-        """The runtime (crun or runc) run with `args`."""
+    def _runc(
+        self, *args: str, program: str | None = None, timeout: float | None = 60, **kwargs: Any
+    ):
+        """The runtime (crun or runc; `program`, else this one's) run with `args`, on its
+        own state."""
+        program = program or self.program
         return subprocess.run(
-            [self.program, "--root", self.state_root, *args], timeout=timeout, **kwargs
+            [program, "--root", self.state_root_of(program), *args], timeout=timeout, **kwargs
         )
 
     def bundle(self, name: str) -> str:
@@ -447,7 +444,8 @@ class Runtime:
         existed = {n for program, n in deletes if os.path.isdir(self._state(program, n))}
         existed |= cgroups.kill(names)
         with ThreadPoolExecutor(max(1, workers)) as pool:
-            list(pool.map(lambda job: self._delete(*job), deletes))
+            list(pool.map(lambda job: self._runc("delete", "--force", job[1], program=job[0],
+                                                 capture_output=True), deletes))
         existed |= cgroups.remove(names)
         bundles = [n for n in names if os.path.isdir(self.bundle(n))]
         for name in bundles:  # the overlay of a bundle an earlier omnibed mounted itself
