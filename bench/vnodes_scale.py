@@ -14,6 +14,12 @@ Side by side in the same run, on the same machine:
               host key checked, 16 at a time, from inside its namespace); down is one
               delete per vnode. Its namespaces get loopback only, no veth.
 
+Where the CPU of `up` went, printed under the omnibed row: the machine's (all processes,
+from /proc/stat) and the vnodes' own (their sshd starting and one login each, with the
+login's shell and the image's PAM session modules, from the vnodes' cgroups). Divided by
+the cores, the vnodes' own CPU is a floor for `up` on this machine that no change to omnibed
+can lower, short of changing the image's sshd.
+
 Before the figures, a warm-up `up`/`down` of 1 vnode puts the image on the pnode (uploaded
 and unpacked once per pnode, then kept), as a second `emulate up` finds it; the sequential
 column gets its own unpacked copy, not timed. Memory per vnode: this machine's used memory
@@ -47,7 +53,7 @@ from pyroute2 import IPRoute
 from omnibed.api import Omnibed
 from omnibed.core.errors import UsageError
 from omnibed.emulator import images
-from omnibed.emulator.agent import nsutil, rootfs
+from omnibed.emulator.agent import cgroups, nsutil, rootfs
 from omnibed.emulator.agent.containers import ContainerSpec, Runtime
 from omnibed.emulator.coordinator import Emulator
 from omnibed.emulator.model import load_platform
@@ -81,6 +87,19 @@ def _used_memory() -> int:
     return (int(fields["MemTotal"].split()[0]) - int(fields["MemAvailable"].split()[0])) * 1024
 
 
+def _machine_cpu() -> float:
+    """Seconds of CPU this machine spent, all processes and the kernel, since boot."""
+    ticks = [int(t) for t in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")  # less idle, iowait
+
+
+def _vnodes_cpu() -> float:
+    """Seconds of CPU spent so far in the cgroups of every container vnode on this machine."""
+    base = cgroups.ROOT if cgroups.is_v2() else cgroups.hierarchies()["cpuacct"]
+    names = [d[len(cgroups.PREFIX) :] for d in os.listdir(base) if d.startswith(cgroups.PREFIX)]
+    return sum(cgroups.counters(name).get("cpu_usage_ns", 0) for name in names) / 1e9
+
+
 def _load() -> str:
     return "load average " + " ".join(Path("/proc/loadavg").read_text().split()[:3])
 
@@ -89,14 +108,17 @@ def _load() -> str:
 
 
 def _omnibed(emulator: Emulator, image: str, n: int) -> dict:
-    """Up and down of N vnodes; "steps" are the seconds each step `up` reports took."""
+    """Up and down of N vnodes; "steps" are the seconds each step `up` reports took, "cpu"
+    the machine's CPU seconds during `up` and "vnodes_cpu" the vnodes' own."""
     platform = _platform(image, n)
     steps: list[tuple[str, float]] = []
-    before = _used_memory()
+    before, cpu = _used_memory(), _machine_cpu()
     start = time.perf_counter()
     try:
         emulator.up(platform, progress=lambda step: steps.append((step, time.perf_counter())))
         up = time.perf_counter() - start
+        cpu = _machine_cpu() - cpu
+        vnodes_cpu = _vnodes_cpu()
         memory = (_used_memory() - before) / n
     finally:
         start = time.perf_counter()
@@ -104,7 +126,8 @@ def _omnibed(emulator: Emulator, image: str, n: int) -> dict:
         down = time.perf_counter() - start
     ends = [t for _, t in steps[1:]] + [start]
     took = [(step.split(" (")[0], end - t) for (step, t), end in zip(steps, ends, strict=True)]
-    return {"up": up, "down": down, "memory": memory, "steps": took}
+    return {"up": up, "down": down, "memory": memory, "steps": took, "cpu": cpu,
+            "vnodes_cpu": vnodes_cpu}  # fmt: skip
 
 
 # -- sequential: one runc process per vnode, one after the other ----------------------------
@@ -241,6 +264,12 @@ def main() -> None:
                 o, s = results["omnibed"], results["sequential"]
                 print("      omnibed up, step by step: "
                       + ", ".join(f"{step} {t:.2f} s" for step, t in o["steps"] if t >= 0.05))
+                cores = os.cpu_count() or 1
+                print(f"      omnibed up, CPU: the machine {o['cpu']:.1f} s on {cores} cores "
+                      f"({o['cpu'] / cores:.1f} s of wall at full use); inside the vnodes "
+                      f"(sshd starting, one login each) {o['vnodes_cpu']:.1f} s, "
+                      f"{o['vnodes_cpu'] / n * 1000:.0f} ms/vnode, a floor of "
+                      f"{o['vnodes_cpu'] / cores:.1f} s for up on this machine")
                 print(f"{n:>5} ratio sequential/omnibed: up {s['up'] / o['up']:.2f}x, "
                       f"down {s['down'] / o['down']:.2f}x", flush=True)  # fmt: skip
     finally:
