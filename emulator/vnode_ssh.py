@@ -38,6 +38,10 @@ from .planner import Plan, VnodePlan
 ALIAS_SUFFIX = ".vnode.omnibed"
 SSH_PORT = 22
 REACH_TIMEOUT = 120.0
+# logins under way at once: more per pnode than its vnodes start at once (8) keeps its cores
+# busy; more than that mostly wait for sshds not yet started, and that waiting takes CPU
+# from the starts
+LOGINS, LOGINS_PER_PNODE = 32, 16
 # run on the pnode as root: argv[1] is the vnode's network namespace (a path); with argv[2]
 # `ack`, it writes `+` once connected to the vnode's sshd, before anything from the sshd
 RELAY = """
@@ -69,7 +73,8 @@ while True:
 # run on the pnode as root: argv[1:] are network namespaces (paths). Prints the port it
 # listens on (the pnode's 127.0.0.1); each connection there names, in its first line, the
 # index of a namespace, gets `+` once connected to the sshd on 127.0.0.1:22 in it (waiting up
-# to 2 s for it to listen), and is joined to that sshd. Exits when its stdin ends.
+# to 2 s for it to listen, trying again at growing intervals: a vnode still starting costs
+# little), and is joined to that sshd. Exits when its stdin ends.
 MANY_RELAY = """
 import ctypes, os, socket, sys, threading, time
 setns = ctypes.CDLL(None, use_errno=True).setns
@@ -101,16 +106,16 @@ def serve(conn):
                 raise OSError(ctypes.get_errno(), "setns")
         finally:
             os.close(fd)
-        waited = 0
+        pause, deadline = 0.02, time.monotonic() + 2
         while True:  # the vnode may still be starting: its sshd listens soon
             try:
                 vnode = socket.create_connection(("127.0.0.1", 22), timeout=10)
                 break
             except ConnectionRefusedError:
-                if waited >= 100:
+                if time.monotonic() >= deadline:
                     raise
-                waited += 1
-                time.sleep(0.02)
+                time.sleep(pause)
+                pause = min(0.2, pause * 2)
         vnode.settimeout(None)
         conn.sendall(b"+")
     except (OSError, ValueError, IndexError):
@@ -390,7 +395,8 @@ def wait_reachable(
     try:
         relays = _Relays(clients, vnodes)
         try:
-            with ThreadPoolExecutor(max_workers=max(1, min(32, len(vnodes)))) as pool:
+            workers = max(1, min(LOGINS, LOGINS_PER_PNODE * len(clients), len(vnodes)))
+            with ThreadPoolExecutor(workers) as pool:
                 pending = {pool.submit(login, v) for v in vnodes}
                 try:
                     while pending and not stop.is_set():
