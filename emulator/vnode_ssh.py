@@ -249,6 +249,7 @@ def _login(
             allow_agent=False,
             look_for_keys=False,
             sock=sock,  # type: ignore[arg-type]  # a _Held is a channel to paramiko
+            transport_factory=VnodeTransport,  # type: ignore[arg-type]  # a Transport
             timeout=timeout,
             banner_timeout=timeout,
             auth_timeout=timeout,
@@ -257,6 +258,19 @@ def _login(
         _close(client, sock)
         raise
     return client
+
+
+class VnodeTransport(paramiko.Transport):
+    """paramiko's Transport asking for ecdh-sha2-nistp256 first: a vnode's sshd computes it
+    with OpenSSL and curve25519 with OpenSSH's own portable code, which cost a fifth more
+    CPU per login here. The other key exchanges follow, for an sshd that refuses it. The
+    login travels inside the pnode's SSH connection, whose key exchange stays paramiko's
+    first choice."""
+
+    _preferred_kex = ("ecdh-sha2-nistp256", *(
+        kex for kex in paramiko.Transport._preferred_kex  # type: ignore[attr-defined]
+        if kex != "ecdh-sha2-nistp256"
+    ))  # fmt: skip
 
 
 class _Held:

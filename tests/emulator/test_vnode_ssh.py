@@ -86,6 +86,35 @@ def test_a_vnode_with_another_host_key_is_named(
             )
 
 
+@pytest.mark.parametrize(
+    ("accepted", "chosen"),
+    [(None, "ecdh-sha2-nistp256"), ("curve25519-sha256@libssh.org",) * 2],
+    ids=["any-kex", "curve25519-only"],
+)
+def test_logins_offer_the_key_exchange_sshd_does_with_openssl_first(
+    accepted: str | None, chosen: str, key: KeyPair, tmp_path: Path
+) -> None:
+    """A vnode's sshd computes ecdh-sha2-nistp256 with OpenSSL and curve25519 with OpenSSH's
+    own portable code: the logins ask for the first, and still log in to an sshd that
+    accepts only the second."""
+    netns = f"omnibed-t-{uuid.uuid4().hex[:8]}"
+    subprocess.run(["ip", "netns", "add", netns], check=True)
+    try:
+        subprocess.run(["ip", "-n", netns, "link", "set", "lo", "up"], check=True)
+        vnode = VnodePlan(name="vnode-kex", pnode="p0", netns=netns, ssh=True)
+        sshd = FakeSSHD([key.public_openssh], netns=netns, log_level="DEBUG1",
+                        kex_algorithms=accepted)  # fmt: skip
+        with sshd, FakeSSHD([key.public_openssh]) as pnode:
+            known_hosts = _known_hosts(tmp_path / "known_hosts", pnode, [(vnode, sshd)])
+            endpoint = SSHEndpoint(pnode.host, pnode.port, "root", str(key.private_path))
+            vnode_ssh.wait_reachable(
+                {"p0": endpoint}, [vnode], known_hosts, str(key.private_path), 30
+            )
+            assert f"kex: algorithm: {chosen}" in sshd.log()
+    finally:
+        subprocess.run(["ip", "netns", "del", netns], check=False)
+
+
 @pytest.mark.parametrize("forwarding", [True, False], ids=["one-relay", "relay-per-login"])
 def test_vnodes_whose_sshd_starts_late_are_waited_for(
     forwarding: bool, key: KeyPair, vnodes: list, tmp_path: Path

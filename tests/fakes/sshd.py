@@ -62,6 +62,7 @@ class FakeSSHD:
     `host_key` is the server's public key line ("ssh-ed25519 AAAA..."). `netns` runs sshd
     with `ip netns exec NETNS` (the port then defaults to 22: nothing in the namespace
     competes for it). `user_home` sets HOME and `path` sets PATH for the sessions.
+    `kex_algorithms` (OpenSSH's KexAlgorithms list) limits the key exchanges it accepts.
     `log()` returns sshd's log.
     """
 
@@ -75,8 +76,10 @@ class FakeSSHD:
         log_level: str = "VERBOSE",
         path: str | None = None,
         tcp_forwarding: bool = True,
+        kex_algorithms: str | None = None,
     ) -> None:
         self.tcp_forwarding = tcp_forwarding
+        self.kex_algorithms = kex_algorithms
         self.authorized_keys = list(authorized_keys)
         self.host = address
         self.port = port if port is not None else (22 if netns else free_port(address))
@@ -108,6 +111,8 @@ class FakeSSHD:
             "Subsystem sftp internal-sftp",
             f"LogLevel {self.log_level}",
         ]
+        if self.kex_algorithms:
+            lines.append(f"KexAlgorithms {self.kex_algorithms}")
         session_env = {"HOME": self.user_home, "PATH": self.path}
         settings = " ".join(f"{k}={v}" for k, v in session_env.items() if v)
         if settings:  # sshd honours only the first SetEnv line: one line for all
