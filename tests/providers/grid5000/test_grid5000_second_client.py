@@ -95,7 +95,12 @@ def test_deployments_are_listed_newest_first_and_filtered(
     assert newest_first == [d.uid for d in reversed(made)]
     assert [d.uid for d in site.deployments.list(reverse="true")] == [d.uid for d in made]
     assert [d.uid for d in site.deployments.list(limit=1, offset=1)] == [made[0].uid]
-    done = _until(lambda: site.deployments.list(status="terminated"), "finished deployments")
+    # the deployments end one after the other: wait for both, not for the first
+    def finished() -> list:
+        done = site.deployments.list(status="terminated")
+        return done if len(done) == len(made) else []
+
+    done = _until(finished, "both deployments finished")
     assert {d.uid for d in done} == {d.uid for d in made}
     assert all(d.user_uid == fake.username for d in done)
     assert site.deployments.list(user="someone-else") == []
