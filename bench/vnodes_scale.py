@@ -12,11 +12,13 @@ Side by side in the same run, on the same machine:
               this machine's cgroup layout lets crun run), one after the other, the way
               Distem starts LXC containers; then the same root login to each (paramiko,
               host key checked, the same key exchange, 16 at a time, from inside its
-              namespace); down is one delete per vnode. Its namespaces get loopback only, no veth.
+              namespace); down is one delete per vnode. Its namespaces get loopback only,
+              no veth.
 
 Where the CPU of `up` went, printed under the omnibed row: the machine's (all processes,
 from /proc/stat) and the vnodes' own (their sshd starting and one login each, with the
-login's shell and the image's PAM session modules, from the vnodes' cgroups). Divided by
+login's shell and the image's PAM session modules, as `emulate status` reads them from the
+vnodes' cgroups). Divided by
 the cores, the vnodes' own CPU is a floor for `up` on this machine, which only a cheaper
 login (or a cheaper sshd in the image) can lower.
 
@@ -53,7 +55,7 @@ from pyroute2 import IPRoute
 from omnibed.api import Omnibed
 from omnibed.core.errors import UsageError
 from omnibed.emulator import images
-from omnibed.emulator.agent import cgroups, nsutil, rootfs
+from omnibed.emulator.agent import nsutil, rootfs
 from omnibed.emulator.agent.containers import ContainerSpec, Runtime
 from omnibed.emulator.coordinator import Emulator
 from omnibed.emulator.model import load_platform
@@ -94,13 +96,6 @@ def _machine_cpu() -> float:
     return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")  # less idle, iowait
 
 
-def _vnodes_cpu() -> float:
-    """Seconds of CPU spent so far in the cgroups of every container vnode on this machine."""
-    base = cgroups.ROOT if cgroups.is_v2() else cgroups.hierarchies()["cpuacct"]
-    names = [d[len(cgroups.PREFIX) :] for d in os.listdir(base) if d.startswith(cgroups.PREFIX)]
-    return sum(cgroups.counters(name).get("cpu_usage_ns", 0) for name in names) / 1e9
-
-
 def _load() -> str:
     return "load average " + " ".join(Path("/proc/loadavg").read_text().split()[:3])
 
@@ -119,8 +114,9 @@ def _omnibed(emulator: Emulator, image: str, n: int) -> dict:
         emulator.up(platform, progress=lambda step: steps.append((step, time.perf_counter())))
         up = time.perf_counter() - start
         cpu = _machine_cpu() - cpu
-        vnodes_cpu = _vnodes_cpu()
         memory = (_used_memory() - before) / n
+        counters = emulator.status().containers.values()  # after memory: it starts agents
+        vnodes_cpu = sum(c.get("cpu_usage_ns", 0) for c in counters) / 1e9
     finally:
         start = time.perf_counter()
         emulator.down()
