@@ -129,8 +129,11 @@ def _start_long_run(home: Path) -> tuple[subprocess.Popen, str, str]:
     seconds = str(3000 + uuid.uuid4().int % 1000)  # a unique sleep to find its processes
     command = f"exec sleep {seconds}"  # a pnode's files are its own: watch its processes
     env = {**os.environ, "OMNIBED_HOME": str(home)}
+    # SIGINT as a terminal delivers it, even when this test runs from a background job,
+    # which starts with SIGINT ignored and would pass that on to the CLI
     process = subprocess.Popen(
-        [OMNIBED, "reserve-and-run", "--testbed", "local", "--nodes", "3", "--shell", command],
+        ["env", "--default-signal=INT",
+         OMNIBED, "reserve-and-run", "--testbed", "local", "--nodes", "3", "--shell", command],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -144,10 +147,21 @@ def _start_long_run(home: Path) -> tuple[subprocess.Popen, str, str]:
     return process, f"sleep {seconds}", reservation_id(home)
 
 
+def _stderr_at_exit(process: subprocess.Popen, timeout: float = 120) -> str:
+    """The CLI's stderr once it exited; one still running after `timeout` s gets SIGTERM
+    (it releases what it reserved) before the test fails, so that no pnode outlives it."""
+    try:
+        return process.communicate(timeout=timeout)[1]
+    except subprocess.TimeoutExpired:
+        process.terminate()
+        process.communicate(timeout=120)
+        raise
+
+
 def test_sigint_while_the_command_runs_releases_everything(tmp_path: Path) -> None:
     process, marker, made = _start_long_run(tmp_path / "home")
     process.send_signal(signal.SIGINT)
-    _, stderr = process.communicate(timeout=120)
+    stderr = _stderr_at_exit(process)
     assert process.returncode != 0
     assert "released" in stderr
     assert_nothing_left(tmp_path / "home", made, marker)
@@ -156,7 +170,7 @@ def test_sigint_while_the_command_runs_releases_everything(tmp_path: Path) -> No
 def test_sigterm_releases_everything(tmp_path: Path) -> None:
     process, marker, made = _start_long_run(tmp_path / "home")
     process.terminate()
-    _, stderr = process.communicate(timeout=120)
+    stderr = _stderr_at_exit(process)
     assert "released" in stderr
     assert_nothing_left(tmp_path / "home", made, marker)
 
