@@ -17,11 +17,12 @@ import os
 import select
 import shlex
 import time
+from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
-from threading import Lock
+from threading import Lock, Thread
 
 import paramiko
 from cryptography.hazmat.primitives import serialization
@@ -467,15 +468,31 @@ def run_many(
                 callback(node, "stderr", why)
             return CommandResult(node, UNREACHABLE, b"", why)
 
-    workers = max(1, min(max_parallel, len(endpoints)))
-    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="omnibed-ssh")
+    futures = {node: Future[CommandResult]() for node in endpoints}
+    todo = deque(endpoints.items())
+
+    def work() -> None:
+        while True:
+            try:
+                node, endpoint = todo.popleft()
+            except IndexError:
+                return
+            if futures[node].set_running_or_notify_cancel():
+                try:
+                    futures[node].set_result(one(node, endpoint))
+                except BaseException as exc:
+                    futures[node].set_exception(exc)
+
+    # Daemon threads, not a ThreadPoolExecutor, whose threads the interpreter joins at exit:
+    # on Ctrl-C or SIGTERM this returns at once so the caller can release the nodes, and a
+    # node gone silent (its connection open, nothing coming) must not then hold the exit.
+    for _ in range(max(1, min(max_parallel, len(endpoints)))):
+        Thread(target=work, name="omnibed-ssh", daemon=True).start()
     try:
-        futures = {node: pool.submit(one, node, ep) for node, ep in endpoints.items()}
         return {node: future.result() for node, future in futures.items()}
     finally:
-        # On Ctrl-C or SIGTERM, return at once so the caller can release the nodes:
-        # releasing ends the remote commands, and with them the threads still reading.
-        pool.shutdown(wait=False, cancel_futures=True)
+        for future in futures.values():
+            future.cancel()
 
 
 def _openssh_path(path: str | Path) -> str:

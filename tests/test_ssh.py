@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import fcntl
+import os
+import signal
 import stat
 import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -25,7 +28,7 @@ from omnibed.core.ssh import (
     ssh_command_line,
 )
 from omnibed.core.types import SSHEndpoint
-from tests.fakes.sshd import FakeSSHD, free_port
+from tests.fakes.sshd import FakeSSHD, free_port, session_processes
 
 StartSSHD = Callable[..., FakeSSHD]
 
@@ -177,6 +180,41 @@ def test_run_many_streams_bytes_per_node_and_keeps_exit_codes(
         assert b"".join(d for n, s, d in pieces if (n, s) == (name, "stdout")) == stdout
         assert b"".join(d for n, s, d in pieces if (n, s) == (name, "stderr")) == b"warn\n"
     assert len(recorded(known_hosts)) == 3
+
+
+@pytest.mark.root
+def test_an_interrupted_run_many_exits_although_a_node_went_silent(
+    start_sshd: StartSSHD, keypair: KeyPair, known_hosts: Path
+) -> None:
+    """A node that stops answering without closing its connection (frozen, or cut off with
+    no FIN) must not keep omnibed from exiting once interrupted: the caller releases the
+    nodes after run_many returns, and nothing may wait on that node at exit."""
+    sshd = start_sshd()
+    marker = f"sleep {3000 + uuid.uuid4().int % 1000}"
+    script = (
+        "import signal; from pathlib import Path\n"
+        "from omnibed.core.ssh import run_many\n"
+        "from omnibed.core.types import SSHEndpoint\n"
+        "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
+        f"node = SSHEndpoint({sshd.host!r}, {sshd.port}, key_file={str(keypair.private_path)!r})\n"
+        f"run_many({{'n1': node}}, 'exec {marker}', Path({str(known_hosts)!r}))\n"
+    )
+    process = subprocess.Popen([sys.executable, "-c", script], stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 30
+        while subprocess.run(["pgrep", "-x", "-f", marker], capture_output=True).returncode:
+            assert process.poll() is None, process.communicate()
+            assert time.monotonic() < deadline, "the command never started"
+            time.sleep(0.1)
+        for pid in session_processes(sshd):  # the node goes silent, its connection stays
+            os.kill(pid, signal.SIGSTOP)
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=30)
+        assert b"KeyboardInterrupt" in stderr
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
 
 
 @pytest.mark.root

@@ -56,6 +56,12 @@ def _children(pid: int) -> list[int]:
     return found
 
 
+def session_processes(sshd: FakeSSHD) -> list[int]:
+    """The processes `sshd` forked for its connections, and theirs."""
+    assert sshd.process is not None, "sshd is not started"
+    return _children(sshd.process.pid)
+
+
 class FakeSSHD:
     """`with FakeSSHD([public_key]) as sshd:` logs root in on `sshd.host:sshd.port` with that key.
 
