@@ -16,6 +16,7 @@ import logging
 import os
 import select
 import shlex
+import socket
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -33,6 +34,7 @@ from omnibed.core.types import SSHEndpoint
 
 KEY_NAME = "id_ed25519"
 UNREACHABLE = 255  # exit status of a node that could not be reached, as with OpenSSH's `ssh`
+DEAD_AFTER = 60  # s a node's connection may go unanswered before omnibed gives the node up
 
 OutputCallback = Callable[[str, str, bytes], None]  # (node, "stdout" | "stderr", bytes)
 
@@ -269,6 +271,44 @@ def _login(
             f"SSH to {where} failed ({exc}): check that an SSH server answers there",
             host=endpoint.host,
         ) from exc
+    _give_up_when_silent(client, dead_after=_dead_after())
+
+
+def _dead_after() -> int:
+    """Seconds a node may stay silent: $OMNIBED_DEAD_NODE_AFTER, or DEAD_AFTER."""
+    text = os.environ.get("OMNIBED_DEAD_NODE_AFTER", "")
+    try:
+        seconds = int(text) if text else DEAD_AFTER
+    except ValueError:
+        raise UsageError(
+            f"OMNIBED_DEAD_NODE_AFTER={text!r} is not a whole number of seconds"
+        ) from None
+    if seconds < 4:
+        raise UsageError(f"OMNIBED_DEAD_NODE_AFTER={text!r} must be 4 seconds or more")
+    return seconds
+
+
+def _give_up_when_silent(client: paramiko.SSHClient, dead_after: int) -> None:
+    """End `client`'s connection once its node has answered nothing for about `dead_after`
+    seconds (cut off, or rebooted at the end of a walltime, with no FIN sent), so that what
+    waits on it fails naming the node instead of waiting forever. A node busy with a long,
+    quiet command still answers: its kernel acknowledges the keepalives.
+
+    SSH keepalives go every `dead_after` / 2 seconds on every hop; on a direct TCP
+    connection the kernel gives up after `dead_after` seconds without an acknowledgement
+    (TCP_USER_TIMEOUT, with TCP keepalives while nothing else is sent). Through a jump host,
+    the jump host's own TCP decides when a dead node's channel ends.
+    """
+    transport = client.get_transport()
+    assert transport is not None  # a connected client always has one
+    transport.set_keepalive(max(1, dead_after // 2))
+    sock = transport.sock
+    if isinstance(sock, socket.socket) and sock.family in (socket.AF_INET, socket.AF_INET6):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, max(1, dead_after // 2))
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, max(1, dead_after // 8))
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 4)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, dead_after * 1000)
 
 
 def _tunnel(
@@ -386,9 +426,19 @@ def _execute(
         channel.close()
     if status == -1:  # the session ended without an exit status
         status = UNREACHABLE
-        err.feed(f"no exit status from {endpoint.label()}: the command was killed or the"
-                 " connection dropped; check the node and run it again\n".encode())
+        err.feed(_no_exit_status(endpoint, node).encode())
     return CommandResult(node, status, out.data(), err.data())
+
+
+def _no_exit_status(endpoint: SSHEndpoint, node: str) -> str:
+    """Why a command on `node` may have ended with no exit status, and what to do."""
+    who = endpoint.label() if node == endpoint.host else f"{node} ({endpoint.label()})"
+    return (
+        f"no exit status from {who}: the command was killed, or the connection dropped "
+        f"(omnibed gives a node up once it has answered nothing for {_dead_after()} s, "
+        "OMNIBED_DEAD_NODE_AFTER); check that the node is up and reachable, then run the "
+        "command again\n"
+    )
 
 
 def run(

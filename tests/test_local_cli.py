@@ -175,6 +175,36 @@ def test_sigterm_releases_everything(tmp_path: Path) -> None:
     assert_nothing_left(tmp_path / "home", made, marker)
 
 
+def test_a_pnode_cut_off_mid_command_ends_the_run_naming_it(tmp_path: Path) -> None:
+    """A node that stops answering without closing its connection (cut off, or rebooted at
+    the end of a walltime) must end `omnibed run` once it has been silent for
+    OMNIBED_DEAD_NODE_AFTER seconds, naming it, instead of leaving the user waiting forever."""
+    name = f"cli-cut-{uuid.uuid4().hex[:4]}"
+    omnibed(tmp_path, "reserve", "--testbed", "local", "--nodes", "1", "--name", name)
+    marker = f"sleep {3000 + uuid.uuid4().int % 1000}"
+    env = {**os.environ, "OMNIBED_HOME": str(tmp_path), "OMNIBED_DEAD_NODE_AFTER": "6"}
+    process = subprocess.Popen([OMNIBED, "run", name, "--", "exec", *marker.split()], env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not processes_matching(f"^{marker}$"):
+            assert process.poll() is None, process.communicate()
+            assert time.monotonic() < deadline, "the command never started"
+            time.sleep(0.2)
+        pnode = f"{reservation_id(tmp_path)}-1"  # the local testbed's namespace of pnode-1
+        subprocess.run(["ip", "-n", pnode, "link", "set", "eth0", "down"], check=True)
+        stdout, stderr = process.communicate(timeout=60)
+        assert process.returncode != 0
+        assert "no exit status from pnode-1" in stderr, (stdout, stderr)
+        assert "Traceback" not in stderr
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        omnibed(tmp_path, "release", name)
+    assert processes_matching(f"^{marker}$") == []
+
+
 def test_sigkill_then_gc_releases_everything(tmp_path: Path) -> None:
     home = tmp_path / "home"
     process, marker, made = _start_long_run(home)
