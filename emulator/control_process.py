@@ -42,12 +42,9 @@ class _Link:
         self.endpoint = endpoint
         self.known_hosts = known_hosts
         self.bundle = bundle
-        self.client = ssh.connect(endpoint, known_hosts)
+        self.client = ssh.connect(endpoint, known_hosts)  # with keepalives (ssh.DEAD_AFTER)
         try:
             check_python(self.client, endpoint.label())
-            transport = self.client.get_transport()
-            assert transport is not None  # a connected client always has one
-            transport.set_keepalive(30)
         except BaseException:
             self.client.close()
             raise
