@@ -30,6 +30,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from omnibed.core.errors import HostKeyMismatch, SSHError, UsageError
+from omnibed.core.timeutil import seconds_setting
 from omnibed.core.types import SSHEndpoint
 
 KEY_NAME = "id_ed25519"
@@ -276,16 +277,7 @@ def _login(
 
 def _dead_after() -> int:
     """Seconds a node may stay silent: $OMNIBED_DEAD_NODE_AFTER, or DEAD_AFTER."""
-    text = os.environ.get("OMNIBED_DEAD_NODE_AFTER", "")
-    try:
-        seconds = int(text) if text else DEAD_AFTER
-    except ValueError:
-        raise UsageError(
-            f"OMNIBED_DEAD_NODE_AFTER={text!r} is not a whole number of seconds"
-        ) from None
-    if seconds < 4:
-        raise UsageError(f"OMNIBED_DEAD_NODE_AFTER={text!r} must be 4 seconds or more")
-    return seconds
+    return round(seconds_setting("OMNIBED_DEAD_NODE_AFTER", DEAD_AFTER, 4))
 
 
 def _give_up_when_silent(client: paramiko.SSHClient, dead_after: int) -> None:

@@ -1,10 +1,15 @@
-"""Time inside omnibed is tz-aware UTC; providers convert at their edge with these helpers."""
+"""Time inside omnibed is tz-aware UTC; providers convert at their edge with these helpers.
+Also the settings in seconds that users give omnibed in its environment."""
 
 from __future__ import annotations
 
+import math
+import os
 import re
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
+
+from omnibed.core.errors import UsageError
 
 _WALLTIME = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
 _CLOCK = re.compile(r"^(\d+):([0-5]\d)(?::([0-5]\d))?$")
@@ -67,3 +72,18 @@ def format_walltime(duration: timedelta) -> str:
     """`HH:MM:SS` as OAR and most schedulers want it."""
     total = int(duration.total_seconds())
     return f"{total // 3600}:{total % 3600 // 60:02d}:{total % 60:02d}"
+
+
+def seconds_setting(name: str, default: float, least: float, zero: str = "") -> float:
+    """Seconds from the environment variable `name` (`default` when unset or empty).
+    UsageError naming it unless a finite number of at least `least`; `zero` says what 0
+    means, in that error."""
+    text = os.environ.get(name, "")
+    meaning = f" (0: {zero})" if zero else ""
+    try:
+        seconds = float(text) if text else default
+    except ValueError:
+        raise UsageError(f"{name}={text!r} is not a number of seconds{meaning}") from None
+    if not math.isfinite(seconds) or seconds < least:
+        raise UsageError(f"{name}={text!r} must be {least:g} or more seconds{meaning}")
+    return seconds

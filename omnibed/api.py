@@ -8,8 +8,6 @@ before the testbed is called, has its own key pair and known_hosts, and is relea
 from __future__ import annotations
 
 import contextlib
-import math
-import os
 import secrets
 import shutil
 from collections.abc import Mapping, Sequence
@@ -26,7 +24,7 @@ from omnibed.core.ledger import Entry, Ledger, omnibed_home, process_owner
 from omnibed.core.login import Login
 from omnibed.core.provider import Progress, Provider, no_progress
 from omnibed.core.reservation_access import ReservationAccess
-from omnibed.core.timeutil import utcnow
+from omnibed.core.timeutil import seconds_setting, utcnow
 from omnibed.core.types import (
     Capability,
     Nic,
@@ -486,16 +484,7 @@ class _Access:
 
 def _control_idle() -> float:
     """Seconds the control process stays unused: $OMNIBED_CONTROL_IDLE or CONTROL_IDLE."""
-    text = os.environ.get("OMNIBED_CONTROL_IDLE", "")
-    try:
-        idle = float(text) if text else CONTROL_IDLE
-    except ValueError:
-        raise UsageError(
-            f"OMNIBED_CONTROL_IDLE={text!r} is not a number of seconds (0: no control process)"
-        ) from None
-    if not math.isfinite(idle) or idle < 0:
-        raise UsageError(f"OMNIBED_CONTROL_IDLE={text!r} must be 0 or more seconds")
-    return idle
+    return seconds_setting("OMNIBED_CONTROL_IDLE", CONTROL_IDLE, 0, zero="no control process")
 
 
 def _is_folder_name(name: str) -> bool:

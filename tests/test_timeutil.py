@@ -1,4 +1,4 @@
-"""Time conversion at the providers' edges: walltimes, zones, epochs."""
+"""Time conversion at the providers' edges: walltimes, zones, epochs; seconds settings."""
 
 from __future__ import annotations
 
@@ -6,12 +6,14 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from omnibed.core.errors import UsageError
 from omnibed.core.timeutil import (
     format_walltime,
     from_epoch,
     in_zone,
     parse_walltime,
     require_utc,
+    seconds_setting,
     to_utc,
     utcnow,
 )
@@ -68,3 +70,32 @@ def test_utc_helpers_are_aware() -> None:
 def test_parse_walltime_refuses_more_than_a_year(text: str) -> None:
     with pytest.raises(ValueError, match="at most 365 days"):
         parse_walltime(text)
+
+
+@pytest.mark.parametrize("text", ["", None])
+def test_a_seconds_setting_unset_or_empty_is_its_default(
+    monkeypatch: pytest.MonkeyPatch, text: str | None
+) -> None:
+    if text is None:
+        monkeypatch.delenv("OMNIBED_TEST_SECONDS", raising=False)
+    else:
+        monkeypatch.setenv("OMNIBED_TEST_SECONDS", text)
+    assert seconds_setting("OMNIBED_TEST_SECONDS", 60, 4) == 60
+
+
+def test_a_seconds_setting_is_read_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OMNIBED_TEST_SECONDS", "7.5")
+    assert seconds_setting("OMNIBED_TEST_SECONDS", 60, 4) == 7.5
+
+
+@pytest.mark.parametrize(
+    ("text", "said"),
+    [("soon", "is not a number of seconds"), ("3", "must be 4 or more seconds"),
+     ("nan", "must be 4 or more"), ("inf", "must be 4 or more"), ("-1", "must be 4 or more")],
+)
+def test_a_bad_seconds_setting_is_refused_naming_it(
+    monkeypatch: pytest.MonkeyPatch, text: str, said: str
+) -> None:
+    monkeypatch.setenv("OMNIBED_TEST_SECONDS", text)
+    with pytest.raises(UsageError, match=f"OMNIBED_TEST_SECONDS='{text}' {said}"):
+        seconds_setting("OMNIBED_TEST_SECONDS", 60, 4)
