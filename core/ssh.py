@@ -272,7 +272,6 @@ def _login(
             f"SSH to {where} failed ({exc}): check that an SSH server answers there",
             host=endpoint.host,
         ) from exc
-    _give_up_when_silent(client, dead_after=_dead_after())
 
 
 def _dead_after() -> int:
@@ -332,6 +331,7 @@ def connect(
     `SSHError` (or `HostKeyMismatch`) saying what to check. A jump's own `jumps` are ignored.
     """
     hops = [*endpoint.jumps, endpoint]
+    dead_after = _dead_after()  # a bad $OMNIBED_DEAD_NODE_AFTER is refused before any login
     clients: list[_ChainedClient] = []
     try:
         for index, hop in enumerate(hops):
@@ -339,6 +339,7 @@ def connect(
             client = _ChainedClient()
             clients.append(client)
             _login(client, hop, known_hosts, sock, timeout)
+            _give_up_when_silent(client, dead_after)
     except BaseException:
         for client in reversed(clients):
             client.close()
