@@ -139,12 +139,18 @@ def _start_long_run(home: Path) -> tuple[subprocess.Popen, str, str]:
         stderr=subprocess.PIPE,
         text=True,
     )
-    deadline = time.monotonic() + 120
-    while len(processes_matching(f"^sleep {seconds}$")) < 3:  # not the CLI's own argv
-        assert process.poll() is None, process.communicate()
-        assert time.monotonic() < deadline, "the command never started on 3 nodes"
-        time.sleep(0.2)
+    _wait_until_running(process, f"sleep {seconds}", 3)
     return process, f"sleep {seconds}", reservation_id(home)
+
+
+def _wait_until_running(process: subprocess.Popen, marker: str, nodes: int) -> None:
+    """Return once `marker` (a command line) runs on `nodes` nodes; fail if the CLI ended
+    or 120 s went by first."""
+    deadline = time.monotonic() + 120
+    while len(processes_matching(f"^{marker}$")) < nodes:  # not the CLI's own argv
+        assert process.poll() is None, process.communicate()
+        assert time.monotonic() < deadline, f"the command never started on {nodes} nodes"
+        time.sleep(0.2)
 
 
 def _stderr_at_exit(process: subprocess.Popen, timeout: float = 120) -> str:
@@ -186,16 +192,12 @@ def test_a_pnode_cut_off_mid_command_ends_the_run_naming_it(tmp_path: Path) -> N
     process = subprocess.Popen([OMNIBED, "run", name, "--", "exec", *marker.split()], env=env,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.monotonic() + 60
-        while not processes_matching(f"^{marker}$"):
-            assert process.poll() is None, process.communicate()
-            assert time.monotonic() < deadline, "the command never started"
-            time.sleep(0.2)
+        _wait_until_running(process, marker, 1)
         pnode = f"{reservation_id(tmp_path)}-1"  # the local testbed's namespace of pnode-1
         subprocess.run(["ip", "-n", pnode, "link", "set", "eth0", "down"], check=True)
-        stdout, stderr = process.communicate(timeout=60)
+        stderr = _stderr_at_exit(process, timeout=60)
         assert process.returncode != 0
-        assert "no exit status from pnode-1" in stderr, (stdout, stderr)
+        assert "no exit status from pnode-1" in stderr, stderr
         assert "Traceback" not in stderr
     finally:
         if process.poll() is None:
